@@ -239,7 +239,8 @@ def main(argv=None) -> int:
     from .cli import setup_logging
 
     ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("command", choices=["prepare", "info"])
+    ap.add_argument("command", choices=["prepare", "prompts", "info"],
+                    help="prepare: convert the embedded models and write prompt files; prompts: only the prompt files")
     ap.add_argument("out_dir", nargs="?", default="outputs/data")
     a = ap.parse_args(argv)
     setup_logging()
@@ -248,6 +249,9 @@ def main(argv=None) -> int:
             log.info("%s -> %s", alias, ensure_embedded_model(alias))
         paths = write_prompt_files(a.out_dir)
         for k, v in paths.items():
+            log.info("prompts %s -> %s", k, v)
+    elif a.command == "prompts":
+        for k, v in write_prompt_files(a.out_dir).items():
             log.info("prompts %s -> %s", k, v)
     else:
         prompts = rtp_prompts()

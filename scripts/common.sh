@@ -1,0 +1,33 @@
+# Shared by the run_*.sh launchers: which python, where outputs go, and how to launch on GPUs.
+# Sourced, never run. Every value can be overridden from the environment.
+
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$REPO_DIR/.venv/bin/python" ]]; then PYTHON="$REPO_DIR/.venv/bin/python"; else PYTHON=python3; fi
+fi
+export PYTHON
+OUT_DIR=${OUT_DIR:-outputs}
+export TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-false}
+
+# Number of visible CUDA GPUs (0 on a CPU-only machine). NUM_GPUS overrides the probe.
+num_gpus() {
+  if [[ -n "${NUM_GPUS:-}" ]]; then echo "$NUM_GPUS"; return; fi
+  "$PYTHON" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0
+}
+
+# The default embedded-run artifacts, relative to OUT_DIR. Launchers run with no arguments use these.
+DEFAULT_TARGET=${DEFAULT_TARGET:-gemma-3-270m}
+DEFAULT_TEACHER_BASE=${DEFAULT_TEACHER_BASE:-smollm2-135m}
+DEFAULT_TEACHER_DIR="$OUT_DIR/teacher"
+DEFAULT_ALIGN_DIR="$OUT_DIR/alignment"
+DEFAULT_MATRIX="$DEFAULT_ALIGN_DIR/mapping_model.pt"
+DEFAULT_GENERATIONS="$OUT_DIR/generations.json"
+DEFAULT_EVAL_PROMPTS="$OUT_DIR/data/rtp_eval.jsonl"
+DEFAULT_TEACHER_DATA="$REPO_DIR/data/teacher_data.tsv"
+
+# Write the embedded default's prompt files (held-out split) if they are missing.
+ensure_prompt_files() {
+  if [[ ! -s "$OUT_DIR/data/rtp_eval.jsonl" || ! -s "$OUT_DIR/data/rtp_build.jsonl" ]]; then
+    "$PYTHON" -m detox_pa.assets prompts "$OUT_DIR/data"
+  fi
+}
