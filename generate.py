@@ -1,0 +1,286 @@
+"""Step 3: generate continuations with projection-alignment fusion, for a sweep of alpha.
+
+At every decoding step the target's final hidden state becomes
+``alpha * LayerNorm(h_teacher @ A) + (1 - alpha) * h_target`` (see detox_pa/fusion.py).
+
+Example (the embedded default, after steps 1 and 2)::
+
+    python generate.py --teacher_model outputs/teacher --target_model gemma-3-270m \\
+        --matrix_A outputs/alignment/mapping_model.pt --data_path outputs/data/rtp_eval.jsonl \\
+        --output_path outputs/generations.json --alphas 0 0.1 0.2 0.3 0.4 0.5 0.6
+
+The field's sampled protocol: ``--do_sample --num_samples 25 --top_p 0.9 --max_new_tokens 20``.
+Scale-out: ``torchrun --nproc_per_node N generate.py ...`` spreads the batches over ranks and rank 0
+writes one merged output. Rerunning the same command resumes from ``<output>.journal.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from detox_pa.cli import entry, log_args, args_to_dict, parse_dataclasses
+from detox_pa.errors import InputError
+
+log = logging.getLogger("generate")
+
+METHODS = ("fusion", "wordban", "steer")
+
+
+@dataclass
+class GenerateArguments:
+    teacher_model: str = field(default="outputs/teacher", metadata={"help": "Teacher model folder (step 1), alias or hub id."})
+    target_model: str = field(default="gemma-3-270m", metadata={"help": "Target LLM: alias (gemma-3-270m), folder or hub id."})
+    matrix_A: str = field(default="outputs/alignment/mapping_model.pt", metadata={"help": "Alignment matrix (step 2): torch.load(p)['mapping']."})
+    data_path: str = field(default="outputs/data/rtp_eval.jsonl", metadata={"help": "Prompts: JSONL {prompt}, RTP {prompt: {text}}, or .txt one a line."})
+    output_path: str = field(default="outputs/generations.json", metadata={"help": "Output JSON (the paper's nested format)."})
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N, or mps."})
+    alphas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+                                metadata={"help": "Fusion weights to sweep, each in [0, 1]."})
+    max_new_tokens: int = field(default=10, metadata={"help": "New tokens per continuation (paper: 10; the field: 20)."})
+    batch_size: int = field(default=16, metadata={"help": "Sequences per generate() call."})
+    num_samples: int = field(default=1, metadata={"help": "Samples per prompt (the field: 25 with --do_sample)."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample (nucleus) instead of greedy decoding."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus p when sampling."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    seed: int = field(default=2025, metadata={"help": "Base seed; each (alpha, batch) gets its own derived seed."})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."})
+    norm: str = field(default="layernorm", metadata={"help": "layernorm (paper: parameter-free LayerNorm) or rescale (to |h_target|)."})
+    bridge: str = field(default="auto", metadata={"help": "auto, ids (same tokenizer) or text (re-tokenise for the teacher)."})
+    method: str = field(default="fusion", metadata={"help": "fusion (the method), wordban or steer (baselines; alpha = strength)."})
+    steer_vector: str = field(default="", metadata={"help": "For --method steer: a .pt file holding {'vector': [d_target]}."})
+    max_prompts: int = field(default=0, metadata={"help": "Use only the first N prompts (0 = all)."})
+    device_map: str = field(default="", metadata={"help": "Place a large target across GPUs, e.g. 'auto' (needs accelerate)."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output (and its journal)."})
+
+    def __post_init__(self):
+        if not self.alphas:
+            raise InputError("--alphas: give at least one alpha")
+        for a in self.alphas:
+            if not (isinstance(a, (int, float)) and math.isfinite(a)):
+                raise InputError(f"--alphas: {a!r} is not a finite number")
+            if self.method == "fusion" and not 0.0 <= a <= 1.0:
+                raise InputError(f"--alphas: {a} is outside [0, 1]")
+            if self.method != "fusion" and a < 0:
+                raise InputError(f"--alphas: {a} is negative (for --method {self.method} alpha is the strength)")
+        if len(set(self.alphas)) != len(self.alphas):
+            raise InputError(f"--alphas: repeated values in {self.alphas}")
+        for name in ("max_new_tokens", "batch_size", "num_samples"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_prompts < 0:
+            raise InputError(f"--max_prompts must be >= 0, got {self.max_prompts}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InputError(f"--top_p must be in (0, 1], got {self.top_p}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise InputError(f"--temperature must be > 0, got {self.temperature}")
+        if self.norm not in ("layernorm", "rescale"):
+            raise InputError(f"--norm must be layernorm or rescale, got {self.norm!r}")
+        if self.bridge not in ("auto", "ids", "text"):
+            raise InputError(f"--bridge must be auto, ids or text, got {self.bridge!r}")
+        if self.method not in METHODS:
+            raise InputError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "steer" and not self.steer_vector:
+            raise InputError("--method steer needs --steer_vector")
+        if self.dtype != "auto":
+            from detox_pa.generation import DTYPES
+            if self.dtype not in DTYPES:
+                raise InputError(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        self.alphas = [float(a) for a in self.alphas]
+
+
+def parse_args(argv=None) -> GenerateArguments:
+    (args,) = parse_dataclasses([GenerateArguments], argv, description=__doc__.split("\n\n")[0])
+    return args
+
+
+def _dist():
+    """(rank, world_size), initialising torch.distributed under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        import torch
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def main(args: GenerateArguments) -> None:
+    import torch
+
+    from detox_pa import generation as G
+    from detox_pa.assets import resolve_model
+    from detox_pa.io import check_output_path, read_prompts, sha256_file
+
+    rank, world = _dist()
+    log_args(args)
+    # ---- inputs first: nothing heavy is loaded until all of them check out
+    out_path = check_output_path(args.output_path, "--output_path")
+    prompts = read_prompts(args.data_path)
+    if args.max_prompts:
+        prompts = prompts[: args.max_prompts]
+    device = G.parse_device(args.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if args.dtype == "auto" else G.DTYPES[args.dtype]
+    target_path = resolve_model(args.target_model, "--target_model")
+    needs_teacher = args.method == "fusion" and any(a > 0 for a in args.alphas)
+    teacher_path = resolve_model(args.teacher_model, "--teacher_model") if needs_teacher else None
+    A = None
+    if needs_teacher:
+        A = G.load_matrix(args.matrix_A, G.model_hidden_size(teacher_path), G.model_hidden_size(target_path))
+    steer = None
+    if args.method == "steer":
+        from detox_pa.baselines import load_steer_vector
+        steer = load_steer_vector(args.steer_vector, G.model_hidden_size(target_path))
+    journal_path = out_path.with_name(out_path.name + (".journal.jsonl" if world == 1 else f".journal.rank{rank}.jsonl"))
+    meta_path = out_path.with_name(out_path.stem + ".meta.json")
+    if out_path.exists() and not args.overwrite:
+        raise InputError(f"output {out_path} already exists; pass --overwrite to replace it")
+    fingerprint = {
+        "target_model": args.target_model, "target_files": G.file_fingerprint(target_path),
+        "teacher_model": args.teacher_model if needs_teacher else None,
+        "teacher_files": G.file_fingerprint(teacher_path) if needs_teacher else None,
+        "matrix_A": sha256_file(args.matrix_A) if needs_teacher else None,
+        "data": sha256_file(args.data_path), "max_prompts": args.max_prompts,
+        **{k: getattr(args, k) for k in ("alphas", "max_new_tokens", "batch_size", "num_samples", "do_sample",
+                                         "seed", "dtype", "norm", "bridge", "method", "steer_vector")},
+        "top_p": args.top_p if args.do_sample else None, "temperature": args.temperature if args.do_sample else None,
+    }
+    if args.overwrite and rank == 0:
+        for p in out_path.parent.glob(out_path.name + ".journal*.jsonl"):
+            p.unlink()
+    if world > 1:
+        torch.distributed.barrier()
+    journals = [G.Journal(journal_path, fingerprint)]
+    for p in sorted(out_path.parent.glob(out_path.name + ".journal*.jsonl")):
+        if p != journal_path:
+            journals.append(G.Journal(p, fingerprint))
+    for j in journals:
+        j.load()
+    done = {k: v for j in journals for k, v in j.done.items()}
+
+    # ---- models
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    t_load = time.time()
+    tok = AutoTokenizer.from_pretrained(target_path)
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    load_kw = {"dtype": dtype}
+    if args.device_map:
+        load_kw["device_map"] = args.device_map
+    target = AutoModelForCausalLM.from_pretrained(target_path, **load_kw).eval()
+    if not args.device_map:
+        target.to(device)
+    teacher = teacher_tok = None
+    if needs_teacher:
+        teacher_tok = AutoTokenizer.from_pretrained(teacher_path)
+        teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=dtype).eval().to(device)
+    log.info("loaded models in %.1f s (target %s, teacher %s, dtype %s, device %s)", time.time() - t_load,
+             args.target_model, args.teacher_model if needs_teacher else "-", dtype, device)
+
+    gen_config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, top_k=0 if args.do_sample else None,
+        top_p=args.top_p if args.do_sample else None, temperature=args.temperature if args.do_sample else None,
+        pad_token_id=tok.pad_token_id, eos_token_id=target.generation_config.eos_token_id or tok.eos_token_id,
+        bos_token_id=tok.bos_token_id)
+    lengths = [len(x) for x in tok(prompts, add_special_tokens=True)["input_ids"]]
+    batches = G.make_batches(lengths, args.num_samples, args.batch_size)
+    mine = [(a, k) for a in args.alphas for k in range(len(batches)) if k % world == rank]
+    todo = {t for t in mine if t not in done}
+    log.info("%d prompts x %d samples = %d continuations per alpha in %d batches; %d of this rank's %d batches "
+             "already done (journal)", len(prompts), args.num_samples, len(prompts) * args.num_samples, len(batches),
+             len(mine) - len(todo), len(mine))
+    journals[0].start()
+
+    from contextlib import nullcontext
+
+    from detox_pa.fusion import fusion
+
+    from tqdm.auto import tqdm
+
+    seconds: dict[float, float] = {}
+    bar = tqdm(total=len(todo), desc=f"generate rank {rank}" if world > 1 else "generate", unit="batch",
+               disable=rank != 0 and world > 1)
+    for a in args.alphas:
+        extra = {}
+        if args.method == "fusion":
+            factory = (lambda a=a: fusion(target, teacher, A, a, tok, teacher_tok, norm=args.norm, bridge=args.bridge)) \
+                if a > 0 else nullcontext
+        elif args.method == "wordban":
+            from detox_pa.baselines import bad_words_ids
+            factory = nullcontext
+            if a > 0:
+                extra["bad_words_ids"] = bad_words_ids(tok)
+        else:
+            from detox_pa.baselines import steering
+            factory = lambda a=a: steering(target, steer, a)  # noqa: E731
+        for k, batch in enumerate(batches):
+            if (a, k) not in todo:
+                continue
+            seed = G.batch_seed(args.seed, a, k)
+            torch.manual_seed(seed)
+            t0 = time.time()
+            texts, counts = G.generate_batch(target, tok, [prompts[it.prompt_index] for it in batch], gen_config,
+                                             factory, device, extra)
+            dt = time.time() - t0
+            seconds[a] = seconds.get(a, 0.0) + dt
+            recs = [{"alpha": a, "batch": k, "batch_size": len(batch), "prompt_index": it.prompt_index,
+                     "sample": it.sample, "prompt": prompts[it.prompt_index], "response": txt, "seed": seed,
+                     "n_new_tokens": n, "batch_seconds": round(dt, 4)} for it, txt, n in zip(batch, texts, counts)]
+            journals[0].append(recs)
+            done[(a, k)] = recs
+            bar.set_postfix(alpha=a)
+            bar.update(1)
+    bar.close()
+
+    if world > 1:
+        torch.distributed.barrier()
+        if rank != 0:
+            return
+        for j in journals[1:]:
+            j.done.clear()
+            j.load()
+            done.update(j.done)
+        for p in sorted(out_path.parent.glob(out_path.name + ".journal.rank*.jsonl")):
+            jj = G.Journal(p, fingerprint)
+            jj.load()
+            done.update(jj.done)
+    missing = [(a, k) for a in args.alphas for k in range(len(batches)) if (a, k) not in done]
+    if missing:
+        raise RuntimeError(f"{len(missing)} batches missing after generation (first: alpha {missing[0][0]}, batch {missing[0][1]})")
+    result = G.assemble(args.alphas, done, len(batches))
+    from detox_pa.io import atomic_write_json
+
+    atomic_write_json(out_path, result)
+    gen_seconds = {str(a): round(sum(r["batch_seconds"] for k in range(len(batches)) for r in done[(a, k)][:1]), 3)
+                   for a in args.alphas}
+    import transformers
+
+    atomic_write_json(meta_path, {
+        "output": str(out_path), "method": args.method, "target_model": args.target_model, "target_path": target_path,
+        "teacher_model": args.teacher_model if needs_teacher else None, "teacher_path": teacher_path,
+        "matrix_A": args.matrix_A if needs_teacher else None,
+        "dims": {"teacher": int(A.shape[0]), "target": int(A.shape[1])} if A is not None else None,
+        "data_path": args.data_path, "n_prompts": len(prompts), "num_samples": args.num_samples,
+        "n_batches_per_alpha": len(batches), "world_size": world,
+        "generation_seconds_per_alpha": gen_seconds, "fingerprint": fingerprint, "arguments": args_to_dict(args),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "note": "generation_seconds_per_alpha sums the batches' wall times, including those of resumed earlier runs",
+    })
+    for p in out_path.parent.glob(out_path.name + ".journal*.jsonl"):
+        p.unlink()
+    log.info("wrote %s (%d alphas x %d records) and %s", out_path, len(result), len(result[0]["prompt-response pairs"]), meta_path)
+
+
+if __name__ == "__main__":
+    entry(main, parse_args)
