@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Step 3: generate continuations with projection-alignment fusion, sweeping alpha.
+#
+#   ./run_generation.sh <teacher_model_path> <target_model_path> <matrix_A_path> <device> <output_path> <data_path>
+#
+# Reads  a teacher (step 1), a target LLM, the alignment matrix (step 2) and a prompt file
+#        (JSONL {"prompt": ...}, RealToxicityPrompts {"prompt": {"text": ...}}, or .txt one a line).
+# Writes <output_path> in the paper's nested JSON, <output>.meta.json (models, arguments, timings),
+#        and, while running, <output_path>.journal.jsonl; rerunning the same command resumes from it.
+# With no arguments it uses the embedded default run's artifacts under $OUT_DIR (default outputs/).
+# Any positional argument can also come from the environment: TEACHER_MODEL TARGET_MODEL MATRIX_A
+# DEVICE OUTPUT_PATH DATA_PATH. With several GPUs, NPROC=N shards the prompts over N ranks (torchrun).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/scripts/common.sh"
+
+TEACHER_MODEL=${1:-${TEACHER_MODEL:-$DEFAULT_TEACHER_DIR}}
+TARGET_MODEL=${2:-${TARGET_MODEL:-$DEFAULT_TARGET}}
+MATRIX_A=${3:-${MATRIX_A:-$DEFAULT_MATRIX}}
+DEVICE=${4:-${DEVICE:-cpu}}
+OUTPUT_PATH=${5:-${OUTPUT_PATH:-$DEFAULT_GENERATIONS}}
+DATA_PATH=${6:-${DATA_PATH:-$DEFAULT_EVAL_PROMPTS}}
+shift $(( $# < 6 ? $# : 6 ))
+
+# ---- editable hyperparameters (the environment overrides each one) --------------------------
+# The paper: alphas 0..0.6, 10 new tokens, greedy, one prompt at a time, seed 2025.
+# The field's protocol (DExperts): DO_SAMPLE=1 NUM_SAMPLES=25 TOP_P=0.9 MAX_NEW_TOKENS=20.
+ALPHAS=${ALPHAS:-"0 0.1 0.2 0.3 0.4 0.5 0.6"}
+MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-10}
+BATCH_SIZE=${BATCH_SIZE:-16}
+NUM_SAMPLES=${NUM_SAMPLES:-1}
+DO_SAMPLE=${DO_SAMPLE:-0}
+TOP_P=${TOP_P:-0.9}
+TEMPERATURE=${TEMPERATURE:-1.0}
+SEED=${SEED:-2025}
+DTYPE=${DTYPE:-auto}            # auto = bf16 on GPU, fp32 on CPU
+NORM=${NORM:-layernorm}         # layernorm (paper) | rescale
+MAX_PROMPTS=${MAX_PROMPTS:-0}   # 0 = all prompts
+NPROC=${NPROC:-1}               # >1: torchrun over NPROC ranks (one per GPU)
+OVERWRITE=${OVERWRITE:-0}
+# ----------------------------------------------------------------------------------------------
+
+if [[ "$DATA_PATH" == "$DEFAULT_EVAL_PROMPTS" ]]; then ensure_prompt_files; fi
+
+FLAGS=(--teacher_model "$TEACHER_MODEL" --target_model "$TARGET_MODEL" --matrix_A "$MATRIX_A"
+       --device "$DEVICE" --output_path "$OUTPUT_PATH" --data_path "$DATA_PATH"
+       --alphas $ALPHAS --max_new_tokens "$MAX_NEW_TOKENS" --batch_size "$BATCH_SIZE"
+       --num_samples "$NUM_SAMPLES" --top_p "$TOP_P" --temperature "$TEMPERATURE" --seed "$SEED"
+       --dtype "$DTYPE" --norm "$NORM" --max_prompts "$MAX_PROMPTS")
+[[ "$DO_SAMPLE" == 1 ]] && FLAGS+=(--do_sample)
+[[ "$OVERWRITE" == 1 ]] && FLAGS+=(--overwrite)
+
+if (( NPROC > 1 )); then
+  exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" "$REPO_DIR/generate.py" "${FLAGS[@]}" "$@"
+else
+  exec "$PYTHON" "$REPO_DIR/generate.py" "${FLAGS[@]}" "$@"
+fi
