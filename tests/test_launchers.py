@@ -1,0 +1,50 @@
+"""Launchers parse, call scripts that exist, and keep the seed's positional arguments."""
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCHERS = ["run_pretrain.sh", "run_alignment.sh", "run_generation.sh", "run_tox_score.sh", "run_ppl_score.sh",
+             "run_all.sh", "run_tests.sh", "setup.sh", ".ci/run"]
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_launcher_parses_and_is_executable(name):
+    path = REPO / name
+    assert path.exists(), name
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    assert path.stat().st_mode & 0o111, f"{name} is not executable"
+    text = path.read_text()
+    assert text.startswith("#!/usr/bin/env bash")
+    assert "set -euo pipefail" in text
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_every_script_a_launcher_calls_exists(name):
+    text = (REPO / name).read_text()
+    called = set(re.findall(r'\$REPO_DIR/([\w./-]+\.(?:py|sh))', text))
+    called |= set(re.findall(r'(?:^|\s)\./([\w./-]+\.sh)', text, flags=re.M))
+    called |= set(re.findall(r'(?:^|\s)(?:bash|source)\s+"?(?:\$\(dirname[^)]*\)"?/)?([\w./-]+\.(?:sh|py))', text, flags=re.M))
+    for rel in called:
+        assert (REPO / rel).exists(), f"{name} calls {rel}, which does not exist"
+
+
+def test_step_launchers_take_the_seeds_positional_arguments():
+    gen = (REPO / "run_generation.sh").read_text()
+    for i, var in enumerate(["TEACHER_MODEL", "TARGET_MODEL", "MATRIX_A", "DEVICE", "OUTPUT_PATH", "DATA_PATH"], 1):
+        assert re.search(rf"^{var}=\$\{{{i}:-", gen, flags=re.M), var
+    tox = (REPO / "run_tox_score.sh").read_text()
+    assert re.search(r"^DEVICE=\$\{1:-", tox, flags=re.M) and re.search(r"^INPUT_JSON=\$\{2:-", tox, flags=re.M)
+    ppl = (REPO / "run_ppl_score.sh").read_text()
+    assert re.search(r"^MODEL_PATH=\$\{1:-", ppl, flags=re.M) and re.search(r"^INPUT_JSON=\$\{2:-", ppl, flags=re.M)
+
+
+@pytest.mark.parametrize("script", ["pretrain.py", "align.py", "generate.py", "eval_toxicity.py", "eval_ppl.py", "report.py"])
+def test_every_script_has_help(script):
+    r = subprocess.run([str(REPO / ".venv/bin/python") if (REPO / ".venv/bin/python").exists() else "python3",
+                        str(REPO / script), "--help"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr[-500:]
+    assert "usage" in r.stdout.lower()
