@@ -151,7 +151,8 @@ def resolve_model(name: str, what: str = "model", need_tokenizer: bool = True) -
     if p.exists():
         check_model_folder(p, what, need_tokenizer)
         return str(p)
-    if _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
+    local_parent = p.parent != Path(".") and p.parent.exists()  # e.g. outputs/teacher with outputs/ present
+    if _HUB_ID.match(name) and not name.startswith((".", "/", "~")) and not local_parent:
         if _offline():
             raise InputError(f"{what} '{name}' is not a local folder, and hub access is off (HF_HUB_OFFLINE=1); "
                              f"aliases: {', '.join(EMBEDDED_MODELS)}")

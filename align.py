@@ -1,0 +1,186 @@
+"""Step 2: train the alignment matrix A (d_teacher x d_target) between a teacher and a target model.
+
+Reads only the two embedding matrices (straight from the safetensors files) and the two
+tokenizers; trains A contrastively on the tokens both vocabularies share (normalised across
+tokenizer families); reports held-out retrieval before and after training.
+
+Writes ``<output_dir>/mapping_model.pt`` (``torch.load(p)["mapping"]`` is A, float32) and the
+sidecar ``<output_dir>/mapping_model.json`` (models, dims, vocab overlap, metrics, arguments).
+
+Copy-paste (embedded default pair, the paper's hyperparameters):
+
+    python align.py --model1_name smollm2-135m --model2_name gemma-3-270m --output_dir outputs/alignment \\
+        --batch_size 32 --epochs 5 --lr 1e-3 --n_negatives 10 --seed 42
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from detox_pa.cli import args_to_dict, entry, log_args, parse_dataclasses
+from detox_pa.errors import InputError
+from detox_pa.io import atomic_torch_save, atomic_write_json, check_output_dir
+
+log = logging.getLogger("align")
+
+MATRIX_NAME = "mapping_model.pt"
+SIDECAR_NAME = "mapping_model.json"
+
+
+@dataclass
+class AlignArguments:
+    model1_name: str = field(default="smollm2-135m", metadata={
+        "help": "Teacher: a local model folder or an alias (smollm2-135m, gemma-3-270m). "
+                "The pipeline passes the pretrained teacher (outputs/teacher)."})
+    model2_name: str = field(default="gemma-3-270m", metadata={"help": "Target: a local model folder or an alias."})
+    output_dir: str = field(default="outputs/alignment", metadata={
+        "help": f"Folder for {MATRIX_NAME} and {SIDECAR_NAME}; created if missing."})
+    batch_size: int = field(default=32, metadata={"help": "Training batch size (the paper: 32)."})
+    epochs: int = field(default=5, metadata={"help": "Training epochs (the paper: 5)."})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate (the paper: 1e-3)."})
+    n_negatives: int = field(default=10, metadata={"help": "Random negative tokens per positive (the paper: 10)."})
+    seed: int = field(default=42, metadata={"help": "Seed for the initialisation, permutations and negatives."})
+    temperature: float = field(default=1.0, metadata={"help": "Logits are divided by this (the paper: 1, none)."})
+    init: str = field(default="random", metadata={
+        "help": "random (the paper) or lstsq (closed-form least squares teacher->target rows).",
+        "choices": ["random", "lstsq"]})
+    embedding_space: str = field(default="input", metadata={
+        "help": "input: input embedding rows (the paper); output: lm_head rows (the tied input embedding "
+                "when the model has no separate lm_head). The fusion mixes into the target's output space.",
+        "choices": ["input", "output"]})
+    heldout_share: float = field(default=0.05, metadata={
+        "help": "Share of the shared tokens held out for the retrieval metric (deterministic, by hash)."})
+    include_added: bool = field(default=True, metadata={
+        "help": "Keep non-special added tokens (e.g. Gemma's '\\n') in the shared vocabulary; specials are always dropped."})
+    threads: int = field(default=1, metadata={
+        "help": "Intra-op CPU threads for the training loop (its matrix products are small: 1 is fastest, "
+                "above all on a busy machine); 0 = torch's default."})
+    progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
+
+    def __post_init__(self):
+        for name in ("model1_name", "model2_name", "output_dir"):
+            if not str(getattr(self, name)).strip():
+                raise InputError(f"--{name} is empty")
+        if self.batch_size < 1:
+            raise InputError(f"--batch_size must be a positive integer, got {self.batch_size}")
+        if self.epochs < 1:
+            raise InputError(f"--epochs must be a positive integer, got {self.epochs}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"--lr must be a positive number, got {self.lr}")
+        if self.n_negatives < 1:
+            raise InputError(f"--n_negatives must be a positive integer, got {self.n_negatives}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise InputError(f"--temperature must be a positive number, got {self.temperature}")
+        if self.threads < 0:
+            raise InputError(f"--threads must be >= 0, got {self.threads}")
+        if not (0 < self.heldout_share <= 0.5):
+            raise InputError(f"--heldout_share must be in (0, 0.5], got {self.heldout_share}")
+        check_output_dir(self.output_dir, "--output_dir")
+
+
+def parse_args(argv=None) -> AlignArguments:
+    (args,) = parse_dataclasses([AlignArguments], argv, description=__doc__.split("\n\n")[0])
+    return args
+
+
+def _tokenizer(auto, path: str, what: str):
+    if not Path(path).is_dir():
+        log.warning("%s is not a local folder; trying it as a hub id", what)
+    try:
+        return auto.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        hint = "" if Path(path).is_dir() else " (not a local folder, and the hub could not provide it)"
+        raise InputError(f"{what}: cannot load its tokenizer{hint}: {str(e).splitlines()[0] if str(e) else e!r}") from None
+
+
+def main(args: AlignArguments) -> dict:
+    import torch
+    from transformers import AutoTokenizer
+
+    from detox_pa.alignment import TrainConfig, check_sizes, find_embedding, fit, heldout_split, load_embedding
+    from detox_pa.assets import describe_model, resolve_model
+    from detox_pa.vocab import shared_vocab
+
+    t0 = time.time()
+    log_args(args)
+    teacher = resolve_model(args.model1_name, "teacher (--model1_name)", need_tokenizer=True)
+    target = resolve_model(args.model2_name, "target (--model2_name)", need_tokenizer=True)
+    t_ref = find_embedding(teacher, args.embedding_space, f"teacher {args.model1_name}")
+    s_ref = find_embedding(target, args.embedding_space, f"target {args.model2_name}")
+
+    log.info("reading tokenizers")
+    t_tok = _tokenizer(AutoTokenizer, teacher, f"teacher (--model1_name) {args.model1_name}")
+    s_tok = _tokenizer(AutoTokenizer, target, f"target (--model2_name) {args.model2_name}")
+    sv = shared_vocab(t_tok, s_tok, include_added=args.include_added)
+    # ids past an embedding's known row count cannot be trained on
+    if t_ref.shape and s_ref.shape:
+        ok = (sv.teacher_ids < t_ref.shape[0]) & (sv.target_ids < s_ref.shape[0])
+        if not bool(ok.all()):
+            log.warning("dropping %d shared tokens whose ids lie past the embedding rows", int((~ok).sum()))
+            sv = sv.subset(ok)
+    n_held = len(heldout_split(sv.keys, args.heldout_share)[1]) if sv.n_shared else 0
+    check_sizes(sv.n_shared, sv.n_shared - n_held, args.n_negatives, sv.teacher_vocab_size, sv.target_vocab_size)
+    log.info("shared vocabulary: %d tokens = %.1f%% of the teacher's %d, %.1f%% of the target's %d "
+             "(teacher %s, target %s)", sv.n_shared, 100 * sv.teacher_coverage, sv.teacher_vocab_size,
+             100 * sv.target_coverage, sv.target_vocab_size, sv.teacher_stats["family"], sv.target_stats["family"])
+
+    Wt, t_ref = load_embedding(t_ref, f"teacher {args.model1_name}")
+    Ws, s_ref = load_embedding(s_ref, f"target {args.model2_name}")
+    ok = (sv.teacher_ids < Wt.shape[0]) & (sv.target_ids < Ws.shape[0])
+    if not bool(ok.all()):
+        log.warning("dropping %d shared tokens whose ids lie past the embedding rows", int((~ok).sum()))
+        sv = sv.subset(ok)
+        n_held = len(heldout_split(sv.keys, args.heldout_share)[1]) if sv.n_shared else 0
+        check_sizes(sv.n_shared, sv.n_shared - n_held, args.n_negatives, sv.teacher_vocab_size, sv.target_vocab_size)
+    Et = Wt[sv.teacher_ids].contiguous()
+    Es = Ws[sv.target_ids].contiguous()
+    d_t, d_s = Wt.shape[1], Ws.shape[1]
+    rows_t, rows_s = Wt.shape[0], Ws.shape[0]
+    del Wt, Ws
+    log.info("embeddings: teacher %s (%d x %d, %s), target %s (%d x %d, %s)", t_ref.key, rows_t, d_t, t_ref.source,
+             s_ref.key, rows_s, d_s, s_ref.source)
+
+    cfg = TrainConfig(batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, n_negatives=args.n_negatives,
+                      temperature=args.temperature, init=args.init, seed=args.seed, threads=args.threads,
+                      progress=args.progress)
+    torch.manual_seed(args.seed)
+    result = fit(Et, Es, sv.keys, cfg, args.heldout_share)
+    A = result.mapping
+    assert A.shape == (d_t, d_s) and A.dtype == torch.float32
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save({"mapping": A}, out / MATRIX_NAME)
+    sidecar = {
+        "artifact": MATRIX_NAME,
+        "format": "torch.load(path)['mapping'] is a float32 tensor of shape (d_teacher, d_target); "
+                  "fused vector = teacher hidden state @ mapping",
+        "teacher": {"name": args.model1_name, "path": teacher, "description": describe_model(args.model1_name),
+                    "dim": d_t, "vocab_size": sv.teacher_vocab_size, "embedding_rows": rows_t,
+                    "embedding": t_ref.describe(), "tokenizer_family": sv.teacher_stats["family"]},
+        "target": {"name": args.model2_name, "path": target, "description": describe_model(args.model2_name),
+                   "dim": d_s, "vocab_size": sv.target_vocab_size, "embedding_rows": rows_s,
+                   "embedding": s_ref.describe(), "tokenizer_family": sv.target_stats["family"]},
+        "shape": [d_t, d_s],
+        "dtype": "float32",
+        "embedding_space": args.embedding_space,
+        "init": args.init,
+        "seed": args.seed,
+        "vocab_overlap": sv.stats(),
+        "metrics": result.report,
+        "arguments": args_to_dict(args),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "wall_seconds": round(time.time() - t0, 3),
+    }
+    atomic_write_json(out / SIDECAR_NAME, sidecar)
+    log.info("wrote %s and %s (%.1f s)", out / MATRIX_NAME, out / SIDECAR_NAME, time.time() - t0)
+    return sidecar
+
+
+if __name__ == "__main__":
+    entry(main, parse_args)

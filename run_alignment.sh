@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Step 2: train the alignment matrix A (d_teacher x d_target) that carries teacher vectors into the
+# target's embedding space, contrastively on the tokens both vocabularies share.
+# Reads:  $MODEL1_NAME  the teacher (step 1's output folder, or an alias / Hugging Face folder):
+#                       its tokenizer and ONE embedding matrix, straight from its safetensors files
+#         $MODEL2_NAME  the target LLM (alias gemma-3-270m, or a folder): tokenizer + one embedding matrix
+# Writes: $OUTPUT_DIR/mapping_model.pt    torch.load(p)["mapping"] is A (float32, the paper's format)
+#         $OUTPUT_DIR/mapping_model.json  sidecar: models, dims, vocab overlap, held-out retrieval
+#                                         before/after, loss per epoch, arguments, seed, wall time
+# Usage:  ./run_alignment.sh [extra align.py flags, e.g. --heldout_share 0.1]
+#         INIT=lstsq EMBEDDING_SPACE=output ./run_alignment.sh
+# One CPU process: the step is cheap (about a minute on 2 cores for the embedded pair).
+#
+# The paper's settings (teacher = first 3 layers of Mistral-7B-v0.1, target Llama; same hyperparameters):
+#   MODEL1_NAME=/path/to/teacher MODEL2_NAME=meta-llama/Llama-2-7b-hf \
+#   BATCH_SIZE=32 EPOCHS=5 LR=1e-3 N_NEGATIVES=10 SEED=42 INIT=random EMBEDDING_SPACE=input TEMPERATURE=1 \
+#   ./run_alignment.sh
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/scripts/common.sh"
+
+# ---- editable defaults: the embedded default pipeline (teacher from step 1, Gemma-3-270M target)
+MODEL1_NAME=${MODEL1_NAME:-$DEFAULT_TEACHER_DIR}
+MODEL2_NAME=${MODEL2_NAME:-$DEFAULT_TARGET}
+OUTPUT_DIR=${OUTPUT_DIR:-$DEFAULT_ALIGN_DIR}
+BATCH_SIZE=${BATCH_SIZE:-32}
+EPOCHS=${EPOCHS:-5}
+LR=${LR:-1e-3}
+N_NEGATIVES=${N_NEGATIVES:-10}
+SEED=${SEED:-42}
+INIT=${INIT:-random}                       # random (the paper) | lstsq (closed-form least squares)
+EMBEDDING_SPACE=${EMBEDDING_SPACE:-input}  # input (the paper) | output (lm_head; the tied input embedding if none)
+TEMPERATURE=${TEMPERATURE:-1.0}            # logits / temperature (the paper: 1)
+# ----
+
+if [[ "$MODEL1_NAME" == "$DEFAULT_TEACHER_DIR" && ! -d "$MODEL1_NAME" ]]; then
+  echo "error: the teacher $MODEL1_NAME does not exist; run ./run_pretrain.sh first, or set MODEL1_NAME (e.g. MODEL1_NAME=smollm2-135m)" >&2
+  exit 2
+fi
+
+exec "$PYTHON" "$REPO_DIR/align.py" \
+  --model1_name "$MODEL1_NAME" \
+  --model2_name "$MODEL2_NAME" \
+  --output_dir "$OUTPUT_DIR" \
+  --batch_size "$BATCH_SIZE" \
+  --epochs "$EPOCHS" \
+  --lr "$LR" \
+  --n_negatives "$N_NEGATIVES" \
+  --seed "$SEED" \
+  --init "$INIT" \
+  --embedding_space "$EMBEDDING_SPACE" \
+  --temperature "$TEMPERATURE" \
+  "$@"
