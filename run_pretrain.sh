@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Step 1: train the teacher = the first NUM_TEACHER_LAYERS decoder layers of a causal LM, fine-tuned on
+# prompt -> safe-completion pairs (loss on completion tokens only).
+# Reads:  $TRAINING_DATA_PATH  WildJailbreak TSV (vanilla, adversarial, completion) or JSONL (prompt, completion)
+#         $MODEL_NAME_OR_PATH  the base model: an alias (smollm2-135m), a Hugging Face folder or a hub id
+#         ds_config.json       DeepSpeed runs only (ZeRO stage from $ZERO_STAGE, batch sizes "auto")
+# Writes: $OUTPUT_DIR          the teacher (a plain Hugging Face folder: model + tokenizer), checkpoint-*/,
+#                              detox_pa_teacher.json (sidecar: data hash, row/token counts, losses, time, args),
+#                              ds_config.zero$ZERO_STAGE.json (the DeepSpeed config actually used, DeepSpeed runs)
+# Usage:  ./run_pretrain.sh [extra pretrain.py flags, e.g. --max_steps 20]
+#         NUM_TEACHER_LAYERS=4 LEARNING_RATE=1e-4 ./run_pretrain.sh
+#         RESUME=1 ./run_pretrain.sh      continue from the newest checkpoint-* in $OUTPUT_DIR
+# Launch: GPUs visible (NUM_GPUS overrides the probe) -> the `deepspeed` launcher on all visible GPUs
+#         (restrict them with CUDA_VISIBLE_DEVICES) with ds_config.json and --bf16;
+#         no GPU -> one plain CPU process;
+#         no GPU and DS_ON_CPU=1 -> DeepSpeed on CPU over gloo in one process, to check a config before
+#         renting GPUs (sets RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT and --use_cpu; the first run
+#         compiles a small op, about 20 s, cached in ~/.cache/torch_extensions).
+# ZeRO stage: ds_config.json keeps "stage": 0; this script writes a copy with "stage": $ZERO_STAGE into
+#         $OUTPUT_DIR and passes that copy.
+#
+# The paper's settings (7 GPUs):
+#   MODEL_NAME_OR_PATH=mistralai/Mistral-7B-v0.1 NUM_TEACHER_LAYERS=3 LEARNING_RATE=1e-5 \
+#   PER_DEVICE_TRAIN_BATCH_SIZE=2 GRADIENT_ACCUMULATION_STEPS=4 NUM_TRAIN_EPOCHS=3 ZERO_STAGE=0 \
+#   FREEZE_EMBEDDINGS=0 MAX_LENGTH=1024 TRAINING_DATA_PATH=/path/to/wildjailbreak/train.tsv ./run_pretrain.sh
+#   (bf16 is added on GPUs; batch 2 x 7 GPUs x grad-accum 4 = 56 rows per update; 3 epochs of ~262k rows)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/scripts/common.sh"
+
+# ---- editable defaults: the embedded default (SmolLM2-135M-Instruct, 3 of its 30 layers: 38.9M parameters).
+# ---- One epoch of 1,500 short rows (44k tokens) took 298 CPU-seconds on 2 cores (7.6 min wall while other jobs
+# ---- shared the cores; about 2.5-3 min when idle), on a stand-in file shaped like data/teacher_data.tsv.
+# ---- The sidecar records time, tokens/s and the loss of each run.
+MODEL_NAME_OR_PATH=${MODEL_NAME_OR_PATH:-$DEFAULT_TEACHER_BASE}
+TRAINING_DATA_PATH=${TRAINING_DATA_PATH:-$DEFAULT_TEACHER_DATA}
+OUTPUT_DIR=${OUTPUT_DIR:-$DEFAULT_TEACHER_DIR}
+NUM_TEACHER_LAYERS=${NUM_TEACHER_LAYERS:-3}
+PER_DEVICE_TRAIN_BATCH_SIZE=${PER_DEVICE_TRAIN_BATCH_SIZE:-16}
+GRADIENT_ACCUMULATION_STEPS=${GRADIENT_ACCUMULATION_STEPS:-1}
+LEARNING_RATE=${LEARNING_RATE:-1e-3}
+NUM_TRAIN_EPOCHS=${NUM_TRAIN_EPOCHS:-1}
+WARMUP_STEPS=${WARMUP_STEPS:-5}
+MAX_LENGTH=${MAX_LENGTH:-128}
+# Freezing SmolLM2's tied embeddings/output layer saved only ~13% CPU time for a worse loss at equal steps
+# (logits are computed only at completion positions already), so both are trained by default.
+FREEZE_EMBEDDINGS=${FREEZE_EMBEDDINGS:-0}
+FREEZE_LM_HEAD=${FREEZE_LM_HEAD:-$FREEZE_EMBEDDINGS}
+APPEND_EOS=${APPEND_EOS:-0}
+LOGGING_STEPS=${LOGGING_STEPS:-10}
+SAVE_STEPS=${SAVE_STEPS:-50}
+SAVE_TOTAL_LIMIT=${SAVE_TOTAL_LIMIT:-2}
+ZERO_STAGE=${ZERO_STAGE:-0}
+DS_CONFIG=${DS_CONFIG:-$REPO_DIR/ds_config.json}
+RESUME=${RESUME:-0}
+OVERWRITE=${OVERWRITE:-0}
+DS_ON_CPU=${DS_ON_CPU:-0}
+SEED=${SEED:-42}
+# ----
+
+bool() { if [[ "$1" == 1 || "$1" == true ]]; then echo true; else echo false; fi; }
+
+ARGS=(
+  --model_name_or_path "$MODEL_NAME_OR_PATH"
+  --num_teacher_layers "$NUM_TEACHER_LAYERS"
+  --training_data_path "$TRAINING_DATA_PATH"
+  --output_dir "$OUTPUT_DIR"
+  --per_device_train_batch_size "$PER_DEVICE_TRAIN_BATCH_SIZE"
+  --gradient_accumulation_steps "$GRADIENT_ACCUMULATION_STEPS"
+  --learning_rate "$LEARNING_RATE"
+  --num_train_epochs "$NUM_TRAIN_EPOCHS"
+  --warmup_steps "$WARMUP_STEPS"
+  --max_length "$MAX_LENGTH"
+  --freeze_embeddings "$(bool "$FREEZE_EMBEDDINGS")"
+  --freeze_lm_head "$(bool "$FREEZE_LM_HEAD")"
+  --append_eos "$(bool "$APPEND_EOS")"
+  --logging_steps "$LOGGING_STEPS"
+  --save_strategy steps
+  --save_steps "$SAVE_STEPS"
+  --save_total_limit "$SAVE_TOTAL_LIMIT"
+  --seed "$SEED"
+  --report_to none
+)
+if [[ "$(bool "$RESUME")" == true ]]; then ARGS+=(--resume_from_checkpoint last); fi
+if [[ "$(bool "$OVERWRITE")" == true ]]; then ARGS+=(--overwrite_output_dir); fi
+
+# The DeepSpeed config with the chosen ZeRO stage, kept next to the outputs.
+ds_config_copy() {
+  mkdir -p "$OUTPUT_DIR"
+  local dest="$OUTPUT_DIR/ds_config.zero$ZERO_STAGE.json"
+  "$PYTHON" - "$DS_CONFIG" "$ZERO_STAGE" "$dest" <<'PY'
+import json, sys
+src, stage, dest = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if stage not in (0, 1, 2, 3):
+    sys.exit(f"error: ZERO_STAGE must be 0, 1, 2 or 3, got {stage}")
+cfg = json.load(open(src, encoding="utf-8"))
+cfg.setdefault("zero_optimization", {})["stage"] = stage
+with open(dest, "w", encoding="utf-8") as f:
+    json.dump(cfg, f, indent=2)
+    f.write("\n")
+PY
+  echo "$dest"
+}
+
+free_port() {
+  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+NGPU=$(num_gpus)
+if (( NGPU > 0 )); then
+  DS_FILE=$(ds_config_copy)
+  echo "run_pretrain.sh: DeepSpeed ZeRO-$ZERO_STAGE on $NGPU GPU(s), bf16, config $DS_FILE" >&2
+  exec "$PYTHON" -m deepspeed.launcher.runner --master_port "${MASTER_PORT:-29500}" \
+    "$REPO_DIR/pretrain.py" "${ARGS[@]}" --deepspeed "$DS_FILE" --bf16 "$@"
+elif [[ "$(bool "$DS_ON_CPU")" == true ]]; then
+  DS_FILE=$(ds_config_copy)
+  export RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=${MASTER_PORT:-$(free_port)}
+  echo "run_pretrain.sh: DeepSpeed ZeRO-$ZERO_STAGE on CPU (gloo, one process), config $DS_FILE" >&2
+  exec "$PYTHON" "$REPO_DIR/pretrain.py" "${ARGS[@]}" --deepspeed "$DS_FILE" --use_cpu "$@"
+else
+  echo "run_pretrain.sh: one CPU process (no GPU visible)" >&2
+  exec "$PYTHON" "$REPO_DIR/pretrain.py" "${ARGS[@]}" "$@"
+fi
