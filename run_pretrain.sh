@@ -39,6 +39,7 @@ PER_DEVICE_TRAIN_BATCH_SIZE=${PER_DEVICE_TRAIN_BATCH_SIZE:-16}
 GRADIENT_ACCUMULATION_STEPS=${GRADIENT_ACCUMULATION_STEPS:-1}
 LEARNING_RATE=${LEARNING_RATE:-1e-3}
 NUM_TRAIN_EPOCHS=${NUM_TRAIN_EPOCHS:-1}
+MAX_STEPS=${MAX_STEPS:--1}          # > 0 overrides the epochs (SMOKE=1 uses a few steps)
 WARMUP_STEPS=${WARMUP_STEPS:-5}
 MAX_LENGTH=${MAX_LENGTH:-128}
 # Freezing SmolLM2's tied embeddings/output layer saved only ~13% CPU time for a worse loss at equal steps
@@ -68,6 +69,7 @@ ARGS=(
   --gradient_accumulation_steps "$GRADIENT_ACCUMULATION_STEPS"
   --learning_rate "$LEARNING_RATE"
   --num_train_epochs "$NUM_TRAIN_EPOCHS"
+  --max_steps "$MAX_STEPS"
   --warmup_steps "$WARMUP_STEPS"
   --max_length "$MAX_LENGTH"
   --freeze_embeddings "$(bool "$FREEZE_EMBEDDINGS")"
