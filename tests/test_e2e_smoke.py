@@ -1,0 +1,40 @@
+"""One end-to-end smoke run of the real embedded default (SMOKE=1 ./run_all.sh), offline on CPU."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_run_all_smoke_on_the_embedded_default(tmp_path):
+    out = tmp_path / "smoke"
+    env = dict(os.environ, SMOKE="1", OUT_DIR=str(out), HF_HUB_OFFLINE="1")
+    r = subprocess.run(["bash", str(REPO / "run_all.sh")], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=1500)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    # every step left its artifact
+    teacher = json.loads((out / "teacher" / "detox_pa_teacher.json").read_text())
+    assert teacher["layers_kept"] == 3
+    import torch
+
+    A = torch.load(out / "alignment" / "mapping_model.pt", weights_only=True)["mapping"]
+    assert tuple(A.shape) == (576, 640) and torch.isfinite(A).all()
+    gens = json.loads((out / "generations.json").read_text())
+    assert [b["alpha"] for b in gens] == [0.0, 0.4]
+    assert all(len(b["prompt-response pairs"]) == 8 for b in gens)
+    assert gens[0]["prompt-response pairs"] != gens[1]["prompt-response pairs"]
+    tox = json.loads((out / "generations_toxicity.json").read_text())
+    assert [t["alpha"] for t in tox] == [0.0, 0.4]
+    assert all(0.0 <= t["toxicity_score"] <= 1.0 for t in tox)
+    assert tox[0]["scorer"].startswith(("bilstm", "detoxify"))
+    ppl = json.loads((out / "generations_ppl.json").read_text())
+    assert all(p["PPL"] > 1.0 for p in ppl)
+    # the run ends with the per-alpha table
+    table = [line for line in r.stdout.splitlines() if line.startswith("|")]
+    assert len(table) >= 4, r.stdout[-2000:]
+    assert (out / "generations_report.png").stat().st_size > 1000
