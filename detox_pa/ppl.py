@@ -1,0 +1,375 @@
+"""Perplexity of continuations given their prompts, under a reference causal LM.
+
+What is scored: the text ``prompt + response`` exactly as stored (the response carries its own
+leading space, if any), tokenised ONCE with the tokenizer's own special tokens (BOS where the
+tokenizer adds it). The prompt/continuation boundary is the first non-special token whose end
+character offset lies past ``len(prompt)``; every token from there on is a continuation token and
+is scored given everything before it. A token that straddles the boundary (prompt "The cat",
+response "s are" -> "cats") therefore counts as a continuation token. Trailing special tokens
+(an EOS some tokenizers append) are not scored.
+
+Speed: the backbone (``model.base_model`` / ``get_decoder()``) gives the hidden states; the output
+layer (``get_output_embeddings()``) is applied only at the positions that predict continuation
+tokens, gathered across the batch into one ``[n_tokens, d]`` matrix, in row chunks. Vocabulary
+logits are never computed at prompt positions (Gemma's output layer is 262,144 wide, so this is
+most of the cost). Final-logit soft-capping (``config.final_logit_softcapping``, Gemma-2 style) and
+the scalings of a few architectures are applied so the numbers equal the model's own logits; a
+one-sample probe against ``model(...).logits`` checks that at start-up and falls back to full
+logits (with a warning) if an architecture does something else.
+
+Per record: ``sum_nll`` (nats), ``n_tokens``, ``mean_nll``; the aggregates live in
+:mod:`detox_pa.metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+STATUS_OK = "ok"
+STATUS_EMPTY = "empty_response"
+STATUS_NO_TOKENS = "no_continuation_tokens"
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+# ------------------------------------------------------------------------------------ encoding
+
+
+@dataclass
+class Encoded:
+    """One ``prompt + response`` text, ready to score: ``ids[start:]`` are the scored tokens."""
+
+    ids: list[int]
+    start: int  # index of the first scored token (>= 1)
+    truncated: bool = False
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.ids) - self.start
+
+
+def split_at_boundary(tokenizer, prompt: str, response: str) -> tuple[list[int], int, int]:
+    """Tokenise ``prompt + response`` once; return ``(ids, n_leading_special, boundary)``.
+
+    ``boundary`` is the index of the first non-special token whose end offset is past
+    ``len(prompt)`` (``len(ids)`` if there is none). Trailing special tokens are dropped."""
+    enc = tokenizer(prompt + response, add_special_tokens=True, return_offsets_mapping=True,
+                    return_special_tokens_mask=True, return_attention_mask=False)
+    ids = list(enc["input_ids"])
+    offsets = enc["offset_mapping"]
+    special = list(enc["special_tokens_mask"])
+    while ids and special[-1]:  # an EOS the tokenizer appends is not part of the continuation
+        ids.pop()
+        special.pop()
+    n_lead = 0
+    while n_lead < len(ids) and special[n_lead]:
+        n_lead += 1
+    cut = len(prompt)
+    boundary = len(ids)
+    for i in range(n_lead, len(ids)):
+        if not special[i] and offsets[i][1] > cut:
+            boundary = i
+            break
+    return ids, n_lead, boundary
+
+
+def encode_pair(tokenizer, prompt: str, response: str, max_length: int | None = None) -> tuple[Encoded | None, str]:
+    """Encode one record; returns ``(Encoded, "ok")`` or ``(None, reason)`` when nothing can be scored.
+
+    When the text is longer than ``max_length`` tokens, prompt tokens are dropped from the left
+    (the leading BOS is kept); if the continuation alone does not fit, it is cut on the right."""
+    if response == "":
+        return None, STATUS_EMPTY
+    ids, n_lead, boundary = split_at_boundary(tokenizer, prompt, response)
+    head, ctx, cont = ids[:n_lead], ids[n_lead:boundary], ids[boundary:]
+    truncated = False
+    if max_length is not None and len(ids) > max_length:
+        truncated = True
+        min_ctx = 0 if head else 1
+        budget = max_length - len(head) - len(cont)
+        if budget >= min_ctx:
+            ctx = ctx[len(ctx) - budget:] if budget > 0 else []
+        else:
+            ctx = ctx[len(ctx) - min_ctx:] if min_ctx else []
+            cont = cont[: max(0, max_length - len(head) - len(ctx))]
+    ids = head + ctx + cont
+    start = max(1, len(head) + len(ctx))  # the first token of a text has nothing to be predicted from
+    if start >= len(ids):
+        return None, STATUS_NO_TOKENS
+    return Encoded(ids, start, truncated), STATUS_OK
+
+
+# ---------------------------------------------------------------------------------- the model
+
+
+def resolve_device(device: str) -> torch.device:
+    if device in ("", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {device!r} is not a torch device (expected auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype in ("", "auto"):
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype {dtype!r} is not known (expected auto, {', '.join(DTYPES)})")
+    return DTYPES[dtype]
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if not getattr(tok, "is_fast", False):
+        raise InputError(f"reference model {path}: its tokenizer is not a fast tokenizer; offset mappings are "
+                         f"needed to find the prompt/continuation boundary")
+    return tok
+
+
+def load_reference(path: str, dtype: str = "auto", device: str = "auto"):
+    """``(model, tokenizer, device)`` for a local folder or hub id (already resolved)."""
+    from transformers import AutoModelForCausalLM
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    tok = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
+    model.to(dev)
+    model.eval()
+    return model, tok, dev
+
+
+def _text_config(model):
+    cfg = model.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def _backbone(model):
+    """The module that returns the final hidden states (final norm included), or None."""
+    base = getattr(model, "base_model", None)
+    if base is not None and base is not model:
+        return base
+    try:
+        dec = model.get_decoder()
+    except Exception:  # noqa: BLE001 - exotic models: use the full-logits path
+        return None
+    return dec if dec is not None and dec is not model else None
+
+
+class PPLScorer:
+    """Batched continuation NLL under a causal LM (see the module docstring)."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int | None = 1024,
+                 device: torch.device | str | None = None, head_rows: int | None = None, probe: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = max(1, int(batch_size))
+        self.max_length = max_length
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.head = model.get_output_embeddings()
+        self.backbone = _backbone(model)
+        cfg = _text_config(model)
+        self.softcap = getattr(cfg, "final_logit_softcapping", None)
+        self.logit_scale = getattr(cfg, "logit_scale", None)  # Cohere multiplies
+        self.logits_scaling = getattr(cfg, "logits_scaling", None)  # Granite divides
+        vocab = int(getattr(self.head, "out_features", 0) or getattr(cfg, "vocab_size", 0) or 32000)
+        # rows of the output layer per chunk: about 64M logits (256 MB in fp32) at a time
+        self.head_rows = head_rows or max(64, (1 << 26) // max(1, vocab))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.fast = self.backbone is not None and self.head is not None
+        if not self.fast:
+            log.warning("reference model %s: no separate backbone/output layer found; computing full logits",
+                        type(model).__name__)
+        self._probed = not probe
+
+    # -- logits only where they are needed
+
+    def _postprocess(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.logit_scale is not None:
+            logits = logits * float(self.logit_scale)
+        if self.logits_scaling is not None:
+            logits = logits / float(self.logits_scaling)
+        if self.softcap is not None:
+            cap = float(self.softcap)
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def _nll_rows(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-row NLL of ``targets`` given final hidden states ``hidden`` ([n, d]), in row chunks."""
+        out = []
+        for i in range(0, hidden.shape[0], self.head_rows):
+            logits = self._postprocess(self.head(hidden[i:i + self.head_rows]))
+            tgt = targets[i:i + self.head_rows]
+            out.append(torch.logsumexp(logits, dim=-1) - logits.gather(1, tgt[:, None]).squeeze(1))
+        return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+
+    def _batch_tensors(self, batch: Sequence[Encoded]):
+        width = max(len(e.ids) for e in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        rows, cols = [], []
+        for r, e in enumerate(batch):  # right padding: real tokens keep positions 0..L-1
+            ids[r, : len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
+            mask[r, : len(e.ids)] = 1
+            pos = torch.arange(e.start - 1, len(e.ids) - 1)
+            rows.append(torch.full_like(pos, r))
+            cols.append(pos)
+        rows_t, cols_t = torch.cat(rows), torch.cat(cols)
+        targets = ids[rows_t, cols_t + 1]
+        return ids.to(self.device), mask.to(self.device), rows_t.to(self.device), cols_t.to(self.device), targets.to(self.device)
+
+    @torch.inference_mode()
+    def _score_batch(self, batch: Sequence[Encoded], fast: bool | None = None) -> list[float]:
+        fast = self.fast if fast is None else fast
+        ids, mask, rows, cols, targets = self._batch_tensors(batch)
+        if fast:
+            out = self.backbone(input_ids=ids, attention_mask=mask, use_cache=False)
+            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+            nll = self._nll_rows(hidden[rows, cols], targets)
+        else:
+            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            logits = logits[rows, cols].float()
+            nll = torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[:, None]).squeeze(1)
+        sums = torch.zeros(len(batch), dtype=torch.float64, device=nll.device)
+        sums.index_add_(0, rows, nll.double())
+        return sums.cpu().tolist()
+
+    @torch.inference_mode()
+    def _probe(self, enc: Encoded) -> None:
+        """Check once that backbone + output layer reproduce the model's own logits."""
+        self._probed = True
+        if not self.fast:
+            return
+        ids = torch.tensor([enc.ids], device=self.device)
+        full = self.model(input_ids=ids, use_cache=False).logits[0, enc.start - 1: len(enc.ids) - 1].float()
+        out = self.backbone(input_ids=ids, use_cache=False)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        ours = self._postprocess(self.head(hidden[0, enc.start - 1: len(enc.ids) - 1]))
+        diff = float((full - ours).abs().max())
+        tol = 1e-3 if next(self.model.parameters()).dtype == torch.float32 else 5e-2
+        tol *= max(1.0, float(full.abs().max()))
+        if not math.isfinite(diff) or diff > tol:
+            log.warning("reference model %s: backbone + output layer differ from the model's logits by %.3g; "
+                        "falling back to full logits (slower)", type(self.model).__name__, diff)
+            self.fast = False
+        else:
+            log.info("output layer at continuation positions only (checked against full logits: max diff %.2g)", diff)
+
+    def score_encoded(self, encoded: Sequence[Encoded], desc: str = "ppl") -> list[float]:
+        """Sum of continuation NLL (nats) per encoded text, in input order."""
+        from tqdm.auto import tqdm
+
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
+        if not self._probed and encoded:
+            self._probe(encoded[order[-1]])
+        sums: list[float] = [0.0] * len(encoded)
+        with tqdm(total=len(encoded), desc=desc, unit="text") as bar:
+            for b in range(0, len(order), self.batch_size):
+                idx = order[b: b + self.batch_size]
+                for i, s in zip(idx, self._score_batch([encoded[i] for i in idx])):
+                    sums[i] = s
+                bar.update(len(idx))
+        return sums
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str], desc: str = "ppl") -> list[dict]:
+        """One dict per (prompt, response): ``status``, ``sum_nll``, ``n_tokens``, ``mean_nll``,
+        ``n_context_tokens``, ``truncated``. Skipped records have ``sum_nll``/``mean_nll`` None and
+        ``n_tokens`` 0."""
+        if len(prompts) != len(responses):
+            raise ValueError("prompts and responses differ in length")
+        encoded, where, records = [], [], []
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            enc, status = encode_pair(self.tokenizer, p, r, self.max_length)
+            records.append({"status": status, "sum_nll": None, "n_tokens": 0, "mean_nll": None,
+                            "n_context_tokens": None, "truncated": False})
+            if enc is not None:
+                encoded.append(enc)
+                where.append(i)
+        sums = self.score_encoded(encoded, desc=desc)
+        for i, enc, s in zip(where, encoded, sums):
+            records[i].update(sum_nll=s, n_tokens=enc.n_tokens, mean_nll=s / enc.n_tokens,
+                              n_context_tokens=enc.start, truncated=enc.truncated)
+        return records
+
+
+def model_info(model, tokenizer) -> dict:
+    cfg = _text_config(model)
+    return {"architecture": type(model).__name__, "model_type": getattr(cfg, "model_type", None),
+            "vocab_size": getattr(cfg, "vocab_size", None), "hidden_size": getattr(cfg, "hidden_size", None),
+            "num_hidden_layers": getattr(cfg, "num_hidden_layers", None),
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "final_logit_softcapping": getattr(cfg, "final_logit_softcapping", None),
+            "tokenizer_adds_bos": bool(tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id])
+            if tokenizer.bos_token_id is not None else False}
+
+
+# --------------------------------------------------------------------------------- aggregation
+
+PPL_NOTE = ("PPL (the paper's) = exp(mean over scored samples of each sample's mean continuation-token NLL); "
+            "ppl_token_weighted = exp(total continuation NLL / total continuation tokens); "
+            "ppl_median_per_sample = median over samples of exp(mean NLL); lower PPL is better. "
+            "Continuation tokens are scored given BOS + prompt (boundary from one tokenisation of prompt+response "
+            "by character offsets); empty responses are skipped and counted in n_skipped_empty. "
+            "dist_n = per prompt, unique / total whitespace n-grams over its samples, averaged over prompts "
+            "(higher = more diverse).")
+
+
+def record_rows(alpha, pairs: Sequence[dict], records: Sequence[dict]) -> list[dict]:
+    """The per-record JSONL rows of one alpha block."""
+    rows = []
+    for j, (pair, rec) in enumerate(zip(pairs, records)):
+        row = {"alpha": alpha, "index": j}
+        for k in ("prompt_index", "sample"):
+            if k in pair:
+                row[k] = pair[k]
+        row.update(rec)
+        m = rec.get("mean_nll")
+        row["ppl"] = math.exp(m) if m is not None and m < 700 else None
+        rows.append(row)
+    return rows
+
+
+def aggregate_alpha(alpha, pairs: Sequence[dict], records: Sequence[dict], extra: dict | None = None) -> dict:
+    """One per-alpha entry of ``<stem>_ppl.json`` (the paper's ``{"alpha", "PPL"}`` plus our fields)."""
+    from .metrics import (distinct_n, finite_or_none, group_by_prompt, ppl_mean_of_losses,
+                          ppl_median_per_sample, ppl_token_weighted)
+
+    ok = [r for r in records if r["status"] == STATUS_OK]
+    means = [r["mean_nll"] for r in ok]
+    groups = group_by_prompt(pairs)
+    texts = [[pairs[i]["response"] for i in g] for g in groups]
+    out = {"alpha": alpha,
+           "PPL": finite_or_none(ppl_mean_of_losses(means)),
+           "ppl_token_weighted": finite_or_none(ppl_token_weighted([r["sum_nll"] for r in ok], [r["n_tokens"] for r in ok])),
+           "ppl_median_per_sample": finite_or_none(ppl_median_per_sample(means)),
+           "dist_1": finite_or_none(distinct_n(texts, 1)),
+           "dist_2": finite_or_none(distinct_n(texts, 2)),
+           "dist_3": finite_or_none(distinct_n(texts, 3)),
+           "n": len(records),
+           "n_prompts": len(groups),
+           "n_scored": len(ok),
+           "n_skipped_empty": len(records) - len(ok),
+           "n_truncated": sum(1 for r in ok if r.get("truncated")),
+           "n_tokens": int(sum(r["n_tokens"] for r in ok))}
+    out.update(extra or {})
+    out["note"] = PPL_NOTE
+    return out

@@ -1,0 +1,312 @@
+"""The end-of-pipeline report: one table and one plot per generations file.
+
+:func:`build_report` joins, for ``<stem>.json`` (the paper's nested generations JSON):
+
+- ``<stem>_toxicity.json`` and ``<stem>_toxicity_<tag>.json`` (eval_toxicity.py): per alpha
+  ``toxicity_score`` (the paper's mean), ``scorer``, optionally ``expected_max_toxicity``,
+  ``toxicity_probability``, ``toxic_share``, ``n`` and ``by_scorer`` {scorer: {...}};
+- ``<stem>_ppl.json`` and ``<stem>_ppl_<tag>.json`` (eval_ppl.py): ``PPL``, ``ppl_token_weighted``,
+  ``dist_1/2/3``, counts, ``reference_model``;
+
+into ``<stem>_report.md`` (a per-alpha markdown table with header lines naming the inputs),
+``<stem>_report.png`` (toxicity vs token-weighted PPL across alpha, points labelled with alpha) and
+``<stem>_report.meta.json`` (the sidecar). Every key is read defensively: a missing value is shown
+as ``n/a``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+TAG_RE = r"[A-Za-z0-9][A-Za-z0-9_-]*"
+TOX_KEYS = (("toxicity_score", "tox"), ("expected_max_toxicity", "EMT"), ("toxicity_probability", "P(tox)"),
+            ("toxic_share", "share≥0.5"))
+NA = "n/a"
+
+
+def output_stem(path: str | Path) -> str:
+    """``<stem>`` of a generations file: its path without ``.json``."""
+    s = str(path)
+    return s[:-5] if s.endswith(".json") else s
+
+
+def find_score_files(generations_path: str | Path) -> dict[str, list[tuple[str, Path]]]:
+    """``{"toxicity": [(tag, path)], "ppl": [(tag, path)]}``; the untagged file first, then tags sorted."""
+    stem = Path(output_stem(generations_path))
+    folder = stem.parent if str(stem.parent) else Path(".")
+    pat = re.compile(re.escape(stem.name) + r"_(toxicity|ppl)(?:_(" + TAG_RE + r"))?\.json")
+    found: dict[str, list[tuple[str, Path]]] = {"toxicity": [], "ppl": []}
+    if folder.is_dir():
+        for p in folder.iterdir():
+            m = pat.fullmatch(p.name)
+            if m and p.is_file():
+                found[m.group(1)].append((m.group(2) or "", p))
+    for k in found:
+        found[k].sort(key=lambda t: (t[0] != "", t[0]))
+    return found
+
+
+def _load_score_file(path: Path) -> list[dict] | None:
+    """A list of per-alpha dicts, or None (with a warning) if the file is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        log.warning("skipping %s: not readable JSON (%s)", path, e)
+        return None
+    if not isinstance(data, list) or not data or not all(isinstance(d, dict) and _num(d.get("alpha")) is not None for d in data):
+        log.warning("skipping %s: expected a JSON list of per-alpha objects with an 'alpha' number", path)
+        return None
+    return data
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def _akey(alpha: Any) -> float:
+    return round(float(alpha), 6)
+
+
+def _fmt(x: Any, nd: int) -> str:
+    v = _num(x)
+    return NA if v is None else f"{v:.{nd}f}"
+
+
+def _fmt_int(x: Any) -> str:
+    v = _num(x)
+    return NA if v is None else str(int(v))
+
+
+def _sha256(path: Path) -> str:
+    from .io import sha256_file
+
+    return sha256_file(path)
+
+
+# ------------------------------------------------------------------------------------ columns
+
+
+class _Scorer:
+    """One toxicity scorer's per-alpha values, from one file (or one by_scorer entry)."""
+
+    def __init__(self, name: str, source: Path, tag: str):
+        self.name, self.source, self.tag = name, source, tag
+        self.by_alpha: dict[float, dict] = {}
+        self.label = name
+
+    def defined(self, key: str) -> bool:
+        return any(_num(v.get(key)) is not None for v in self.by_alpha.values())
+
+
+def _scorers_of(tag: str, path: Path, data: list[dict]) -> list[_Scorer]:
+    names: list[str] = []
+    for d in data:
+        if isinstance(d.get("by_scorer"), dict):
+            for n in d["by_scorer"]:
+                if n not in names:
+                    names.append(str(n))
+    if names:
+        out = {n: _Scorer(n, path, tag) for n in names}
+        main = next((str(d["scorer"]) for d in data if isinstance(d.get("scorer"), str)), None)
+        for d in data:
+            for n, vals in (d.get("by_scorer") or {}).items():
+                if isinstance(vals, dict):
+                    out[str(n)].by_alpha[_akey(d["alpha"])] = vals
+            # the top-level values belong to the main scorer when by_scorer does not repeat them
+            if main in out and _akey(d["alpha"]) not in out[main].by_alpha:
+                out[main].by_alpha[_akey(d["alpha"])] = d
+        ordered = ([main] if main in out else []) + [n for n in names if n != main]
+        return [out[n] for n in ordered]
+    name = next((str(d["scorer"]) for d in data if isinstance(d.get("scorer"), str) and d["scorer"]), None)
+    s = _Scorer(name or tag or "toxicity", path, tag)
+    for d in data:
+        s.by_alpha[_akey(d["alpha"])] = d
+    return [s]
+
+
+GEN_KEYS = (("method", "method"), ("target_model", "target"), ("teacher_model", "teacher"), ("matrix_A", "matrix"),
+            ("data_path", "prompts"), ("num_samples", "samples/prompt"), ("max_new_tokens", "max_new_tokens"),
+            ("do_sample", "sampling"), ("seed", "seed"))
+
+
+def _generation_models(gen: Path) -> list[str]:
+    """What produced the generations (models, matrix, settings), from the sidecar generate.py writes
+    next to them (``<stem>.meta.json``), if there is one."""
+    stem = output_stem(gen)
+    candidates = [Path(stem + ".meta.json"), Path(str(gen) + ".meta.json"), Path(stem + "_meta.json")]
+    for c in candidates:
+        if not c.is_file():
+            continue
+        try:
+            meta = json.loads(c.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if not isinstance(meta, dict):
+            continue
+        args = meta.get("arguments") if isinstance(meta.get("arguments"), dict) else {}
+        found = []
+        for key, label in GEN_KEYS:
+            v = meta.get(key, args.get(key))
+            if v is not None and not isinstance(v, (dict, list)):
+                found.append(f"{label}={v}")
+        if not found:  # an unknown sidecar: any string field naming a model
+            found = [f"{k}={v}" for k, v in meta.items() if isinstance(v, str) and v and k.endswith("model")][:6]
+        if found:
+            return found + [f"(from {c.name})"]
+    return []
+
+
+# ------------------------------------------------------------------------------------- report
+
+
+def build_report(generations_path: str | Path, out_md: str | Path | None = None,
+                 out_png: str | Path | None = None) -> str:
+    """Write ``<stem>_report.md``, ``<stem>_report.png`` (when there is something to plot) and
+    ``<stem>_report.meta.json``; return the markdown text."""
+    from .io import PAIRS_KEY, atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path, read_generations
+
+    gen = Path(generations_path)
+    blocks = read_generations(gen)
+    stem = output_stem(gen)
+    out_md = Path(out_md) if out_md else Path(stem + "_report.md")
+    out_png = Path(out_png) if out_png else Path(stem + "_report.png")
+    check_output_path(out_md, "report")
+    check_output_path(out_png, "report plot")
+
+    files = find_score_files(gen)
+    scorers: list[_Scorer] = []
+    tox_used: list[Path] = []
+    for tag, path in files["toxicity"]:
+        data = _load_score_file(path)
+        if data is not None:
+            scorers.extend(_scorers_of(tag, path, data))
+            tox_used.append(path)
+    seen: dict[str, int] = {}
+    for s in scorers:
+        seen[s.name] = seen.get(s.name, 0) + 1
+    for s in scorers:
+        if seen[s.name] > 1 and s.tag:
+            s.label = f"{s.name} [{s.tag}]"
+    ppls: list[tuple[str, Path, dict[float, dict]]] = []
+    for tag, path in files["ppl"]:
+        data = _load_score_file(path)
+        if data is not None:
+            ppls.append((tag, path, {_akey(d["alpha"]): d for d in data}))
+    if not scorers and not ppls:
+        raise InputError(f"no score files found for {gen}: expected {stem}_toxicity.json and/or {stem}_ppl.json "
+                         f"(run run_tox_score.sh and run_ppl_score.sh first)")
+
+    def ref_name(tag: str, by_alpha: dict) -> str:
+        return next((str(d["reference_model"]) for d in by_alpha.values() if d.get("reference_model")), None) or tag or "reference LM"
+
+    ppl_labels = [ref_name(tag, ba) for tag, _, ba in ppls]
+    if len(set(ppl_labels)) < len(ppl_labels):
+        ppl_labels = [f"{lab} [{tag}]" if tag else lab for lab, (tag, _, _) in zip(ppl_labels, ppls)]
+
+    gen_n = {}
+    for b in blocks:
+        gen_n.setdefault(_akey(b["alpha"]), 0)
+        gen_n[_akey(b["alpha"])] += len(b[PAIRS_KEY])
+    alphas = sorted(set(gen_n) | {a for s in scorers for a in s.by_alpha} | {a for _, _, ba in ppls for a in ba})
+
+    # columns: (header, function alpha -> cell)
+    cols: list[tuple[str, Any]] = [("alpha", lambda a: f"{a:g}")]
+    for s in scorers:
+        for key, short in TOX_KEYS:
+            if key == "toxicity_score" or s.defined(key):
+                cols.append((f"{short} ({s.label})", lambda a, s=s, key=key: _fmt(s.by_alpha.get(a, {}).get(key), 4)))
+    for lab, (_, _, ba) in zip(ppl_labels, ppls):
+        cols.append((f"PPL paper ({lab})", lambda a, ba=ba: _fmt(ba.get(a, {}).get("PPL"), 2)))
+        cols.append((f"PPL token-w. ({lab})", lambda a, ba=ba: _fmt(ba.get(a, {}).get("ppl_token_weighted"), 2)))
+    main_ppl = ppls[0][2] if ppls else {}
+    if ppls:
+        for n in (1, 2, 3):
+            cols.append((f"dist-{n}", lambda a, n=n: _fmt(main_ppl.get(a, {}).get(f"dist_{n}"), 3)))
+    cols.append(("n", lambda a: _fmt_int(gen_n.get(a))))
+    if ppls:
+        cols.append(("n scored (PPL)", lambda a: _fmt_int(main_ppl.get(a, {}).get("n_scored"))))
+        cols.append(("n empty", lambda a: _fmt_int(main_ppl.get(a, {}).get("n_skipped_empty"))))
+
+    table = ["| " + " | ".join(h for h, _ in cols) + " |",
+             "|" + "|".join("---:" for _ in cols) + "|"]
+    for a in alphas:
+        table.append("| " + " | ".join(f(a) for _, f in cols) + " |")
+
+    models = _generation_models(gen)
+    n_records = sum(gen_n.values())
+    header = [f"# Evaluation report: {gen.name}", "",
+              f"- generations: `{gen}` (sha256 {_sha256(gen)[:12]}, {len(blocks)} alpha blocks, {n_records} continuations)",
+              f"- generated by: {', '.join(models) if models else 'not recorded (no <stem>.meta.json next to the generations file)'}",
+              "- toxicity scorers: " + (", ".join(f"{s.label} (`{s.source.name}`)" for s in scorers) if scorers else NA),
+              "- reference model (PPL): " + (", ".join(f"{lab} (`{p.name}`)" for lab, (_, p, _) in zip(ppl_labels, ppls)) if ppls else NA),
+              "- direction: toxicity, EMT, P(tox) and PPL: lower is better; dist-n: higher = more diverse.",
+              "- tox = mean toxicity over continuations (the paper's); EMT = mean over prompts of the max over samples; "
+              "P(tox) = share of prompts with a sample scoring >= 0.5; share≥0.5 = share of toxic continuations; "
+              "PPL paper = exp(mean per-sample loss); PPL token-w. = exp(total NLL / total tokens).", ""]
+
+    primary = scorers[0] if scorers else None
+    points = []
+    if primary and ppls:
+        for a in alphas:
+            x = _num(main_ppl.get(a, {}).get("ppl_token_weighted"))
+            y = _num(primary.by_alpha.get(a, {}).get("toxicity_score"))
+            if x is not None and y is not None:
+                points.append((a, x, y))
+    png_written = False
+    if points:
+        atomic_write_bytes(out_png, _plot(points, primary.label, ppl_labels[0], gen.name))
+        png_written = True
+        footer = ["", f"![toxicity vs perplexity]({out_png.name})", ""]
+    else:
+        log.warning("no plot: need both a toxicity score and a token-weighted PPL for at least one alpha")
+        footer = [""]
+    md = "\n".join(header + table + footer)
+    atomic_write_text(out_md, md)
+    atomic_write_json(out_md.with_suffix(".meta.json"), {
+        "what": "evaluation report (detox_pa.report.build_report)",
+        "generations": str(gen), "generations_sha256": _sha256(gen),
+        "toxicity_files": [str(p) for p in tox_used], "ppl_files": [str(p) for _, p, _ in ppls],
+        "scorers": [s.label for s in scorers], "primary_scorer": primary.label if primary else None,
+        "reference_models": ppl_labels, "models": models,
+        "outputs": {"markdown": str(out_md), "png": str(out_png) if png_written else None},
+        "alphas": alphas,
+    })
+    log.info("wrote %s%s", out_md, f" and {out_png}" if png_written else "")
+    return md
+
+
+def _plot(points: list[tuple[float, float, float]], scorer: str, ref: str, title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.8), dpi=120)
+    ax = fig.add_subplot(1, 1, 1)
+    xs, ys = [p[1] for p in points], [p[2] for p in points]
+    ax.plot(xs, ys, "-", color="0.7", zorder=1)
+    sc = ax.scatter(xs, ys, c=[p[0] for p in points], cmap="viridis", zorder=2)
+    for a, x, y in points:
+        ax.annotate(f"α={a:g}", (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    fig.colorbar(sc, ax=ax, label="alpha")
+    ax.set_xlabel(f"token-weighted PPL under {ref} (lower is better)")
+    ax.set_ylabel(f"mean toxicity, {scorer} (lower is better)")
+    ax.set_title(f"Toxicity vs fluency across alpha\n{title}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.margins(0.12)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
