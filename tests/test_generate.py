@@ -1,6 +1,7 @@
 """generate.py end to end on tiny models: format, seeding, resume, refusal, sharding, bad input."""
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -27,6 +28,12 @@ def assets(tmp_path_factory):
     prompts = [" ".join(s.split()[:k]) for k, s in zip([2, 5, 3, 7, 4, 6, 3], tiny.corpus(7, seed=9))]
     (d / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     return d
+
+
+def stderr_lines(capsys):
+    """stderr without the log lines (HH:MM:SS LEVEL name: ...): what a user sees as the error."""
+    err = capsys.readouterr().err.strip().splitlines()
+    return [e for e in err if not re.match(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING) ", e)]
 
 
 def argv(d, out, *extra, alphas=("0", "0.5")):
@@ -90,7 +97,7 @@ def test_resume_with_different_arguments_is_refused(assets, tmp_path, capsys):
     out = tmp_path / "o.json"
     (tmp_path / "o.json.journal.jsonl").write_text(json.dumps({"journal": 1, "fingerprint": {"seed": 1}}) + "\n")
     assert gen(assets, out) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = stderr_lines(capsys)
     assert len(err) == 1 and "different arguments" in err[0] and "--overwrite" in err[0]
 
 
@@ -148,7 +155,7 @@ def test_torchrun_two_gloo_ranks_give_the_single_process_output(assets, tmp_path
 def test_bad_arguments_give_one_line(assets, tmp_path, capsys, case, extra, expect):
     out = tmp_path / "o.json"
     assert run(generate.main, generate.parse_args, argv(assets, out) + extra) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = stderr_lines(capsys)
     assert len(err) == 1 and err[0].startswith("error: ") and expect in err[0], err
     assert not out.exists() and not list(tmp_path.iterdir())
 
@@ -184,7 +191,7 @@ def test_bad_inputs_give_one_line_before_models_load(assets, tmp_path, capsys, m
     args[args.index(flag) + 1] = str(value)
     before = sorted(os.listdir(tmp_path))
     assert run(generate.main, generate.parse_args, args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = stderr_lines(capsys)
     assert len(err) == 1 and err[0].startswith("error: ") and expect in err[0], err
     assert "Traceback" not in err[0]
     assert sorted(os.listdir(tmp_path)) == before

