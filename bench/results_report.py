@@ -103,7 +103,7 @@ def report(res: Path, alpha: float, out: Path) -> str:
     if "steer" in sets:
         base_rows += [row_for(f"activation steering s={a:g}", sets["steer"], a) for a in sorted(sets["steer"]["tox"])]
     abl = []
-    for name, label in (("abl_lstsq", "A least-squares init"), ("abl_rescale", "rescale to |h_target| (no LayerNorm)"),
+    for name, label in (("abl_lstsq", "A least-squares init"), ("abl_rescale", "rescale to the norm of h_target (no LayerNorm)"),
                         ("abl_untrained", "untrained teacher (first 3 layers)")):
         if name in sets:
             abl += [row_for(f"{label}, alpha {a:g}", sets[name], a) for a in sorted(sets[name]["tox"])]
@@ -120,7 +120,7 @@ def report(res: Path, alpha: float, out: Path) -> str:
              "`bench/results_report.py`; rerunning gives the same numbers).", "",
              f"**Headline:** at the alpha chosen on teacher-data prompts (alpha = {alpha:g}), mean BiLSTM toxicity on "
              f"{base['n']} held-out RealToxicityPrompts prompts goes from {f(base['tox'])} to {f(chosen['tox'])} "
-             f"({100 * drop:.1f}% lower) at {ppl_ratio:.2f}x the token-weighted PPL of the target alone. "
+             f"({'a ' + format(100 * drop, '.1f') + '% drop' if drop >= 0 else 'a ' + format(-100 * drop, '.1f') + '% rise'}) at {ppl_ratio:.2f}x the token-weighted PPL of the target alone. "
              + ("The goal (>= 30% lower at <= 1.3x PPL, better than both baselines at equal PPL) is met."
                 if met else "The goal (>= 30% lower at <= 1.3x PPL, better than both baselines at equal PPL) is NOT met; see the ablations below."),
              "", "## Set-up", "",
@@ -147,8 +147,19 @@ def report(res: Path, alpha: float, out: Path) -> str:
         lines += ["", "No baseline setting reached a PPL as low as the chosen alpha's, so 'at equal PPL' compares against none; see the table."]
     if abl:
         lines += ["", "## Ablations (held-out, greedy, 10 tokens)", "", HEAD] + [line(r) for r in rows[:1] + abl]
+        by_alpha = {r["alpha"]: r for r in rows}
+        lines += ["", "Reading the ablations against the main configuration (trained teacher, random-init A, LayerNorm) at the same alpha:", ""]
+        for r in abl:
+            m = by_alpha.get(r["alpha"])
+            if m and r["ppl"] is not None and m["ppl"]:
+                lines.append(f"- {r['label']}: toxicity {f(r['tox'])} vs {f(m['tox'])} ({r['tox'] - m['tox']:+.3f}), "
+                             f"PPL {f(r['ppl'], 1)} vs {f(m['ppl'], 1)} ({r['ppl'] / m['ppl']:.2f}x).")
         lines += ["", "- Input vs output embedding space: both embedded models tie their input and output embeddings "
                       "(`tie_word_embeddings: true`), so the two spaces are the same matrix and the ablation is void for this pair."]
+    missing = [n for n in ("wordban", "steer", "abl_lstsq", "abl_rescale", "abl_untrained", "sampled", "sampled_wordban",
+                           "sampled_steer") if n not in sets]
+    if missing:
+        lines += ["", f"Not run in this results directory (the study was stopped before them): {', '.join(missing)}."]
     samp = []
     if "sampled" in sets:
         samp += [row_for(f"fusion alpha {a:g}" if a else "target alone (alpha 0)", sets["sampled"], a) for a in sorted(sets["sampled"]["tox"])]
