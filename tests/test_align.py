@@ -24,17 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING) ")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_log_handler():
-    """detox_pa.cli.setup_logging keeps the stderr of the test that first called it; drop it between tests."""
-    def drop():
-        root = logging.getLogger()
-        for h in list(root.handlers):
-            if getattr(h, "_detox_pa", False):
-                root.removeHandler(h)
-    drop()
-    yield
-    drop()
 
 
 @pytest.fixture(scope="module")

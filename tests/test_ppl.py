@@ -17,17 +17,6 @@ from tests.tiny import make_model, make_model_folder, make_tokenizer
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_log_handler():
-    """detox_pa.cli.setup_logging keeps the stderr of the test that first called it; drop it between tests."""
-    def drop():
-        root = logging.getLogger()
-        for h in list(root.handlers):
-            if getattr(h, "_detox_pa", False):
-                root.removeHandler(h)
-    drop()
-    yield
-    drop()
 
 
 @pytest.fixture(scope="module")

@@ -13,16 +13,6 @@ from detox_pa.report import build_report, find_score_files
 ALPHAS = [0.0, 0.2, 0.4]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_log_handler():
-    def drop():
-        root = logging.getLogger()
-        for h in list(root.handlers):
-            if getattr(h, "_detox_pa", False):
-                root.removeHandler(h)
-    drop()
-    yield
-    drop()
 
 
 def make_run(folder, tox=True, ppl=True):
