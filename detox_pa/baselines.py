@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import torch
 
@@ -32,19 +31,12 @@ def bad_words_ids(tokenizer, words: list[str] | None = None) -> list[list[int]]:
 
 
 def load_steer_vector(path: str, d_target: int) -> torch.Tensor:
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"steering vector {p} does not exist")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"steering vector {p} cannot be read ({type(e).__name__})") from None
-    v = obj.get("vector") if isinstance(obj, dict) else obj
-    if not isinstance(v, torch.Tensor) or v.dim() != 1 or v.shape[0] != d_target:
-        raise InputError(f"steering vector {p}: expected {{'vector': tensor of shape [{d_target}]}}")
-    if not torch.isfinite(v).all():
-        raise InputError(f"steering vector {p} holds NaN or inf values")
-    return v.float()
+    from .io import load_tensor_file
+
+    v = load_tensor_file(path, "vector", "steering vector")
+    if v.dim() != 1 or v.shape[0] != d_target:
+        raise InputError(f"steering vector {path}: expected {{'vector': tensor of shape [{d_target}]}}, got {tuple(v.shape)}")
+    return v
 
 
 @contextlib.contextmanager

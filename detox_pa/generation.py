@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from .errors import InputError
-from .io import PAIRS_KEY, atomic_write_json, sha256_file
+from .io import PAIRS_KEY, atomic_write_json, load_tensor_file, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,7 @@ def parse_device(device: str) -> torch.device:
     return dev
 
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+from .teacher import DTYPES  # noqa: E402  (one table for every step)
 
 
 def model_hidden_size(path: str) -> int:
@@ -70,24 +69,13 @@ def model_hidden_size(path: str) -> int:
 
 def load_matrix(path: str, d_teacher: int | None = None, d_target: int | None = None) -> torch.Tensor:
     """``torch.load(path)["mapping"]``, checked: 2-D, finite, shape (d_teacher, d_target)."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"alignment matrix {p} does not exist")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise InputError(f"alignment matrix {p} cannot be read by torch.load ({type(e).__name__})") from None
-    A = obj.get("mapping") if isinstance(obj, dict) else obj
-    if not isinstance(A, torch.Tensor):
-        raise InputError(f"alignment matrix {p}: expected a dict with a 'mapping' tensor (torch.save({{'mapping': A}}))")
+    A = load_tensor_file(path, "mapping", "alignment matrix")
     if A.dim() != 2:
-        raise InputError(f"alignment matrix {p}: 'mapping' must be 2-D, got shape {tuple(A.shape)}")
-    if not torch.isfinite(A).all():
-        raise InputError(f"alignment matrix {p}: 'mapping' holds NaN or inf values")
+        raise InputError(f"alignment matrix {path}: 'mapping' must be 2-D, got shape {tuple(A.shape)}")
     if d_teacher is not None and d_target is not None and tuple(A.shape) != (d_teacher, d_target):
-        raise InputError(f"alignment matrix {p} has shape {tuple(A.shape)} but the models need "
+        raise InputError(f"alignment matrix {path} has shape {tuple(A.shape)} but the models need "
                          f"(d_teacher={d_teacher}, d_target={d_target})")
-    return A.float()
+    return A
 
 
 # --------------------------------------------------------------------------------------- journal

@@ -91,6 +91,26 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def load_tensor_file(path: str | os.PathLike, key: str, what: str):
+    """``torch.load(path)[key]`` (or the bare tensor), checked: the file exists, loads with
+    ``weights_only=True``, holds a tensor, and every value is finite. Shape checks are the caller's."""
+    import torch
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} {p} does not exist")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"{what} {p} cannot be read by torch.load ({type(e).__name__})") from None
+    t = obj.get(key) if isinstance(obj, dict) else obj
+    if not isinstance(t, torch.Tensor):
+        raise InputError(f"{what} {p}: expected a dict with a '{key}' tensor (torch.save({{'{key}': tensor}}))")
+    if not torch.isfinite(t).all():
+        raise InputError(f"{what} {p}: '{key}' holds NaN or inf values")
+    return t.float()
+
+
 def sha256_file(path: str | os.PathLike, limit: int | None = None) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

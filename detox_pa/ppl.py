@@ -38,8 +38,7 @@ STATUS_OK = "ok"
 STATUS_EMPTY = "empty_response"
 STATUS_NO_TOKENS = "no_continuation_tokens"
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+from .teacher import DTYPES  # noqa: E402  (one dtype table for every step)
 
 
 # ------------------------------------------------------------------------------------ encoding
