@@ -41,12 +41,14 @@ from typing import Sequence
 
 from transformers import TrainingArguments
 
+from detox_pa.assets import TEACHER_SIDECAR
 from detox_pa.cli import args_to_dict, entry, log_args, parse_dataclasses
 from detox_pa.errors import InputError
 
 log = logging.getLogger("detox_pa.pretrain")
 
-SIDECAR = "detox_pa_teacher.json"
+SIDECAR = TEACHER_SIDECAR
+RUN_FILE = "detox_pa_run.json"  # what the checkpoints in --output_dir were trained with; checked on resume
 TEACHER_DTYPES = ("float32", "bfloat16", "float16", "auto")
 RESUME_LAST = ("last", "true", "1", "yes")
 RESUME_NONE = ("", "false", "0", "no", "none")
@@ -192,26 +194,79 @@ def _holds_teacher(out: Path) -> bool:
     return (out / SIDECAR).exists() or (out / "config.json").exists()
 
 
-def resolve_resume(t: TeacherTrainingArguments, out: Path, is_main: bool) -> str | None:
-    """The checkpoint to resume from (or None), after checking --output_dir is safe to write."""
-    from transformers.trainer_utils import get_last_checkpoint
+def _complete(ck: Path) -> bool:
+    """The Trainer writes trainer_state.json last in a checkpoint: without it the save was cut off."""
+    return (ck / "trainer_state.json").is_file()
 
+
+def _step_of(ck: Path) -> int:
+    try:
+        return int(ck.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def last_complete_checkpoint(out: Path, is_main: bool) -> Path | None:
+    """The newest checkpoint whose save finished. Newer, cut-off ones (a run killed while saving) are
+    removed so that the resumed run writes them again from scratch."""
+    found = sorted((ck for ck in _checkpoints(out) if _step_of(ck) >= 0), key=_step_of)
+    for ck in reversed(found):
+        if _complete(ck):
+            return ck
+        log.warning("checkpoint %s is incomplete (no trainer_state.json: the run was stopped while saving it); "
+                    "%s", ck, "removing it" if is_main else "skipping it")
+        if is_main:
+            shutil.rmtree(ck, ignore_errors=True)
+    return None
+
+
+# The arguments that define what a checkpoint is. Resuming with any of them changed would silently
+# train a different model, so it is refused. Step counts, logging and saving may change.
+RESUME_FIXED = {
+    "model": ("model_name_or_path", "num_teacher_layers", "freeze_embeddings", "freeze_lm_head", "dtype"),
+    "data": ("max_length", "separator", "append_eos"),
+    "training": ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+                 "lr_scheduler_type", "warmup_ratio", "warmup_steps", "optim", "per_device_train_batch_size",
+                 "gradient_accumulation_steps", "seed", "data_seed", "bf16", "fp16", "world_size"),
+}
+
+
+def run_fingerprint(args: Args, data_sha256: str) -> dict:
+    fp = {"training_data_sha256": data_sha256}
+    for group, keys in RESUME_FIXED.items():
+        obj = getattr(args, group)
+        for k in keys:
+            if hasattr(obj, k):
+                v = getattr(obj, k)
+                fp[k] = v if isinstance(v, (bool, int, float, str, type(None))) else str(v)
+    return fp
+
+
+def check_same_run(recorded: dict, now: dict, where: Path) -> None:
+    diff = [f"{k} {recorded[k]!r} (now {now.get(k)!r})" for k in sorted(recorded) if recorded[k] != now.get(k)]
+    if diff:
+        raise InputError(f"{where}: the checkpoints were trained with different arguments: {'; '.join(diff)}; "
+                         f"resume with the same ones, or start over with --overwrite_output_dir")
+
+
+def resolve_resume(t: TeacherTrainingArguments, out: Path, is_main: bool) -> Path | None:
+    """The checkpoint to resume from (or None), after checking --output_dir is safe to write."""
     value = (t.resume_from_checkpoint or "").strip()
     if value.lower() in RESUME_LAST:
-        last = get_last_checkpoint(str(out)) if out.is_dir() else None
+        last = last_complete_checkpoint(out, is_main)
         if last is not None:
             return last
         if _holds_teacher(out) and not t.overwrite_output_dir:
             raise InputError(f"output_dir {out} holds a finished teacher and no checkpoint-* folder to resume from; "
                              f"pass --overwrite_output_dir to train again")
-        log.warning("resume requested but %s holds no checkpoint-* folder: starting from scratch", out)
+        log.warning("resume requested but %s holds no complete checkpoint-* folder: starting from scratch", out)
         return None
     if value.lower() not in RESUME_NONE:
         ck = Path(value)
-        if not ck.is_dir() or not (ck / "trainer_state.json").exists():
-            raise InputError(f"checkpoint {ck} is not a Trainer checkpoint folder (no trainer_state.json) "
+        if not ck.is_dir() or not _complete(ck):
+            raise InputError(f"checkpoint {ck} is not a complete Trainer checkpoint folder (no trainer_state.json) "
                              f"(--resume_from_checkpoint)")
-        return str(ck)
+        return ck
     old = _checkpoints(out)
     if (old or _holds_teacher(out)) and not t.overwrite_output_dir:
         what = f"{len(old)} checkpoint folder(s)" if old else "a teacher"
@@ -220,10 +275,29 @@ def resolve_resume(t: TeacherTrainingArguments, out: Path, is_main: bool) -> str
     if is_main and t.overwrite_output_dir:
         for ck in old:
             shutil.rmtree(ck, ignore_errors=True)
-        (out / SIDECAR).unlink(missing_ok=True)
+        for name in (SIDECAR, RUN_FILE):
+            (out / name).unlink(missing_ok=True)
         if old:
             log.info("--overwrite_output_dir: removed %d old checkpoint folder(s) in %s", len(old), out)
     return None
+
+
+def check_or_record_run(args: Args, out: Path, resume: Path | None, data_sha256: str, is_main: bool) -> None:
+    """A fresh run records its defining arguments in --output_dir; a resumed run must match them."""
+    from detox_pa.io import atomic_write_json, read_json
+
+    now = run_fingerprint(args, data_sha256)
+    if resume is not None:
+        for rec in (out / RUN_FILE, resume.parent / RUN_FILE):
+            if rec.is_file():
+                check_same_run(read_json(rec, "run record"), now, rec)
+                return
+        log.warning("no %s next to %s (made by an older version?): cannot check the resumed arguments",
+                    RUN_FILE, resume)
+        return
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / RUN_FILE, now)
 
 
 def freeze(model, embeddings: bool, lm_head: bool) -> dict:
@@ -299,7 +373,9 @@ def main(args: Args) -> dict:
     total_layers = base_layer_count(base_path)
     check_layer_count(total_layers, m.num_teacher_layers, f"{base_path}/config.json")
     out = check_output_dir(t.output_dir, "--output_dir")
+    data_sha256 = sha256_file(d.training_data_path)
     resume = resolve_resume(t, out, is_main)
+    check_or_record_run(args, out, resume, data_sha256, is_main)
 
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
@@ -357,7 +433,7 @@ def main(args: Args) -> dict:
                                          processing_class=tokenizer, callbacks=[clock])
     if resume:
         log.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     state = trainer.state
     wall = clock.t1 - clock.t0
     tokens_run = state.num_input_tokens_seen - clock.tokens0
@@ -385,7 +461,7 @@ def main(args: Args) -> dict:
         "parameters": n_params,
         "trainable_parameters": n_train,
         "frozen": frozen,
-        "data": {"path": str(d.training_data_path), "sha256": sha256_file(d.training_data_path),
+        "data": {"path": str(d.training_data_path), "sha256": data_sha256,
                  "rows_read": read_stats["rows"], "rows_used": enc.rows_used,
                  "skipped_empty_completion": read_stats["skipped_empty_completion"],
                  "skipped_empty_prompt": read_stats["skipped_empty_prompt"],
@@ -402,7 +478,7 @@ def main(args: Args) -> dict:
                  "probe_note": "token-weighted completion loss on the first probe_rows training rows; "
                                "before = the untrained teacher"},
         "training": {"global_step": state.global_step, "start_step": clock.start_step,
-                     "resumed_from": resume, "epochs": state.epoch, "train_wall_seconds": round(wall, 2),
+                     "resumed_from": str(resume) if resume else None, "epochs": state.epoch, "train_wall_seconds": round(wall, 2),
                      "train_cpu_seconds": round(clock.cpu1 - clock.cpu0, 2), "torch_threads": torch.get_num_threads(),
                      "tokens_per_second": round(tokens_run / wall, 1) if wall > 0 else None,
                      "total_wall_seconds": round(time.time() - t_start, 2), "world_size": t.world_size,

@@ -130,9 +130,16 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("", "0")
 
 
+TEACHER_SIDECAR = "detox_pa_teacher.json"  # pretrain.py writes it last: a teacher folder without it is unfinished
+
+
 def check_model_folder(path: Path, what: str = "model", need_tokenizer: bool = True) -> None:
     if not path.is_dir():
         raise InputError(f"{what} {path} is not a folder")
+    unfinished = any(path.glob("checkpoint-*")) or (path / ".final.tmp").exists()
+    if unfinished and not (path / TEACHER_SIDECAR).exists():
+        raise InputError(f"{what} folder {path} holds an unfinished teacher training (checkpoint-* folders but no "
+                         f"{TEACHER_SIDECAR}); finish it with RESUME=1 ./run_pretrain.sh")
     if not (path / "config.json").exists():
         raise InputError(f"{what} folder {path} has no config.json (not a Hugging Face model folder)")
     if need_tokenizer and not any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
