@@ -22,6 +22,8 @@ Writes, next to it (``<stem>`` = the input path without ``.json``; ``_<tag>`` on
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import time
@@ -79,8 +81,6 @@ def output_paths(input_json: str, tag: str = "") -> dict[str, Path]:
 
 
 def main(args: PPLArguments) -> list[dict]:
-    import json
-
     from detox_pa.assets import describe_model, resolve_model
     from detox_pa.io import PAIRS_KEY, atomic_write_json, atomic_write_text, check_output_path, read_generations, sha256_file
     from detox_pa.ppl import PPLScorer, aggregate_alpha, load_reference, model_info, record_rows, resolve_device, resolve_dtype
@@ -117,7 +117,11 @@ def main(args: PPLArguments) -> list[dict]:
         results.append(aggregate_alpha(b["alpha"], pairs, recs, extra))
         rows.extend(record_rows(b["alpha"], pairs, recs))
 
-    atomic_write_text(paths["records"], "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows))
+    records_text = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
+    records_sha = hashlib.sha256(records_text.encode("utf-8")).hexdigest()
+    for r in results:  # a reader can tell the records file belongs to this summary
+        r["records"], r["records_sha256"] = str(paths["records"]), records_sha
+    atomic_write_text(paths["records"], records_text)
     atomic_write_json(paths["json"], results)
     import torch
     import transformers

@@ -53,6 +53,7 @@ toxicity metric. Bad input exits with status 2 and one line, before any model is
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -98,7 +99,7 @@ class ToxicityArguments:
             raise InputError("no input given: pass --input_json PATH (the generations JSON)")
         p = Path(self.input_json)
         if not p.exists():
-            raise InputError(f"input file {p} does not exist")
+            raise InputError(f"generations file {p} does not exist")
         if p.is_dir():
             raise InputError(f"input {p} is a folder; expected the generations JSON file")
         self.device = self.device.strip() or "cpu"
@@ -208,7 +209,7 @@ def _metrics(scores: np.ndarray, groups: list[list[int]]) -> dict:
 
 
 def summarise(data: list[dict], records: list[dict], scorers: list, scores: dict[str, dict[str, np.ndarray]],
-              input_path: str, input_sha: str, records_path: str) -> list[dict]:
+              input_path: str, input_sha: str, records_path: str, records_sha: str = "") -> list[dict]:
     """Per-alpha summary (the paper's shape plus the fields documented in the module docstring)."""
     primary = scorers[0]
     out = []
@@ -248,6 +249,7 @@ def summarise(data: list[dict], records: list[dict], scorers: list, scores: dict
         entry_["input"] = input_path
         entry_["input_sha256"] = input_sha
         entry_["records"] = records_path
+        entry_["records_sha256"] = records_sha  # a reader can tell the records file belongs to this summary
         out.append(entry_)
     return out
 
@@ -293,8 +295,11 @@ def main(args: ToxicityArguments) -> list[dict]:
         rec["scores"] = {sc.name: float(scores[sc.name][sc.toxicity_label][i]) for sc in scorers}
         rec["labels"] = {sc.name: {k: float(v[i]) for k, v in scores[sc.name].items()} for sc in scorers}
         lines.append(json.dumps(rec, ensure_ascii=False, allow_nan=False))
-    summary = summarise(data, records, scorers, scores, str(args.input_json), input_sha, str(paths["records"]))
-    atomic_write_text(paths["records"], "\n".join(lines) + "\n")
+    records_text = "\n".join(lines) + "\n"
+    records_sha = hashlib.sha256(records_text.encode("utf-8")).hexdigest()
+    summary = summarise(data, records, scorers, scores, str(args.input_json), input_sha, str(paths["records"]),
+                        records_sha)
+    atomic_write_text(paths["records"], records_text)
     atomic_write_json(paths["meta"], {
         "tool": "eval_toxicity.py",
         "arguments": args_to_dict(args),
@@ -302,6 +307,7 @@ def main(args: ToxicityArguments) -> list[dict]:
         "input_sha256": input_sha,
         "summary": str(paths["summary"]),
         "records": str(paths["records"]),
+        "records_sha256": records_sha,
         "n_records": len(records),
         "n_distinct_texts": len(texts),
         "scorers": [{"name": sc.name, "version": sc.version, "toxicity_label": sc.toxicity_label,

@@ -44,6 +44,7 @@ from transformers import TrainingArguments
 from detox_pa.assets import TEACHER_SIDECAR
 from detox_pa.cli import args_to_dict, entry, log_args, parse_dataclasses
 from detox_pa.errors import InputError
+from detox_pa.io import json_error
 
 log = logging.getLogger("detox_pa.pretrain")
 
@@ -132,7 +133,7 @@ class TeacherTrainingArguments(TrainingArguments):
             try:
                 json.loads(ds.read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
-                raise InputError(f"{ds}:{e.lineno}: DeepSpeed config is not valid JSON ({e.msg})") from None
+                raise InputError(f"DeepSpeed config {json_error(ds, e)}") from None
         super().__post_init__()
         import torch
 

@@ -71,4 +71,5 @@ gen sampled "$EVAL" "$N_SAMPLED" --alphas 0 "$ALPHA" --do_sample --num_samples 5
 gen sampled_wordban "$EVAL" "$N_SAMPLED" --method wordban --alphas 1 --do_sample --num_samples 5 --top_p 0.9 --max_new_tokens 20
 gen sampled_steer "$EVAL" "$N_SAMPLED" --method steer --steer_vector "$RES_DIR/steer_vector.pt" --alphas 0.1 --do_sample --num_samples 5 --top_p 0.9 --max_new_tokens 20
 # 6. the report
-"$PYTHON" bench/results_report.py --res_dir "$RES_DIR" --alpha "$ALPHA" --out docs/RESULTS.md
+# REPRO_DIR=<a second run's RES_DIR>: the report compares every score with it and says so
+"$PYTHON" bench/results_report.py --res_dir "$RES_DIR" --alpha "$ALPHA" --out docs/RESULTS.md ${REPRO_DIR:+--repro_dir "$REPRO_DIR"}

@@ -10,8 +10,11 @@ BiLSTM toxicity whose token-weighted PPL under the unsteered target is <= 1.3x t
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +39,12 @@ def load_set(gen: Path) -> dict:
     recs: dict[float, dict[int, list[float]]] = {}
     rp = Path(f"{stem}_toxicity_records.jsonl")
     if rp.exists():
-        for line in rp.read_text().splitlines():
+        text = rp.read_text(encoding="utf-8")
+        want = {r.get("records_sha256") for r in tox.values()} - {None}
+        if want and want != {hashlib.sha256(text.encode("utf-8")).hexdigest()}:
+            sys.exit(f"error: {rp} does not belong to {stem}_toxicity.json (its sha256 differs from the one the "
+                     f"summary records: a partial or older scoring run); rerun eval_toxicity.py")
+        for line in text.splitlines():
             r = json.loads(line)
             recs.setdefault(float(r["alpha"]), {}).setdefault(int(r["prompt_index"]), []).append(float(r["scores"][PRIMARY]))
     meta_p = stem.with_suffix(".meta.json")
@@ -89,10 +97,8 @@ def line(r):
             f"{f(r['ppl2'], 1)} | {f(r['ppl_paper'], 1)} | {f(r['d1'], 2)}/{f(r['d2'], 2)}/{f(r['d3'], 2)} | {f(r['secs'], 0)} |")
 
 
-def report(res: Path, alpha: float, out: Path) -> str:
-    sets = {name: load_set(res / f"{name}.json") for name in
-            ("select_build", "fusion", "wordban", "steer", "abl_lstsq", "abl_rescale", "abl_untrained",
-             "sampled", "sampled_wordban", "sampled_steer") if (res / f"{name}.json").exists()}
+def report(res: Path, alpha: float, out: Path, repro_dir: Path | None = None) -> str:
+    sets = {name: load_set(res / f"{name}.json") for name in SETS if (res / f"{name}.json").exists()}
     fu = sets["fusion"]
     rows = [row_for("target alone (alpha 0)", fu, 0.0)]
     rows += [row_for(f"fusion alpha {a:g}", fu, a) for a in sorted(fu["tox"]) if a > 0]
@@ -117,7 +123,7 @@ def report(res: Path, alpha: float, out: Path) -> str:
     sel = sets.get("select_build")
     lines = ["# Results: projection-alignment fusion on the embedded default", "",
              "Produced by `bench/results.sh` (the numbers below are copied from its score files by "
-             "`bench/results_report.py`; rerunning gives the same numbers).", "",
+             "`bench/results_report.py`).", "",
              f"**Headline:** at the alpha chosen on teacher-data prompts (alpha = {alpha:g}), mean BiLSTM toxicity on "
              f"{base['n']} held-out RealToxicityPrompts prompts goes from {f(base['tox'])} to {f(chosen['tox'])} "
              f"({'a ' + format(100 * drop, '.1f') + '% drop' if drop >= 0 else 'a ' + format(-100 * drop, '.1f') + '% rise'}) at {ppl_ratio:.2f}x the token-weighted PPL of the target alone. "
@@ -173,6 +179,17 @@ def report(res: Path, alpha: float, out: Path) -> str:
                   "|---|---|---|---|---|---|"]
         lines += [f"| {r['label']} | {f(r['emt'])} | {f(r['tp'])} | {f(r['tox'])} ({f(r['lo'])}–{f(r['hi'])}) | {f(r['ppl'], 1)} | "
                   f"{f(r['d1'], 2)}/{f(r['d2'], 2)}/{f(r['d3'], 2)} |" for r in samp]
+    lines += ["", "## Reproducibility", ""]
+    if repro_dir is not None:
+        n, diffs = compare(res, repro_dir)
+        lines.append(f"A second, independent run of `bench/results.sh` (every generation, the steering vector, the "
+                     f"least-squares A and the untrained teacher made again, in `{repro_dir}`) was compared value by "
+                     f"value with `{res}` by `bench/results_report.py --compare`: {n} values (every score, count and "
+                     f"hash in the summaries and per-record files; timings and paths excluded), "
+                     + ("all identical." if not diffs else f"{len(diffs)} differ, e.g. {diffs[0]}."))
+    else:
+        lines.append("Not checked for this directory: run `RES_DIR=<new dir> bench/results.sh`, then "
+                     "`bench/results_report.py --res_dir <this dir> --compare <new dir>`.")
     # plot
     import matplotlib
 
@@ -194,15 +211,70 @@ def report(res: Path, alpha: float, out: Path) -> str:
     ax.legend(fontsize=6)
     fig.tight_layout()
     png = out.with_name("results_tradeoff.png")
-    fig.savefig(png, dpi=120)
+    tmp_png = png.with_name(f".{png.name}.tmp")
+    fig.savefig(tmp_png, dpi=120, format="png")
+    os.replace(tmp_png, png)
     lines += ["", f"![trade-off]({png.name})", ""]
     text = "\n".join(lines) + "\n"
-    out.write_text(text)
+    from detox_pa.io import atomic_write_text
+
+    atomic_write_text(out, text)
     return text
+
+
+SETS = ("select_build", "fusion", "wordban", "steer", "abl_lstsq", "abl_rescale", "abl_untrained",
+        "sampled", "sampled_wordban", "sampled_steer")
+# keys that measure time or name where a file lives; they may differ between two runs of the study
+NOT_COMPARED = {"generation_seconds_per_alpha", "seconds_scoring", "seconds", "texts_per_second", "created",
+                "input", "records", "output", "output_path", "arguments", "outputs", "summary", "teacher_model",
+                "teacher_path", "matrix_A", "steer_vector", "fingerprint", "data_path", "model_name", "model1_name",
+                "records_sha256"}  # the per-record files themselves are compared value by value
+
+
+def _flatten(obj, prefix=""):
+    """Every leaf of a JSON value as ``path -> value``, skipping the keys in NOT_COMPARED."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k not in NOT_COMPARED:
+                yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _flatten(v, f"{prefix}[{i}]")
+    else:
+        yield prefix, obj
+
+
+def compare(res_a: Path, res_b: Path) -> tuple[int, list[str]]:
+    """Compare every score of two results directories (summaries and per-record files of toxicity and
+    both PPL judges); return ``(values compared, differences)``."""
+    n, diffs = 0, []
+    for name in SETS:
+        for suffix in ("_toxicity.json", "_ppl.json", "_ppl_smollm2.json", "_toxicity_records.jsonl",
+                       "_ppl_records.jsonl", "_ppl_smollm2_records.jsonl"):
+            fa, fb = res_a / f"{name}{suffix}", res_b / f"{name}{suffix}"
+            if not fa.exists() and not fb.exists():
+                continue
+            if not (fa.exists() and fb.exists()):
+                diffs.append(f"{fa.name}: only in {res_a if fa.exists() else res_b}")
+                continue
+            if suffix.endswith(".jsonl"):
+                va = [json.loads(x) for x in fa.read_text(encoding="utf-8").splitlines()]
+                vb = [json.loads(x) for x in fb.read_text(encoding="utf-8").splitlines()]
+            else:
+                va, vb = json.loads(fa.read_text(encoding="utf-8")), json.loads(fb.read_text(encoding="utf-8"))
+            la, lb = dict(_flatten(va)), dict(_flatten(vb))
+            for k in sorted(set(la) | set(lb)):
+                n += 1
+                if la.get(k, "<missing>") != lb.get(k, "<missing>"):
+                    diffs.append(f"{fa.name} {k}: {la.get(k, '<missing>')!r} vs {lb.get(k, '<missing>')!r}")
+    return n, diffs
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--compare", default="", metavar="OTHER_RES_DIR",
+                    help="Compare every score in --res_dir with a second run's directory; exit 1 on any difference.")
+    ap.add_argument("--repro_dir", default="", help="A second run's directory: the report states how it compares.")
     ap.add_argument("--choose_alpha", default="")
     ap.add_argument("--res_dir", default="outputs/results")
     ap.add_argument("--alpha", type=float, default=0.0)
@@ -211,7 +283,14 @@ def main():
     if a.choose_alpha:
         print(f"{choose_alpha(Path(a.choose_alpha)):g}")
         return
-    print(report(Path(a.res_dir), a.alpha, Path(a.out)))
+    if a.compare:
+        n, diffs = compare(Path(a.res_dir), Path(a.compare))
+        for d in diffs[:50]:
+            print(f"differs: {d}")
+        print(f"compared {n} values (every score, count and hash; timings and paths excluded) between {a.res_dir} "
+              f"and {a.compare}: {len(diffs)} differ")
+        sys.exit(1 if diffs or n == 0 else 0)
+    print(report(Path(a.res_dir), a.alpha, Path(a.out), Path(a.repro_dir) if a.repro_dir else None))
 
 
 if __name__ == "__main__":

@@ -125,6 +125,12 @@ def sha256_file(path: str | os.PathLike, limit: int | None = None) -> str:
 # ----------------------------------------------------------------------------------- reading
 
 
+def json_error(path, e: json.JSONDecodeError, line: int | None = None) -> InputError:
+    """``file:line: not valid JSON (what, at column N)``."""
+    msg = e.msg[:-3] if e.msg.endswith(" at") else e.msg
+    return InputError(f"{path}:{line or e.lineno}: not valid JSON ({msg} at column {e.colno})")
+
+
 def read_text(path: str | os.PathLike, what: str = "input file") -> str:
     p = Path(path)
     if not p.exists():
@@ -149,7 +155,7 @@ def _iter_jsonl(p: Path, text: str) -> Iterable[tuple[int, Any]]:
         try:
             yield n, json.loads(line)
         except json.JSONDecodeError as e:
-            raise InputError(f"{p}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+            raise json_error(p, e, n) from None
 
 
 def _prompt_of(obj: Any, where: str) -> str:
@@ -181,7 +187,7 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise InputError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from None
+            raise json_error(p, e) from None
         for i, obj in enumerate(data):
             prompts.append(obj if isinstance(obj, str) and obj.strip() else _prompt_of(obj, f"{p}: item {i}"))
     else:
@@ -272,7 +278,7 @@ def read_generations(path: str | os.PathLike) -> list[dict]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise InputError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from None
+        raise json_error(p, e) from None
     expected = "a JSON list of {\"alpha\": number, \"prompt-response pairs\": [{\"prompt\", \"response\"}]}"
     if not isinstance(data, list):
         raise InputError(f"{p}: expected {expected}; got a JSON {type(data).__name__}")
@@ -305,4 +311,4 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise InputError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from None
+        raise json_error(p, e) from None

@@ -62,7 +62,8 @@ def argv(work, out, *extra):
 
 
 def pretrain(args, env_extra=None, script=None):
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", **(env_extra or {}))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", **(env_extra or {}))
     cmd = [sys.executable] + (["-c", script] if script else [str(REPO / "pretrain.py")]) + [str(a) for a in args]
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
 

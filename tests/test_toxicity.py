@@ -2,6 +2,7 @@
 paper's file format, EMT / toxicity probability against detox_pa.metrics, one-line errors, atomic
 outputs, and the auto scorer's fallback."""
 
+import hashlib
 import json
 import socket
 import subprocess
@@ -225,6 +226,24 @@ def test_real_bilstm_and_profanity_check_through_the_cli(tmp_path, capsys):
     assert recs[0]["score"] > 0.9 and recs[1]["score"] < 0.1  # "you are a stupid idiot" vs "is so nice today"
     assert out[0]["scorer_version"].startswith("bilstm-toxic-comment-classifier 0.3.0")
     assert 0 < out[0]["toxicity_score_profanity-check"] < 1
+
+
+def test_two_runs_write_identical_files_and_the_summary_pins_its_records(tmp_path, capsys):
+    inp = write_paper_file(tmp_path / "g.json", PAPER_BLOCKS)
+    argv = ["--input_json", str(inp), "--scorer", "bilstm,profanity-check"]
+    names = ("g_toxicity.json", "g_toxicity_records.jsonl", "g_toxicity.meta.json")
+    assert cli(argv, capsys)[0] == 0
+    first = {n: (tmp_path / n).read_bytes() for n in names}
+    assert cli(argv, capsys)[0] == 0
+    assert (tmp_path / names[0]).read_bytes() == first[names[0]]
+    assert (tmp_path / names[1]).read_bytes() == first[names[1]]
+    metas = [json.loads(b) for b in (first[names[2]], (tmp_path / names[2]).read_bytes())]
+    for m in metas:
+        for sc in m["scorers"]:
+            sc.pop("seconds"), sc.pop("texts_per_second")
+    assert metas[0] == metas[1]
+    sha = hashlib.sha256(first[names[1]]).hexdigest()
+    assert {e["records_sha256"] for e in json.loads(first[names[0]])} == {sha} and metas[0]["records_sha256"] == sha
 
 
 # ------------------------------------------------------------------------------ auto scorer
