@@ -208,6 +208,15 @@ def test_same_seed_same_matrix_other_seed_other_matrix(folders, tmp_path):
         mats.append(torch.load(tmp_path / name / "mapping_model.pt")["mapping"])
     assert torch.equal(mats[0], mats[1])
     assert not torch.equal(mats[0], mats[2])
+    # the same seed gives the same bytes, and the same sidecar apart from timings and the output folder
+    assert (tmp_path / "a" / "mapping_model.pt").read_bytes() == (tmp_path / "b" / "mapping_model.pt").read_bytes()
+    sides = [json.loads((tmp_path / n / "mapping_model.json").read_text()) for n in ("a", "b")]
+    for side in sides:
+        for part in (side, side["metrics"]):
+            for k in [k for k in part if "seconds" in k or k in ("created", "output_dir")]:
+                part.pop(k)
+        side["arguments"].pop("output_dir")
+    assert sides[0] == sides[1]
 
 
 def test_output_space_init_lstsq_and_temperature(folders, tmp_path):
