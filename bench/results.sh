@@ -66,6 +66,16 @@ fi
 T_SAVE=$T; T="$RES_DIR/teacher_untrained"
 gen abl_untrained "$EVAL" "$N_EVAL" --alphas $ABL_ALPHAS
 T=$T_SAVE
+# is the teacher simply undertrained? the same recipe for 5 epochs instead of 1, then its own A
+if [[ ! -f "$RES_DIR/teacher_5ep/detox_pa_teacher.json" ]]; then
+  OUTPUT_DIR="$RES_DIR/teacher_5ep" NUM_TRAIN_EPOCHS=5 RESUME=1 bash run_pretrain.sh
+fi
+if [[ ! -f "$RES_DIR/align_5ep/mapping_model.pt" ]]; then
+  MODEL1_NAME="$RES_DIR/teacher_5ep" OUTPUT_DIR="$RES_DIR/align_5ep" bash run_alignment.sh
+fi
+T="$RES_DIR/teacher_5ep"
+gen abl_teacher5 "$EVAL" "$N_EVAL" --alphas $ABL_ALPHAS --matrix_A "$RES_DIR/align_5ep/mapping_model.pt"
+T=$T_SAVE
 # 5. sampled protocol (5 samples, p=0.9, 20 tokens) for EMT and toxicity probability
 gen sampled "$EVAL" "$N_SAMPLED" --alphas 0 "$ALPHA" --do_sample --num_samples 5 --top_p 0.9 --max_new_tokens 20
 gen sampled_wordban "$EVAL" "$N_SAMPLED" --method wordban --alphas 1 --do_sample --num_samples 5 --top_p 0.9 --max_new_tokens 20
