@@ -227,9 +227,10 @@ def report(res: Path, alpha: float, out: Path, repro_dir: Path | None = None) ->
     lines += ["", "## Reproducibility", ""]
     if repro_dir is not None:
         n, diffs = compare(res, repro_dir)
-        lines.append(f"A second, independent run of `bench/results.sh` (every generation, the steering vector, the "
-                     f"least-squares A and the untrained teacher made again, in `{repro_dir}`) was compared value by "
-                     f"value with `{res}` by `bench/results_report.py --compare`: {n} values (every score, count and "
+        lines.append(f"A second, independent run of `bench/results.sh` in `{repro_dir}` (every generation and score, the "
+                     f"steering vector, the least-squares A, the untrained teacher and the 5-epoch teacher with its A "
+                     f"made again; the main run's teacher and A are the shared input) was compared value by "
+                     f"value with `{res}` by `bench/results_report.py --compare`: {n:,} values (every score, count and "
                      f"hash in the summaries and per-record files; timings and paths excluded), "
                      + ("all identical." if not diffs else f"{len(diffs)} differ, e.g. {diffs[0]}."))
     else:
