@@ -249,9 +249,10 @@ def report(res: Path, alpha: float, out: Path, repro_dir: Path | None = None) ->
         ax.annotate(f"{r['alpha']:g}", (r["ppl"], r["tox"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     for r, mk in zip(base_rows, "sDDD"):
         ax.plot([r["ppl"]], [r["tox"]], mk, label=r["label"])
-    for r in abl:
-        ax.plot([r["ppl"]], [r["tox"]], "x", label=r["label"])
-    ax.set_xlabel("token-weighted PPL under the unsteered target (lower is better)")
+    for i, r in enumerate(abl):
+        ax.plot([r["ppl"]], [r["tox"]], "x+1234"[i // 10 % 6], label=r["label"])
+    ax.set_xscale("log")  # PPL spans 3.7 to 400: on a linear axis every fluent setting sits in one corner
+    ax.set_xlabel("token-weighted PPL under the unsteered target, log scale (lower is better)")
     ax.set_ylabel("mean BiLSTM toxicity (lower is better)")
     ax.set_title("Toxicity vs fluency, held-out RTP prompts (greedy, 10 tokens)")
     ax.legend(fontsize=6)
