@@ -117,26 +117,30 @@ def main(args: AlignArguments) -> dict:
     t_tok = _tokenizer(AutoTokenizer, teacher, f"teacher (--model1_name) {args.model1_name}")
     s_tok = _tokenizer(AutoTokenizer, target, f"target (--model2_name) {args.model2_name}")
     sv = shared_vocab(t_tok, s_tok, include_added=args.include_added)
-    # ids past an embedding's known row count cannot be trained on
-    if t_ref.shape and s_ref.shape:
-        ok = (sv.teacher_ids < t_ref.shape[0]) & (sv.target_ids < s_ref.shape[0])
-        if not bool(ok.all()):
-            log.warning("dropping %d shared tokens whose ids lie past the embedding rows", int((~ok).sum()))
-            sv = sv.subset(ok)
-    n_held = len(heldout_split(sv.keys, args.heldout_share)[1]) if sv.n_shared else 0
-    check_sizes(sv.n_shared, sv.n_shared - n_held, args.n_negatives, sv.teacher_vocab_size, sv.target_vocab_size)
+
+    def within_rows(sv, rows_t: int | None, rows_s: int | None, always_check: bool):
+        """Drop shared tokens whose ids lie past an embedding's rows (they cannot be trained on); check the
+        sizes against --n_negatives and the held-out share when asked or when tokens were dropped."""
+        if rows_t is not None and rows_s is not None:
+            ok = (sv.teacher_ids < rows_t) & (sv.target_ids < rows_s)
+            if not bool(ok.all()):
+                log.warning("dropping %d shared tokens whose ids lie past the embedding rows", int((~ok).sum()))
+                sv, always_check = sv.subset(ok), True
+        if not always_check:
+            return sv
+        n_held = len(heldout_split(sv.keys, args.heldout_share)[1]) if sv.n_shared else 0
+        check_sizes(sv.n_shared, sv.n_shared - n_held, args.n_negatives, sv.teacher_vocab_size, sv.target_vocab_size)
+        return sv
+
+    # the rows known from the file headers first (before any tensor is read), the loaded ones after
+    sv = within_rows(sv, *((t_ref.shape[0], s_ref.shape[0]) if t_ref.shape and s_ref.shape else (None, None)), True)
     log.info("shared vocabulary: %d tokens = %.1f%% of the teacher's %d, %.1f%% of the target's %d "
              "(teacher %s, target %s)", sv.n_shared, 100 * sv.teacher_coverage, sv.teacher_vocab_size,
              100 * sv.target_coverage, sv.target_vocab_size, sv.teacher_stats["family"], sv.target_stats["family"])
 
     Wt, t_ref = load_embedding(t_ref, f"teacher {args.model1_name}")
     Ws, s_ref = load_embedding(s_ref, f"target {args.model2_name}")
-    ok = (sv.teacher_ids < Wt.shape[0]) & (sv.target_ids < Ws.shape[0])
-    if not bool(ok.all()):
-        log.warning("dropping %d shared tokens whose ids lie past the embedding rows", int((~ok).sum()))
-        sv = sv.subset(ok)
-        n_held = len(heldout_split(sv.keys, args.heldout_share)[1]) if sv.n_shared else 0
-        check_sizes(sv.n_shared, sv.n_shared - n_held, args.n_negatives, sv.teacher_vocab_size, sv.target_vocab_size)
+    sv = within_rows(sv, Wt.shape[0], Ws.shape[0], False)
     Et = Wt[sv.teacher_ids].contiguous()
     Es = Ws[sv.target_ids].contiguous()
     d_t, d_s = Wt.shape[1], Ws.shape[1]

@@ -22,7 +22,6 @@ Writes, next to it (``<stem>`` = the input path without ``.json``; ``_<tag>`` on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -82,7 +81,8 @@ def output_paths(input_json: str, tag: str = "") -> dict[str, Path]:
 
 def main(args: PPLArguments) -> list[dict]:
     from detox_pa.assets import describe_model, resolve_model
-    from detox_pa.io import PAIRS_KEY, atomic_write_json, atomic_write_text, check_output_path, read_generations, sha256_file
+    from detox_pa.io import (PAIRS_KEY, atomic_write_json, atomic_write_text, check_output_path, read_generations,
+                             sha256_file, sha256_text)
     from detox_pa.ppl import PPLScorer, aggregate_alpha, load_reference, model_info, record_rows, resolve_device, resolve_dtype
 
     log_args(args)
@@ -118,7 +118,7 @@ def main(args: PPLArguments) -> list[dict]:
         rows.extend(record_rows(b["alpha"], pairs, recs))
 
     records_text = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
-    records_sha = hashlib.sha256(records_text.encode("utf-8")).hexdigest()
+    records_sha = sha256_text(records_text)
     for r in results:  # a reader can tell the records file belongs to this summary
         r["records"], r["records_sha256"] = str(paths["records"]), records_sha
     atomic_write_text(paths["records"], records_text)

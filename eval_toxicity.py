@@ -53,7 +53,6 @@ toxicity metric. Bad input exits with status 2 and one line, before any model is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -68,7 +67,7 @@ from detox_pa import scorers as scorers_mod
 from detox_pa.cli import args_to_dict, entry, log_args, parse_dataclasses
 from detox_pa.errors import InputError
 from detox_pa.io import (PAIRS_KEY, atomic_write_json, atomic_write_text, check_output_path, read_generations,
-                         sha256_file)
+                         sha256_file, sha256_text)
 
 log = logging.getLogger("eval_toxicity")
 
@@ -296,7 +295,7 @@ def main(args: ToxicityArguments) -> list[dict]:
         rec["labels"] = {sc.name: {k: float(v[i]) for k, v in scores[sc.name].items()} for sc in scorers}
         lines.append(json.dumps(rec, ensure_ascii=False, allow_nan=False))
     records_text = "\n".join(lines) + "\n"
-    records_sha = hashlib.sha256(records_text.encode("utf-8")).hexdigest()
+    records_sha = sha256_text(records_text)
     summary = summarise(data, records, scorers, scores, str(args.input_json), input_sha, str(paths["records"]),
                         records_sha)
     atomic_write_text(paths["records"], records_text)

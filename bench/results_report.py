@@ -10,7 +10,6 @@ BiLSTM toxicity whose token-weighted PPL under the unsteered target is <= 1.3x t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -18,6 +17,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from detox_pa.io import atomic_write_text, sha256_text
 
 PRIMARY = "bilstm"
 SECOND = "profanity-check"
@@ -41,7 +42,7 @@ def load_set(gen: Path) -> dict:
     if rp.exists():
         text = rp.read_text(encoding="utf-8")
         want = {r.get("records_sha256") for r in tox.values()} - {None}
-        if want and want != {hashlib.sha256(text.encode("utf-8")).hexdigest()}:
+        if want and want != {sha256_text(text)}:
             sys.exit(f"error: {rp} does not belong to {stem}_toxicity.json (its sha256 differs from the one the "
                      f"summary records: a partial or older scoring run); rerun eval_toxicity.py")
         for line in text.splitlines():
@@ -117,10 +118,9 @@ def why_not(rows, base, sets, abl) -> list[str]:
             out.append(f"- **Even on the build prompts** (the RTP prompts the teacher data was built from, used to "
                        f"choose alpha), the best alpha within the budget ({best:g}) lowers toxicity by only "
                        f"{100 * (1 - tox_of(sel['tox'][best]) / b0):.1f}% ({f(b0)} -> {f(tox_of(sel['tox'][best]))}).")
-    by = {(r["label"].split(",")[0], r["alpha"]): r for r in abl}
+    by = {(r["set"], r["alpha"]): r for r in abl}
     main03 = next((r for r in rows if r["alpha"] == 0.3), None)
-    unt = by.get(("untrained teacher (first 3 layers)", 0.3))
-    t5 = by.get(("teacher trained 5 epochs instead of 1 (its own A)", 0.3))
+    unt, t5 = by.get(("abl_untrained", 0.3)), by.get(("abl_teacher5", 0.3))
     if main03 and unt:
         extra = f", and a teacher trained 5 epochs {f(t5['tox'])} (PPL {f(t5['ppl'], 1)})" if t5 else ""
         out.append(f"- **Training the teacher does not carry a detoxifying signal through A.** At alpha 0.3 the untrained "
@@ -156,7 +156,7 @@ def report(res: Path, alpha: float, out: Path, repro_dir: Path | None = None) ->
                         ("abl_untrained", "untrained teacher (first 3 layers)"),
                         ("abl_teacher5", "teacher trained 5 epochs instead of 1 (its own A)")):
         if name in sets:
-            abl += [row_for(f"{label}, alpha {a:g}", sets[name], a) for a in sorted(sets[name]["tox"])]
+            abl += [dict(row_for(f"{label}, alpha {a:g}", sets[name], a), set=name) for a in sorted(sets[name]["tox"])]
     chosen = next(r for r in rows if r["alpha"] == alpha) if alpha > 0 else base
     drop = 1 - chosen["tox"] / base["tox"] if base["tox"] else float("nan")
     ppl_ratio = chosen["ppl"] / base["ppl"] if base["ppl"] else float("nan")
@@ -263,8 +263,6 @@ def report(res: Path, alpha: float, out: Path, repro_dir: Path | None = None) ->
     os.replace(tmp_png, png)
     lines += ["", f"![trade-off]({png.name})", ""]
     text = "\n".join(lines) + "\n"
-    from detox_pa.io import atomic_write_text
-
     atomic_write_text(out, text)
     return text
 

@@ -109,6 +109,15 @@ def _pick(shapes: dict[str, tuple], suffixes, exact, vocab_size, hidden_size) ->
     return sorted(cands, key=lambda k: (shapes[k][0] != vocab_size, len(k), k))[0]
 
 
+def _wanted_from_index(index: Path, what: str) -> dict[str, Path]:
+    """The shard holding each embedding / output-layer tensor named by a Hugging Face weights index."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise InputError(f"{index}: not a valid {what} index (expected a 'weight_map' object): {e}") from None
+    return {k: index.parent / f for k, f in weight_map.items() if _matches(k, INPUT_KEYS + OUTPUT_KEYS, OUTPUT_EXACT)}
+
+
 def _safetensors_shapes(folder: Path) -> tuple[dict[str, tuple], dict[str, Path], list[Path]]:
     """Tensor shapes and the file holding each tensor, from headers only."""
     from safetensors import safe_open
@@ -117,12 +126,7 @@ def _safetensors_shapes(folder: Path) -> tuple[dict[str, tuple], dict[str, Path]
     where: dict[str, Path] = {}
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise InputError(f"{index}: not a valid safetensors index (expected a 'weight_map' object): {e}") from None
-        wanted = {k: folder / f for k, f in weight_map.items()
-                  if _matches(k, INPUT_KEYS + OUTPUT_KEYS, OUTPUT_EXACT)}
+        wanted = _wanted_from_index(index, "safetensors")
         files = sorted(set(wanted.values()))
         for f in files:
             if not f.exists():
@@ -148,11 +152,7 @@ def _safetensors_shapes(folder: Path) -> tuple[dict[str, tuple], dict[str, Path]
 def _bin_files(folder: Path) -> list[Path]:
     index = folder / "pytorch_model.bin.index.json"
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise InputError(f"{index}: not a valid weights index (expected a 'weight_map' object): {e}") from None
-        return sorted({folder / f for k, f in weight_map.items() if _matches(k, INPUT_KEYS + OUTPUT_KEYS, OUTPUT_EXACT)})
+        return sorted(set(_wanted_from_index(index, "weights").values()))
     return sorted(folder.glob("*.bin"))
 
 

@@ -122,6 +122,11 @@ def sha256_file(path: str | os.PathLike, limit: int | None = None) -> str:
     return h.hexdigest()
 
 
+def sha256_text(text: str) -> str:
+    """The sha256 of ``text`` as UTF-8: the hash of the file ``atomic_write_text`` makes from it."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 # ----------------------------------------------------------------------------------- reading
 
 
