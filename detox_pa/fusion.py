@@ -4,8 +4,16 @@ At every decoding step the target's final hidden state, just before its output l
 
     h = alpha * Norm(h_teacher @ A) + (1 - alpha) * h_target
 
-where ``Norm`` is a parameter-free LayerNorm over the target's hidden size (the paper), or
-``rescale`` (the mapped vector rescaled to the norm of ``h_target``; an ablation).
+where ``Norm`` is a parameter-free LayerNorm over the target's hidden size (the paper), ``rescale``
+(the mapped vector rescaled to the norm of ``h_target``: the target's scale), or ``none`` (the mapped
+vector as it is; with an A fitted by ``align.py --objective logits`` its logits under the target's
+output layer have the teacher's own scale).
+
+:func:`difference_fusion` is the directed variant (expert minus anti-expert, as in DExperts, carried
+through A): the target's next-token logits ``z`` become ``z + alpha * W_target ((h_e - h_a) A)``
+(``space="hidden"``), or ``z + alpha * (z_e - z_a)`` on the shared vocabulary (``space="logits"``,
+the teachers' own output layers), optionally restricted to the target's top-k tokens
+(plausibility) and applied only where the anti-expert prefers the target's pick (the risk gate).
 
 How it works (no copy of any model's ``forward``):
 
@@ -35,7 +43,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-NORMS = ("layernorm", "rescale")
+NORMS = ("layernorm", "rescale", "none")
+SPACES = ("hidden", "logits")
 
 
 def same_tokenizer(tok_a, tok_b) -> bool:
@@ -57,7 +66,7 @@ def fuse_hidden(h_target: torch.Tensor, h_teacher: torch.Tensor, A: torch.Tensor
         mapped = F.layer_norm(mapped, (mapped.shape[-1],), eps=eps)
     elif norm == "rescale":
         mapped = mapped * (h_target.float().norm(dim=-1, keepdim=True) / mapped.norm(dim=-1, keepdim=True).clamp_min(eps))
-    else:
+    elif norm != "none":
         raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
     return (alpha * mapped + (1.0 - alpha) * h_target.float()).to(h_target.dtype)
 
@@ -107,8 +116,10 @@ class TeacherStepper:
         return self.teacher_tok(texts, add_special_tokens=True)["input_ids"]
 
     @torch.no_grad()
-    def step(self, target_rows: list[list[int]]) -> torch.Tensor:
-        want = self.teacher_ids(target_rows)
+    def step(self, target_rows: list[list[int]], want: list[list[int]] | None = None) -> torch.Tensor:
+        """``want``: the teacher's ids for these rows, when already computed (two teachers sharing a tokenizer)."""
+        if want is None:
+            want = self.teacher_ids(target_rows)
         B = len(want)
         if len(self.ids) != B:
             self.reset(B)
@@ -165,24 +176,16 @@ class FusionConfig:
     eps: float = 1e-5
 
 
-class Fuser:
-    """Holds the hooks' state. Use through :func:`fusion`."""
+class _InputTracker:
+    """A forward pre-hook on the target that records the ids it is fed (the whole sequence so far, per
+    row) and its attention mask, so that teachers can be stepped on the same text."""
 
-    def __init__(self, target, stepper: TeacherStepper, A: torch.Tensor, cfg: FusionConfig):
-        self.target = target
-        self.stepper = stepper
-        self.cfg = cfg
-        out_layer = target.get_output_embeddings()
-        if out_layer is None:
-            raise TypeError(f"{type(target).__name__} has no output embedding layer")
-        self.out_layer = out_layer
-        w = out_layer.weight
-        self.A = A.to(device=w.device, dtype=torch.float32)
+    def __init__(self, steppers: list[TeacherStepper]):
+        self.steppers = steppers
         self.history: torch.Tensor | None = None  # [B, T] target ids fed so far
         self.attn: torch.Tensor | None = None
         self.steps = 0
 
-    # -- hooks
     def _on_target_forward(self, module, args, kwargs):
         ids = kwargs.get("input_ids")
         if ids is None and args:
@@ -193,7 +196,8 @@ class Fuser:
         fresh = cache is None or (hasattr(cache, "get_seq_length") and cache.get_seq_length() == 0)
         if fresh or self.history is None or self.history.shape[0] != ids.shape[0]:
             self.history = ids.detach().cpu()
-            self.stepper.reset(ids.shape[0])
+            for st in self.steppers:
+                st.reset(ids.shape[0])
         else:
             self.history = torch.cat([self.history, ids.detach().cpu()], dim=1)
         mask = kwargs.get("attention_mask")
@@ -203,15 +207,71 @@ class Fuser:
             self.attn = mask.detach().cpu()[:, -self.history.shape[1]:]
         return None
 
+    def rows(self) -> list[list[int]]:
+        return [self.history[i][self.attn[i].bool()].tolist() for i in range(self.history.shape[0])]
+
+    def teacher_states(self) -> list[torch.Tensor]:
+        """Each teacher's final hidden state at the last token of every row. Teachers that share a
+        tokenizer re-tokenise the text once."""
+        rows = self.rows()
+        out, shared = [], {}
+        for st in self.steppers:
+            key = id(st.teacher_tok) if st.bridge_text else None
+            if key is not None and key not in shared:
+                shared[key] = st.teacher_ids(rows)
+            out.append(st.step(rows, shared.get(key)))
+        return out
+
+
+class Fuser(_InputTracker):
+    """Holds the hooks' state. Use through :func:`fusion`."""
+
+    def __init__(self, target, stepper: TeacherStepper, A: torch.Tensor, cfg: FusionConfig):
+        super().__init__([stepper])
+        self.target = target
+        self.stepper = stepper
+        self.cfg = cfg
+        out_layer = target.get_output_embeddings()
+        if out_layer is None:
+            raise TypeError(f"{type(target).__name__} has no output embedding layer")
+        self.out_layer = out_layer
+        w = out_layer.weight
+        self.A = A.to(device=w.device, dtype=torch.float32)
+
     def _on_output_layer(self, module, args):
         (hidden,) = args
-        rows = [self.history[i][self.attn[i].bool()].tolist() for i in range(self.history.shape[0])]
-        h_teacher = self.stepper.step(rows).to(hidden.device)
-        fused = fuse_hidden(hidden[:, -1, :], h_teacher, self.A, self.cfg.alpha, self.cfg.norm, self.cfg.eps)
+        (h_teacher,) = self.teacher_states()
+        fused = fuse_hidden(hidden[:, -1, :], h_teacher.to(hidden.device), self.A, self.cfg.alpha, self.cfg.norm,
+                            self.cfg.eps)
         out = hidden.clone()
         out[:, -1, :] = fused
         self.steps += 1
         return (out,)
+
+
+def _check_matrix(A: torch.Tensor, teacher, target) -> None:
+    d_t = teacher.config.get_text_config().hidden_size
+    d_g = target.get_output_embeddings().weight.shape[1]
+    if tuple(A.shape) != (d_t, d_g):
+        raise ValueError(f"alignment matrix has shape {tuple(A.shape)}, expected (d_teacher={d_t}, d_target={d_g})")
+
+
+def _bridge_of(bridge: str, teacher_tokenizer, target_tokenizer) -> str:
+    if bridge == "auto":
+        return "ids" if teacher_tokenizer is None or target_tokenizer is None or \
+            same_tokenizer(teacher_tokenizer, target_tokenizer) else "text"
+    return bridge
+
+
+@contextlib.contextmanager
+def _hooks(handles_factory) -> Iterator[None]:
+    """Install the hooks ``handles_factory()`` returns for the block; remove them however it ends."""
+    handles = handles_factory()
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @contextlib.contextmanager
@@ -224,26 +284,191 @@ def fusion(target, teacher, A: torch.Tensor, alpha: float, target_tokenizer=None
     and ``None`` is yielded."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
     if alpha == 0.0:
         yield None
         return
-    d_t = teacher.config.get_text_config().hidden_size
-    d_g = target.get_output_embeddings().weight.shape[1]
-    if tuple(A.shape) != (d_t, d_g):
-        raise ValueError(f"alignment matrix has shape {tuple(A.shape)}, expected (d_teacher={d_t}, d_target={d_g})")
-    if bridge == "auto":
-        bridge = "ids" if teacher_tokenizer is None or target_tokenizer is None or same_tokenizer(teacher_tokenizer, target_tokenizer) else "text"
+    _check_matrix(A, teacher, target)
+    bridge = _bridge_of(bridge, teacher_tokenizer, target_tokenizer)
     stepper = TeacherStepper(teacher, teacher_tokenizer, target_tokenizer, bridge_text=(bridge == "text"))
     fuser = Fuser(target, stepper, A, FusionConfig(alpha=alpha, norm=norm))
-    handles = [
-        target.register_forward_pre_hook(fuser._on_target_forward, with_kwargs=True),
-        fuser.out_layer.register_forward_pre_hook(fuser._on_output_layer),
-    ]
-    try:
+    with _hooks(lambda: [target.register_forward_pre_hook(fuser._on_target_forward, with_kwargs=True),
+                         fuser.out_layer.register_forward_pre_hook(fuser._on_output_layer)]):
         yield fuser
-    finally:
-        for h in handles:
-            h.remove()
+
+
+# ------------------------------------------------------------------ expert minus anti-expert
+
+
+@dataclass
+class DiffConfig:
+    """The directed fusion: ``z + alpha * offset`` on the target's next-token logits ``z``.
+
+    - ``space="hidden"``: offset = ``W_target ((h_e - h_a) A)`` (the teachers' difference carried
+      through A into the target's output layer; reaches every target token);
+    - ``space="logits"``: offset = ``W_e h_e - W_a h_a`` (the teachers' own logits) on the shared
+      vocabulary, 0 on target tokens the teachers do not have;
+    - ``top_k > 0`` (plausibility): only the target's own top-k tokens can be chosen;
+    - ``gate`` (risk gate): act only on rows where ``log p_a(pick) - log p_e(pick) >= gate``, the
+      pick being the target's own argmax and both distributions taken over the target's top-k
+      (``gate_top_k`` when plausibility is off) under the same space as the offset. Other rows are
+      left exactly as the target made them.
+    """
+
+    alpha: float
+    space: str = "hidden"
+    top_k: int = 10
+    gate: float | None = None
+    gate_top_k: int = 10
+
+
+class DiffFuser(_InputTracker):
+    """State of :func:`difference_fusion`'s hooks, plus how often it acted (``acted`` of ``rows_seen``)."""
+
+    def __init__(self, target, expert: TeacherStepper, anti: TeacherStepper, cfg: DiffConfig, A=None,
+                 teacher_index: torch.Tensor | None = None):
+        super().__init__([expert, anti])
+        self.cfg = cfg
+        out_layer = target.get_output_embeddings()
+        if out_layer is None:
+            raise TypeError(f"{type(target).__name__} has no output embedding layer")
+        self.out_layer = out_layer
+        dev = out_layer.weight.device
+        self.A = None if A is None else A.to(device=dev, dtype=torch.float32)
+        self.heads = None
+        self.index = None  # target id -> teacher id (-1: not shared)
+        if cfg.space == "logits":
+            self.heads = [expert.teacher.get_output_embeddings(), anti.teacher.get_output_embeddings()]
+            self.index = teacher_index.to(dev)
+        self.acted = 0
+        self.rows_seen = 0
+
+    # -- what the teachers say about candidate target tokens
+    def _scores(self, h: torch.Tensor, which: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, k) scores of teacher ``which`` for the target tokens ``idx`` (B, k), and which are defined."""
+        if self.cfg.space == "hidden":
+            rows = self.out_layer.weight[idx].float()  # (B, k, d_target)
+            return torch.einsum("bkd,bd->bk", rows, h.float() @ self.A), torch.ones_like(idx, dtype=torch.bool)
+        tid = self.index[idx]
+        ok = tid >= 0
+        rows = self.heads[which].weight[tid.clamp_min(0)].float()  # (B, k, d_teacher)
+        return torch.einsum("bkd,bd->bk", rows, h.float()) * ok, ok
+
+    def _full_offset(self, h_e: torch.Tensor, h_a: torch.Tensor, V: int) -> torch.Tensor:
+        if self.cfg.space == "hidden":
+            return ((h_e.float() - h_a.float()) @ self.A) @ self.out_layer.weight.float().T[:, :V]
+        off = torch.zeros(h_e.shape[0], V, device=h_e.device)
+        shared = (self.index[:V] >= 0).nonzero().flatten()
+        tids = self.index[shared]
+        z_e = h_e.float() @ self.heads[0].weight[tids].float().T
+        z_a = h_a.float() @ self.heads[1].weight[tids].float().T
+        off[:, shared] = z_e - z_a
+        return off
+
+    def fuse_logits(self, z: torch.Tensor, h_e: torch.Tensor, h_a: torch.Tensor) -> torch.Tensor:
+        """The fused last-position logits (float32) from the target's ``z`` (B, V) and the teachers' states."""
+        cfg = self.cfg
+        z = z.float()
+        B, V = z.shape
+        h_e, h_a = h_e.to(z.device), h_a.to(z.device)
+        k = min(cfg.top_k if cfg.top_k > 0 else cfg.gate_top_k, V)
+        idx = z.topk(k, dim=-1).indices if (cfg.top_k > 0 or cfg.gate is not None) else None
+        s_e = s_a = ok = None
+        if idx is not None:
+            s_e, ok = self._scores(h_e, 0, idx)
+            s_a, _ = self._scores(h_a, 1, idx)
+        if cfg.top_k > 0:
+            fused = torch.full_like(z, float("-inf"))
+            fused.scatter_(1, idx, z.gather(1, idx) + cfg.alpha * (s_e - s_a))
+        else:
+            fused = z + cfg.alpha * self._full_offset(h_e, h_a, V)
+        act = torch.ones(B, dtype=torch.bool, device=z.device)
+        if cfg.gate is not None:
+            neg = torch.tensor(float("-inf"), device=z.device)
+            lp_e = torch.log_softmax(torch.where(ok, s_e, neg), dim=-1)[:, 0]
+            lp_a = torch.log_softmax(torch.where(ok, s_a, neg), dim=-1)[:, 0]
+            act = ok[:, 0] & (lp_a - lp_e >= cfg.gate)
+            fused = torch.where(act[:, None], fused, z)
+        self.acted += int(act.sum())
+        self.rows_seen += B
+        return fused
+
+    # -- hooks
+    def _on_output_layer(self, module, args, output):
+        h_e, h_a = self.teacher_states()
+        z = output[:, -1, :]
+        out = output.clone()
+        out[:, -1, :] = self.fuse_logits(z, h_e, h_a).to(output.dtype)
+        self.steps += 1
+        return out
+
+    def _on_output_input(self, module, args):
+        """The cheap path (hidden space, no top-k, no gate): add ``alpha (h_e - h_a) A`` to the hidden state."""
+        (hidden,) = args
+        h_e, h_a = self.teacher_states()
+        d = (h_e.float() - h_a.float()).to(hidden.device) @ self.A
+        out = hidden.clone()
+        out[:, -1, :] = (hidden[:, -1, :].float() + self.cfg.alpha * d).to(hidden.dtype)
+        self.acted += hidden.shape[0]
+        self.rows_seen += hidden.shape[0]
+        self.steps += 1
+        return (out,)
+
+
+def teacher_index(target_tokenizer, teacher_tokenizer, target_vocab: int) -> torch.Tensor:
+    """``index[target_id]`` = the teacher id of the same (normalised) token, -1 where the teacher has none."""
+    from .vocab import shared_vocab
+
+    sv = shared_vocab(teacher_tokenizer, target_tokenizer)
+    index = torch.full((target_vocab,), -1, dtype=torch.long)
+    ok = sv.target_ids < target_vocab
+    index[sv.target_ids[ok]] = sv.teacher_ids[ok]
+    return index
+
+
+def check_diff_config(cfg: DiffConfig) -> None:
+    if cfg.space not in SPACES:
+        raise ValueError(f"unknown space {cfg.space!r}; expected one of {SPACES}")
+    if cfg.alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {cfg.alpha}")
+    if cfg.top_k < 0 or cfg.gate_top_k < 1:
+        raise ValueError(f"top_k must be >= 0 and gate_top_k >= 1, got {cfg.top_k} and {cfg.gate_top_k}")
+
+
+@contextlib.contextmanager
+def difference_fusion(target, expert, anti, cfg: DiffConfig, A: torch.Tensor | None = None, target_tokenizer=None,
+                      teacher_tokenizer=None, bridge: str = "auto",
+                      index: torch.Tensor | None = None) -> Iterator[DiffFuser | None]:
+    """Install the expert-minus-anti-expert hooks on ``target`` for the block (see :class:`DiffConfig`).
+
+    Both teachers step in lock-step with the target, each with its own KV cache; when they share a
+    tokenizer the text is re-tokenised once for both. ``A`` is needed for ``space="hidden"``;
+    ``space="logits"`` needs the target -> teacher token ``index`` (built from the tokenizers when not
+    given). At ``alpha == 0`` nothing is installed and ``None`` is yielded (plain ``generate()``)."""
+    check_diff_config(cfg)
+    if cfg.alpha == 0.0:
+        yield None
+        return
+    if cfg.space == "hidden":
+        if A is None:
+            raise ValueError("space 'hidden' needs the alignment matrix A")
+        _check_matrix(A, expert, target)
+        _check_matrix(A, anti, target)
+    bridge = _bridge_of(bridge, teacher_tokenizer, target_tokenizer)
+    if cfg.space == "logits" and index is None:
+        V = target.get_output_embeddings().weight.shape[0]
+        if bridge == "ids":
+            index = torch.arange(V)
+        else:
+            index = teacher_index(target_tokenizer, teacher_tokenizer, V)
+    steppers = [TeacherStepper(t, teacher_tokenizer, target_tokenizer, bridge_text=(bridge == "text")) for t in (expert, anti)]
+    fuser = DiffFuser(target, steppers[0], steppers[1], cfg, A, index)
+    cheap = cfg.space == "hidden" and cfg.top_k == 0 and cfg.gate is None
+    out_hook = (lambda: fuser.out_layer.register_forward_pre_hook(fuser._on_output_input)) if cheap else \
+        (lambda: fuser.out_layer.register_forward_hook(fuser._on_output_layer))
+    with _hooks(lambda: [target.register_forward_pre_hook(fuser._on_target_forward, with_kwargs=True), out_hook()]):
+        yield fuser
 
 
 @torch.no_grad()
@@ -267,3 +492,59 @@ def reference_fused_logits(target, teacher, A, alpha, target_ids: list[int], tar
     h_teacher = backbone(teacher)(input_ids=torch.tensor([t_ids], device=tdev)).last_hidden_state[:, -1, :]
     h = fuse_hidden(h_target, h_teacher.to(device), A.to(device), alpha, norm)
     return target.get_output_embeddings()(h)[0]
+
+
+def _teacher_last_hidden(teacher, target_ids, target_tokenizer, teacher_tokenizer, bridge) -> torch.Tensor:
+    if bridge == "text":
+        text = target_tokenizer.decode(target_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        t_ids = teacher_tokenizer(text, add_special_tokens=True)["input_ids"]
+    else:
+        t_ids = target_ids
+    tdev = next(teacher.parameters()).device
+    return backbone(teacher)(input_ids=torch.tensor([t_ids], device=tdev)).last_hidden_state[0, -1, :].float()
+
+
+@torch.no_grad()
+def reference_diff_logits(target, expert, anti, cfg: DiffConfig, target_ids: list[int], A=None, target_tokenizer=None,
+                          teacher_tokenizer=None, bridge: str = "auto", index: torch.Tensor | None = None) -> torch.Tensor:
+    """From-scratch next-token logits of :func:`difference_fusion` for one sequence, written out plainly
+    (full offsets over the vocabulary, then the top-k and the gate by hand). The tests' ground truth."""
+    device = next(target.parameters()).device
+    head = target.get_output_embeddings()
+    h = backbone(target)(input_ids=torch.tensor([target_ids], device=device)).last_hidden_state[0, -1, :]
+    z = head(h).float()
+    if cfg.alpha == 0:
+        return z
+    bridge = _bridge_of(bridge, teacher_tokenizer, target_tokenizer)
+    h_e = _teacher_last_hidden(expert, target_ids, target_tokenizer, teacher_tokenizer, bridge).to(device)
+    h_a = _teacher_last_hidden(anti, target_ids, target_tokenizer, teacher_tokenizer, bridge).to(device)
+    V = z.shape[0]
+    W = head.weight.float()
+    if cfg.space == "hidden":
+        s_e, s_a = W @ (h_e @ A.float()), W @ (h_a @ A.float())
+        defined = torch.ones(V, dtype=torch.bool)
+    else:
+        if index is None:
+            index = torch.arange(V) if bridge == "ids" else teacher_index(target_tokenizer, teacher_tokenizer, V)
+        s_e, s_a = torch.zeros(V), torch.zeros(V)
+        defined = index[:V] >= 0
+        for v in defined.nonzero().flatten().tolist():
+            s_e[v] = expert.get_output_embeddings().weight[index[v]].float() @ h_e
+            s_a[v] = anti.get_output_embeddings().weight[index[v]].float() @ h_a
+    order = torch.argsort(z, descending=True, stable=True)
+    fused = z + cfg.alpha * (s_e - s_a)
+    if cfg.top_k > 0:
+        keep = torch.zeros(V, dtype=torch.bool)
+        keep[order[:cfg.top_k]] = True
+        fused = torch.where(keep, fused, torch.tensor(float("-inf")))
+    if cfg.gate is not None:
+        cand = order[:cfg.top_k if cfg.top_k > 0 else cfg.gate_top_k]
+        cand = cand[defined[cand]]
+        pick = int(order[0])
+        if not bool(defined[pick]):
+            return z
+        lp_e = torch.log_softmax(s_e[cand], 0)[(cand == pick).nonzero()[0, 0]]
+        lp_a = torch.log_softmax(s_a[cand], 0)[(cand == pick).nonzero()[0, 0]]
+        if float(lp_a - lp_e) < cfg.gate:
+            return z
+    return fused

@@ -1,0 +1,122 @@
+"""Expert-minus-anti-expert fusion: cached, batched logits equal a from-scratch recompute; the
+plausibility constraint and the risk gate do what they say, on hand-made numbers too."""
+
+import pytest
+import torch
+
+import tiny
+from detox_pa.fusion import DiffConfig, DiffFuser, difference_fusion, reference_diff_logits
+
+PROMPTS = ["Hello world, the dog", "The cat is", "A very long prompt about the weather today and the river"]
+
+
+def _trio(target_arch, target_kind, teacher_kind, same_tok=False):
+    tgt_tok = tiny.make_tokenizer(target_kind)
+    tgt_tok.padding_side = "left"
+    tch_tok = tgt_tok if same_tok else tiny.make_tokenizer(teacher_kind, vocab_size=280)
+    target = tiny.make_model(target_arch, vocab_size=len(tgt_tok), hidden=32, seed=1, tokenizer=tgt_tok)
+    expert = tiny.make_model("llama", vocab_size=len(tch_tok), hidden=24, layers=2, seed=2, tokenizer=tch_tok)
+    anti = tiny.make_model("llama", vocab_size=len(tch_tok), hidden=24, layers=2, seed=5, tokenizer=tch_tok)
+    A = torch.randn(24, 32, generator=torch.Generator().manual_seed(3)) * 0.3
+    return target, expert, anti, tgt_tok, tch_tok, A
+
+
+def _run(target, tok, prompts, expert, anti, tch_tok, A, cfg, sample=True, n=8):
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    torch.manual_seed(0)
+    kw = dict(max_new_tokens=n, do_sample=sample, output_logits=True, return_dict_in_generate=True,
+              pad_token_id=tok.pad_token_id)
+    if sample:
+        kw.update(top_p=0.9, top_k=0)
+    with difference_fusion(target, expert, anti, cfg, A, tok, tch_tok) as f:
+        out = target.generate(**enc, **kw)
+    return enc, out, f
+
+
+CONFIGS = {
+    "hidden, no top-k, no gate (pre-hook path)": DiffConfig(alpha=2.0, space="hidden", top_k=0),
+    "hidden, top-5": DiffConfig(alpha=2.0, space="hidden", top_k=5),
+    "hidden, top-5, gate": DiffConfig(alpha=2.0, space="hidden", top_k=5, gate=0.0),
+    "logits, no top-k": DiffConfig(alpha=1.5, space="logits", top_k=0),
+    "logits, top-5, gate": DiffConfig(alpha=1.5, space="logits", top_k=5, gate=0.0),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("target_arch,target_kind,teacher_kind,same_tok", [
+    ("gemma3", "sp", "bl", False),   # two tokenizer families, like the embedded pair
+    ("qwen2", "bl", "bl", True),     # same tokenizer: ids fed straight
+])
+def test_cached_batched_difference_matches_from_scratch(name, target_arch, target_kind, teacher_kind, same_tok):
+    cfg = CONFIGS[name]
+    target, expert, anti, tok, tch_tok, A = _trio(target_arch, target_kind, teacher_kind, same_tok)
+    enc, out, f = _run(target, tok, PROMPTS, expert, anti, tch_tok, A, cfg)
+    P = enc["input_ids"].shape[1]
+    worst, changed = 0.0, 0
+    for i in range(len(PROMPTS)):
+        real = enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist()
+        for s in range(len(out.logits)):
+            ids = real + out.sequences[i, P:P + s].tolist()
+            ref = reference_diff_logits(target, expert, anti, cfg, ids, A, tok, tch_tok)
+            got = out.logits[s][i].float()
+            fin = torch.isfinite(ref)
+            assert torch.equal(fin, torch.isfinite(got)), "the eligible tokens differ"
+            worst = max(worst, (ref[fin] - got[fin]).abs().max().item())
+            plain = reference_diff_logits(target, expert, anti, DiffConfig(alpha=0.0), ids)
+            changed += int(not torch.allclose(plain, got, atol=1e-3, equal_nan=False))
+    assert worst < 1e-4
+    assert changed > 0  # the fusion really changed something
+    assert f.rows_seen == len(PROMPTS) * len(out.logits)
+    if cfg.gate is not None:
+        assert f.acted < f.rows_seen  # the gate held back on some steps
+
+
+def test_alpha_zero_installs_nothing():
+    target, expert, anti, tok, tch_tok, A = _trio("gemma3", "sp", "bl")
+    head = target.get_output_embeddings()
+    enc, out, f = _run(target, tok, PROMPTS, expert, anti, tch_tok, A, DiffConfig(alpha=0.0))
+    assert f is None
+    torch.manual_seed(0)
+    plain = target.generate(**enc, max_new_tokens=8, do_sample=True, top_p=0.9, top_k=0, pad_token_id=tok.pad_token_id)
+    assert torch.equal(out.sequences, plain)
+    assert not head._forward_hooks and not head._forward_pre_hooks and not target._forward_pre_hooks
+
+
+def test_hooks_are_removed_after_an_error():
+    target, expert, anti, tok, tch_tok, A = _trio("llama", "bl", "sp")
+    head = target.get_output_embeddings()
+    with pytest.raises(RuntimeError):
+        with difference_fusion(target, expert, anti, DiffConfig(alpha=1.0, top_k=3), A, tok, tch_tok):
+            assert len(head._forward_hooks) == 1
+            raise RuntimeError("boom")
+    assert not head._forward_hooks and not head._forward_pre_hooks and not target._forward_pre_hooks
+
+
+class _Head:
+    def __init__(self, W):
+        self.weight = W
+
+
+def _fuser(cfg, W, A):
+    f = DiffFuser.__new__(DiffFuser)
+    f.cfg, f.out_layer, f.A, f.heads, f.index, f.acted, f.rows_seen = cfg, _Head(W), A, None, None, 0, 0
+    return f
+
+
+def test_plausibility_and_gate_on_hand_made_numbers():
+    # 4 target tokens in a 2-d space, A = identity: the teachers' scores are W h
+    W = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+    A = torch.eye(2)
+    z = torch.tensor([[3.0, 2.0, 1.0, 0.0]])       # the target prefers token 0, then 1, 2, 3
+    h_e = torch.tensor([[0.0, 2.0]])                 # the expert likes token 1 and 2
+    h_a = torch.tensor([[2.0, 0.0]])                 # the anti-expert likes token 0
+    # offset = W (h_e - h_a) = [-2, 2, 0, 2]
+    full = _fuser(DiffConfig(alpha=1.0, top_k=0), W, A).fuse_logits(z, h_e, h_a)
+    assert torch.allclose(full, torch.tensor([[1.0, 4.0, 1.0, 2.0]]))
+    top2 = _fuser(DiffConfig(alpha=1.0, top_k=2), W, A).fuse_logits(z, h_e, h_a)
+    assert top2[0, :2].tolist() == [1.0, 4.0] and torch.isinf(top2[0, 2:]).all()  # token 3 (+2) is not eligible
+    # the gate: over the top-2, log p_a(pick=0) - log p_e(pick=0) = log sigmoid(2) - log sigmoid(-2) = 2
+    f = _fuser(DiffConfig(alpha=1.0, top_k=2, gate=1.9), W, A)
+    assert torch.equal(f.fuse_logits(z, h_e, h_a), top2) and f.acted == 1
+    f = _fuser(DiffConfig(alpha=1.0, top_k=2, gate=2.1), W, A)
+    assert torch.equal(f.fuse_logits(z, h_e, h_a), z) and f.acted == 0 and f.rows_seen == 1
