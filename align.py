@@ -49,10 +49,29 @@ class AlignArguments:
     init: str = field(default="random", metadata={
         "help": "random (the paper) or lstsq (closed-form least squares teacher->target rows).",
         "choices": ["random", "lstsq"]})
-    embedding_space: str = field(default="input", metadata={
+    objective: str = field(default="contrastive", metadata={
+        "help": "contrastive (the paper: embedding rows, positive vs random negatives) or logits (the fused "
+                "term reproduces the teacher's own next-token logits under the target's output layer: least "
+                "squares on the shared tokens' output rows, then refined on real teacher states by KL).",
+        "choices": ["contrastive", "logits"]})
+    embedding_space: str = field(default="auto", metadata={
         "help": "input: input embedding rows (the paper); output: lm_head rows (the tied input embedding "
-                "when the model has no separate lm_head). The fusion mixes into the target's output space.",
-        "choices": ["input", "output"]})
+                "when the model has no separate lm_head). auto: input for contrastive, output for logits.",
+        "choices": ["auto", "input", "output"]})
+    text_path: str = field(default="", metadata={
+        "help": "Text for the transmission metric (and the logits objective's refinement): a teacher-data "
+                "TSV/JSONL (prompt + completion) or .txt (one text a line). Empty: no transmission metric."})
+    text_rows: int = field(default=600, metadata={"help": "Use at most this many texts of --text_path."})
+    heldout_text_share: float = field(default=0.2, metadata={
+        "help": "Share of the texts (by hash) held out: the transmission metric is measured on them only."})
+    max_states: int = field(default=8000, metadata={"help": "At most this many teacher states to refine on."})
+    refine_steps: int = field(default=150, metadata={
+        "help": "logits objective: Adam steps of the KL refinement on teacher states (0 = closed form only)."})
+    refine_lr: float = field(default=1e-3, metadata={"help": "Learning rate of the KL refinement."})
+    ridge: float = field(default=0.0, metadata={"help": "logits objective: ridge term of the closed form."})
+    also_teacher: str = field(default="", metadata={
+        "help": "A second teacher with the same tokenizer and output layer (the anti-expert): its states "
+                "join the refinement and its transmission is reported too."})
     heldout_share: float = field(default=0.05, metadata={
         "help": "Share of the shared tokens held out for the retrieval metric (deterministic, by hash)."})
     include_added: bool = field(default=True, metadata={
@@ -80,7 +99,36 @@ class AlignArguments:
             raise InputError(f"--threads must be >= 0, got {self.threads}")
         if not (0 < self.heldout_share <= 0.5):
             raise InputError(f"--heldout_share must be in (0, 0.5], got {self.heldout_share}")
+        if not (0 < self.heldout_text_share < 1):
+            raise InputError(f"--heldout_text_share must be in (0, 1), got {self.heldout_text_share}")
+        for name in ("text_rows", "max_states", "refine_steps"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.refine_lr) and self.refine_lr > 0):
+            raise InputError(f"--refine_lr must be a positive number, got {self.refine_lr}")
+        if not (math.isfinite(self.ridge) and self.ridge >= 0):
+            raise InputError(f"--ridge must be >= 0, got {self.ridge}")
+        if self.embedding_space == "auto":
+            self.embedding_space = "output" if self.objective == "logits" else "input"
+        if self.text_path:
+            read_texts(self.text_path)  # a bad file stops here, before any model is read
         check_output_dir(self.output_dir, "--output_dir")
+
+
+def read_texts(path: str) -> list[str]:
+    """Texts for the transmission metric: prompt + completion of a teacher-data file, or .txt lines."""
+    from detox_pa.io import read_teacher_data, read_text
+    from detox_pa.pretraining import join_prompt_completion
+
+    if Path(path).suffix.lower() == ".txt":
+        texts = [ln.strip() for ln in read_text(path, "text file (--text_path)").splitlines() if ln.strip()]
+    else:
+        pairs, _ = read_teacher_data(path)
+        texts = [join_prompt_completion(p, c)[0] for p, c in pairs]
+    if len(texts) < 2:
+        raise InputError(f"text file {path} (--text_path): needs at least 2 texts (one to fit on, one held out), "
+                         f"found {len(texts)}")
+    return texts
 
 
 def parse_args(argv=None) -> AlignArguments:
@@ -98,11 +146,38 @@ def _tokenizer(auto, path: str, what: str):
         raise InputError(f"{what}: cannot load its tokenizer{hint}: {str(e).splitlines()[0] if str(e) else e!r}") from None
 
 
+def teacher_text_states(args: AlignArguments, teacher_path: str, t_tok) -> dict:
+    """The teacher's (and --also_teacher's) final hidden states on the fit and held-out texts."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from detox_pa.alignment import teacher_states, text_split
+    from detox_pa.assets import resolve_model
+
+    texts = read_texts(args.text_path)[: args.text_rows]
+    fit_i, held_i = text_split(texts, args.heldout_text_share)
+    fit_t, held_t = [texts[i] for i in fit_i], [texts[i] for i in held_i]
+    who = {"teacher": teacher_path}
+    if args.also_teacher:
+        who["also_teacher"] = resolve_model(args.also_teacher, "--also_teacher")
+    fit_states, held = [], {}
+    for name, path in who.items():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        n_fit = args.max_states // len(who) if args.max_states else 0
+        if args.objective == "logits" and args.refine_steps > 0:
+            fit_states.append(teacher_states(model, t_tok, fit_t, n_fit))
+        held[name] = teacher_states(model, t_tok, held_t, 4000)
+        del model
+    return {"fit": torch.cat(fit_states) if fit_states else None, "heldout": held,
+            "n_fit": len(fit_t), "n_heldout": len(held_t)}
+
+
 def main(args: AlignArguments) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from detox_pa.alignment import TrainConfig, check_sizes, find_embedding, fit, heldout_split, load_embedding
+    from detox_pa.alignment import (AlignmentResult, TrainConfig, check_sizes, find_embedding, fit,
+                                    fit_logits_closed_form, heldout_split, load_embedding, refine_kl, transmission)
     from detox_pa.assets import describe_model, resolve_model
     from detox_pa.vocab import shared_vocab
 
@@ -153,8 +228,42 @@ def main(args: AlignArguments) -> dict:
                       temperature=args.temperature, init=args.init, seed=args.seed, threads=args.threads,
                       progress=args.progress)
     torch.manual_seed(args.seed)
-    result = fit(Et, Es, sv.keys, cfg, args.heldout_share)
+    if args.objective == "contrastive":
+        result = fit(Et, Es, sv.keys, cfg, args.heldout_share)
+    else:
+        result = AlignmentResult(fit_logits_closed_form(Et, Es, args.ridge), {"closed_form": "least squares "
+                                 "Es_out A^T ~ Et_out over the shared tokens", "ridge": args.ridge})
     A = result.mapping
+    states = None
+    if args.objective == "logits" and not args.text_path:
+        log.warning("--objective logits without --text_path: closed form only (no KL refinement on teacher states, "
+                    "no transmission metric)")
+    if args.text_path:
+        # the metric compares output layers, whatever space A was trained in (one matrix for tied models)
+        Ot, Os = Et, Es
+        if args.embedding_space != "output":
+            Ot = load_embedding(find_embedding(teacher, "output", f"teacher {args.model1_name}"))[0][sv.teacher_ids]
+            Os = load_embedding(find_embedding(target, "output", f"target {args.model2_name}"))[0][sv.target_ids]
+        states = teacher_text_states(args, teacher, t_tok)
+        if args.objective == "logits" and args.refine_steps > 0:
+            t_ref0 = time.time()
+            A, losses = refine_kl(A, states["fit"], Ot, Os, args.refine_steps, args.refine_lr, seed=args.seed,
+                                  progress=args.progress)
+            result.report["refine"] = {"what": "Adam on KL(teacher || target output layer on h @ A) over the shared "
+                                       "tokens, on teacher states of the fit texts, from the closed form",
+                                       "steps": args.refine_steps, "lr": args.refine_lr, "batch": 256,
+                                       "states": int(states["fit"].shape[0]), "loss_per_tenth": losses,
+                                       "seconds": round(time.time() - t_ref0, 2)}
+        result.report["transmission"] = {
+            "what": "teacher's own logits vs the fused term's logits under the target's output layer, on the "
+                    "shared tokens, at every token of held-out texts (1, 1, 1, 0 = perfect; scale = std ratio)",
+            "text_path": args.text_path, "texts_fit": states["n_fit"], "texts_heldout": states["n_heldout"],
+            **{who: {norm: transmission(H, A, Ot, Os, norm) for norm in ("none", "layernorm")}
+               for who, H in states["heldout"].items()}}
+        for who in states["heldout"]:
+            m = result.report["transmission"][who]["none"]
+            log.info("transmission (%s, held-out text, %d states): top-1 %.3f, top-10 %.3f, pearson %.3f, KL %.3f",
+                     who, m["states"], m["top1"], m["top10"], m["pearson"], m["kl"])
     assert A.shape == (d_t, d_s) and A.dtype == torch.float32
 
     out = Path(args.output_dir)
@@ -174,6 +283,7 @@ def main(args: AlignArguments) -> dict:
         "dtype": "float32",
         "embedding_space": args.embedding_space,
         "init": args.init,
+        "objective": args.objective,
         "seed": args.seed,
         "vocab_overlap": sv.stats(),
         "metrics": result.report,

@@ -23,13 +23,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from detox_pa.cli import entry, log_args, args_to_dict, parse_dataclasses
 from detox_pa.errors import InputError
 
 log = logging.getLogger("generate")
 
-METHODS = ("fusion", "wordban", "steer")
 
 
 @dataclass
@@ -50,9 +50,18 @@ class GenerateArguments:
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     seed: int = field(default=2025, metadata={"help": "Base seed; each (alpha, batch) gets its own derived seed."})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."})
-    norm: str = field(default="layernorm", metadata={"help": "layernorm (paper: parameter-free LayerNorm) or rescale (to |h_target|)."})
+    norm: str = field(default="layernorm", metadata={"help": "For --method fusion: layernorm (the paper: parameter-free LayerNorm), rescale (to the norm "
+                                                             "of h_target) or none (h_teacher A as it is: the teacher's logit scale with an A "
+                                                             "from align.py --objective logits)."})
     bridge: str = field(default="auto", metadata={"help": "auto, ids (same tokenizer) or text (re-tokenise for the teacher)."})
-    method: str = field(default="fusion", metadata={"help": "fusion (the method), wordban or steer (baselines; alpha = strength)."})
+    method: str = field(default="fusion", metadata={"help": "fusion (the paper), diff (expert minus anti-expert through A), "
+                                                            "wordban or steer (baselines). Alpha is the strength of each."})
+    anti_teacher_model: str = field(default="", metadata={"help": "For --method diff: the anti-expert teacher (same base as the expert)."})
+    diff_space: str = field(default="hidden", metadata={"help": "For --method diff: hidden ((h_e - h_a) A through the target's "
+                                                                 "output layer) or logits (the teachers' own logits on shared tokens)."})
+    top_k: int = field(default=10, metadata={"help": "For --method diff: only the target's top-k tokens can be chosen (0 = off)."})
+    gate: Optional[float] = field(default=None, metadata={"help": "For --method diff: act only where log p_anti(pick) - "
+                                                                  "log p_expert(pick) >= this (nats; unset = always act)."})
     steer_vector: str = field(default="", metadata={"help": "For --method steer: a .pt file holding {'vector': [d_target]}."})
     max_prompts: int = field(default=0, metadata={"help": "Use only the first N prompts (0 = all)."})
     device_map: str = field(default="", metadata={"help": "Place a large target across GPUs, e.g. 'auto' (needs accelerate)."})
@@ -61,12 +70,15 @@ class GenerateArguments:
     def __post_init__(self):
         if not self.alphas:
             raise InputError("--alphas: give at least one alpha")
+        from detox_pa.methods import get_method
+
+        max_alpha = get_method(self.method).max_alpha
         for a in self.alphas:
             if not (isinstance(a, (int, float)) and math.isfinite(a)):
                 raise InputError(f"--alphas: {a!r} is not a finite number")
-            if self.method == "fusion" and not 0.0 <= a <= 1.0:
-                raise InputError(f"--alphas: {a} is outside [0, 1]")
-            if self.method != "fusion" and a < 0:
+            if max_alpha is not None and not 0.0 <= a <= max_alpha:
+                raise InputError(f"--alphas: {a} is outside [0, {max_alpha:g}]")
+            if a < 0:
                 raise InputError(f"--alphas: {a} is negative (for --method {self.method} alpha is the strength)")
         if len(set(self.alphas)) != len(self.alphas):
             raise InputError(f"--alphas: repeated values in {self.alphas}")
@@ -79,19 +91,16 @@ class GenerateArguments:
             raise InputError(f"--top_p must be in (0, 1], got {self.top_p}")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise InputError(f"--temperature must be > 0, got {self.temperature}")
-        if self.norm not in ("layernorm", "rescale"):
-            raise InputError(f"--norm must be layernorm or rescale, got {self.norm!r}")
         if self.bridge not in ("auto", "ids", "text"):
             raise InputError(f"--bridge must be auto, ids or text, got {self.bridge!r}")
-        if self.method not in METHODS:
-            raise InputError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.method == "steer" and not self.steer_vector:
-            raise InputError("--method steer needs --steer_vector")
+        if self.gate is not None and not math.isfinite(self.gate):
+            raise InputError(f"--gate must be a finite number, got {self.gate}")
         if self.dtype != "auto":
             from detox_pa.generation import DTYPES
             if self.dtype not in DTYPES:
                 raise InputError(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {self.dtype!r}")
         self.alphas = [float(a) for a in self.alphas]
+        get_method(self.method)(self).check()
 
 
 def parse_args(argv=None) -> GenerateArguments:
@@ -118,6 +127,7 @@ def main(args: GenerateArguments) -> None:
     from detox_pa import generation as G
     from detox_pa.assets import resolve_model
     from detox_pa.io import check_output_path, read_prompts, sha256_file
+    from detox_pa.methods import get_method
 
     rank, world = _dist()
     log_args(args)
@@ -131,27 +141,18 @@ def main(args: GenerateArguments) -> None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
     dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if args.dtype == "auto" else G.DTYPES[args.dtype]
     target_path = resolve_model(args.target_model, "--target_model")
-    needs_teacher = args.method == "fusion" and any(a > 0 for a in args.alphas)
-    teacher_path = resolve_model(args.teacher_model, "--teacher_model") if needs_teacher else None
-    A = None
-    if needs_teacher:
-        A = G.load_matrix(args.matrix_A, G.model_hidden_size(teacher_path), G.model_hidden_size(target_path))
-    steer = None
-    if args.method == "steer":
-        from detox_pa.baselines import load_steer_vector
-        steer = load_steer_vector(args.steer_vector, G.model_hidden_size(target_path))
+    method = get_method(args.method)(args)
+    method_inputs = method.check_inputs(target_path)
     journal_path = out_path.with_name(out_path.name + (".journal.jsonl" if world == 1 else f".journal.rank{rank}.jsonl"))
     meta_path = out_path.with_name(out_path.stem + ".meta.json")
     if out_path.exists() and not args.overwrite:
         raise InputError(f"output {out_path} already exists; pass --overwrite to replace it")
     fingerprint = {
         "target_model": args.target_model, "target_files": G.file_fingerprint(target_path),
-        "teacher_model": args.teacher_model if needs_teacher else None,
-        "teacher_files": G.file_fingerprint(teacher_path) if needs_teacher else None,
-        "matrix_A": sha256_file(args.matrix_A) if needs_teacher else None,
-        "data": sha256_file(args.data_path), "max_prompts": args.max_prompts,
+        "data": sha256_file(args.data_path), "max_prompts": args.max_prompts, "method": args.method,
+        **method_inputs, **method.fingerprint(),
         **{k: getattr(args, k) for k in ("alphas", "max_new_tokens", "batch_size", "num_samples", "do_sample",
-                                         "seed", "dtype", "norm", "bridge", "method", "steer_vector")},
+                                         "seed", "dtype")},
         "top_p": args.top_p if args.do_sample else None, "temperature": args.temperature if args.do_sample else None,
     }
     if args.overwrite and rank == 0:
@@ -181,12 +182,9 @@ def main(args: GenerateArguments) -> None:
     target = AutoModelForCausalLM.from_pretrained(target_path, **load_kw).eval()
     if not args.device_map:
         target.to(device)
-    teacher = teacher_tok = None
-    if needs_teacher:
-        teacher_tok = AutoTokenizer.from_pretrained(teacher_path)
-        teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=dtype).eval().to(device)
-    log.info("loaded models in %.1f s (target %s, teacher %s, dtype %s, device %s)", time.time() - t_load,
-             args.target_model, args.teacher_model if needs_teacher else "-", dtype, device)
+    method.load(target, tok, device, dtype)
+    log.info("loaded models in %.1f s (method %s, target %s, dtype %s, device %s)", time.time() - t_load,
+             args.method, args.target_model, dtype, device)
 
     gen_config = GenerationConfig(
         max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, top_k=0 if args.do_sample else None,
@@ -202,28 +200,14 @@ def main(args: GenerateArguments) -> None:
              len(mine) - len(todo), len(mine))
     journals[0].start()
 
-    from contextlib import nullcontext
-
-    from detox_pa.fusion import fusion
-
     from tqdm.auto import tqdm
 
     seconds: dict[float, float] = {}
     bar = tqdm(total=len(todo), desc=f"generate rank {rank}" if world > 1 else "generate", unit="batch",
                disable=rank != 0 and world > 1)
     for a in args.alphas:
-        extra = {}
-        if args.method == "fusion":
-            factory = (lambda a=a: fusion(target, teacher, A, a, tok, teacher_tok, norm=args.norm, bridge=args.bridge)) \
-                if a > 0 else nullcontext
-        elif args.method == "wordban":
-            from detox_pa.baselines import bad_words_ids
-            factory = nullcontext
-            if a > 0:
-                extra["bad_words_ids"] = bad_words_ids(tok)
-        else:
-            from detox_pa.baselines import steering
-            factory = lambda a=a: steering(target, steer, a)  # noqa: E731
+        factory = lambda a=a: method.context(a)  # noqa: E731
+        extra = method.generate_kwargs(a)
         for k, batch in enumerate(batches):
             if (a, k) not in todo:
                 continue
@@ -268,9 +252,7 @@ def main(args: GenerateArguments) -> None:
 
     atomic_write_json(meta_path, {
         "output": str(out_path), "method": args.method, "target_model": args.target_model, "target_path": target_path,
-        "teacher_model": args.teacher_model if needs_teacher else None, "teacher_path": teacher_path,
-        "matrix_A": args.matrix_A if needs_teacher else None,
-        "dims": {"teacher": int(A.shape[0]), "target": int(A.shape[1])} if A is not None else None,
+        **method.describe(),
         "data_path": args.data_path, "n_prompts": len(prompts), "num_samples": args.num_samples,
         "n_batches_per_alpha": len(batches), "world_size": world,
         "generation_seconds_per_alpha": gen_seconds, "fingerprint": fingerprint, "arguments": args_to_dict(args),

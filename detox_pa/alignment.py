@@ -482,3 +482,131 @@ def fit(Et: torch.Tensor, Es: torch.Tensor, keys: Sequence[bytes], cfg: TrainCon
         "fit_seconds": round(time.time() - t0, 3),
     }
     return AlignmentResult(A.float().contiguous(), report)
+
+
+# ------------------------------------------------------------------------------ the logits objective
+
+OBJECTIVES = ("contrastive", "logits")
+
+
+def fit_logits_closed_form(Et_out: torch.Tensor, Es_out: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """A (d_teacher x d_target) such that the target's output layer reads ``h @ A`` the way the teacher's
+    output layer reads ``h``, on the shared tokens: ``Es_out @ A.T ~ Et_out`` in least squares.
+
+    For a teacher state ``h``: ``Es_out @ (h @ A)`` ~ ``Et_out @ h`` (the teacher's own logits), for every
+    ``h``. ``Et_out``/``Es_out``: the shared tokens' output-layer rows (n x d_t, n x d_s). ``ridge`` adds
+    ``ridge * n * I`` to the normal equations."""
+    X = Es_out.double()
+    Y = Et_out.double()
+    if ridge > 0:
+        G = X.T @ X + ridge * X.shape[0] * torch.eye(X.shape[1], dtype=X.dtype)
+        At = torch.linalg.solve(G, X.T @ Y)
+    else:
+        At = torch.linalg.lstsq(X, Y).solution  # (d_s, d_t)
+    return At.T.float().contiguous()
+
+
+def map_states(H: torch.Tensor, A: torch.Tensor, norm: str = "none", eps: float = 1e-5) -> torch.Tensor:
+    """The fused term before alpha: ``Norm(H @ A)`` (``layernorm`` as in the paper, or ``none``)."""
+    M = H.float() @ A.float()
+    if norm == "layernorm":
+        M = torch.nn.functional.layer_norm(M, (M.shape[-1],), eps=eps)
+    elif norm != "none":
+        raise ValueError(norm)
+    return M
+
+
+@torch.no_grad()
+def transmission(H: torch.Tensor, A: torch.Tensor, Et_out: torch.Tensor, Es_out: torch.Tensor, norm: str = "none",
+                 k: int = 10, chunk: int = 256) -> dict:
+    """Does the fused term carry the teacher's next-token prediction to the target's output layer?
+
+    For each teacher state ``h`` (rows of ``H``, taken on real text), compare the teacher's own logits on
+    the shared tokens (``Et_out @ h``) with the logits the fused term gets from the target's output
+    layer (``Es_out @ Norm(h @ A)``), both over the same shared tokens:
+    ``top1`` = same argmax; ``top{k}`` = mean overlap of the two top-k sets / k; ``pearson`` = mean
+    per-state correlation of the two logit vectors; ``kl`` = mean KL(teacher || fused term) in nats;
+    ``scale`` = mean std of the fused term's logits / the teacher's. 1, 1, 1, 0, 1 is perfect."""
+    Et, Es = Et_out.float(), Es_out.float()
+    n = H.shape[0]
+    top1 = topk = pear = kl = scale = 0.0
+    for s in range(0, n, chunk):
+        h = H[s:s + chunk].float()
+        zt = h @ Et.T
+        zf = map_states(h, A, norm) @ Es.T
+        top1 += float((zt.argmax(1) == zf.argmax(1)).sum())
+        it, jf = zt.topk(k, dim=1).indices, zf.topk(k, dim=1).indices
+        topk += float((it.unsqueeze(2) == jf.unsqueeze(1)).any(2).sum()) / k
+        a = zt - zt.mean(1, keepdim=True)
+        b = zf - zf.mean(1, keepdim=True)
+        pear += float(((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)).sum())
+        lt, lf = torch.log_softmax(zt, 1), torch.log_softmax(zf, 1)
+        kl += float((lt.exp() * (lt - lf)).sum())
+        scale += float((zf.std(1) / zt.std(1).clamp_min(1e-12)).sum())
+    r = lambda x: round(x / max(n, 1), 6)  # noqa: E731
+    return {"top1": r(top1), f"top{k}": r(topk), "pearson": r(pear), "kl": r(kl), "scale": r(scale), "states": n,
+            "norm": norm}
+
+
+def refine_kl(A0: torch.Tensor, H: torch.Tensor, Et_out: torch.Tensor, Es_out: torch.Tensor, steps: int,
+              lr: float = 1e-3, batch: int = 256, seed: int = 42, progress: bool = True) -> tuple[torch.Tensor, list[float]]:
+    """Refine A on real teacher states: minimise KL(teacher || target's output layer on ``h @ A``) over
+    the shared tokens, with Adam from ``A0``. Returns A and the mean loss of each tenth of the steps."""
+    from tqdm.auto import tqdm
+
+    g = torch.Generator().manual_seed(seed)
+    A = torch.nn.Parameter(A0.clone().float())
+    opt = torch.optim.Adam([A], lr=lr)
+    Et, Es = Et_out.float(), Es_out.float()
+    Hf = H.float()
+    losses, window = [], []
+    every = max(1, steps // 10)
+    for step in tqdm(range(steps), desc="refine A (KL on teacher states)", disable=not progress, mininterval=1.0):
+        idx = torch.randint(0, Hf.shape[0], (min(batch, Hf.shape[0]),), generator=g)
+        h = Hf[idx]
+        with torch.no_grad():
+            pt = torch.softmax(h @ Et.T, 1)
+        lf = torch.log_softmax((h @ A) @ Es.T, 1)
+        loss = -(pt * lf).sum(1).mean()  # cross-entropy = KL + the teacher's entropy (a constant)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        window.append(loss.item())
+        if (step + 1) % every == 0:
+            losses.append(round(sum(window) / len(window), 6))
+            window = []
+    return A.detach().float().contiguous(), losses
+
+
+def text_split(texts: Sequence[str], share: float) -> tuple[list[int], list[int]]:
+    """(fit rows, held-out rows): held out are the ``round(share * n)`` (at least 1) texts with the lowest
+    SHA-256; independent of order and seeds."""
+    digests = [hashlib.sha256(b"detox-pa/text/" + t.encode("utf-8")).digest() for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: digests[i])
+    k = max(1, int(round(share * len(texts)))) if texts else 0
+    held = sorted(order[:k])
+    hs = set(held)
+    return [i for i in range(len(texts)) if i not in hs], held
+
+
+@torch.no_grad()
+def teacher_states(model, tokenizer, texts: Sequence[str], max_states: int = 0, batch_size: int = 16) -> torch.Tensor:
+    """The teacher's final hidden states (the input of its output layer) at every real token of ``texts``."""
+    from .fusion import backbone
+
+    body = backbone(model)
+    device = next(model.parameters()).device
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    out: list[torch.Tensor] = []
+    total = 0
+    for s in range(0, len(texts), batch_size):
+        enc = tokenizer(list(texts[s:s + batch_size]), return_tensors="pt", padding=True)
+        h = body(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)).last_hidden_state
+        sel = h[enc["attention_mask"].to(device).bool()].float().cpu()
+        out.append(sel)
+        total += sel.shape[0]
+        if max_states and total >= max_states:
+            break
+    H = torch.cat(out) if out else torch.zeros(0, 0)
+    return H[:max_states] if max_states else H
