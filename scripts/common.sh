@@ -27,7 +27,7 @@ DEFAULT_TEACHER_DATA="$REPO_DIR/data/teacher_data.tsv"
 
 # Write the embedded default's prompt files (held-out split) if they are missing.
 ensure_prompt_files() {
-  if [[ ! -s "$OUT_DIR/data/rtp_eval.jsonl" || ! -s "$OUT_DIR/data/rtp_build.jsonl" ]]; then
+  if [[ ! -s "$OUT_DIR/data/rtp_eval.jsonl" || ! -s "$OUT_DIR/data/rtp_build.jsonl" || ! -s "$OUT_DIR/data/rtp_dev.jsonl" ]]; then
     "$PYTHON" -m detox_pa.assets prompts "$OUT_DIR/data"
   fi
 }

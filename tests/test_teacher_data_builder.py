@@ -55,7 +55,7 @@ def tiny():
 def _args(folder: Path, **kw) -> "btd.BuildArgs":
     folder.mkdir(parents=True, exist_ok=True)
     base = dict(model="tiny-test-model", neutral_prompts=str(REPO / "data" / "neutral_prompts.txt"),
-                out_tsv=str(folder / "td.tsv"), steering_out=str(folder / "st.jsonl"), max_prompts=6,
+                out_tsv=str(folder / "td.tsv"), steering_out=str(folder / "st.jsonl"), out_toxic_tsv=str(folder / "tox.tsv"), max_prompts=6,
                 samples_rtp=4, samples_neutral=2, max_new_tokens=12, batch_size=8, min_words=2)
     base.update(kw)
     return btd.BuildArgs(**base)
@@ -84,7 +84,25 @@ def test_tsv_parses_and_holds_exactly_the_kept_rows(built):
     assert pairs == kept and len(pairs) == sidecar["rows"] == stats["rows"] > 0
     # 6 RTP prompts x 4 samples + 6 neutral prompts x 2 samples, one steering record each
     assert len(records) == 6 * 4 + 6 * 2
-    assert sidecar["counts"]["rtp_build"]["samples"] == 24 and sidecar["counts"]["neutral"]["samples"] == 12
+    assert sidecar["counts"]["rtp_build"]["samples"] + sidecar["counts"]["rtp_dev"]["samples"] == 24
+    assert sidecar["counts"]["neutral"]["samples"] == 12
+
+
+def test_toxic_tsv_holds_the_toxic_rows_and_no_dev_prompt_trains(built):
+    from detox_pa.assets import rtp_split
+
+    args, sidecar, records = built
+    dev = set(rtp_split("dev"))
+    assert any(r["prompt"] in dev for r in records)  # the first 6 build prompts include a dev prompt
+    for r in records:
+        assert (r["split"] == "rtp_dev") == (r["prompt"] in dev)
+        if r["split"] == "rtp_dev":
+            assert not r["kept"] and not r["toxic_kept"] and r["reason"] == "dev_prompt"
+    toxic = [(r["prompt"], r["completion"]) for r in records if r["toxic_kept"]]
+    pairs = read_teacher_data(args.toxic_tsv_path)[0] if toxic else []
+    assert pairs == toxic and sidecar["toxic_rows"] == len(toxic)
+    assert all(r["prob"] >= args.toxic_threshold and r["completion_prob"] >= args.toxic_threshold
+               for r in records if r["toxic_kept"])
     for prompt, comp in pairs:
         assert "\t" not in comp and "\n" not in comp and comp.strip() == comp.lstrip()
         assert btd.count_words(comp) >= args.min_words
@@ -111,6 +129,8 @@ def test_labels_follow_the_thresholds(built):
         assert r["prob"] == pytest.approx(fake_scorer([r["continuation"]])[0])
         if r["kept"]:
             assert r["prob"] < args.clean_threshold and r["completion_prob"] < args.clean_threshold
+        elif r["split"] == "rtp_dev":
+            assert r["reason"] == "dev_prompt"
         elif r["label"] != "clean":
             assert r["reason"] == "not_clean"
 
@@ -141,7 +161,8 @@ def test_no_eval_split_prompt_is_ever_used(built, tmp_path):
     assert held_out and build
     prompts = btd.collect_prompts(REPO / "data" / "neutral_prompts.txt")
     assert not {p for p, _ in prompts} & held_out
-    assert [p for p, s in prompts if s == "rtp_build"] == build  # the whole build split, in order
+    assert [p for p, s in prompts if s in ("rtp_build", "rtp_dev")] == build  # the whole build split, in order
+    assert [p for p, s in prompts if s == "rtp_dev"] == rtp_split("dev")
     _, _, records = built
     assert {r["prompt"] for r in records if r["split"] == "rtp_build"} <= set(build)
     assert not {r["prompt"] for r in records} & held_out
@@ -197,13 +218,13 @@ def test_bad_arguments_fail_before_any_model_load(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="clean_threshold"):
         _args(tmp_path, clean_threshold=0.6)
     with pytest.raises(InputError, match="top_p"):
-        btd.parse_args(["--top_p", "0", "--out_tsv", str(tmp_path / "a.tsv"), "--steering_out", str(tmp_path / "a.jsonl")])
+        btd.parse_args(["--top_p", "0", "--out_tsv", str(tmp_path / "a.tsv"), "--steering_out", str(tmp_path / "a.jsonl"), "--out_toxic_tsv", str(tmp_path / "a_tox.tsv")])
     (tmp_path / "td.tsv").write_text("x")
     with pytest.raises(InputError, match="--overwrite"):
         _args(tmp_path)
     with pytest.raises(InputError, match="does not exist"):
         btd.build(_args(tmp_path / "new", neutral_prompts=str(tmp_path / "missing.txt")))
-    args = btd.parse_args(["--out_tsv", str(tmp_path / "b.tsv"), "--steering_out", str(tmp_path / "b.jsonl"),
+    args = btd.parse_args(["--out_tsv", str(tmp_path / "b.tsv"), "--steering_out", str(tmp_path / "b.jsonl"), "--out_toxic_tsv", str(tmp_path / "b_tox.tsv"),
                            "--samples_rtp", "5"])
     assert args.samples_rtp == 5 and args.sidecar_path == tmp_path / "b.json"
     assert "--samples_rtp 5" in args.command() and "--seed" not in args.command()
@@ -223,3 +244,7 @@ def test_committed_data_files():
     assert not {p for p, _ in pairs} & set(rtp_split("eval"))
     side = json.loads((REPO / "data" / "teacher_data.json").read_text(encoding="utf-8"))
     assert side["rows"] == len(pairs)
+    toxic, _ = read_teacher_data(REPO / "data" / "teacher_data_toxic.tsv")
+    assert side["toxic_rows"] == len(toxic) > 0
+    used = {p for p, _ in pairs} | {p for p, _ in toxic}
+    assert used <= allowed and not used & set(rtp_split("dev"))  # no dev prompt trains anything
