@@ -58,6 +58,8 @@ def main(args: SteerArguments) -> None:
         except json.JSONDecodeError:
             raise InputError(f"{args.texts}:{n}: not valid JSON") from None
         lab = r.get("label")
+        if r.get("split") == "rtp_dev":  # dev prompts train nothing (choices are made on them)
+            continue
         if lab in groups and len(groups[lab]) < args.max_per_class and r.get("completion", r.get("continuation")):
             groups[lab].append((r["prompt"], r.get("completion", r.get("continuation"))))
     for lab, rows in groups.items():
