@@ -327,3 +327,86 @@ def test_launcher_runs_align_py_end_to_end(folders, tmp_path):
     proc = subprocess.run([str(REPO / "run_alignment.sh")], env=dict(env, OUT_DIR=str(tmp_path / "none")),
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "run ./run_pretrain.sh first" in proc.stderr
+
+
+# ------------------------------------------------------------------------------ the logits objective and transmission
+
+
+def planted_output(n=400, d_t=16, d_s=24, seed=3):
+    """Teacher output rows ``Et`` and target rows ``Es = Et @ M`` (M with orthonormal rows): the map that
+    carries the teacher's prediction exactly is ``A = M`` (``Es @ (h @ M) = Et @ M @ M^T @ h = Et @ h``)."""
+    g = torch.Generator().manual_seed(seed)
+    Et = torch.randn(n, d_t, generator=g)
+    Q, _ = torch.linalg.qr(torch.randn(d_s, d_s, generator=g))
+    M = Q[:d_t].contiguous()
+    return Et, Et @ M, M, torch.randn(300, d_t, generator=g) * 2
+
+
+def test_transmission_is_perfect_for_the_known_map_and_poor_for_a_random_one():
+    Et, Es, M, H = planted_output()
+    perfect = alignment.transmission(H, M, Et, Es)
+    assert perfect["top1"] == 1.0 and perfect["top10"] == 1.0
+    assert perfect["pearson"] > 0.9999 and perfect["kl"] < 1e-6 and perfect["scale"] == pytest.approx(1, abs=1e-4)
+    rand = alignment.transmission(H, torch.randn_like(M), Et, Es)
+    assert rand["top1"] < 0.1 and rand["top10"] < 0.3 and abs(rand["pearson"]) < 0.2 and rand["kl"] > 1
+    # the paper's LayerNorm on top of the known map: centring shifts each token's logit by its row sum, and
+    # the scale is set by the dimension, not the teacher; the metric sees both
+    ln = alignment.transmission(H, M, Et, Es, norm="layernorm")
+    assert ln["norm"] == "layernorm" and ln["kl"] > perfect["kl"] + 0.01 and ln["scale"] != pytest.approx(1, abs=0.05)
+
+
+def test_logits_closed_form_recovers_the_known_map_and_refinement_lowers_kl():
+    Et, Es, M, H = planted_output()
+    A = alignment.fit_logits_closed_form(Et, Es)
+    # Es has rank d_t < d_s, so A is M up to the null space of Es: the same logits, the same transmission
+    assert torch.allclose(Es @ A.T, Et, atol=1e-3)
+    assert alignment.transmission(H, A, Et, Es)["top1"] == 1.0
+    assert alignment.fit_logits_closed_form(Et, Es, ridge=1e-3).shape == M.shape
+    # refinement from a damaged start lowers the KL on the states it is given
+    g = torch.Generator().manual_seed(0)
+    A0 = M + 0.3 * torch.randn(M.shape, generator=g)
+    before = alignment.transmission(H, A0, Et, Es)["kl"]
+    A1, losses = alignment.refine_kl(A0, H, Et, Es, steps=150, lr=1e-2, progress=False)
+    assert len(losses) == 10 and losses[-1] < losses[0]
+    assert alignment.transmission(H, A1, Et, Es)["kl"] < 0.5 * before
+
+
+@pytest.fixture(scope="module")
+def rotated(tmp_path_factory):
+    """Teacher (hidden 32) and a target (hidden 48) with the same byte-level tokenizer, whose tied
+    embeddings are the teacher's times a matrix with orthonormal rows: a known map exists."""
+    d = tmp_path_factory.mktemp("rotated")
+    teacher = make_model_folder(d, "teacher", arch="llama", kind="bl", hidden=32, layers=2)
+    tok = make_tokenizer("bl")
+    target = make_model("llama", vocab_size=len(tok), hidden=48, layers=2, seed=5, tokenizer=tok)
+    from transformers import AutoModelForCausalLM
+    E_t = AutoModelForCausalLM.from_pretrained(teacher).get_input_embeddings().weight.detach()
+    Q, _ = torch.linalg.qr(torch.randn(48, 48, generator=torch.Generator().manual_seed(2)))
+    with torch.no_grad():
+        target.get_input_embeddings().weight.copy_(E_t @ Q[:32])
+    target.save_pretrained(d / "target")
+    tok.save_pretrained(d / "target")
+    from tests.tiny import corpus
+    (d / "texts.txt").write_text("\n".join(corpus(60, seed=4)) + "\n")
+    return {"teacher": teacher, "target": d / "target", "texts": d / "texts.txt"}
+
+
+def test_align_logits_objective_transmits_where_contrastive_is_only_reported(rotated, tmp_path):
+    base = ["--model1_name", str(rotated["teacher"]), "--model2_name", str(rotated["target"]), "--progress", "false",
+            "--text_path", str(rotated["texts"])]
+    assert run(align.main, align.parse_args, base + ["--output_dir", str(tmp_path / "l"), "--objective", "logits",
+                                                     "--refine_steps", "20"]) == 0
+    side = json.loads((tmp_path / "l" / "mapping_model.json").read_text())
+    assert side["objective"] == "logits" and side["embedding_space"] == "output"
+    tr = side["metrics"]["transmission"]
+    assert tr["texts_heldout"] >= 1 and tr["teacher"]["none"]["states"] > 20
+    m = tr["teacher"]["none"]
+    assert m["top1"] >= 0.97 and m["top10"] >= 0.95 and m["pearson"] > 0.99 and m["kl"] < 0.01
+    assert side["metrics"]["refine"]["steps"] == 20 and len(side["metrics"]["refine"]["loss_per_tenth"]) == 10
+    # the paper's contrastive objective on the same pair: the same metric is recorded, whatever it gets
+    assert run(align.main, align.parse_args, base + ["--output_dir", str(tmp_path / "c"), "--epochs", "1"]) == 0
+    side_c = json.loads((tmp_path / "c" / "mapping_model.json").read_text())
+    assert side_c["objective"] == "contrastive" and side_c["embedding_space"] == "input"
+    mc = side_c["metrics"]["transmission"]["teacher"]["none"]
+    assert 0 <= mc["top1"] <= 1 and mc["states"] == m["states"] and "refine" not in side_c["metrics"]
+    assert mc["kl"] > m["kl"]
