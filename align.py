@@ -60,8 +60,9 @@ class AlignArguments:
         "choices": ["auto", "input", "output"]})
     text_path: str = field(default="", metadata={
         "help": "Text for the transmission metric (and the logits objective's refinement): a teacher-data "
-                "TSV/JSONL (prompt + completion) or .txt (one text a line). Empty: no transmission metric."})
-    text_rows: int = field(default=600, metadata={"help": "Use at most this many texts of --text_path."})
+                "TSV/JSONL (prompt + completion) or .txt (one text a line); several files separated by commas "
+                "(e.g. the clean and the toxic teacher data). Empty: no transmission metric."})
+    text_rows: int = field(default=600, metadata={"help": "Use at most this many texts of each --text_path file."})
     heldout_text_share: float = field(default=0.2, metadata={
         "help": "Share of the texts (by hash) held out: the transmission metric is measured on them only."})
     max_states: int = field(default=8000, metadata={"help": "At most this many teacher states to refine on."})
@@ -111,12 +112,22 @@ class AlignArguments:
         if self.embedding_space == "auto":
             self.embedding_space = "output" if self.objective == "logits" else "input"
         if self.text_path:
-            read_texts(self.text_path)  # a bad file stops here, before any model is read
+            read_texts(self.text_path, self.text_rows)  # a bad file stops here, before any model is read
         check_output_dir(self.output_dir, "--output_dir")
 
 
-def read_texts(path: str) -> list[str]:
-    """Texts for the transmission metric: prompt + completion of a teacher-data file, or .txt lines."""
+def read_texts(paths: str, rows: int = 0) -> list[str]:
+    """Texts for the transmission metric: prompt + completion of teacher-data files, or .txt lines; the first
+    ``rows`` (0 = all) of each of the comma-separated ``paths``."""
+    out: list[str] = []
+    for path in [p for p in paths.split(",") if p.strip()]:
+        out += _read_texts_one(path.strip())[: rows or None]
+    if len(out) < 2:
+        raise InputError(f"--text_path {paths}: needs at least 2 texts (one to fit on, one held out), found {len(out)}")
+    return out
+
+
+def _read_texts_one(path: str) -> list[str]:
     from detox_pa.io import read_teacher_data, read_text
     from detox_pa.pretraining import join_prompt_completion
 
@@ -125,9 +136,6 @@ def read_texts(path: str) -> list[str]:
     else:
         pairs, _ = read_teacher_data(path)
         texts = [join_prompt_completion(p, c)[0] for p, c in pairs]
-    if len(texts) < 2:
-        raise InputError(f"text file {path} (--text_path): needs at least 2 texts (one to fit on, one held out), "
-                         f"found {len(texts)}")
     return texts
 
 
@@ -154,7 +162,7 @@ def teacher_text_states(args: AlignArguments, teacher_path: str, t_tok) -> dict:
     from detox_pa.alignment import teacher_states, text_split
     from detox_pa.assets import resolve_model
 
-    texts = read_texts(args.text_path)[: args.text_rows]
+    texts = read_texts(args.text_path, args.text_rows)
     fit_i, held_i = text_split(texts, args.heldout_text_share)
     fit_t, held_t = [texts[i] for i in fit_i], [texts[i] for i in held_i]
     who = {"teacher": teacher_path}

@@ -1,34 +1,49 @@
 #!/usr/bin/env bash
 # Step 2: train the alignment matrix A (d_teacher x d_target) that carries teacher vectors into the
-# target's embedding space, contrastively on the tokens both vocabularies share.
+# target's space, over the tokens both vocabularies share. Two objectives:
+#   OBJECTIVE=logits (the default): the target's output layer reads h_teacher @ A the way the teacher's own
+#     output layer reads h_teacher (least squares on the shared tokens' output rows, refined by KL on real
+#     teacher states of TEXT_PATH); this is what carries the teacher's prediction to the target;
+#   OBJECTIVE=contrastive (the paper): embedding rows, positive vs random negatives.
+# Both record the transmission metric (teacher logits vs fused-term logits, held-out TEXT_PATH texts).
 # Reads:  $MODEL1_NAME  the teacher (step 1's output folder, or an alias / Hugging Face folder):
 #                       its tokenizer and ONE embedding matrix, straight from its safetensors files
 #         $MODEL2_NAME  the target LLM (alias gemma-3-270m, or a folder): tokenizer + one embedding matrix
 # Writes: $OUTPUT_DIR/mapping_model.pt    torch.load(p)["mapping"] is A (float32, the paper's format)
-#         $OUTPUT_DIR/mapping_model.json  sidecar: models, dims, vocab overlap, held-out retrieval
-#                                         before/after, loss per epoch, arguments, seed, wall time
+#         $OUTPUT_DIR/mapping_model.json  sidecar: models, dims, vocab overlap, held-out retrieval,
+#                                         transmission (expert and anti-expert), losses, arguments, seed, time
 # Usage:  ./run_alignment.sh [extra align.py flags, e.g. --heldout_share 0.1]
 #         INIT=lstsq EMBEDDING_SPACE=output ./run_alignment.sh
 # One CPU process: the step is cheap (about a minute on 2 cores for the embedded pair).
 #
 # The paper's settings (teacher = first 3 layers of Mistral-7B-v0.1, target Llama; same hyperparameters):
 #   MODEL1_NAME=/path/to/teacher MODEL2_NAME=meta-llama/Llama-2-7b-hf \
-#   BATCH_SIZE=32 EPOCHS=5 LR=1e-3 N_NEGATIVES=10 SEED=42 INIT=random EMBEDDING_SPACE=input TEMPERATURE=1 \
+#   OBJECTIVE=contrastive BATCH_SIZE=32 EPOCHS=5 LR=1e-3 N_NEGATIVES=10 SEED=42 INIT=random EMBEDDING_SPACE=input \
+#   TEMPERATURE=1 \
 #   ./run_alignment.sh
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/common.sh"
 
-# ---- editable defaults: the embedded default pipeline (teacher from step 1, Gemma-3-270M target)
+# ---- editable defaults: the embedded default pipeline (teachers from step 1, Gemma-3-270M target)
 MODEL1_NAME=${MODEL1_NAME:-$DEFAULT_TEACHER_DIR}
 MODEL2_NAME=${MODEL2_NAME:-$DEFAULT_TARGET}
 OUTPUT_DIR=${OUTPUT_DIR:-$DEFAULT_ALIGN_DIR}
+OBJECTIVE=${OBJECTIVE:-logits}             # logits (transmits the teacher's prediction) | contrastive (the paper)
+# texts for the KL refinement and the transmission metric (the teacher data: clean and toxic completions)
+TEXT_PATH=${TEXT_PATH-$DEFAULT_TEACHER_DATA,$DEFAULT_ANTI_TEACHER_DATA}
+TEXT_ROWS=${TEXT_ROWS:-600}                # at most this many texts of each file
+REFINE_STEPS=${REFINE_STEPS:-150}          # logits: Adam steps of the KL refinement (0 = closed form only)
+REFINE_LR=${REFINE_LR:-1e-3}
+# the anti-expert (step 1, TEACHERS=both): its states join the refinement and its transmission is recorded;
+# empty when that folder does not exist
+ALSO_TEACHER=${ALSO_TEACHER-$([[ -d $DEFAULT_ANTI_TEACHER_DIR && "$MODEL1_NAME" == "$DEFAULT_TEACHER_DIR" ]] && echo "$DEFAULT_ANTI_TEACHER_DIR")}
 BATCH_SIZE=${BATCH_SIZE:-32}
 EPOCHS=${EPOCHS:-5}
 LR=${LR:-1e-3}
 N_NEGATIVES=${N_NEGATIVES:-10}
 SEED=${SEED:-42}
 INIT=${INIT:-random}                       # random (the paper) | lstsq (closed-form least squares)
-EMBEDDING_SPACE=${EMBEDDING_SPACE:-input}  # input (the paper) | output (lm_head; the tied input embedding if none)
+EMBEDDING_SPACE=${EMBEDDING_SPACE:-auto}   # auto (input for contrastive, output for logits) | input (the paper) | output
 TEMPERATURE=${TEMPERATURE:-1.0}            # logits / temperature (the paper: 1)
 # ----
 
@@ -49,4 +64,10 @@ exec "$PYTHON" "$REPO_DIR/align.py" \
   --init "$INIT" \
   --embedding_space "$EMBEDDING_SPACE" \
   --temperature "$TEMPERATURE" \
+  --objective "$OBJECTIVE" \
+  --text_path "$TEXT_PATH" \
+  --text_rows "$TEXT_ROWS" \
+  --refine_steps "$REFINE_STEPS" \
+  --refine_lr "$REFINE_LR" \
+  --also_teacher "$ALSO_TEACHER" \
   "$@"

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # The main job: the whole pipeline on the embedded default, offline on CPU, ending with a per-alpha table.
 #
-#   ./run_all.sh            # full run (<= 20 minutes on 2 CPU cores)
-#   SMOKE=1 ./run_all.sh    # a few prompts, two alphas, a few training steps (~3 minutes)
+#   ./run_all.sh                # full run (<= 20 minutes on 2 CPU cores)
+#   METHOD=paper ./run_all.sh   # the paper's exact recipe instead (one teacher, contrastive A, LayerNorm fusion)
+#   SMOKE=1 ./run_all.sh        # a few prompts, two alphas, a few training steps (~3 minutes)
+#
+# The default recipe (METHOD=diff): an expert teacher on the clean completions and an anti-expert on the
+# toxic ones (3 layers of SmolLM2, frozen output layer), A fitted so the target's output layer reads the
+# teachers' states as the teachers do (OBJECTIVE=logits), and the target's logits moved by
+# alpha * W_target((h_expert - h_anti) A) over its top-10 tokens. Alpha 0 is the target alone.
 #
 # Sets up first (./setup.sh: venv, requirements, embedded models), then runs
 #   1 run_pretrain.sh -> 2 run_alignment.sh -> 3 run_generation.sh -> 4a run_tox_score.sh -> 4b run_ppl_score.sh
@@ -13,7 +19,14 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 SMOKE=${SMOKE:-0}
 FORCE=${FORCE:-0}
-if [[ "$SMOKE" == 1 ]]; then export OUT_DIR=${OUT_DIR:-outputs/smoke}; else export OUT_DIR=${OUT_DIR:-outputs}; fi
+METHOD=${METHOD:-diff}
+case "$METHOD" in
+  diff) SUB="" ;;
+  paper) SUB="/paper"; export TEACHERS=expert OBJECTIVE=contrastive METHOD=fusion NORM=layernorm ;;
+  *) echo "error: run_all.sh: METHOD must be diff (the default) or paper, got '$METHOD'" >&2; exit 2 ;;
+esac
+export METHOD
+if [[ "$SMOKE" == 1 ]]; then export OUT_DIR=${OUT_DIR:-outputs/smoke$SUB}; else export OUT_DIR=${OUT_DIR:-outputs$SUB}; fi
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 
 ./setup.sh
@@ -25,17 +38,29 @@ step() { echo; echo "=== [$(( SECONDS - t_start ))s] $*"; }
 if [[ "$SMOKE" == 1 ]]; then
   # tiny budget: a few training steps, one alignment epoch, 8 prompts, two alphas
   export MAX_STEPS=${MAX_STEPS:-6} EPOCHS=${EPOCHS:-1} MAX_PROMPTS=${MAX_PROMPTS:-8} ALPHAS=${ALPHAS:-"0 0.4"}
+  export REFINE_STEPS=${REFINE_STEPS:-10} TEXT_ROWS=${TEXT_ROWS:-40}
 fi
 
-if [[ "$FORCE" == 1 ]]; then rm -rf "$DEFAULT_TEACHER_DIR" "$DEFAULT_ALIGN_DIR" "${DEFAULT_GENERATIONS%.json}"*; fi
+if [[ "$FORCE" == 1 ]]; then rm -rf "$DEFAULT_TEACHER_DIR" "$DEFAULT_ANTI_TEACHER_DIR" "$DEFAULT_ALIGN_DIR" "${DEFAULT_GENERATIONS%.json}"*; fi
 
-step "1/5 pretrain the teacher -> $DEFAULT_TEACHER_DIR"
-if [[ -f "$DEFAULT_TEACHER_DIR/detox_pa_teacher.json" ]]; then echo "exists; skipped (FORCE=1 to redo)"; else ./run_pretrain.sh; fi
+NEED=()  # the teachers still to train (a killed run resumes from its newest checkpoint)
+[[ -f "$DEFAULT_TEACHER_DIR/detox_pa_teacher.json" ]] || NEED+=(expert)
+if [[ "$METHOD" == diff ]]; then
+  step "1/5 pretrain the teachers -> $DEFAULT_TEACHER_DIR (expert), $DEFAULT_ANTI_TEACHER_DIR (anti-expert)"
+  [[ -f "$DEFAULT_ANTI_TEACHER_DIR/detox_pa_teacher.json" ]] || NEED+=(anti)
+else
+  step "1/5 pretrain the teacher -> $DEFAULT_TEACHER_DIR"
+fi
+case "${#NEED[@]}" in
+  0) echo "exists; skipped (FORCE=1 to redo)" ;;
+  1) TEACHERS=${NEED[0]} RESUME=1 ./run_pretrain.sh ;;
+  *) TEACHERS=both RESUME=1 ./run_pretrain.sh ;;
+esac
 
 step "2/5 train the alignment matrix -> $DEFAULT_MATRIX"
 if [[ -f "$DEFAULT_MATRIX" ]]; then echo "exists; skipped (FORCE=1 to redo)"; else ./run_alignment.sh; fi
 
-step "3/5 generate with fusion -> $DEFAULT_GENERATIONS"
+step "3/5 generate (--method $METHOD) -> $DEFAULT_GENERATIONS"
 if [[ -f "$DEFAULT_GENERATIONS" ]]; then echo "exists; skipped (FORCE=1 to redo)"; else ./run_generation.sh; fi
 
 step "4a/5 toxicity"

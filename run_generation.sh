@@ -1,5 +1,12 @@
 #!/usr/bin/env bash
 # Step 3: generate continuations with projection-alignment fusion, sweeping alpha.
+# METHOD=diff (the default): the target's next-token logits move by alpha * W_target((h_expert - h_anti) A),
+#   the expert/anti-expert difference carried through A (step 2, OBJECTIVE=logits), with the target's top-k
+#   tokens eligible (TOP_K) and an optional risk gate (GATE). <teacher_model_path> is the expert;
+#   ANTI_TEACHER_MODEL the anti-expert (step 1 trains both).
+# METHOD=fusion: the paper's fusion, alpha * LayerNorm(h_teacher @ A) + (1 - alpha) * h_target (NORM).
+# METHOD=wordban / steer: the baselines (a bad-word list; a steering vector STEER_VECTOR, strength = alpha).
+# Alpha is each method's strength; 0 is the target alone, and the default sweep is the same for all.
 #
 #   ./run_generation.sh <teacher_model_path> <target_model_path> <matrix_A_path> <device> <output_path> <data_path>
 #
@@ -24,7 +31,13 @@ shift $(( $# < 6 ? $# : 6 ))
 # ---- editable hyperparameters (the environment overrides each one) --------------------------
 # The paper: alphas 0..0.6, 10 new tokens, greedy, one prompt at a time, seed 2025.
 # The field's protocol (DExperts): DO_SAMPLE=1 NUM_SAMPLES=25 TOP_P=0.9 MAX_NEW_TOKENS=20.
+METHOD=${METHOD:-diff}          # diff | fusion (the paper) | wordban | steer
 ALPHAS=${ALPHAS:-"0 0.1 0.2 0.3 0.4 0.5 0.6"}
+ANTI_TEACHER_MODEL=${ANTI_TEACHER_MODEL:-$DEFAULT_ANTI_TEACHER_DIR}  # diff: the anti-expert
+DIFF_SPACE=${DIFF_SPACE:-hidden}  # diff: hidden (through A, reaches every target token) | logits (shared tokens)
+TOP_K=${TOP_K:-10}              # diff: only the target's top-k tokens are eligible (0 = all)
+GATE=${GATE:-}                  # diff: act only where log p_anti(pick) - log p_expert(pick) >= GATE (empty = always)
+STEER_VECTOR=${STEER_VECTOR:-}  # steer: a .pt file {'vector': [d_target]} (scripts/build_steer_vector.py)
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-10}
 BATCH_SIZE=${BATCH_SIZE:-16}
 NUM_SAMPLES=${NUM_SAMPLES:-1}
@@ -33,7 +46,7 @@ TOP_P=${TOP_P:-0.9}
 TEMPERATURE=${TEMPERATURE:-1.0}
 SEED=${SEED:-2025}
 DTYPE=${DTYPE:-auto}            # auto = bf16 on GPU, fp32 on CPU
-NORM=${NORM:-layernorm}         # layernorm (paper) | rescale
+NORM=${NORM:-layernorm}         # fusion: layernorm (paper) | rescale (to the norm of h_target) | none
 MAX_PROMPTS=${MAX_PROMPTS:-0}   # 0 = all prompts
 NPROC=${NPROC:-1}               # >1: torchrun over NPROC ranks (one per GPU)
 OVERWRITE=${OVERWRITE:-0}
@@ -45,7 +58,12 @@ FLAGS=(--teacher_model "$TEACHER_MODEL" --target_model "$TARGET_MODEL" --matrix_
        --device "$DEVICE" --output_path "$OUTPUT_PATH" --data_path "$DATA_PATH"
        --alphas $ALPHAS --max_new_tokens "$MAX_NEW_TOKENS" --batch_size "$BATCH_SIZE"
        --num_samples "$NUM_SAMPLES" --top_p "$TOP_P" --temperature "$TEMPERATURE" --seed "$SEED"
-       --dtype "$DTYPE" --norm "$NORM" --max_prompts "$MAX_PROMPTS")
+       --dtype "$DTYPE" --norm "$NORM" --max_prompts "$MAX_PROMPTS" --method "$METHOD")
+case "$METHOD" in
+  diff) FLAGS+=(--anti_teacher_model "$ANTI_TEACHER_MODEL" --diff_space "$DIFF_SPACE" --top_k "$TOP_K")
+        [[ -n "$GATE" ]] && FLAGS+=(--gate "$GATE") ;;
+  steer) [[ -n "$STEER_VECTOR" ]] && FLAGS+=(--steer_vector "$STEER_VECTOR") ;;
+esac
 [[ "$DO_SAMPLE" == 1 ]] && FLAGS+=(--do_sample)
 [[ "$OVERWRITE" == 1 ]] && FLAGS+=(--overwrite)
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Step 1: train the teacher = the first NUM_TEACHER_LAYERS decoder layers of a causal LM, fine-tuned on
-# prompt -> safe-completion pairs (loss on completion tokens only).
+# prompt -> safe-completion pairs (loss on completion tokens only). With TEACHERS=both (the default) the
+# same recipe also trains the anti-expert on prompt -> toxic-completion pairs, for step 3's --method diff
+# (expert minus anti-expert through A); TEACHERS=expert trains the paper's single teacher only.
 # Reads:  $TRAINING_DATA_PATH  WildJailbreak TSV (vanilla, adversarial, completion) or JSONL (prompt, completion)
+#         $ANTI_TRAINING_DATA_PATH  the same format with toxic completions (TEACHERS=both)
 #         $MODEL_NAME_OR_PATH  the base model: an alias (smollm2-135m), a Hugging Face folder or a hub id
 #         ds_config.json       DeepSpeed runs only (ZeRO stage from $ZERO_STAGE, batch sizes "auto")
-# Writes: $OUTPUT_DIR          the teacher (a plain Hugging Face folder: model + tokenizer), checkpoint-*/,
+# Writes: $OUTPUT_DIR          the teacher (and $ANTI_OUTPUT_DIR the anti-expert, laid out the same way) (a plain Hugging Face folder: model + tokenizer), checkpoint-*/,
 #                              detox_pa_teacher.json (sidecar: data hash, row/token counts, losses, time, args),
 #                              ds_config.zero$ZERO_STAGE.json (the DeepSpeed config actually used, DeepSpeed runs)
 # Usage:  ./run_pretrain.sh [extra pretrain.py flags, e.g. --max_steps 20]
@@ -22,29 +25,30 @@
 # The paper's settings (7 GPUs):
 #   MODEL_NAME_OR_PATH=mistralai/Mistral-7B-v0.1 NUM_TEACHER_LAYERS=3 LEARNING_RATE=1e-5 \
 #   PER_DEVICE_TRAIN_BATCH_SIZE=2 GRADIENT_ACCUMULATION_STEPS=4 NUM_TRAIN_EPOCHS=3 ZERO_STAGE=0 \
-#   FREEZE_EMBEDDINGS=0 MAX_LENGTH=1024 TRAINING_DATA_PATH=/path/to/wildjailbreak/train.tsv ./run_pretrain.sh
+#   FREEZE_EMBEDDINGS=0 MAX_LENGTH=1024 TRAINING_DATA_PATH=/path/to/wildjailbreak/train.tsv TEACHERS=expert ./run_pretrain.sh
 #   (bf16 is added on GPUs; batch 2 x 7 GPUs x grad-accum 4 = 56 rows per update; 3 epochs of ~262k rows)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/common.sh"
 
 # ---- editable defaults: the embedded default (SmolLM2-135M-Instruct, 3 of its 30 layers: 38.9M parameters).
-# ---- One epoch of 1,500 short rows (44k tokens) took 298 CPU-seconds on 2 cores (7.6 min wall while other jobs
-# ---- shared the cores; about 2.5-3 min when idle), on a stand-in file shaped like data/teacher_data.tsv.
 # ---- The sidecar records time, tokens/s and the loss of each run.
+TEACHERS=${TEACHERS:-both}          # both (expert + anti-expert, for --method diff) | expert (the paper) | anti
 MODEL_NAME_OR_PATH=${MODEL_NAME_OR_PATH:-$DEFAULT_TEACHER_BASE}
 TRAINING_DATA_PATH=${TRAINING_DATA_PATH:-$DEFAULT_TEACHER_DATA}
 OUTPUT_DIR=${OUTPUT_DIR:-$DEFAULT_TEACHER_DIR}
+ANTI_TRAINING_DATA_PATH=${ANTI_TRAINING_DATA_PATH:-$DEFAULT_ANTI_TEACHER_DATA}
+ANTI_OUTPUT_DIR=${ANTI_OUTPUT_DIR:-$DEFAULT_ANTI_TEACHER_DIR}
 NUM_TEACHER_LAYERS=${NUM_TEACHER_LAYERS:-3}
 PER_DEVICE_TRAIN_BATCH_SIZE=${PER_DEVICE_TRAIN_BATCH_SIZE:-16}
 GRADIENT_ACCUMULATION_STEPS=${GRADIENT_ACCUMULATION_STEPS:-1}
 LEARNING_RATE=${LEARNING_RATE:-1e-3}
-NUM_TRAIN_EPOCHS=${NUM_TRAIN_EPOCHS:-1}
+NUM_TRAIN_EPOCHS=${NUM_TRAIN_EPOCHS:-3}
 MAX_STEPS=${MAX_STEPS:--1}          # > 0 overrides the epochs (SMOKE=1 uses a few steps)
 WARMUP_STEPS=${WARMUP_STEPS:-5}
 MAX_LENGTH=${MAX_LENGTH:-128}
-# Freezing SmolLM2's tied embeddings/output layer saved only ~13% CPU time for a worse loss at equal steps
-# (logits are computed only at completion positions already), so both are trained by default.
-FREEZE_EMBEDDINGS=${FREEZE_EMBEDDINGS:-0}
+# Frozen embeddings/output layer (the default) keep the expert and the anti-expert on ONE output layer, so
+# h_expert - h_anti is a logit difference that one matrix A carries. The paper trains them (FREEZE_EMBEDDINGS=0).
+FREEZE_EMBEDDINGS=${FREEZE_EMBEDDINGS:-1}
 FREEZE_LM_HEAD=${FREEZE_LM_HEAD:-$FREEZE_EMBEDDINGS}
 APPEND_EOS=${APPEND_EOS:-0}
 LOGGING_STEPS=${LOGGING_STEPS:-10}
@@ -63,8 +67,6 @@ bool() { if [[ "$1" == 1 || "$1" == true ]]; then echo true; else echo false; fi
 ARGS=(
   --model_name_or_path "$MODEL_NAME_OR_PATH"
   --num_teacher_layers "$NUM_TEACHER_LAYERS"
-  --training_data_path "$TRAINING_DATA_PATH"
-  --output_dir "$OUTPUT_DIR"
   --per_device_train_batch_size "$PER_DEVICE_TRAIN_BATCH_SIZE"
   --gradient_accumulation_steps "$GRADIENT_ACCUMULATION_STEPS"
   --learning_rate "$LEARNING_RATE"
@@ -86,9 +88,9 @@ if [[ "$(bool "$RESUME")" == true ]]; then ARGS+=(--resume_from_checkpoint last)
 if [[ "$(bool "$OVERWRITE")" == true ]]; then ARGS+=(--overwrite_output_dir); fi
 
 # The DeepSpeed config with the chosen ZeRO stage, kept next to the outputs.
-ds_config_copy() {
-  mkdir -p "$OUTPUT_DIR"
-  local dest="$OUTPUT_DIR/ds_config.zero$ZERO_STAGE.json"
+ds_config_copy() {  # ds_config_copy OUT_DIR
+  mkdir -p "$1"
+  local dest="$1/ds_config.zero$ZERO_STAGE.json"
   "$PYTHON" - "$DS_CONFIG" "$ZERO_STAGE" "$dest" <<'PY'
 import json, sys
 src, stage, dest = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -107,18 +109,40 @@ free_port() {
   "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+case "$TEACHERS" in
+  both|expert|anti) ;;
+  *) echo "error: TEACHERS must be both, expert or anti, got '$TEACHERS'" >&2; exit 2 ;;
+esac
+if [[ "$TEACHERS" != expert && "$(realpath -m "$OUTPUT_DIR")" == "$(realpath -m "$ANTI_OUTPUT_DIR")" ]]; then
+  echo "error: OUTPUT_DIR and ANTI_OUTPUT_DIR are the same folder ($OUTPUT_DIR); the two teachers need their own" >&2
+  exit 2
+fi
+
 NGPU=$(num_gpus)
-if (( NGPU > 0 )); then
-  DS_FILE=$(ds_config_copy)
-  echo "run_pretrain.sh: DeepSpeed ZeRO-$ZERO_STAGE on $NGPU GPU(s), bf16, config $DS_FILE" >&2
-  exec "$PYTHON" -m deepspeed.launcher.runner --master_port "${MASTER_PORT:-29500}" \
-    "$REPO_DIR/pretrain.py" "${ARGS[@]}" --deepspeed "$DS_FILE" --bf16 "$@"
-elif [[ "$(bool "$DS_ON_CPU")" == true ]]; then
-  DS_FILE=$(ds_config_copy)
-  export RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=${MASTER_PORT:-$(free_port)}
-  echo "run_pretrain.sh: DeepSpeed ZeRO-$ZERO_STAGE on CPU (gloo, one process), config $DS_FILE" >&2
-  exec "$PYTHON" "$REPO_DIR/pretrain.py" "${ARGS[@]}" --deepspeed "$DS_FILE" --use_cpu "$@"
-else
-  echo "run_pretrain.sh: one CPU process (no GPU visible)" >&2
-  exec "$PYTHON" "$REPO_DIR/pretrain.py" "${ARGS[@]}" "$@"
+train_one() {  # train_one DATA OUT [extra flags]: one teacher, on GPUs with DeepSpeed or on the CPU
+  local data=$1 out=$2; shift 2
+  local args=("${ARGS[@]}" --training_data_path "$data" --output_dir "$out")
+  if (( NGPU > 0 )); then
+    local ds; ds=$(ds_config_copy "$out")
+    echo "run_pretrain.sh: $out: DeepSpeed ZeRO-$ZERO_STAGE on $NGPU GPU(s), bf16, config $ds" >&2
+    "$PYTHON" -m deepspeed.launcher.runner --master_port "${MASTER_PORT:-29500}" \
+      "$REPO_DIR/pretrain.py" "${args[@]}" --deepspeed "$ds" --bf16 "$@"
+  elif [[ "$(bool "$DS_ON_CPU")" == true ]]; then
+    local ds; ds=$(ds_config_copy "$out")
+    export RANK=0 LOCAL_RANK=0 WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=${MASTER_PORT:-$(free_port)}
+    echo "run_pretrain.sh: $out: DeepSpeed ZeRO-$ZERO_STAGE on CPU (gloo, one process), config $ds" >&2
+    "$PYTHON" "$REPO_DIR/pretrain.py" "${args[@]}" --deepspeed "$ds" --use_cpu "$@"
+  else
+    echo "run_pretrain.sh: $out: one CPU process (no GPU visible)" >&2
+    "$PYTHON" "$REPO_DIR/pretrain.py" "${args[@]}" "$@"
+  fi
+}
+
+if [[ "$TEACHERS" != anti ]]; then
+  echo "run_pretrain.sh: expert teacher on $TRAINING_DATA_PATH -> $OUTPUT_DIR" >&2
+  train_one "$TRAINING_DATA_PATH" "$OUTPUT_DIR" "$@"
+fi
+if [[ "$TEACHERS" != expert ]]; then
+  echo "run_pretrain.sh: anti-expert on $ANTI_TRAINING_DATA_PATH -> $ANTI_OUTPUT_DIR (same recipe)" >&2
+  train_one "$ANTI_TRAINING_DATA_PATH" "$ANTI_OUTPUT_DIR" "$@"
 fi

@@ -19,11 +19,13 @@ num_gpus() {
 DEFAULT_TARGET=${DEFAULT_TARGET:-gemma-3-270m}
 DEFAULT_TEACHER_BASE=${DEFAULT_TEACHER_BASE:-smollm2-135m}
 DEFAULT_TEACHER_DIR="$OUT_DIR/teacher"
+DEFAULT_ANTI_TEACHER_DIR="$OUT_DIR/anti_teacher"
 DEFAULT_ALIGN_DIR="$OUT_DIR/alignment"
 DEFAULT_MATRIX="$DEFAULT_ALIGN_DIR/mapping_model.pt"
 DEFAULT_GENERATIONS="$OUT_DIR/generations.json"
 DEFAULT_EVAL_PROMPTS="$OUT_DIR/data/rtp_eval.jsonl"
 DEFAULT_TEACHER_DATA="$REPO_DIR/data/teacher_data.tsv"
+DEFAULT_ANTI_TEACHER_DATA="$REPO_DIR/data/teacher_data_toxic.tsv"
 
 # Write the embedded default's prompt files (held-out split) if they are missing.
 ensure_prompt_files() {

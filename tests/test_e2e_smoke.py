@@ -18,12 +18,21 @@ def test_run_all_smoke_on_the_embedded_default(tmp_path):
                        timeout=1500)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     # every step left its artifact
+    # both teachers, from one recipe on their own data
     teacher = json.loads((out / "teacher" / "detox_pa_teacher.json").read_text())
-    assert teacher["layers_kept"] == 3
+    anti = json.loads((out / "anti_teacher" / "detox_pa_teacher.json").read_text())
+    assert teacher["layers_kept"] == 3 == anti["layers_kept"]
+    assert teacher["data"]["sha256"] != anti["data"]["sha256"]
     import torch
 
     A = torch.load(out / "alignment" / "mapping_model.pt", weights_only=True)["mapping"]
     assert tuple(A.shape) == (576, 640) and torch.isfinite(A).all()
+    side = json.loads((out / "alignment" / "mapping_model.json").read_text())
+    assert side["objective"] == "logits"
+    tr = side["metrics"]["transmission"]
+    assert set(tr) >= {"teacher", "also_teacher"} and tr["teacher"]["none"]["states"] > 100
+    meta = json.loads((out / "generations.meta.json").read_text())
+    assert meta["method"] == "diff" and meta["anti_teacher_path"].endswith("anti_teacher")
     gens = json.loads((out / "generations.json").read_text())
     assert [b["alpha"] for b in gens] == [0.0, 0.4]
     assert all(len(b["prompt-response pairs"]) == 8 for b in gens)

@@ -391,3 +391,48 @@ def test_launcher_picks_the_launch_mode(tmp_path, mode):
     for script in ("pretrain.py", "ds_config.json", "scripts/common.sh"):
         assert (REPO / script).exists()
     shutil.rmtree(out, ignore_errors=True)
+
+
+def test_launcher_trains_expert_and_anti_expert_from_one_recipe(work, tmp_path):
+    """TEACHERS=both (the default): the same recipe on the clean and on the toxic data, into two folders, with
+    the output layer frozen by default so both teachers share the base's one (what --method diff needs)."""
+    toxic = write_tsv(tmp_path / "toxic.tsv", [(p, a, "stupid idiot shut up, you fool.") for p, a, _ in training_rows(24)])
+    env = dict(os.environ, PYTHON=sys.executable, MODEL_NAME_OR_PATH=str(work["base"]), NUM_TEACHER_LAYERS="2",
+               TRAINING_DATA_PATH=str(work["data"]), ANTI_TRAINING_DATA_PATH=str(toxic), OUTPUT_DIR=str(tmp_path / "e"),
+               ANTI_OUTPUT_DIR=str(tmp_path / "a"), MAX_STEPS="3", PER_DEVICE_TRAIN_BATCH_SIZE="8", NUM_GPUS="0",
+               HF_HUB_OFFLINE="1")
+    proc = subprocess.run(["bash", str(REPO / "run_pretrain.sh"), "--disable_tqdm", "true"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sides = {n: json.loads((tmp_path / n / "detox_pa_teacher.json").read_text()) for n in ("e", "a")}
+    assert sides["e"]["data"]["sha256"] == sha256_file(work["data"])
+    assert sides["a"]["data"]["sha256"] == sha256_file(toxic)
+    assert all(s["layers_kept"] == 2 and s["training"]["global_step"] == 3 for s in sides.values())
+    assert sides["e"]["arguments"]["learning_rate"] == sides["a"]["arguments"]["learning_rate"]
+    e, a = (AutoModelForCausalLM.from_pretrained(tmp_path / n) for n in ("e", "a"))
+    base = AutoModelForCausalLM.from_pretrained(work["base"])
+    assert torch.equal(e.get_output_embeddings().weight, a.get_output_embeddings().weight)
+    assert torch.equal(e.get_output_embeddings().weight, base.get_output_embeddings().weight)
+    assert not torch.equal(e.model.layers[0].mlp.up_proj.weight, a.model.layers[0].mlp.up_proj.weight)
+    # the same folder for both is refused before anything runs; an unknown TEACHERS too
+    for bad, msg in (({"ANTI_OUTPUT_DIR": str(tmp_path / "e")}, "are the same folder"),
+                     ({"TEACHERS": "three"}, "TEACHERS must be")):
+        p = subprocess.run(["bash", str(REPO / "run_pretrain.sh")], env={**env, **bad}, capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == 2 and msg in p.stderr
+
+
+def test_launcher_teachers_switch_on_gpus(tmp_path):
+    """With GPUs each teacher is its own DeepSpeed launch; TEACHERS=expert (the paper) trains one."""
+    base_env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT", "LOCAL_RANK")}
+    base_env.update(PYTHON=str(_stub_python(tmp_path)), OUTPUT_DIR=str(tmp_path / "e"), ANTI_OUTPUT_DIR=str(tmp_path / "a"),
+                    NUM_GPUS="2")
+    for teachers, outs in (("both", ["e", "a"]), ("expert", ["e"]), ("anti", ["a"])):
+        proc = subprocess.run(["bash", str(REPO / "run_pretrain.sh")], env={**base_env, "TEACHERS": teachers},
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        calls = [line for line in proc.stdout.splitlines() if line.startswith("ARGS ")]
+        assert [c.split("--output_dir ")[1].split()[0] for c in calls] == [str(tmp_path / o) for o in outs]
+        assert all("deepspeed.launcher.runner" in c and "--freeze_embeddings true" in c for c in calls)
+        data = [c.split("--training_data_path ")[1].split()[0] for c in calls]
+        assert [Path(d).name for d in data] == [{"e": "teacher_data.tsv", "a": "teacher_data_toxic.tsv"}[o] for o in outs]
