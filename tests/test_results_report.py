@@ -30,26 +30,57 @@ def write_set(res: Path, name: str, tox: dict[float, float], ppl: dict[float, fl
 
 
 def test_alpha_rule_takes_the_lowest_toxicity_within_the_ppl_cap(tmp_path):
-    write_set(tmp_path, "select_build", {0.0: 0.30, 0.1: 0.25, 0.2: 0.20, 0.3: 0.10},
+    write_set(tmp_path, "dev_diff", {0.0: 0.30, 0.1: 0.25, 0.2: 0.20, 0.3: 0.10},
               {0.0: 10.0, 0.1: 11.0, 0.2: 13.0, 0.3: 13.1})
-    assert R.choose_alpha(tmp_path / "select_build.json") == 0.2  # 0.3 is cheaper in toxicity but over 1.3x PPL
+    assert R.choose_alpha(tmp_path / "dev_diff.json", cap=1.3) == 0.2  # 0.3 is lower in toxicity but over 1.3x PPL
+    assert R.choose_alpha(tmp_path / "dev_diff.json") == 0.1  # the default cap is the goal's 1.25x
+    write_set(tmp_path, "dev_paper", {0.0: 0.30, 0.1: 0.35}, {0.0: 10.0, 0.1: 20.0})
+    assert R.choose_alpha(tmp_path / "dev_paper.json") == 0.0  # nothing within the cap: the target alone
 
 
 def test_compare_ignores_timings_and_paths_but_finds_a_changed_score(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    write_set(a, "fusion", {0.0: 0.3, 0.1: 0.2}, {0.0: 5.0, 0.1: 5.5}, seconds=1.0)
-    write_set(b, "fusion", {0.0: 0.3, 0.1: 0.2}, {0.0: 5.0, 0.1: 5.5}, seconds=9.0)
+    write_set(a, "diff_sweep", {0.0: 0.3, 0.1: 0.2}, {0.0: 5.0, 0.1: 5.5}, seconds=1.0)
+    write_set(b, "diff_sweep", {0.0: 0.3, 0.1: 0.2}, {0.0: 5.0, 0.1: 5.5}, seconds=9.0)
     n, diffs = R.compare(a, b)
     assert n > 10 and diffs == []
-    write_set(b, "fusion", {0.0: 0.3, 0.1: 0.2}, {0.0: 5.0, 0.1: 5.6})
+    write_set(b, "diff_sweep", {0.0: 0.3, 0.1: 0.2}, {0.0: 5.0, 0.1: 5.6})
     n, diffs = R.compare(a, b)
-    assert len(diffs) == 2 and all("fusion_ppl.json [1]" in d and "5.5 vs 5.6" in d for d in diffs)
+    assert len(diffs) == 2 and all("diff_sweep_ppl.json [1]" in d and "5.5 vs 5.6" in d for d in diffs)
 
 
 def test_a_records_file_that_does_not_match_its_summary_is_refused(tmp_path):
-    write_set(tmp_path, "fusion", {0.0: 0.3}, {0.0: 5.0})
-    assert R.load_set(tmp_path / "fusion.json")["recs"][0.0] == {0: [0.3], 1: [0.31], 2: [0.32]}
-    recs = tmp_path / "fusion_toxicity_records.jsonl"
+    write_set(tmp_path, "diff_sweep", {0.0: 0.3}, {0.0: 5.0})
+    assert R.load_set(tmp_path / "diff_sweep.json")["recs"][0.0] == {0: [0.3], 1: [0.31], 2: [0.32]}
+    recs = tmp_path / "diff_sweep_toxicity_records.jsonl"
     recs.write_text(recs.read_text().splitlines()[0] + "\n")  # a partial file from another run
     with pytest.raises(SystemExit, match="does not belong to"):
-        R.load_set(tmp_path / "fusion.json")
+        R.load_set(tmp_path / "diff_sweep.json")
+
+
+def test_paired_difference_and_its_interval():
+    a = {i: [0.1] for i in range(50)}
+    b = {i: [0.3 + (0.01 if i % 2 else -0.01)] for i in range(50)}
+    d, lo, hi, n = R.paired(a, b)
+    assert n == 50 and d == pytest.approx(-0.2) and lo < d < hi and hi < 0
+
+
+def test_report_reads_the_study_and_says_whether_the_goal_is_met(tmp_path):
+    """A made-up study where the default is 50% lower at 1.1x PPL and beats both baselines: met; then a
+    steering curve that is lower at the same PPL: not met."""
+    write_set(tmp_path, "diff_sweep", {0.0: 0.30, 0.3: 0.15}, {0.0: 4.0, 0.3: 4.4})
+    write_set(tmp_path, "paper", {0.3: 0.31}, {0.3: 4.5})
+    write_set(tmp_path, "wordban", {1.0: 0.20}, {1.0: 4.2})
+    write_set(tmp_path, "steer", {0.1: 0.25, 0.2: 0.18}, {0.1: 4.1, 0.2: 4.8})
+    write_set(tmp_path, "dev_diff", {0.0: 0.3, 0.3: 0.2}, {0.0: 4.0, 0.3: 4.5})
+    (tmp_path / "chosen.json").write_text(json.dumps({"alpha": {"diff": 0.3, "paper": 0.3, "steer": 0.2}}))
+    text = R.report(tmp_path, tmp_path / "RESULTS.md")
+    # per-prompt records are the summary + 0.00/0.01/0.02 (write_set): means 0.31 alone, 0.16 default
+    assert "48.4% lower" in text and "1.10x" in text and "is **met**" in text
+    assert "| the paper's recipe | 0.3 | 0.320" in text and "+3% tox, 1.12x PPL" in text and "3.2% higher" in text
+    assert "| dev_diff" not in text and "+ plausibility (the default) | 0 | 0:" not in text
+    assert (tmp_path / "results_tradeoff.png").stat().st_size > 1000
+    write_set(tmp_path, "steer", {0.1: 0.14, 0.2: 0.10}, {0.1: 4.1, 0.2: 4.8})
+    text = R.report(tmp_path, tmp_path / "RESULTS.md")
+    assert "is **not met**; the first milestone (>= 30% at <= 1.3x) is met" in text
+    assert "activation steering (baseline) alpha 0.1, toxicity 0.150" in text
