@@ -17,6 +17,7 @@
 # from its journal if it was interrupted.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
+case "${1:-}" in -h|--help) source scripts/common.sh ;; esac  # prints the help and exits 0
 SMOKE=${SMOKE:-0}
 FORCE=${FORCE:-0}
 METHOD=${METHOD:-diff}

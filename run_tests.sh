@@ -4,6 +4,7 @@
 #   ./run_tests.sh -m "not slow" # skip the real-model tests
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
+case "${1:-}" in -h|--help) source scripts/common.sh ;; esac  # prints the help and exits 0
 ./setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 exec .venv/bin/python -m pytest tests -q "$@"

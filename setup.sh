@@ -9,6 +9,7 @@
 #   SETUP_MODELS=0 ./setup.sh  # packages only
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
+case "${1:-}" in -h|--help) source scripts/common.sh ;; esac  # prints the help and exits 0
 BOOTSTRAP_PYTHON=${BOOTSTRAP_PYTHON:-python3}
 OUT_DIR=${OUT_DIR:-outputs}
 SETUP_MODELS=${SETUP_MODELS:-1}

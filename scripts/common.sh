@@ -1,6 +1,18 @@
 # Shared by the run_*.sh launchers: which python, where outputs go, and how to launch on GPUs.
 # Sourced, never run. Every value can be overridden from the environment.
 
+# -h / --help as the launcher's first argument: its header comment (usage, positional arguments) and its
+# editable variables, then exit 0; nothing is written, no model is loaded, no path is checked.
+launcher_help() {
+  sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$1"
+  echo
+  local vars
+  vars=$(grep -E '^[A-Z][A-Z0-9_]*=\$\{' "$1" | sed 's/^/  /' || true)
+  echo "Editable variables (each can be set in the environment):"
+  echo "${vars:-  (none)}"
+}
+case "${1:-}" in -h|--help) launcher_help "$0"; exit 0 ;; esac
+
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$REPO_DIR/.venv/bin/python" ]]; then PYTHON="$REPO_DIR/.venv/bin/python"; else PYTHON=python3; fi

@@ -48,3 +48,25 @@ def test_every_script_has_help(script):
                         str(REPO / script), "--help"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr[-500:]
     assert "usage" in r.stdout.lower()
+
+
+HELPED = ["run_pretrain.sh", "run_alignment.sh", "run_generation.sh", "run_tox_score.sh", "run_ppl_score.sh",
+          "run_all.sh", "run_tests.sh", "setup.sh"]
+
+
+@pytest.mark.parametrize("name", HELPED)
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_usage_and_writes_nothing(name, flag, tmp_path):
+    """From another cwd, with OUT_DIR pointing at an empty folder: exit 0, the header and the editable
+    variables printed, and not a file created (no setup, no prompt files, no model)."""
+    import os
+
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, OUT_DIR=str(out), PYTHON="/nonexistent/python")
+    r = subprocess.run(["bash", str(REPO / name), flag], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "Editable variables" in r.stdout and len(r.stdout.splitlines()) > 4
+    assert not r.stdout.lstrip().startswith("#")  # the comment markers are stripped
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["out"]
