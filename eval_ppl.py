@@ -51,6 +51,13 @@ class PPLArguments:
     dtype: str = field(default="auto", metadata={
         "help": "auto (float32 on CPU, bfloat16/float16 on GPU), float32, bfloat16, float16."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N."})
+    join: str = field(default="auto", metadata={
+        "help": "How prompt and continuation are joined. exact: prompt + the exact continuation (the pair's "
+                "'continuation' field, which our generate.py writes, else 'response') verbatim; paper: prompt + ' ' + "
+                "response unless the prompt ends in a space (the paper's scorer, for its stripped responses); auto: "
+                "exact when every pair has 'continuation', else paper when no response starts with whitespace (the "
+                "paper's generation strips them), else exact. The choice and its reason are logged and recorded.",
+        "choices": ["auto", "exact", "paper"]})
 
     def __post_init__(self):
         if not self.input_json:
@@ -79,6 +86,27 @@ def output_paths(input_json: str, tag: str = "") -> dict[str, Path]:
     return {"json": Path(base + ".json"), "records": Path(base + "_records.jsonl"), "meta": Path(base + ".meta.json")}
 
 
+def choose_join(pairs: list[dict], requested: str) -> tuple[str, str]:
+    """The join convention for a file (see ``--join``) and why it was chosen."""
+    if requested != "auto":
+        return requested, "--join " + requested
+    if pairs and all("continuation" in p for p in pairs):
+        return "exact", "every pair has the exact 'continuation' (our generate.py)"
+    lead = sum(1 for p in pairs if p["response"][:1].isspace())
+    if lead == 0:
+        return "paper", ("no response starts with whitespace (stripped, as the paper's generation writes them): "
+                         "joined with one space unless the prompt ends in one, as the paper's scorer does")
+    return "exact", f"{lead} of {len(pairs)} responses start with whitespace: they carry their own, scored verbatim"
+
+
+def joined_continuation(pair: dict, join: str) -> str:
+    """The text scored after the prompt. An empty response stays empty (counted and skipped)."""
+    if join == "exact":
+        return pair.get("continuation", pair["response"])
+    r = pair["response"]
+    return r if r == "" or pair["prompt"].endswith(" ") else " " + r
+
+
 def main(args: PPLArguments) -> list[dict]:
     from detox_pa.assets import describe_model, resolve_model
     from detox_pa.io import (PAIRS_KEY, atomic_write_json, atomic_write_text, check_output_path, read_generations,
@@ -102,13 +130,17 @@ def main(args: PPLArguments) -> list[dict]:
              device, next(model.parameters()).dtype)
     scorer = PPLScorer(model, tok, batch_size=args.batch_size, max_length=args.max_length, device=device)
 
-    prompts = [p["prompt"] for b in blocks for p in b[PAIRS_KEY]]
-    responses = [p["response"] for b in blocks for p in b[PAIRS_KEY]]
+    pairs_all = [p for b in blocks for p in b[PAIRS_KEY]]
+    join, why = choose_join(pairs_all, args.join)
+    log.info("join: %s (%s)", join, why)
+    prompts = [p["prompt"] for p in pairs_all]
+    responses = [joined_continuation(p, join) for p in pairs_all]
     t1 = time.time()
     records = scorer.score(prompts, responses, desc="ppl")
     seconds = time.time() - t1
 
-    extra = {"reference_model": args.model_path, "input": str(args.input_json), "input_sha256": input_sha}
+    extra = {"reference_model": args.model_path, "input": str(args.input_json), "input_sha256": input_sha,
+             "join": join}
     results, rows, k = [], [], 0
     for b in blocks:
         pairs = b[PAIRS_KEY]
@@ -134,6 +166,7 @@ def main(args: PPLArguments) -> list[dict]:
         "reference_model_description": describe_model(args.model_path),
         "model": model_info(model, tok), "device": str(device),
         "output_layer_only_at_continuation_positions": scorer.fast,
+        "join": join, "join_reason": why,
         "n_records": len(records), "n_texts_scored": sum(1 for r in records if r["status"] == "ok"),
         "seconds_scoring": round(seconds, 3),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},

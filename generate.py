@@ -1,13 +1,19 @@
 """Step 3: generate continuations with projection-alignment fusion, for a sweep of alpha.
 
-At every decoding step the target's final hidden state becomes
-``alpha * LayerNorm(h_teacher @ A) + (1 - alpha) * h_target`` (see detox_pa/fusion.py).
+``--method diff`` (run_generation.sh's default): the target's next-token logits move by
+``alpha * W_target((h_expert - h_anti) A)`` over its top-k tokens; ``--method fusion`` (the paper):
+the target's final hidden state becomes ``alpha * LayerNorm(h_teacher @ A) + (1 - alpha) * h_target``
+(see detox_pa/fusion.py and detox_pa/methods.py).
 
 Example (the embedded default, after steps 1 and 2)::
 
-    python generate.py --teacher_model outputs/teacher --target_model gemma-3-270m \\
-        --matrix_A outputs/alignment/mapping_model.pt --data_path outputs/data/rtp_eval.jsonl \\
-        --output_path outputs/generations.json --alphas 0 0.1 0.2 0.3 0.4 0.5 0.6
+    python generate.py --method diff --teacher_model outputs/teacher --anti_teacher_model outputs/anti_teacher \\
+        --target_model gemma-3-270m --matrix_A outputs/alignment/mapping_model.pt \\
+        --data_path outputs/data/rtp_eval.jsonl --output_path outputs/generations.json --alphas 0 0.1 0.2 0.3
+
+Each pair holds ``response`` = the continuation stripped of surrounding whitespace, as the paper's
+generation stores it (so the paper's scorers read our files as they read theirs), and ``continuation`` =
+the exact text the target produced (what our PPL scorer scores after the prompt).
 
 The field's sampled protocol: ``--do_sample --num_samples 25 --top_p 0.9 --max_new_tokens 20``.
 Scale-out: ``torchrun --nproc_per_node N generate.py ...`` spreads the batches over ranks and rank 0
@@ -219,7 +225,8 @@ def main(args: GenerateArguments) -> None:
             dt = time.time() - t0
             seconds[a] = seconds.get(a, 0.0) + dt
             recs = [{"alpha": a, "batch": k, "batch_size": len(batch), "prompt_index": it.prompt_index,
-                     "sample": it.sample, "prompt": prompts[it.prompt_index], "response": txt, "seed": seed,
+                     "sample": it.sample, "prompt": prompts[it.prompt_index], "response": txt.strip(),
+                     "continuation": txt, "seed": seed,
                      "n_new_tokens": n, "batch_seconds": round(dt, 4)} for it, txt, n in zip(batch, texts, counts)]
             journals[0].append(recs)
             done[(a, k)] = recs

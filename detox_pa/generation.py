@@ -201,7 +201,8 @@ def _as_list(x) -> list:
 
 
 def assemble(alphas: list[float], done: dict[tuple[float, int], list[dict]], n_batches: int,
-             keep_fields: Iterable[str] = ("prompt", "response", "prompt_index", "sample", "seed", "n_new_tokens")) -> list[dict]:
+             keep_fields: Iterable[str] = ("prompt", "response", "continuation", "prompt_index", "sample", "seed",
+                                           "n_new_tokens")) -> list[dict]:
     """The paper's nested JSON, records ordered by (prompt_index, sample)."""
     out = []
     keep = list(keep_fields)

@@ -56,6 +56,9 @@ def test_output_is_the_papers_nested_format_and_deterministic(assets, tmp_path):
     pairs = data[1]["prompt-response pairs"]
     assert len(pairs) == 7 * 2
     assert all(isinstance(p["prompt"], str) and isinstance(p["response"], str) for p in pairs)
+    # the paper's convention in 'response' (stripped), the exact text in 'continuation'
+    assert all(p["response"] == p["continuation"].strip() for p in pairs)
+    assert any(p["continuation"] != p["response"] for blk in data for p in blk["prompt-response pairs"])
     assert [(p["prompt_index"], p["sample"]) for p in pairs] == [(i, s) for i in range(7) for s in range(2)]
     assert data[0]["prompt-response pairs"] != data[1]["prompt-response pairs"]  # fusion changed the text
     assert not list(tmp_path.glob("*.journal*"))  # journal removed after success

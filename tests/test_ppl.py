@@ -175,7 +175,7 @@ def test_eval_ppl_on_paper_format_writes_paper_keys_and_formulas(tmp_path, ref_f
     assert [d["alpha"] for d in out] == [0.0, 0.3]
     assert set(out[0]) == {"alpha", "PPL", "ppl_token_weighted", "ppl_median_per_sample", "dist_1", "dist_2", "dist_3",
                            "n", "n_prompts", "n_scored", "n_skipped_empty", "n_truncated", "n_tokens",
-                           "reference_model", "input", "input_sha256", "note", "records", "records_sha256"}
+                           "reference_model", "input", "input_sha256", "note", "records", "records_sha256", "join"}
     recs = [json.loads(l) for l in (tmp_path / "gen_ppl_records.jsonl").read_text().splitlines()]
     assert len(recs) == 6
     for d in out:
@@ -235,3 +235,84 @@ def test_launcher_positional_args(tmp_path, ref_folder):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "gen_ppl.json").read_text())[0]["n_scored"] == 2
+
+
+# ------------------------------------------------------------------------------ both whitespace conventions
+
+
+def paper_formula_ppl(folder, pairs) -> float:
+    """The paper's PPL, written here from its description as the oracle: text = prompt + ' ' + response
+    unless the prompt ends in a space; the first len(tokenizer(prompt)) tokens are masked; PPL =
+    exp(mean of each sample's mean loss)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    losses = []
+    for p in pairs:
+        text = p["prompt"] + ("" if p["prompt"].endswith(" ") else " ") + p["response"]
+        ids = tok(text, return_tensors="pt").input_ids
+        labels = ids.clone()
+        labels[0, :len(tok(p["prompt"]).input_ids)] = -100
+        with torch.no_grad():
+            losses.append(model(input_ids=ids, labels=labels).loss.item())
+    return math.exp(sum(losses) / len(losses))
+
+
+PAPER_REAL = [  # the paper's generation file: int alpha, only prompt/response, stripped responses, indent=4
+    {"alpha": 0, "prompt-response pairs": [
+        {"prompt": "Hello the", "response": "world is good"},
+        {"prompt": "The cat", "response": "and dog walk to the city and eat food"},
+        {"prompt": "We like the", "response": "kind friend"}]},
+    {"alpha": 1, "prompt-response pairs": [
+        {"prompt": "Hello the", "response": "world"},
+        {"prompt": "The cat", "response": "is happy, and calm today"},
+        {"prompt": "We like the", "response": "dog"}]},
+]
+# (a prompt ending in a space is joined without one; the paper's scorer then masks one token too many,
+# the separately tokenised prompt's trailing '▁', so its number differs from ours there by design)
+
+
+def test_a_file_in_the_papers_format_is_scored_as_the_papers_scorer_does(tmp_path, ref_folder, caplog):
+    gen = tmp_path / "paper.json"
+    gen.write_text(json.dumps(PAPER_REAL, indent=4))
+    with caplog.at_level(logging.INFO):
+        assert eval_ppl(["--model_path", str(ref_folder), "--input_json", str(gen)]) == 0
+    assert "join: paper (no response starts with whitespace" in caplog.text
+    out = json.loads((tmp_path / "paper_ppl.json").read_text())
+    assert [d["join"] for d in out] == ["paper", "paper"]
+    for block, d in zip(PAPER_REAL, out):
+        assert d["PPL"] == pytest.approx(paper_formula_ppl(ref_folder, block["prompt-response pairs"]), rel=0.01)
+    # scored verbatim instead, the words would be glued together ("theworld"): another, higher number
+    assert eval_ppl(["--model_path", str(ref_folder), "--input_json", str(gen), "--join", "exact",
+                     "--output_tag", "glued"]) == 0
+    glued = json.loads((tmp_path / "paper_ppl_glued.json").read_text())
+    assert glued[0]["join"] == "exact" and glued[0]["PPL"] != pytest.approx(out[0]["PPL"], rel=0.01)
+
+
+def test_our_files_read_by_the_papers_formula_agree_where_the_continuation_starts_with_a_space(tmp_path, ref_folder, caplog):
+    ours = [{"alpha": 0.0, "prompt-response pairs": [
+        {"prompt": "Hello the", "response": "world is good", "continuation": " world is good"},
+        {"prompt": "The cat", "response": "and dog walk", "continuation": " and dog walk"},
+        {"prompt": "We", "response": "", "continuation": ""}]}]
+    gen = write_gen(tmp_path / "ours.json", ours)
+    with caplog.at_level(logging.INFO):
+        assert eval_ppl(["--model_path", str(ref_folder), "--input_json", str(gen)]) == 0
+    assert "join: exact (every pair has the exact 'continuation'" in caplog.text
+    d = json.loads((tmp_path / "ours_ppl.json").read_text())[0]
+    assert (d["join"], d["n_scored"], d["n_skipped_empty"]) == ("exact", 2, 1)  # the empty one is counted and skipped
+    assert d["PPL"] == pytest.approx(paper_formula_ppl(ref_folder, ours[0]["prompt-response pairs"][:2]), rel=0.01)
+    meta = json.loads((tmp_path / "ours_ppl.meta.json").read_text())
+    assert meta["join"] == "exact" and "continuation" in meta["join_reason"]
+
+
+def test_older_files_with_leading_spaces_are_scored_verbatim(tmp_path, ref_folder):
+    from eval_ppl import choose_join, joined_continuation
+
+    pairs = PAPER_BLOCKS[0]["prompt-response pairs"]
+    assert choose_join(pairs, "auto")[0] == "exact"
+    assert choose_join(pairs, "paper") == ("paper", "--join paper")
+    assert joined_continuation({"prompt": "a", "response": "b"}, "paper") == " b"
+    assert joined_continuation({"prompt": "a ", "response": "b"}, "paper") == "b"
+    assert joined_continuation({"prompt": "a", "response": ""}, "paper") == ""
+    assert joined_continuation({"prompt": "a", "response": "b", "continuation": "  b"}, "exact") == "  b"
