@@ -20,13 +20,14 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/common.sh"
 
-TEACHER_MODEL=${1:-${TEACHER_MODEL:-$DEFAULT_TEACHER_DIR}}
-TARGET_MODEL=${2:-${TARGET_MODEL:-$DEFAULT_TARGET}}
-MATRIX_A=${3:-${MATRIX_A:-$DEFAULT_MATRIX}}
-DEVICE=${4:-${DEVICE:-cpu}}
-OUTPUT_PATH=${5:-${OUTPUT_PATH:-$DEFAULT_GENERATIONS}}
-DATA_PATH=${6:-${DATA_PATH:-$DEFAULT_EVAL_PROMPTS}}
-shift $(( $# < 6 ? $# : 6 ))
+split_positionals 6 "TEACHER_MODEL TARGET_MODEL MATRIX_A DEVICE OUTPUT_PATH DATA_PATH" \
+  "<teacher_model_path> <target_model_path> <matrix_A_path> <device> <output_path> <data_path>" "$@"
+TEACHER_MODEL=${POS[0]:-${TEACHER_MODEL:-$DEFAULT_TEACHER_DIR}}
+TARGET_MODEL=${POS[1]:-${TARGET_MODEL:-$DEFAULT_TARGET}}
+MATRIX_A=${POS[2]:-${MATRIX_A:-$DEFAULT_MATRIX}}
+DEVICE=${POS[3]:-${DEVICE:-cpu}}
+OUTPUT_PATH=${POS[4]:-${OUTPUT_PATH:-$DEFAULT_GENERATIONS}}
+DATA_PATH=${POS[5]:-${DATA_PATH:-$DEFAULT_EVAL_PROMPTS}}
 
 # ---- editable hyperparameters (the environment overrides each one) --------------------------
 # The paper: alphas 0..0.6, 10 new tokens, greedy, one prompt at a time, seed 2025.
@@ -68,7 +69,7 @@ esac
 [[ "$OVERWRITE" == 1 ]] && FLAGS+=(--overwrite)
 
 if (( NPROC > 1 )); then
-  exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" "$REPO_DIR/generate.py" "${FLAGS[@]}" "$@"
+  exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" "$REPO_DIR/generate.py" "${FLAGS[@]}" ${PASS[@]+"${PASS[@]}"}
 else
-  exec "$PYTHON" "$REPO_DIR/generate.py" "${FLAGS[@]}" "$@"
+  exec "$PYTHON" "$REPO_DIR/generate.py" "${FLAGS[@]}" ${PASS[@]+"${PASS[@]}"}
 fi

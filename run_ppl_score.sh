@@ -11,8 +11,9 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/common.sh"
 
 # ---- editable defaults (environment overrides; positional arguments override both)
-MODEL_PATH=${1:-${MODEL_PATH:-$DEFAULT_TARGET}}
-INPUT_JSON=${2:-${INPUT_JSON:-$DEFAULT_GENERATIONS}}
+split_positionals 2 "MODEL_PATH INPUT_JSON" "<model_path> <input_json_path>" "$@"
+MODEL_PATH=${POS[0]:-${MODEL_PATH:-$DEFAULT_TARGET}}
+INPUT_JSON=${POS[1]:-${INPUT_JSON:-$DEFAULT_GENERATIONS}}
 DEVICE=${DEVICE:-auto}
 BATCH_SIZE=${BATCH_SIZE:-16}
 MAX_LENGTH=${MAX_LENGTH:-1024}
@@ -28,4 +29,4 @@ OUTPUT_TAG=${OUTPUT_TAG:-}
   --max_length "$MAX_LENGTH" \
   --dtype "$DTYPE" \
   --output_tag "$OUTPUT_TAG" \
-  "${@:3}"
+  ${PASS[@]+"${PASS[@]}"}

@@ -15,8 +15,9 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/common.sh"
 
 # ---- editable settings (each can be overridden from the environment) ----
-DEVICE=${1:-${DEVICE:-cpu}}
-INPUT_JSON=${2:-${INPUT_JSON:-$DEFAULT_GENERATIONS}}
+split_positionals 2 "DEVICE INPUT_JSON" "<device> <input_json_path>" "$@"
+DEVICE=${POS[0]:-${DEVICE:-cpu}}
+INPUT_JSON=${POS[1]:-${INPUT_JSON:-$DEFAULT_GENERATIONS}}
 SCORER=${SCORER:-auto,profanity-check}   # auto | detoxify-{original,unbiased,multilingual} | bilstm | profanity-check
 BATCH_SIZE=${BATCH_SIZE:-0}              # 0 = each scorer's default
 CHECKPOINT=${CHECKPOINT:-}               # local Detoxify checkpoint file (optional)
@@ -35,4 +36,4 @@ extra=()
   --scorer "$SCORER" \
   --batch_size "$BATCH_SIZE" \
   ${extra[@]+"${extra[@]}"} \
-  "${@:3}"
+  ${PASS[@]+"${PASS[@]}"}

@@ -13,6 +13,31 @@ launcher_help() {
 }
 case "${1:-}" in -h|--help) launcher_help "$0"; exit 0 ;; esac
 
+# split_positionals WANT "VAR1 VAR2 .." "<label1> <label2> .." "$@": the leading arguments that are not flags
+# are the positionals (POS, at most WANT); the rest pass through to the Python script (PASS). With none
+# given, every positional comes from its variable or its default. With some but not all given, each
+# missing one must come from its variable; otherwise a one-line error names the first missing one (and,
+# when a flag stands where it was expected, says so).
+split_positionals() {
+  local want=$1 i
+  local -a vars=($2) labels=($3)
+  shift 3
+  POS=()
+  while (( $# > 0 && ${#POS[@]} < want )) && [[ "$1" != -* ]]; do POS+=("$1"); shift; done
+  PASS=("$@")
+  local n=${#POS[@]}
+  (( n == 0 || n == want )) && return 0
+  for (( i = n; i < want; i++ )); do
+    [[ -n "${!vars[i]:-}" ]] && continue
+    if (( ${#PASS[@]} > 0 )); then
+      echo "error: $(basename "$0"): '${PASS[0]}' is a flag where ${labels[i]} (positional argument $((i + 1)) of $want) is expected; put flags after all $want positional arguments" >&2
+    else
+      echo "error: $(basename "$0"): missing ${labels[i]} (positional argument $((i + 1)) of $want; or set ${vars[i]})" >&2
+    fi
+    exit 2
+  done
+}
+
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$REPO_DIR/.venv/bin/python" ]]; then PYTHON="$REPO_DIR/.venv/bin/python"; else PYTHON=python3; fi

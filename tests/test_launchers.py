@@ -35,11 +35,11 @@ def test_every_script_a_launcher_calls_exists(name):
 def test_step_launchers_take_the_seeds_positional_arguments():
     gen = (REPO / "run_generation.sh").read_text()
     for i, var in enumerate(["TEACHER_MODEL", "TARGET_MODEL", "MATRIX_A", "DEVICE", "OUTPUT_PATH", "DATA_PATH"], 1):
-        assert re.search(rf"^{var}=\$\{{{i}:-", gen, flags=re.M), var
+        assert re.search(rf"^{var}=\$\{{POS\[{i - 1}\]:-", gen, flags=re.M), var
     tox = (REPO / "run_tox_score.sh").read_text()
-    assert re.search(r"^DEVICE=\$\{1:-", tox, flags=re.M) and re.search(r"^INPUT_JSON=\$\{2:-", tox, flags=re.M)
+    assert re.search(r"^DEVICE=\$\{POS\[0\]:-", tox, flags=re.M) and re.search(r"^INPUT_JSON=\$\{POS\[1\]:-", tox, flags=re.M)
     ppl = (REPO / "run_ppl_score.sh").read_text()
-    assert re.search(r"^MODEL_PATH=\$\{1:-", ppl, flags=re.M) and re.search(r"^INPUT_JSON=\$\{2:-", ppl, flags=re.M)
+    assert re.search(r"^MODEL_PATH=\$\{POS\[0\]:-", ppl, flags=re.M) and re.search(r"^INPUT_JSON=\$\{POS\[1\]:-", ppl, flags=re.M)
 
 
 @pytest.mark.parametrize("script", ["pretrain.py", "align.py", "generate.py", "eval_toxicity.py", "eval_ppl.py", "report.py"])
@@ -70,3 +70,50 @@ def test_help_prints_usage_and_writes_nothing(name, flag, tmp_path):
     assert "Editable variables" in r.stdout and len(r.stdout.splitlines()) > 4
     assert not r.stdout.lstrip().startswith("#")  # the comment markers are stripped
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["out"]
+
+
+def _stub(tmp_path):
+    stub = tmp_path / "python"
+    stub.write_text("#!/usr/bin/env bash\necho \"ARGS $*\"\n")
+    stub.chmod(0o755)
+    return stub
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["T", "G", "A", "cpu", "out.json", "p.jsonl", "--overwrite"], "--data_path p.jsonl"),
+    (["--overwrite"], "--teacher_model"),  # flags only: every positional from its default
+])
+def test_generation_flags_pass_through(tmp_path, argv, expect):
+    import os
+
+    env = dict(os.environ, PYTHON=str(_stub(tmp_path)), OUT_DIR=str(tmp_path / "out"), HF_HUB_OFFLINE="1")
+    (tmp_path / "out" / "data").mkdir(parents=True)
+    for n in ("rtp_eval", "rtp_build", "rtp_dev"):
+        (tmp_path / "out" / "data" / f"{n}.jsonl").write_text('{"prompt": "x"}\n')
+    r = subprocess.run(["bash", str(REPO / "run_generation.sh"), *argv], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.strip().splitlines()[-1]
+    assert expect in line and line.endswith("--overwrite") and line.count("--overwrite") == 1
+
+
+@pytest.mark.parametrize("script,argv,msg", [
+    ("run_tox_score.sh", ["g.json"], "missing <input_json_path> (positional argument 2 of 2; or set INPUT_JSON)"),
+    ("run_ppl_score.sh", ["gemma-3-270m"], "missing <input_json_path> (positional argument 2 of 2"),
+    ("run_generation.sh", ["T", "G", "--overwrite"], "'--overwrite' is a flag where <matrix_A_path> (positional argument 3 of 6)"),
+    ("run_generation.sh", ["T", "G", "A", "cpu"], "missing <output_path> (positional argument 5 of 6"),
+])
+def test_too_few_positionals_name_the_first_missing_one(tmp_path, script, argv, msg):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("INPUT_JSON", "OUTPUT_PATH", "MATRIX_A", "DATA_PATH")}
+    env.update(PYTHON=str(_stub(tmp_path)), OUT_DIR=str(tmp_path / "out"))
+    r = subprocess.run(["bash", str(REPO / script), *argv], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "ARGS" not in r.stdout and not (tmp_path / "out").exists()
+    # the environment may give the missing ones
+    r = subprocess.run(["bash", str(REPO / script), *argv], cwd=tmp_path, env={**env, "INPUT_JSON": "x.json",
+                       "MATRIX_A": "a.pt", "DEVICE": "cpu", "OUTPUT_PATH": "o.json", "DATA_PATH": "d.jsonl"}, capture_output=True,
+                       text=True, timeout=30)
+    assert "missing" not in r.stderr and "is a flag" not in r.stderr
