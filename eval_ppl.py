@@ -138,6 +138,8 @@ def main(args: PPLArguments) -> list[dict]:
     t1 = time.time()
     records = scorer.score(prompts, responses, desc="ppl")
     seconds = time.time() - t1
+    log.info("scored %d distinct (prompt, continuation) pairs for %d records (identical pairs are scored once)",
+             scorer.n_distinct, len(records))
 
     extra = {"reference_model": args.model_path, "input": str(args.input_json), "input_sha256": input_sha,
              "join": join}
@@ -168,6 +170,7 @@ def main(args: PPLArguments) -> list[dict]:
         "output_layer_only_at_continuation_positions": scorer.fast,
         "join": join, "join_reason": why,
         "n_records": len(records), "n_texts_scored": sum(1 for r in records if r["status"] == "ok"),
+        "n_distinct_pairs": scorer.n_distinct,
         "seconds_scoring": round(seconds, 3),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "arguments": args_to_dict(args), "note": results[0]["note"] if results else None,

@@ -295,19 +295,28 @@ class PPLScorer:
         ``n_tokens`` 0."""
         if len(prompts) != len(responses):
             raise ValueError("prompts and responses differ in length")
-        encoded, where, records = [], [], []
+        # identical (prompt, response) pairs (common across alphas: small alphas change few continuations)
+        # are encoded and scored once
+        first: dict[tuple[str, str], int] = {}
+        encoded, where, records, copy_of = [], [], [], []
         for i, (p, r) in enumerate(zip(prompts, responses)):
+            j = first.setdefault((p, r), i)
+            copy_of.append(j)
+            if j != i:
+                records.append(None)
+                continue
             enc, status = encode_pair(self.tokenizer, p, r, self.max_length)
             records.append({"status": status, "sum_nll": None, "n_tokens": 0, "mean_nll": None,
                             "n_context_tokens": None, "truncated": False})
             if enc is not None:
                 encoded.append(enc)
                 where.append(i)
+        self.n_distinct = len(first)
         sums = self.score_encoded(encoded, desc=desc)
         for i, enc, s in zip(where, encoded, sums):
             records[i].update(sum_nll=s, n_tokens=enc.n_tokens, mean_nll=s / enc.n_tokens,
                               n_context_tokens=enc.start, truncated=enc.truncated)
-        return records
+        return [dict(records[j]) for j in copy_of]
 
 
 def model_info(model, tokenizer) -> dict:

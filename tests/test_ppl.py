@@ -316,3 +316,16 @@ def test_older_files_with_leading_spaces_are_scored_verbatim(tmp_path, ref_folde
     assert joined_continuation({"prompt": "a ", "response": "b"}, "paper") == "b"
     assert joined_continuation({"prompt": "a", "response": ""}, "paper") == ""
     assert joined_continuation({"prompt": "a", "response": "b", "continuation": "  b"}, "exact") == "  b"
+
+
+def test_identical_pairs_are_scored_once_with_the_same_result(toks):
+    tok = toks["sp"]
+    model = make_model("llama", vocab_size=len(tok), tokenizer=tok)
+    scorer = PPLScorer(model, tok, batch_size=2)
+    prompts, responses = ["Hello the", "The cat", "Hello the", "We"], [" world is", " and dog", " world is", ""]
+    recs = scorer.score(prompts, responses)
+    assert scorer.n_distinct == 3
+    assert recs[0] == recs[2] and recs[0] is not recs[2] and recs[3]["status"] == "empty_response"
+    alone = scorer.score(prompts[:2], responses[:2])
+    assert alone[0]["sum_nll"] == pytest.approx(recs[0]["sum_nll"], rel=1e-5)
+    assert alone[1]["sum_nll"] == pytest.approx(recs[1]["sum_nll"], rel=1e-5)
