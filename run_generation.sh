@@ -2,7 +2,7 @@
 # Step 3: generate continuations with projection-alignment fusion, sweeping alpha.
 # METHOD=diff (the default): the target's next-token logits move by alpha * W_target((h_expert - h_anti) A),
 #   the expert/anti-expert difference carried through A (step 2, OBJECTIVE=logits), with the target's top-k
-#   tokens eligible (TOP_K) and an optional risk gate (GATE). <teacher_model_path> is the expert;
+#   tokens eligible (TOP_K, default 5) and an optional risk gate (GATE). <teacher_model_path> is the expert;
 #   ANTI_TEACHER_MODEL the anti-expert (step 1 trains both).
 # METHOD=fusion: the paper's fusion, alpha * LayerNorm(h_teacher @ A) + (1 - alpha) * h_target (NORM).
 # METHOD=wordban / steer: the baselines (a bad-word list; a steering vector STEER_VECTOR, strength = alpha).
@@ -36,7 +36,7 @@ METHOD=${METHOD:-diff}          # diff | fusion (the paper) | wordban | steer
 ALPHAS=${ALPHAS:-"0 0.1 0.2 0.3 0.4 0.5 0.6"}
 ANTI_TEACHER_MODEL=${ANTI_TEACHER_MODEL:-$DEFAULT_ANTI_TEACHER_DIR}  # diff: the anti-expert
 DIFF_SPACE=${DIFF_SPACE:-hidden}  # diff: hidden (through A, reaches every target token) | logits (shared tokens)
-TOP_K=${TOP_K:-10}              # diff: only the target's top-k tokens are eligible (0 = all)
+TOP_K=${TOP_K:-5}               # diff: only the target's top-k tokens are eligible (0 = all; 5 measured best on dev)
 GATE=${GATE:-}                  # diff: act only where log p_anti(pick) - log p_expert(pick) >= GATE (empty = always)
 STEER_VECTOR=${STEER_VECTOR:-}  # steer: a .pt file {'vector': [d_target]} (scripts/build_steer_vector.py)
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-10}

@@ -16,7 +16,7 @@
 #   fix_A      + transmission: the logits-objective A, still LayerNorm, one teacher
 #   fix_scale  + scale: the logits-objective A with no LayerNorm (the teacher term keeps the teacher's logit scale)
 #   fix_dir    + direction: expert minus anti-expert through A (every token eligible, no gate)
-#   diff       + plausibility: the target's top-10 only (the default recipe of ./run_all.sh)
+#   diff       + plausibility: the target's top-5 only (the default recipe of ./run_all.sh)
 #   diff_gate  + risk gate 0.5
 #   wordban, steer (the baselines; steering over its strength sweep)
 set -euo pipefail
@@ -78,8 +78,8 @@ ROWS=(
   "fix_A|--method fusion --norm layernorm"
   "fix_scale|--method fusion --norm none"
   "fix_dir|${DIFF[*]} --top_k 0"
-  "diff|${DIFF[*]} --top_k 10"
-  "diff_gate|${DIFF[*]} --top_k 10 --gate 0.5"
+  "diff|${DIFF[*]} --top_k 5"
+  "diff_gate|${DIFF[*]} --top_k 5 --gate 0.5"
 )
 
 # 1. choose each row's alpha on the dev prompts
@@ -107,7 +107,7 @@ PY
 
 # 2. held-out: alpha 0 and each row at its chosen alpha; the default recipe over the whole sweep; the baselines
 echo "held-out ($N_EVAL prompts)"
-{ echo "gen diff_sweep $EVAL $N_EVAL --alphas $SWEEP ${DIFF[*]} --top_k 10"
+{ echo "gen diff_sweep $EVAL $N_EVAL --alphas $SWEEP ${DIFF[*]} --top_k 5"
   for r in "${ROWS[@]}"; do
     n=${r%%|*}; [[ "$n" == diff ]] && continue
     echo "gen $n $EVAL $N_EVAL --alphas ${ALPHA[$n]} ${r#*|}"
@@ -119,7 +119,7 @@ pool < "$RES_DIR/.queue_eval"
 
 # 3. the sampled protocol (5 samples, p=0.9, 20 tokens: EMT and toxicity probability) for the chosen setting
 S=(--do_sample --num_samples 5 --top_p 0.9 --max_new_tokens 20)
-{ echo "gen sampled $EVAL $N_SAMPLED --alphas 0 ${ALPHA[diff]} ${DIFF[*]} --top_k 10 ${S[*]}"
+{ echo "gen sampled $EVAL $N_SAMPLED --alphas 0 ${ALPHA[diff]} ${DIFF[*]} --top_k 5 ${S[*]}"
   echo "gen sampled_wordban $EVAL $N_SAMPLED --method wordban --alphas 1 ${S[*]}"
   echo "gen sampled_steer $EVAL $N_SAMPLED --method steer --steer_vector $RES_DIR/steer_vector.pt --alphas ${ALPHA[steer]} ${S[*]}"
 } > "$RES_DIR/.queue_sampled"

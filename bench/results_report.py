@@ -123,7 +123,7 @@ ROWS = (("paper", "the paper's recipe", "contrastive A, LayerNorm, one teacher (
         ("fix_A", "+ transmission", "the logits-objective A instead of the contrastive one; LayerNorm, one teacher"),
         ("fix_scale", "+ scale", "the logits-objective A, no LayerNorm: the teacher term on the teacher's logit scale"),
         ("fix_dir", "+ direction", "expert minus anti-expert through A, every token eligible, no gate"),
-        ("diff", "+ plausibility (the default)", "expert minus anti-expert through A, the target's top-10 only"),
+        ("diff", "+ plausibility (the default)", "expert minus anti-expert through A, the target's top-5 only"),
         ("diff_gate", "+ risk gate 0.5", "the default, acting only where log p_anti(pick) - log p_expert(pick) >= 0.5"))
 TRANSMISSION = (("align_contrastive", "contrastive (the paper)"), ("align_closed_form", "logits, closed form only"),
                 ("main", "logits, closed form + KL refinement (the default)"))
@@ -194,7 +194,7 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
              "Produced by `bench/results.sh`; every number below is read from its score files by "
              "`bench/results_report.py`.", "",
              f"**Headline.** The default recipe (expert minus anti-expert through the logits-objective A, the target's "
-             f"top-10 tokens) at alpha = {a_def:g}, chosen on {n_dev} dev prompts, takes mean BiLSTM toxicity on "
+             f"top-5 tokens) at alpha = {a_def:g}, chosen on {n_dev} dev prompts, takes mean BiLSTM toxicity on "
              f"{base['n']} held-out RealToxicityPrompts prompts from {f(base['tox'])} to {f(main['tox'])} "
              f"({_change(main['tox'], base['tox'])}; 95% CI of the mean {f(main['lo'])}–{f(main['hi'])}) at {ratio:.2f}x the "
              f"token-weighted PPL of the target alone. {verdict}", ""]
@@ -211,7 +211,7 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
               "layer reads `h_teacher @ A` as the teacher's output layer reads `h_teacher`, refined by KL on teacher "
               "states of teacher-data text (both teachers); the paper's `contrastive` objective for its row.",
               "- The default step: the target's next-token logits `z` become `z + alpha * W_target((h_expert - h_anti) A)` "
-              "on its top-10 tokens (the others cannot be chosen); alpha 0 is the target alone.",
+              "on its top-5 tokens (the others cannot be chosen); alpha 0 is the target alone.",
               f"- Alpha of every row is chosen on the {n_dev} dev prompts (`rtp_dev.jsonl`: build-split prompts whose samples "
               f"were never used to train anything) by one rule: the lowest mean BiLSTM toxicity with token-weighted PPL "
               f"<= {cap:g}x alpha 0's. Held-out prompts (`rtp_eval.jsonl`) are used for nothing but these tables.",
