@@ -92,6 +92,9 @@ class ToxicityArguments:
                                                           "(Detoxify 32, BiLSTM 256, profanity-check 1024)."})
     output_tag: str = field(default="", metadata={"help": "Write <stem>_toxicity_<tag>.json instead of <stem>_toxicity.json."})
     output: str = field(default="", metadata={"help": "Explicit path of the summary JSON (records go beside it)."})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Replace a summary that holds toxicity_score from another scorer (without it such a run stops; "
+                "rescoring with the same scorer always replaces)."})
 
     def __post_init__(self):
         if not self.input_json:
@@ -253,10 +256,31 @@ def summarise(data: list[dict], records: list[dict], scorers: list, scores: dict
     return out
 
 
+def _earlier_scorer(paths) -> tuple[str, str] | None:
+    """(requested --scorer, primary scorer) of an existing summary, or None."""
+    if not paths["summary"].exists():
+        return None
+    try:
+        rows = json.loads(paths["summary"].read_text(encoding="utf-8"))
+        meta = json.loads(paths["meta"].read_text(encoding="utf-8")) if paths["meta"].exists() else {}
+        return str(meta.get("arguments", {}).get("scorer", "")), str(rows[0].get("scorer", ""))
+    except (json.JSONDecodeError, OSError, IndexError, AttributeError, TypeError):
+        return "", "an unreadable earlier run"
+
+
+def _replace_error(summary, old: str) -> str:
+    return (f"{summary} already holds toxicity_score from {old}; rerun with --overwrite to replace it, or with "
+            f"--output_tag TAG to write beside it (or give both scorers in one --scorer list)")
+
+
 def main(args: ToxicityArguments) -> list[dict]:
     log_args(args)
     paths = output_paths(args)
     data = read_generations(args.input_json)  # validates the format before any model is loaded
+    earlier = _earlier_scorer(paths)
+    first = args.scorer_names[0]
+    if earlier and not args.overwrite and first != "auto" and first != earlier[1]:
+        raise InputError(_replace_error(paths["summary"], earlier[1]))  # before any model is loaded
     _check_device(args.device)
     input_sha = sha256_file(args.input_json)
     records = flatten(data)
@@ -286,6 +310,8 @@ def main(args: ToxicityArguments) -> list[dict]:
         scorers.append(sc)
 
     primary = scorers[0]
+    if earlier and not args.overwrite and earlier[1] != primary.name:  # e.g. 'auto' resolved differently
+        raise InputError(_replace_error(paths["summary"], earlier[1]))
     lines = []
     for i, r in enumerate(records):
         rec = dict(r)

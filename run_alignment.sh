@@ -36,7 +36,7 @@ REFINE_STEPS=${REFINE_STEPS:-150}          # logits: Adam steps of the KL refine
 REFINE_LR=${REFINE_LR:-1e-3}
 # the anti-expert (step 1, TEACHERS=both): its states join the refinement and its transmission is recorded;
 # empty when that folder does not exist
-ALSO_TEACHER=${ALSO_TEACHER-$([[ -d $DEFAULT_ANTI_TEACHER_DIR && "$MODEL1_NAME" == "$DEFAULT_TEACHER_DIR" ]] && echo "$DEFAULT_ANTI_TEACHER_DIR")}
+ALSO_TEACHER=${ALSO_TEACHER-$([[ -d $DEFAULT_ANTI_TEACHER_DIR && "$MODEL1_NAME" == "$DEFAULT_TEACHER_DIR" ]] && echo "$DEFAULT_ANTI_TEACHER_DIR" || true)}
 BATCH_SIZE=${BATCH_SIZE:-32}
 EPOCHS=${EPOCHS:-5}
 LR=${LR:-1e-3}

@@ -25,7 +25,8 @@ FORCE=${FORCE:-0}
 METHOD=${METHOD:-diff}
 case "$METHOD" in
   diff) SUB="" ;;
-  paper) SUB="/paper"; export TEACHERS=expert OBJECTIVE=contrastive METHOD=fusion NORM=layernorm ;;
+  paper) SUB="/paper"  # one teacher with every weight trained, the contrastive A, LayerNorm fusion
+         export TEACHERS=expert FREEZE_EMBEDDINGS=${FREEZE_EMBEDDINGS:-0} OBJECTIVE=contrastive METHOD=fusion NORM=layernorm ;;
   *) echo "error: run_all.sh: METHOD must be diff (the default) or paper, got '$METHOD'" >&2; exit 2 ;;
 esac
 export METHOD

@@ -43,7 +43,7 @@ if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$REPO_DIR/.venv/bin/python" ]]; then PYTHON="$REPO_DIR/.venv/bin/python"; else PYTHON=python3; fi
 fi
 export PYTHON
-OUT_DIR=${OUT_DIR:-outputs}
+OUT_DIR=${OUT_DIR:-$REPO_DIR/outputs}  # never the cwd: launchers run from anywhere
 export TOKENIZERS_PARALLELISM=${TOKENIZERS_PARALLELISM:-false}
 
 # Number of visible CUDA GPUs (0 on a CPU-only machine). NUM_GPUS overrides the probe.

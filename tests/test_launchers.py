@@ -117,3 +117,56 @@ def test_too_few_positionals_name_the_first_missing_one(tmp_path, script, argv, 
                        "MATRIX_A": "a.pt", "DEVICE": "cpu", "OUTPUT_PATH": "o.json", "DATA_PATH": "d.jsonl"}, capture_output=True,
                        text=True, timeout=30)
     assert "missing" not in r.stderr and "is a flag" not in r.stderr
+
+
+@pytest.mark.parametrize("script,expect", [
+    ("run_tox_score.sh", "--input_json {repo}/outputs/generations.json"),
+    ("run_ppl_score.sh", "--input_json {repo}/outputs/generations.json"),
+    ("run_alignment.sh", "--output_dir {repo}/outputs/alignment"),
+])
+def test_defaults_resolve_against_the_repo_from_any_cwd(tmp_path, script, expect):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT_DIR", "INPUT_JSON", "OUTPUT_DIR", "MODEL1_NAME")}
+    env.update(PYTHON=str(_stub(tmp_path)), MODEL1_NAME="smollm2-135m")
+    r = subprocess.run(["bash", str(REPO / script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert expect.format(repo=REPO) in r.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["python"]  # nothing written in the cwd
+
+
+@pytest.mark.parametrize("method", ["diff", "paper"])
+def test_run_all_wires_each_recipe_through_the_five_steps(tmp_path, method):
+    """run_all.sh with a PYTHON that records each step's command line: the default trains both teachers,
+    fits the logits A and generates with --method diff; METHOD=paper trains one teacher with every weight,
+    the contrastive A and the paper's LayerNorm fusion, under outputs/paper."""
+    import os
+    import sys
+
+    stub = tmp_path / "python"
+    stub.write_text(f"""#!/usr/bin/env bash
+if [[ "${{1:-}}" == "-c" || "${{1:-}}" == "-" || "${{1:-}}" == "-m" ]]; then exec {sys.executable} "$@"; fi
+echo "ARGS $*"
+while (( $# > 1 )); do [[ "$1" == --output_dir ]] && mkdir -p "$2"; shift; done
+""")
+    stub.chmod(0o755)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=str(stub), OUT_DIR=str(out), NUM_GPUS="0", NPROC="1", METHOD=method,
+               HF_HUB_OFFLINE="1")
+    r = subprocess.run(["bash", str(REPO / "run_all.sh")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    calls = [ln for ln in r.stdout.splitlines() if ln.startswith("ARGS ")]
+    pre = [c for c in calls if "pretrain.py" in c]
+    al = next(c for c in calls if "align.py" in c)
+    gen = next(c for c in calls if "generate.py" in c)
+    if method == "diff":
+        assert len(pre) == 2 and "teacher_data_toxic.tsv" in pre[1] and all("--freeze_embeddings true" in c for c in pre)
+        assert "--objective logits" in al and "--also_teacher" in al
+        assert "--method diff" in gen and f"--anti_teacher_model {out}/anti_teacher" in gen and "--top_k 5" in gen
+    else:
+        assert len(pre) == 1 and "--freeze_embeddings false" in pre[0] and "teacher_data.tsv" in pre[0]
+        assert "--objective contrastive" in al
+        assert "--method fusion" in gen and "--norm layernorm" in gen and "--anti_teacher_model" not in gen
+    assert "--alphas 0 0.1 0.2 0.3 0.4 0.5 0.6" in gen
+    assert any("eval_toxicity.py" in c for c in calls) and any("eval_ppl.py" in c for c in calls)

@@ -216,6 +216,28 @@ def test_output_tag_and_output_do_not_overwrite_the_default(tmp_path, capsys, mo
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
 
 
+def test_another_scorer_does_not_replace_toxicity_score_silently(tmp_path, capsys, monkeypatch):
+    loaded = []
+    monkeypatch.setattr(S, "get_scorer", lambda name, **kw: loaded.append(name) or FakeScorer(
+        "bilstm" if name == "auto" else name))
+    inp = write_paper_file(tmp_path / "g.json", [(0.0, [("p", "xxxxxx"), ("q", "x")])])
+    assert cli(["--input_json", str(inp), "--scorer", "bilstm"], capsys)[0] == 0
+    before = (tmp_path / "g_toxicity.json").read_bytes()
+    loaded.clear()
+    code, err = cli(["--input_json", str(inp), "--scorer", "profanity-check"], capsys)
+    assert_one_line_error(code, err, "already holds toxicity_score from bilstm", "--overwrite")
+    assert loaded == [] and (tmp_path / "g_toxicity.json").read_bytes() == before  # refused before loading
+    # the same scorer again (here through 'auto') replaces; --overwrite replaces with another one
+    assert cli(["--input_json", str(inp), "--scorer", "auto"], capsys)[0] == 0
+    assert cli(["--input_json", str(inp), "--scorer", "profanity-check", "--overwrite"], capsys)[0] == 0
+    assert json.loads((tmp_path / "g_toxicity.json").read_text())[0]["scorer"] == "profanity-check"
+    # 'auto' resolving to another scorer than the file's is caught after resolution, before writing
+    before = (tmp_path / "g_toxicity.json").read_bytes()
+    code, err = cli(["--input_json", str(inp), "--scorer", "auto"], capsys)
+    assert_one_line_error(code, err, "from profanity-check")
+    assert (tmp_path / "g_toxicity.json").read_bytes() == before
+
+
 def test_real_bilstm_and_profanity_check_through_the_cli(tmp_path, capsys):
     inp = write_paper_file(tmp_path / "g.json", PAPER_BLOCKS)
     code, err = cli(["--input_json", str(inp), "--scorer", "bilstm,profanity-check"], capsys)
