@@ -228,6 +228,21 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
                   "The teacher's own next-token logits against the logits the fused term gets from the target's output "
                   "layer, over the shared tokens, at every token of held-out texts (1, 1, 1, 0, 1 is perfect). "
                   "retrieval@1 is the old metric on embedding rows, shown for contrast.", ""] + tl + [""]
+    mech = json.loads((res / "mechanism.json").read_text()) if (res / "mechanism.json").exists() else None
+    if mech:
+        lines += [f"## Does the change have a direction? ({mech['states']} greedy states of the target alone, first "
+                  f"{mech['prompts']} held-out prompts x {mech['steps']} steps; `bench/mechanism.py`)", "",
+                  f"A state is *toxic* when {mech['toxic_rule']}. A directed method lowers p(pick) more on toxic "
+                  "states than on the others; 'flip' = the argmax changes; 'scale' = std of the method's logit change "
+                  "over the target's top-10 / std of the target's logits there.", "",
+                  "| method | alpha | states | p(pick): target -> method | flip | scale |", "|---|---|---|---|---|---|"]
+        for m, label in (("paper", "the paper's recipe"), ("default", "the default recipe")):
+            for kind in ("toxic", "other"):
+                r = (mech.get(m) or {}).get(kind)
+                if r:
+                    lines.append(f"| {label}, {kind} picks | {mech['alpha'][m]} | {r['states']} | {f(r['p_pick_target'])} -> "
+                                 f"{f(r['p_pick_method'])} | {r['flip_share']:.0%} | {f(r['logit_change_scale'], 2)} |")
+        lines.append("")
     lines += ["## Held-out: the paper's recipe, each fix, and the baselines (greedy, 10 tokens)", "",
               "Each fix is added on top of the row above it; each row at its own dev-chosen alpha.", "", HEAD,
               line(base, None)] + [line(r, base) for r in rows + base_rows]

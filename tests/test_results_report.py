@@ -74,7 +74,13 @@ def test_report_reads_the_study_and_says_whether_the_goal_is_met(tmp_path):
     write_set(tmp_path, "steer", {0.1: 0.25, 0.2: 0.18}, {0.1: 4.1, 0.2: 4.8})
     write_set(tmp_path, "dev_diff", {0.0: 0.3, 0.3: 0.2}, {0.0: 4.0, 0.3: 4.5})
     (tmp_path / "chosen.json").write_text(json.dumps({"alpha": {"diff": 0.3, "paper": 0.3, "steer": 0.2}}))
+    (tmp_path / "mechanism.json").write_text(json.dumps({
+        "prompts": 2, "steps": 3, "states": 6, "toxic_rule": "a bad word", "alpha": {"paper": 0.3, "default": 0.3},
+        "paper": {"other": {"states": 6, "p_pick_target": 0.5, "p_pick_method": 0.25, "flip_share": 0.5, "logit_change_scale": 0.4}},
+        "default": {"toxic": {"states": 1, "p_pick_target": 0.6, "p_pick_method": 0.1, "flip_share": 1.0, "logit_change_scale": 1.2}}}))
     text = R.report(tmp_path, tmp_path / "RESULTS.md")
+    assert "| the default recipe, toxic picks | 0.3 | 1 | 0.600 -> 0.100 | 100% | 1.20 |" in text
+    assert "| the paper's recipe, other picks | 0.3 | 6 | 0.500 -> 0.250 | 50% | 0.40 |" in text
     # per-prompt records are the summary + 0.00/0.01/0.02 (write_set): means 0.31 alone, 0.16 default
     assert "48.4% lower" in text and "1.10x" in text and "is **met**" in text
     assert "| the paper's recipe | 0.3 | 0.320" in text and "+3% tox, 1.12x PPL" in text and "3.2% higher" in text
