@@ -481,20 +481,14 @@ def reference_fused_logits(target, teacher, A, alpha, target_ids: list[int], tar
     h_target = backbone(target)(input_ids=ids).last_hidden_state[:, -1, :]
     if alpha == 0:
         return target.get_output_embeddings()(h_target)[0]
-    if bridge == "auto":
-        bridge = "ids" if teacher_tokenizer is None or same_tokenizer(teacher_tokenizer, target_tokenizer) else "text"
-    if bridge == "text":
-        text = target_tokenizer.decode(target_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        t_ids = teacher_tokenizer(text, add_special_tokens=True)["input_ids"]
-    else:
-        t_ids = target_ids
-    tdev = next(teacher.parameters()).device
-    h_teacher = backbone(teacher)(input_ids=torch.tensor([t_ids], device=tdev)).last_hidden_state[:, -1, :]
+    bridge = _bridge_of(bridge, teacher_tokenizer, target_tokenizer)
+    h_teacher = _teacher_last_hidden(teacher, target_ids, target_tokenizer, teacher_tokenizer, bridge)[None]
     h = fuse_hidden(h_target, h_teacher.to(device), A.to(device), alpha, norm)
     return target.get_output_embeddings()(h)[0]
 
 
 def _teacher_last_hidden(teacher, target_ids, target_tokenizer, teacher_tokenizer, bridge) -> torch.Tensor:
+    """The teacher's final hidden state (float32) at the last token of the target's sequence, from scratch."""
     if bridge == "text":
         text = target_tokenizer.decode(target_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         t_ids = teacher_tokenizer(text, add_special_tokens=True)["input_ids"]
