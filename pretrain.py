@@ -174,7 +174,9 @@ def _prepare_deepspeed_single_process(argv: list[str]) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Args:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from detox_pa.cli import expand_config
+
+    argv = expand_config(sys.argv[1:] if argv is None else argv, (ModelArguments, DataArguments, TeacherTrainingArguments))
     if any(a == "--deepspeed" or a.startswith("--deepspeed=") for a in argv):
         argv = _prepare_deepspeed_single_process(argv)
     m, d, t = parse_dataclasses((ModelArguments, DataArguments, TeacherTrainingArguments), argv,

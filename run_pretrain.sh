@@ -60,6 +60,10 @@ RESUME=${RESUME:-0}
 OVERWRITE=${OVERWRITE:-0}
 DS_ON_CPU=${DS_ON_CPU:-0}
 SEED=${SEED:-42}
+REPORT_TO=${REPORT_TO:-none}        # TrainingArguments.report_to: none | tensorboard | wandb | ... (installed separately)
+CONFIG=${CONFIG:-}                  # a JSON/YAML file of pretrain.py arguments: it overrides this block (not the data
+                                    # paths and output folders, which stay the variables above), and the
+                                    # flags given to this launcher override it
 # ----
 
 bool() { if [[ "$1" == 1 || "$1" == true ]]; then echo true; else echo false; fi; }
@@ -82,8 +86,9 @@ ARGS=(
   --save_steps "$SAVE_STEPS"
   --save_total_limit "$SAVE_TOTAL_LIMIT"
   --seed "$SEED"
-  --report_to none
+  --report_to "$REPORT_TO"
 )
+if [[ -n "$CONFIG" ]]; then ARGS+=(--config "$CONFIG"); fi
 if [[ "$(bool "$RESUME")" == true ]]; then ARGS+=(--resume_from_checkpoint last); fi
 if [[ "$(bool "$OVERWRITE")" == true ]]; then ARGS+=(--overwrite_output_dir); fi
 

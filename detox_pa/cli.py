@@ -51,15 +51,77 @@ def _make_parser(dataclass_types, description: str | None):
         def error(self, message):  # argparse prints two lines and exits 2; we want one line
             raise InputError(f"argument error: {message} (see --help)")
 
-    return _Parser(dataclass_types, description=description)
+    parser = _Parser(dataclass_types, description=description)
+    parser.add_argument("--config", metavar="FILE", help="A JSON or YAML file of argument values (keys = the flag "
+                        "names without '--'), read where it stands: flags after it override it.")
+    return parser
+
+
+def _config_tokens(path: str, known: set[str]) -> list[str]:
+    """The argv tokens for a --config file's values, checked key by key."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--config {path}: no such file")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+    except Exception as e:  # noqa: BLE001 (json and yaml raise their own types)
+        raise InputError(f"--config {path}: not valid {'YAML' if p.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: "
+                         f"{str(e).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise InputError(f"--config {path}: expected a mapping of argument names to values, got {type(values).__name__}")
+    out: list[str] = []
+    for k, v in values.items():
+        if k not in known:
+            raise InputError(f"--config {path}: unknown argument {k!r}")
+        if v is None:
+            continue
+        out.append(f"--{k}")
+        if isinstance(v, bool):
+            out.append("true" if v else "false")
+        elif isinstance(v, (list, tuple)):
+            out += [str(x) for x in v]
+        else:
+            out.append(str(v))
+    return out
+
+
+def expand_config(argv: Sequence[str], dataclass_types) -> list[str]:
+    """``--config FILE`` (or ``--config=FILE``) replaced, where it stands, by the file's values as flags: as
+    everywhere in argparse the later value wins, so flags after ``--config`` override the file and flags
+    before it are overridden by it."""
+    argv = list(argv)
+    known = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config":
+            if i + 1 >= len(argv):
+                raise InputError("--config needs a file")
+            out += _config_tokens(argv[i + 1], known)
+            i += 2
+            continue
+        if a.startswith("--config="):
+            out += _config_tokens(a.split("=", 1)[1], known)
+        else:
+            out.append(a)
+        i += 1
+    return out
 
 
 def parse_dataclasses(dataclass_types, argv: Sequence[str] | None, description: str | None = None):
     """Parse ``argv`` into the given dataclasses (HfArgumentParser). Returns a tuple."""
     parser = _make_parser(dataclass_types, description)
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = expand_config(sys.argv[1:] if argv is None else argv, dataclass_types)
     try:
-        return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+        return tuple(parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)[:len(dataclass_types)])
     except InputError:
         raise
     except ValueError as e:  # HfArgumentParser / TrainingArguments validation

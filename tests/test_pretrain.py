@@ -436,3 +436,30 @@ def test_launcher_teachers_switch_on_gpus(tmp_path):
         assert all("deepspeed.launcher.runner" in c and "--freeze_embeddings true" in c for c in calls)
         data = [c.split("--training_data_path ")[1].split()[0] for c in calls]
         assert [Path(d).name for d in data] == [{"e": "teacher_data.tsv", "a": "teacher_data_toxic.tsv"}[o] for o in outs]
+
+
+def test_config_file_values_are_read_where_they_stand(work, tmp_path, capsys):
+    """--config FILE (JSON or YAML): its values replace the flags before it, and flags after it win."""
+    import yaml
+
+    (tmp_path / "c.json").write_text(json.dumps({"learning_rate": 0.02, "num_teacher_layers": 1, "freeze_embeddings": True}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"learning_rate": 0.03, "seed": 7}))
+    a = pretrain.parse_args([str(x) for x in train_argv(work, tmp_path / "o", "--config", tmp_path / "c.json")])
+    assert a.training.learning_rate == 0.02 and a.model.num_teacher_layers == 1 and a.model.freeze_embeddings is True
+    b = pretrain.parse_args(["--config", str(tmp_path / "c.yaml")] + [str(x) for x in train_argv(work, tmp_path / "o")])
+    assert b.training.learning_rate == 5e-3 and b.training.seed == 0  # the flags after the file win
+    c = pretrain.parse_args([str(x) for x in train_argv(work, tmp_path / "o")] + [f"--config={tmp_path / 'c.yaml'}"])
+    assert c.training.learning_rate == 0.03 and c.training.seed == 7
+    (tmp_path / "bad.json").write_text(json.dumps({"learning_rat": 1}))
+    code, err = cli(train_argv(work, tmp_path / "o", "--config", tmp_path / "bad.json"), capsys)
+    assert code == 2 and len(err) == 1 and "unknown argument 'learning_rat'" in err[0] and "bad.json" in err[0]
+    code, err = cli(train_argv(work, tmp_path / "o", "--config", tmp_path / "missing.yaml"), capsys)
+    assert code == 2 and "no such file" in err[0]
+
+
+def test_report_to_tensorboard_writes_event_files(work, tmp_path, capsys):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (REPORT_TO=tensorboard needs it)")
+    out = tmp_path / "tb"
+    code, err = cli(train_argv(work, out, "--max_steps", 2, "--report_to", "tensorboard", "--logging_dir", out / "runs"), capsys)
+    assert code == 0, err
+    assert list((out / "runs").rglob("events.out.tfevents.*"))
