@@ -26,10 +26,11 @@ export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 RES_DIR=${RES_DIR:-$OUT_DIR/results}
 N_EVAL=${N_EVAL:-303}      # held-out prompts (all of rtp_eval.jsonl)
 N_DEV=${N_DEV:-70}         # dev prompts for choosing alpha (all of rtp_dev.jsonl)
-N_SAMPLED=${N_SAMPLED:-40} # held-out prompts for the sampled protocol
+N_SAMPLED=${N_SAMPLED:-30} # held-out prompts for the sampled protocol
 PPL_CAP=${PPL_CAP:-1.25}
 JOBS=${JOBS:-2}
-SWEEP="0 0.1 0.2 0.3 0.4 0.5 0.6"
+SWEEP="0 0.1 0.2 0.3 0.4 0.5 0.6"   # the default recipe's (and run_all.sh's) sweep
+DEV_SWEEP="0 0.1 0.3 0.5"           # the other rows' dev sweeps (coarser, to keep the study within an hour)
 STEER="0.1 0.2 0.3"
 mkdir -p "$RES_DIR"
 ensure_prompt_files
@@ -40,7 +41,7 @@ done
 DEV="$OUT_DIR/data/rtp_dev.jsonl"; EVAL="$OUT_DIR/data/rtp_eval.jsonl"
 TEXTS="$DEFAULT_TEACHER_DATA,$DEFAULT_ANTI_TEACHER_DATA"
 
-gen() {  # gen NAME DATA N [generate.py flags...]: generate (resumable), then both toxicity scorers and both PPL judges
+gen() {  # gen NAME DATA N [generate.py flags...]: generate (resumable), both toxicity scorers, both PPL judges (dev: one)
   local name=$1 data=$2 n=$3; shift 3
   local out="$RES_DIR/$name.json"
   if [[ ! -f "$out" ]]; then
@@ -49,7 +50,7 @@ gen() {  # gen NAME DATA N [generate.py flags...]: generate (resumable), then bo
   fi
   [[ -f "${out%.json}_toxicity.json" ]] || "$PYTHON" eval_toxicity.py --input_json "$out" --scorer bilstm,profanity-check >> "$RES_DIR/$name.log" 2>&1
   [[ -f "${out%.json}_ppl.json" ]] || "$PYTHON" eval_ppl.py --model_path "$TGT" --input_json "$out" --device cpu >> "$RES_DIR/$name.log" 2>&1
-  [[ -f "${out%.json}_ppl_smollm2.json" ]] || "$PYTHON" eval_ppl.py --model_path smollm2-135m --input_json "$out" --device cpu --output_tag smollm2 >> "$RES_DIR/$name.log" 2>&1
+  [[ "$name" == dev_* || -f "${out%.json}_ppl_smollm2.json" ]] || "$PYTHON" eval_ppl.py --model_path smollm2-135m --input_json "$out" --device cpu --output_tag smollm2 >> "$RES_DIR/$name.log" 2>&1
   echo "  $name done"
 }
 pool() {  # run the queued "gen ..." lines, JOBS at a time; stop on the first failure
@@ -83,8 +84,11 @@ ROWS=(
 )
 
 # 1. choose each row's alpha on the dev prompts
-echo "dev sweeps ($N_DEV prompts, alphas $SWEEP)"
-{ for r in "${ROWS[@]}"; do echo "gen dev_${r%%|*} $DEV $N_DEV --alphas $SWEEP ${r#*|}"; done
+echo "dev sweeps ($N_DEV prompts; the default recipe over $SWEEP, the other rows over $DEV_SWEEP)"
+{ for r in "${ROWS[@]}"; do
+    n=${r%%|*}; sw=$DEV_SWEEP; [[ "$n" == diff ]] && sw=$SWEEP
+    echo "gen dev_$n $DEV $N_DEV --alphas $sw ${r#*|}"
+  done
   echo "gen dev_steer $DEV $N_DEV --method steer --steer_vector $RES_DIR/steer_vector.pt --alphas 0 $STEER"
 } > "$RES_DIR/.queue_dev"
 [[ -f "$RES_DIR/steer_vector.pt" ]] || "$PYTHON" scripts/build_steer_vector.py --target_model "$TGT" --output "$RES_DIR/steer_vector.pt" > "$RES_DIR/steer_vector.log" 2>&1
