@@ -234,7 +234,9 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
                   f"{mech['prompts']} held-out prompts x {mech['steps']} steps; `bench/mechanism.py`)", "",
                   f"A state is *toxic* when {mech['toxic_rule']}. A directed method lowers p(pick) more on toxic "
                   "states than on the others; 'flip' = the argmax changes; 'scale' = std of the method's logit change "
-                  "over the target's top-10 / std of the target's logits there.", "",
+                  "over the target's top-10 / std of the target's logits there. The default recipe renormalises over the "
+                  "target's top-5, which raises every eligible token's probability, so for it the flip shares are the "
+                  "comparable figure. Toxic picks are rare in greedy decoding: read their row with its count.", "",
                   "| method | alpha | states | p(pick): target -> method | flip | scale |", "|---|---|---|---|---|---|"]
         for m, label in (("paper", "the paper's recipe"), ("default", "the default recipe")):
             for kind in ("toxic", "other"):
