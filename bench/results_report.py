@@ -134,7 +134,8 @@ def _transmission_lines(res: Path, align_dir: Path | None) -> list[str]:
            "|---|---|---|---|---|---|---|---|---|"]
     n = 0
     for name, label in TRANSMISSION:
-        p = (align_dir if name == "main" else res / name) / "mapping_model.json" if (align_dir or name != "main") else None
+        folder = align_dir if name == "main" else res / name
+        p = folder / "mapping_model.json" if folder is not None else None
         if p is None or not p.exists():
             continue
         side = json.loads(p.read_text())
@@ -147,7 +148,6 @@ def _transmission_lines(res: Path, align_dir: Path | None) -> list[str]:
                     n += 1
                     out.append(f"| {label} | {wl} | {norm} | {f(t['top1'])} | {f(t['top10'])} | {f(t['pearson'])} | "
                                f"{f(t['kl'])} | {f(t['scale'], 2)} | {f(ret) if ret is not None else '-'} |")
-        states = (m.get("transmission") or {}).get("teacher", {}).get("none", {}).get("states")
     return out if n else []
 
 
