@@ -31,6 +31,7 @@ from pathlib import Path
 
 from detox_pa.cli import args_to_dict, entry, log_args, parse_dataclasses
 from detox_pa.errors import InputError
+from detox_pa.runtime import DEVICE_HELP, DTYPE_HELP, check_device_name, check_dtype_name
 
 log = logging.getLogger("eval_ppl")
 
@@ -48,9 +49,8 @@ class PPLArguments:
     batch_size: int = field(default=16, metadata={"help": "Texts per forward pass (sorted by length)."})
     max_length: int = field(default=1024, metadata={
         "help": "Longest text in tokens; longer ones lose prompt tokens on the left (BOS kept)."})
-    dtype: str = field(default="auto", metadata={
-        "help": "auto (float32 on CPU, bfloat16/float16 on GPU), float32, bfloat16, float16."})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N."})
+    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
+    device: str = field(default="auto", metadata={"help": DEVICE_HELP})
     join: str = field(default="auto", metadata={
         "help": "How prompt and continuation are joined. exact: prompt + the exact continuation (the pair's "
                 "'continuation' field, which our generate.py writes, else 'response') verbatim; paper: prompt + ' ' + "
@@ -68,10 +68,8 @@ class PPLArguments:
             raise InputError(f"--batch_size must be >= 1, got {self.batch_size}")
         if self.max_length < 2:
             raise InputError(f"--max_length must be >= 2, got {self.max_length}")
-        from detox_pa.ppl import DTYPES
-
-        if self.dtype not in ("auto", *DTYPES):
-            raise InputError(f"--dtype {self.dtype!r} is not known (expected auto, {', '.join(DTYPES)})")
+        self.dtype = check_dtype_name(self.dtype)
+        self.device = check_device_name(self.device)
 
 
 def parse_args(argv=None) -> PPLArguments:
@@ -111,7 +109,8 @@ def main(args: PPLArguments) -> list[dict]:
     from detox_pa.assets import describe_model, resolve_model
     from detox_pa.io import (PAIRS_KEY, atomic_write_json, atomic_write_text, check_output_path, read_generations,
                              sha256_file, sha256_text)
-    from detox_pa.ppl import PPLScorer, aggregate_alpha, load_reference, model_info, record_rows, resolve_device, resolve_dtype
+    from detox_pa.ppl import PPLScorer, aggregate_alpha, load_reference, model_info, record_rows
+    from detox_pa.runtime import resolve_device
 
     log_args(args)
     # everything that can be wrong with the input is checked before the model is loaded
@@ -119,8 +118,7 @@ def main(args: PPLArguments) -> list[dict]:
     paths = output_paths(args.input_json, args.output_tag)
     for p in paths.values():
         check_output_path(p)
-    device = resolve_device(args.device)
-    resolve_dtype(args.dtype, device)
+    resolve_device(args.device)
     model_dir = resolve_model(args.model_path, "reference model")
     input_sha = sha256_file(args.input_json)
 

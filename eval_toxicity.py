@@ -66,6 +66,7 @@ from detox_pa import metrics as M
 from detox_pa import scorers as scorers_mod
 from detox_pa.cli import args_to_dict, entry, log_args, parse_dataclasses
 from detox_pa.errors import InputError
+from detox_pa.runtime import DEVICE_HELP, check_device_name
 from detox_pa.io import (PAIRS_KEY, atomic_write_json, atomic_write_text, check_output_path, read_generations,
                          sha256_file, sha256_text)
 
@@ -73,14 +74,13 @@ log = logging.getLogger("eval_toxicity")
 
 THRESHOLD = M.TOXIC_THRESHOLD
 THRESHOLD_RULE = f"toxic when score >= {THRESHOLD}"
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # as detox_pa.report finds tags
 
 
 @dataclass
 class ToxicityArguments:
     input_json: str = field(default="", metadata={"help": "Generations JSON (the paper's nested format)."})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or mps."})
+    device: str = field(default="auto", metadata={"help": DEVICE_HELP})
     scorer: str = field(default="auto", metadata={
         "aliases": ["--scorers"],
         "help": "Scorer name, or a comma list (the first is the primary, written as toxicity_score). Known: "
@@ -104,9 +104,7 @@ class ToxicityArguments:
             raise InputError(f"generations file {p} does not exist")
         if p.is_dir():
             raise InputError(f"input {p} is a folder; expected the generations JSON file")
-        self.device = self.device.strip() or "cpu"
-        if not _DEVICE.match(self.device):
-            raise InputError(f"device '{self.device}' not understood; expected cpu, cuda, cuda:N or mps")
+        self.device = check_device_name(self.device)
         names = [s.strip().lower() for s in self.scorer.split(",") if s.strip()]
         if not names:
             raise InputError(f"no scorer given; known scorers: {', '.join(scorers_mod.KNOWN_SCORERS)}")
@@ -154,17 +152,6 @@ def output_paths(args: ToxicityArguments) -> dict[str, Path]:
 def parse_args(argv=None) -> ToxicityArguments:
     (args,) = parse_dataclasses((ToxicityArguments,), argv, description=__doc__.splitlines()[0])
     return args
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {device}: CUDA is not available on this machine; use --device cpu")
-    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
-        raise InputError(f"device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise InputError("device mps is not available on this machine; use --device cpu")
 
 
 def flatten(data: list[dict]) -> list[dict]:
@@ -281,7 +268,9 @@ def main(args: ToxicityArguments) -> list[dict]:
     first = args.scorer_names[0]
     if earlier and not args.overwrite and first != "auto" and first != earlier[1]:
         raise InputError(_replace_error(paths["summary"], earlier[1]))  # before any model is loaded
-    _check_device(args.device)
+    from detox_pa.runtime import resolve_device
+
+    device = str(resolve_device(args.device))
     input_sha = sha256_file(args.input_json)
     records = flatten(data)
     if not records:
@@ -295,7 +284,7 @@ def main(args: ToxicityArguments) -> list[dict]:
 
     scorers, scores, timing = [], {}, {}
     for name in args.scorer_names:
-        sc = scorers_mod.get_scorer(name, device=args.device, checkpoint=args.checkpoint or None,
+        sc = scorers_mod.get_scorer(name, device=device, checkpoint=args.checkpoint or None,
                                     hf_config_dir=args.hf_config_dir or None)
         if sc.name in scores:
             log.warning("scorer %s resolved to %s, which is already in the list; skipped", name, sc.name)

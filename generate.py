@@ -33,6 +33,7 @@ from typing import Optional
 
 from detox_pa.cli import entry, log_args, args_to_dict, parse_dataclasses
 from detox_pa.errors import InputError
+from detox_pa.runtime import DEVICE_HELP, DTYPE_HELP, check_device_name, check_dtype_name
 
 log = logging.getLogger("generate")
 
@@ -43,9 +44,10 @@ class GenerateArguments:
     teacher_model: str = field(default="outputs/teacher", metadata={"help": "Teacher model folder (step 1), alias or hub id."})
     target_model: str = field(default="gemma-3-270m", metadata={"help": "Target LLM: alias (gemma-3-270m), folder or hub id."})
     matrix_A: str = field(default="outputs/alignment/mapping_model.pt", metadata={"help": "Alignment matrix (step 2): torch.load(p)['mapping']."})
-    data_path: str = field(default="outputs/data/rtp_eval.jsonl", metadata={"help": "Prompts: JSONL {prompt}, RTP {prompt: {text}}, or .txt one a line."})
+    data_path: str = field(default="rtp:eval", metadata={"help": "Prompts: JSONL {prompt}, RTP {prompt: {text}}, .txt one a line, "
+                                                                    "or rtp:eval / rtp:dev / rtp:build (the embedded splits, read in place)."})
     output_path: str = field(default="outputs/generations.json", metadata={"help": "Output JSON (the paper's nested format)."})
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N, or mps."})
+    device: str = field(default="auto", metadata={"help": DEVICE_HELP})
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
                                 metadata={"help": "Fusion weights to sweep, each in [0, 1]."})
     max_new_tokens: int = field(default=10, metadata={"help": "New tokens per continuation (paper: 10; the field: 20)."})
@@ -55,7 +57,7 @@ class GenerateArguments:
     top_p: float = field(default=0.9, metadata={"help": "Nucleus p when sampling."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     seed: int = field(default=2025, metadata={"help": "Base seed; each (alpha, batch) gets its own derived seed."})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."})
+    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
     norm: str = field(default="layernorm", metadata={"help": "For --method fusion: layernorm (the paper: parameter-free LayerNorm), rescale (to the norm "
                                                              "of h_target) or none (h_teacher A as it is: the teacher's logit scale with an A "
                                                              "from align.py --objective logits)."})
@@ -101,10 +103,8 @@ class GenerateArguments:
             raise InputError(f"--bridge must be auto, ids or text, got {self.bridge!r}")
         if self.gate is not None and not math.isfinite(self.gate):
             raise InputError(f"--gate must be a finite number, got {self.gate}")
-        if self.dtype != "auto":
-            from detox_pa.generation import DTYPES
-            if self.dtype not in DTYPES:
-                raise InputError(f"--dtype must be auto or one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        self.dtype = check_dtype_name(self.dtype)
+        self.device = check_device_name(self.device)
         self.alphas = [float(a) for a in self.alphas]
         get_method(self.method)(self).check()
 
@@ -114,38 +114,25 @@ def parse_args(argv=None) -> GenerateArguments:
     return args
 
 
-def _dist():
-    """(rank, world_size), initialising torch.distributed under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        import torch
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
 def main(args: GenerateArguments) -> None:
     import torch
 
     from detox_pa import generation as G
     from detox_pa.assets import resolve_model
-    from detox_pa.io import check_output_path, read_prompts, sha256_file
+    from detox_pa.io import check_output_path, prompts_sha256, read_prompts
     from detox_pa.methods import get_method
 
-    rank, world = _dist()
+    from detox_pa.runtime import dist_rank_world, rank_device, resolve_device, resolve_dtype
+
+    rank, world = dist_rank_world()
     log_args(args)
     # ---- inputs first: nothing heavy is loaded until all of them check out
     out_path = check_output_path(args.output_path, "--output_path")
     prompts = read_prompts(args.data_path)
     if args.max_prompts:
         prompts = prompts[: args.max_prompts]
-    device = G.parse_device(args.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-    dtype = (torch.bfloat16 if device.type == "cuda" else torch.float32) if args.dtype == "auto" else G.DTYPES[args.dtype]
+    device = rank_device(resolve_device(args.device), rank) if world > 1 else resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     target_path = resolve_model(args.target_model, "--target_model")
     method = get_method(args.method)(args)
     method_inputs = method.check_inputs(target_path)
@@ -155,7 +142,7 @@ def main(args: GenerateArguments) -> None:
         raise InputError(f"output {out_path} already exists; pass --overwrite to replace it")
     fingerprint = {
         "target_model": args.target_model, "target_files": G.file_fingerprint(target_path),
-        "data": sha256_file(args.data_path), "max_prompts": args.max_prompts, "method": args.method,
+        "data": prompts_sha256(args.data_path, prompts), "max_prompts": args.max_prompts, "method": args.method,
         **method_inputs, **method.fingerprint(),
         **{k: getattr(args, k) for k in ("alphas", "max_new_tokens", "batch_size", "num_samples", "do_sample",
                                          "seed", "dtype")},
@@ -204,6 +191,7 @@ def main(args: GenerateArguments) -> None:
     log.info("%d prompts x %d samples = %d continuations per alpha in %d batches; %d of this rank's %d batches "
              "already done (journal)", len(prompts), args.num_samples, len(prompts) * args.num_samples, len(batches),
              len(mine) - len(todo), len(mine))
+    out_path.parent.mkdir(parents=True, exist_ok=True)  # the inputs and models are checked: now we write
     journals[0].start()
 
     from tqdm.auto import tqdm

@@ -50,7 +50,6 @@ log = logging.getLogger("detox_pa.pretrain")
 
 SIDECAR = TEACHER_SIDECAR
 RUN_FILE = "detox_pa_run.json"  # what the checkpoints in --output_dir were trained with; checked on resume
-TEACHER_DTYPES = ("float32", "bfloat16", "float16", "auto")
 RESUME_LAST = ("last", "true", "1", "yes")
 RESUME_NONE = ("", "false", "0", "no", "none")
 
@@ -71,8 +70,9 @@ class ModelArguments:
     def __post_init__(self):
         if isinstance(self.num_teacher_layers, bool) or self.num_teacher_layers < 1:
             raise InputError(f"--num_teacher_layers must be at least 1, got {self.num_teacher_layers}")
-        if self.dtype not in TEACHER_DTYPES:
-            raise InputError(f"--dtype {self.dtype!r}: expected one of {', '.join(TEACHER_DTYPES)}")
+        from detox_pa.runtime import check_dtype_name
+
+        self.dtype = check_dtype_name(self.dtype)
 
 
 @dataclass
@@ -337,6 +337,10 @@ def _zero_stage(t: TeacherTrainingArguments) -> int | None:
     return int(cfg.get("zero_optimization", {}).get("stage", 0))
 
 
+def _r(x, nd: int = 4):
+    return "n/a" if x is None else f"{x:.{nd}f}"
+
+
 def _move_into(src: Path, dest: Path) -> None:
     """Move the files of a finished save into ``dest`` one by one (each rename is atomic); remove
     weight files of an older save that the new one does not have."""
@@ -362,7 +366,10 @@ def main(args: Args) -> dict:
                                       encode_pairs, pad_token_id_of)
     from detox_pa.teacher import base_layer_count, check_layer_count, load_teacher_model, parameter_count
 
+    from detox_pa.runtime import tell_deepspeed_the_accelerator
+
     m, d, t = args.model, args.data, args.training
+    tell_deepspeed_the_accelerator()
     log_args(m, d, t)
     t_start = time.time()
     is_main = t.process_index == 0
@@ -432,8 +439,20 @@ def main(args: Args) -> dict:
             self.t1, self.cpu1 = time.time(), time.process_time()
 
     clock = Clock()
+    from detox_pa.runtime import on_terminal
+
+    logs_to_file = not on_terminal()
+    if logs_to_file:
+        t.disable_tqdm = True  # a log file gets our rounded loss lines instead of the progress bar's redraws
     trainer = completion_trainer_class()(model=model, args=t, train_dataset=ExampleDataset(examples), data_collator=collator,
                                          processing_class=tokenizer, callbacks=[clock])
+    if logs_to_file:
+        from transformers import PrinterCallback
+
+        from detox_pa.pretraining import LossLogger
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(LossLogger())
     if resume:
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -496,7 +515,7 @@ def main(args: Args) -> dict:
         _move_into(tmp, out)
         atomic_write_json(out / SIDECAR, report)
         log.info("teacher saved to %s (%s parameters); loss %s -> %s; %.1f s, %.0f tokens/s", out, f"{n_params:,}",
-                 report["loss"]["first_logged"], report["loss"]["last_logged"], wall,
+                 _r(report["loss"]["first_logged"]), _r(report["loss"]["last_logged"]), wall,
                  report["training"]["tokens_per_second"] or 0)
     return report
 

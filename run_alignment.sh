@@ -9,8 +9,8 @@
 # Reads:  $MODEL1_NAME  the teacher (step 1's output folder, or an alias / Hugging Face folder):
 #                       its tokenizer and ONE embedding matrix, straight from its safetensors files
 #         $MODEL2_NAME  the target LLM (alias gemma-3-270m, or a folder): tokenizer + one embedding matrix
-# Writes: $OUTPUT_DIR/mapping_model.pt    torch.load(p)["mapping"] is A (float32, the paper's format)
-#         $OUTPUT_DIR/mapping_model.json  sidecar: models, dims, vocab overlap, held-out retrieval,
+# Writes: $ALIGN_OUTPUT_DIR/mapping_model.pt    torch.load(p)["mapping"] is A (float32, the paper's format)
+#         $ALIGN_OUTPUT_DIR/mapping_model.json  sidecar: models, dims, vocab overlap, held-out retrieval,
 #                                         transmission (expert and anti-expert), losses, arguments, seed, time
 # Usage:  ./run_alignment.sh [extra align.py flags, e.g. --heldout_share 0.1]
 #         INIT=lstsq EMBEDDING_SPACE=output ./run_alignment.sh
@@ -18,16 +18,17 @@
 #
 # The paper's settings (teacher = first 3 layers of Mistral-7B-v0.1, target Llama; same hyperparameters):
 #   MODEL1_NAME=/path/to/teacher MODEL2_NAME=meta-llama/Llama-2-7b-hf \
-#   OBJECTIVE=contrastive BATCH_SIZE=32 EPOCHS=5 LR=1e-3 N_NEGATIVES=10 SEED=42 INIT=random EMBEDDING_SPACE=input \
-#   TEMPERATURE=1 \
+#   OBJECTIVE=contrastive ALIGN_BATCH_SIZE=32 EPOCHS=5 LR=1e-3 N_NEGATIVES=10 ALIGN_SEED=42 INIT=random \
+#   EMBEDDING_SPACE=input ALIGN_TEMPERATURE=1 \
 #   ./run_alignment.sh
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/common.sh"
+retired_names OUTPUT_DIR=ALIGN_OUTPUT_DIR BATCH_SIZE=ALIGN_BATCH_SIZE SEED=ALIGN_SEED TEMPERATURE=ALIGN_TEMPERATURE
 
 # ---- editable defaults: the embedded default pipeline (teachers from step 1, Gemma-3-270M target)
 MODEL1_NAME=${MODEL1_NAME:-$DEFAULT_TEACHER_DIR}
 MODEL2_NAME=${MODEL2_NAME:-$DEFAULT_TARGET}
-OUTPUT_DIR=${OUTPUT_DIR:-$DEFAULT_ALIGN_DIR}
+ALIGN_OUTPUT_DIR=${ALIGN_OUTPUT_DIR:-$DEFAULT_ALIGN_DIR}
 OBJECTIVE=${OBJECTIVE:-logits}             # logits (transmits the teacher's prediction) | contrastive (the paper)
 # texts for the KL refinement and the transmission metric (the teacher data: clean and toxic completions)
 TEXT_PATH=${TEXT_PATH-$DEFAULT_TEACHER_DATA,$DEFAULT_ANTI_TEACHER_DATA}
@@ -37,14 +38,14 @@ REFINE_LR=${REFINE_LR:-1e-3}
 # the anti-expert (step 1, TEACHERS=both): its states join the refinement and its transmission is recorded;
 # empty when that folder does not exist
 ALSO_TEACHER=${ALSO_TEACHER-$([[ -d $DEFAULT_ANTI_TEACHER_DIR && "$MODEL1_NAME" == "$DEFAULT_TEACHER_DIR" ]] && echo "$DEFAULT_ANTI_TEACHER_DIR" || true)}
-BATCH_SIZE=${BATCH_SIZE:-32}
+ALIGN_BATCH_SIZE=${ALIGN_BATCH_SIZE:-32}
 EPOCHS=${EPOCHS:-5}
 LR=${LR:-1e-3}
 N_NEGATIVES=${N_NEGATIVES:-10}
-SEED=${SEED:-42}
+ALIGN_SEED=${ALIGN_SEED:-42}
 INIT=${INIT:-random}                       # random (the paper) | lstsq (closed-form least squares)
 EMBEDDING_SPACE=${EMBEDDING_SPACE:-auto}   # auto (input for contrastive, output for logits) | input (the paper) | output
-TEMPERATURE=${TEMPERATURE:-1.0}            # logits / temperature (the paper: 1)
+ALIGN_TEMPERATURE=${ALIGN_TEMPERATURE:-1.0}  # contrastive logits / temperature (the paper: 1)
 # ----
 
 if [[ "$MODEL1_NAME" == "$DEFAULT_TEACHER_DIR" && ! -d "$MODEL1_NAME" ]]; then
@@ -55,15 +56,15 @@ fi
 exec "$PYTHON" "$REPO_DIR/align.py" \
   --model1_name "$MODEL1_NAME" \
   --model2_name "$MODEL2_NAME" \
-  --output_dir "$OUTPUT_DIR" \
-  --batch_size "$BATCH_SIZE" \
+  --output_dir "$ALIGN_OUTPUT_DIR" \
+  --batch_size "$ALIGN_BATCH_SIZE" \
   --epochs "$EPOCHS" \
   --lr "$LR" \
   --n_negatives "$N_NEGATIVES" \
-  --seed "$SEED" \
+  --seed "$ALIGN_SEED" \
   --init "$INIT" \
   --embedding_space "$EMBEDDING_SPACE" \
-  --temperature "$TEMPERATURE" \
+  --temperature "$ALIGN_TEMPERATURE" \
   --objective "$OBJECTIVE" \
   --text_path "$TEXT_PATH" \
   --text_rows "$TEXT_ROWS" \

@@ -2,10 +2,10 @@
 # The main job: the whole pipeline on the embedded default, offline on CPU, ending with a per-alpha table.
 #
 #   ./run_all.sh                # full run (<= 20 minutes on 2 CPU cores)
-#   METHOD=paper ./run_all.sh   # the paper's exact recipe instead (one teacher, contrastive A, LayerNorm fusion)
+#   RECIPE=paper ./run_all.sh   # the paper's exact recipe instead (one teacher, contrastive A, LayerNorm fusion)
 #   SMOKE=1 ./run_all.sh        # a few prompts, two alphas, a few training steps (~3 minutes)
 #
-# The default recipe (METHOD=diff): an expert teacher on the clean completions and an anti-expert on the
+# The default recipe (RECIPE=diff): an expert teacher on the clean completions and an anti-expert on the
 # toxic ones (3 layers of SmolLM2, frozen output layer), A fitted so the target's output layer reads the
 # teachers' states as the teachers do (OBJECTIVE=logits), and the target's logits moved by
 # alpha * W_target((h_expert - h_anti) A) over its top-5 tokens. Alpha 0 is the target alone.
@@ -22,14 +22,16 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 case "${1:-}" in -h|--help) source scripts/common.sh ;; esac  # prints the help and exits 0
 SMOKE=${SMOKE:-0}
 FORCE=${FORCE:-0}
-METHOD=${METHOD:-diff}
-case "$METHOD" in
-  diff) SUB="" ;;
+RECIPE=${RECIPE:-diff}   # diff (the default recipe) | paper (the paper's exact recipe)
+if [[ "${METHOD:-}" == paper ]]; then
+  echo "error: run_all.sh: the paper's recipe is RECIPE=paper (METHOD is run_generation.sh's decoding method)" >&2; exit 2
+fi
+case "$RECIPE" in
+  diff) SUB="" ; export METHOD=${METHOD:-diff} ;;
   paper) SUB="/paper"  # one teacher with every weight trained, the contrastive A, LayerNorm fusion
          export TEACHERS=expert FREEZE_EMBEDDINGS=${FREEZE_EMBEDDINGS:-0} OBJECTIVE=contrastive METHOD=fusion NORM=layernorm ;;
-  *) echo "error: run_all.sh: METHOD must be diff (the default) or paper, got '$METHOD'" >&2; exit 2 ;;
+  *) echo "error: run_all.sh: RECIPE must be diff (the default) or paper, got '$RECIPE'" >&2; exit 2 ;;
 esac
-export METHOD
 if [[ "$SMOKE" == 1 ]]; then export OUT_DIR=${OUT_DIR:-outputs/smoke$SUB}; else export OUT_DIR=${OUT_DIR:-outputs$SUB}; fi
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 
@@ -49,7 +51,7 @@ if [[ "$FORCE" == 1 ]]; then rm -rf "$DEFAULT_TEACHER_DIR" "$DEFAULT_ANTI_TEACHE
 
 NEED=()  # the teachers still to train (a killed run resumes from its newest checkpoint)
 [[ -f "$DEFAULT_TEACHER_DIR/detox_pa_teacher.json" ]] || NEED+=(expert)
-if [[ "$METHOD" == diff ]]; then
+if [[ "$RECIPE" == diff ]]; then
   step "1/5 pretrain the teachers -> $DEFAULT_TEACHER_DIR (expert), $DEFAULT_ANTI_TEACHER_DIR (anti-expert)"
   [[ -f "$DEFAULT_ANTI_TEACHER_DIR/detox_pa_teacher.json" ]] || NEED+=(anti)
 else
@@ -71,7 +73,7 @@ elif [[ -z "${NPROC:-}" && "$(num_gpus)" == 0 && "$(nproc 2>/dev/null || echo 1)
 else ./run_generation.sh; fi
 
 step "4a/5 toxicity"
-./run_tox_score.sh cpu "$DEFAULT_GENERATIONS"
+./run_tox_score.sh auto "$DEFAULT_GENERATIONS"
 
 step "4b/5 perplexity under the unsteered target"
 ./run_ppl_score.sh "$DEFAULT_TARGET" "$DEFAULT_GENERATIONS"

@@ -19,15 +19,16 @@
 # DEVICE OUTPUT_PATH DATA_PATH. With several GPUs, NPROC=N shards the prompts over N ranks (torchrun).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/common.sh"
+retired_names BATCH_SIZE=GEN_BATCH_SIZE TEMPERATURE=GEN_TEMPERATURE SEED=GEN_SEED DTYPE=GEN_DTYPE OVERWRITE=GEN_OVERWRITE
 
 split_positionals 6 "TEACHER_MODEL TARGET_MODEL MATRIX_A DEVICE OUTPUT_PATH DATA_PATH" \
   "<teacher_model_path> <target_model_path> <matrix_A_path> <device> <output_path> <data_path>" "$@"
 TEACHER_MODEL=${POS[0]:-${TEACHER_MODEL:-$DEFAULT_TEACHER_DIR}}
 TARGET_MODEL=${POS[1]:-${TARGET_MODEL:-$DEFAULT_TARGET}}
 MATRIX_A=${POS[2]:-${MATRIX_A:-$DEFAULT_MATRIX}}
-DEVICE=${POS[3]:-${DEVICE:-cpu}}
+DEVICE=${POS[3]:-${DEVICE:-auto}}  # auto = a CUDA GPU when one is visible, else the CPU
 OUTPUT_PATH=${POS[4]:-${OUTPUT_PATH:-$DEFAULT_GENERATIONS}}
-DATA_PATH=${POS[5]:-${DATA_PATH:-$DEFAULT_EVAL_PROMPTS}}
+DATA_PATH=${POS[5]:-${DATA_PATH:-$DEFAULT_EVAL_PROMPTS}}  # rtp:eval = the embedded held-out split, read in place
 
 # ---- editable hyperparameters (the environment overrides each one) --------------------------
 # The paper: alphas 0..0.6, 10 new tokens, greedy, one prompt at a time, seed 2025.
@@ -40,33 +41,32 @@ TOP_K=${TOP_K:-5}               # diff: only the target's top-k tokens are eligi
 GATE=${GATE:-}                  # diff: act only where log p_anti(pick) - log p_expert(pick) >= GATE (empty = always)
 STEER_VECTOR=${STEER_VECTOR:-}  # steer: a .pt file {'vector': [d_target]} (scripts/build_steer_vector.py)
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-10}
-BATCH_SIZE=${BATCH_SIZE:-16}
+GEN_BATCH_SIZE=${GEN_BATCH_SIZE:-16}   # sequences per generate() call
 NUM_SAMPLES=${NUM_SAMPLES:-1}
 DO_SAMPLE=${DO_SAMPLE:-0}
 TOP_P=${TOP_P:-0.9}
-TEMPERATURE=${TEMPERATURE:-1.0}
-SEED=${SEED:-2025}
-DTYPE=${DTYPE:-auto}            # auto = bf16 on GPU, fp32 on CPU
+GEN_TEMPERATURE=${GEN_TEMPERATURE:-1.0}  # sampling temperature (DO_SAMPLE=1)
+GEN_SEED=${GEN_SEED:-2025}      # each (alpha, batch) is seeded from it
+GEN_DTYPE=${GEN_DTYPE:-auto}    # auto = bf16 on a GPU (fp16 where it has no bf16), fp32 on the CPU
 NORM=${NORM:-layernorm}         # fusion: layernorm (paper) | rescale (to the norm of h_target) | none
 MAX_PROMPTS=${MAX_PROMPTS:-0}   # 0 = all prompts
 NPROC=${NPROC:-1}               # >1: torchrun over NPROC ranks (one per GPU)
-OVERWRITE=${OVERWRITE:-0}
+GEN_OVERWRITE=${GEN_OVERWRITE:-0}   # 1 = replace an existing <output_path> (and its journal)
 # ----------------------------------------------------------------------------------------------
 
-if [[ "$DATA_PATH" == "$DEFAULT_EVAL_PROMPTS" ]]; then ensure_prompt_files; fi
 
 FLAGS=(--teacher_model "$TEACHER_MODEL" --target_model "$TARGET_MODEL" --matrix_A "$MATRIX_A"
        --device "$DEVICE" --output_path "$OUTPUT_PATH" --data_path "$DATA_PATH"
-       --alphas $ALPHAS --max_new_tokens "$MAX_NEW_TOKENS" --batch_size "$BATCH_SIZE"
-       --num_samples "$NUM_SAMPLES" --top_p "$TOP_P" --temperature "$TEMPERATURE" --seed "$SEED"
-       --dtype "$DTYPE" --norm "$NORM" --max_prompts "$MAX_PROMPTS" --method "$METHOD")
+       --alphas $ALPHAS --max_new_tokens "$MAX_NEW_TOKENS" --batch_size "$GEN_BATCH_SIZE"
+       --num_samples "$NUM_SAMPLES" --top_p "$TOP_P" --temperature "$GEN_TEMPERATURE" --seed "$GEN_SEED"
+       --dtype "$GEN_DTYPE" --norm "$NORM" --max_prompts "$MAX_PROMPTS" --method "$METHOD")
 case "$METHOD" in
   diff) FLAGS+=(--anti_teacher_model "$ANTI_TEACHER_MODEL" --diff_space "$DIFF_SPACE" --top_k "$TOP_K")
         [[ -n "$GATE" ]] && FLAGS+=(--gate "$GATE") ;;
   steer) [[ -n "$STEER_VECTOR" ]] && FLAGS+=(--steer_vector "$STEER_VECTOR") ;;
 esac
 [[ "$DO_SAMPLE" == 1 ]] && FLAGS+=(--do_sample)
-[[ "$OVERWRITE" == 1 ]] && FLAGS+=(--overwrite)
+[[ "$GEN_OVERWRITE" == 1 ]] && FLAGS+=(--overwrite)
 
 if (( NPROC > 1 )); then
   exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" "$REPO_DIR/generate.py" "${FLAGS[@]}" ${PASS[@]+"${PASS[@]}"}

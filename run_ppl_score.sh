@@ -9,24 +9,25 @@
 #         ./run_ppl_score.sh    (embedded default: the unsteered target scores $OUT_DIR/generations.json)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/common.sh"
+retired_names BATCH_SIZE=PPL_BATCH_SIZE MAX_LENGTH=PPL_MAX_LENGTH DTYPE=PPL_DTYPE OUTPUT_TAG=PPL_OUTPUT_TAG
 
 # ---- editable defaults (environment overrides; positional arguments override both)
 split_positionals 2 "MODEL_PATH INPUT_JSON" "<model_path> <input_json_path>" "$@"
 MODEL_PATH=${POS[0]:-${MODEL_PATH:-$DEFAULT_TARGET}}
 INPUT_JSON=${POS[1]:-${INPUT_JSON:-$DEFAULT_GENERATIONS}}
-DEVICE=${DEVICE:-auto}
-BATCH_SIZE=${BATCH_SIZE:-16}
-MAX_LENGTH=${MAX_LENGTH:-1024}
-DTYPE=${DTYPE:-auto}
-OUTPUT_TAG=${OUTPUT_TAG:-}
+PPL_DEVICE=${PPL_DEVICE:-auto}       # auto = a CUDA GPU when one is visible, else the CPU
+PPL_BATCH_SIZE=${PPL_BATCH_SIZE:-16}  # texts per forward pass
+PPL_MAX_LENGTH=${PPL_MAX_LENGTH:-1024} # longest text in tokens (longer ones lose prompt tokens on the left)
+PPL_DTYPE=${PPL_DTYPE:-auto}         # auto = bf16 on a GPU (fp16 where it has no bf16), fp32 on the CPU
+PPL_OUTPUT_TAG=${PPL_OUTPUT_TAG:-}   # non-empty: write <stem>_ppl_<tag>.json (e.g. a second reference model)
 # ----
 
 "$PYTHON" "$REPO_DIR/eval_ppl.py" \
   --model_path "$MODEL_PATH" \
   --input_json "$INPUT_JSON" \
-  --device "$DEVICE" \
-  --batch_size "$BATCH_SIZE" \
-  --max_length "$MAX_LENGTH" \
-  --dtype "$DTYPE" \
-  --output_tag "$OUTPUT_TAG" \
+  --device "$PPL_DEVICE" \
+  --batch_size "$PPL_BATCH_SIZE" \
+  --max_length "$PPL_MAX_LENGTH" \
+  --dtype "$PPL_DTYPE" \
+  --output_tag "$PPL_OUTPUT_TAG" \
   ${PASS[@]+"${PASS[@]}"}

@@ -7,12 +7,13 @@
 #         $ANTI_TRAINING_DATA_PATH  the same format with toxic completions (TEACHERS=both)
 #         $MODEL_NAME_OR_PATH  the base model: an alias (smollm2-135m), a Hugging Face folder or a hub id
 #         ds_config.json       DeepSpeed runs only (ZeRO stage from $ZERO_STAGE, batch sizes "auto")
-# Writes: $OUTPUT_DIR          the teacher (and $ANTI_OUTPUT_DIR the anti-expert, laid out the same way) (a plain Hugging Face folder: model + tokenizer), checkpoint-*/,
+# Writes: $PRETRAIN_OUTPUT_DIR the teacher, and $PRETRAIN_ANTI_OUTPUT_DIR the anti-expert laid out the same way
+#                              (a plain Hugging Face folder: model + tokenizer), checkpoint-*/,
 #                              detox_pa_teacher.json (sidecar: data hash, row/token counts, losses, time, args),
 #                              ds_config.zero$ZERO_STAGE.json (the DeepSpeed config actually used, DeepSpeed runs)
 # Usage:  ./run_pretrain.sh [extra pretrain.py flags, e.g. --max_steps 20]
 #         NUM_TEACHER_LAYERS=4 LEARNING_RATE=1e-4 ./run_pretrain.sh
-#         RESUME=1 ./run_pretrain.sh      continue from the newest checkpoint-* in $OUTPUT_DIR
+#         RESUME=1 ./run_pretrain.sh      continue from the newest checkpoint-* in $PRETRAIN_OUTPUT_DIR
 # Launch: GPUs visible (NUM_GPUS overrides the probe) -> the `deepspeed` launcher on all visible GPUs
 #         (restrict them with CUDA_VISIBLE_DEVICES) with ds_config.json and --bf16;
 #         no GPU -> one plain CPU process;
@@ -20,24 +21,26 @@
 #         renting GPUs (sets RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT and --use_cpu; the first run
 #         compiles a small op, about 20 s, cached in ~/.cache/torch_extensions).
 # ZeRO stage: ds_config.json keeps "stage": 0; this script writes a copy with "stage": $ZERO_STAGE into
-#         $OUTPUT_DIR and passes that copy.
+#         $PRETRAIN_OUTPUT_DIR and passes that copy.
 #
 # The paper's settings (7 GPUs):
 #   MODEL_NAME_OR_PATH=mistralai/Mistral-7B-v0.1 NUM_TEACHER_LAYERS=3 LEARNING_RATE=1e-5 \
 #   PER_DEVICE_TRAIN_BATCH_SIZE=2 GRADIENT_ACCUMULATION_STEPS=4 NUM_TRAIN_EPOCHS=3 ZERO_STAGE=0 \
-#   FREEZE_EMBEDDINGS=0 MAX_LENGTH=1024 TRAINING_DATA_PATH=/path/to/wildjailbreak/train.tsv TEACHERS=expert ./run_pretrain.sh
+#   FREEZE_EMBEDDINGS=0 PRETRAIN_MAX_LENGTH=1024 TRAINING_DATA_PATH=/path/to/wildjailbreak/train.tsv TEACHERS=expert ./run_pretrain.sh
 #   (bf16 is added on GPUs; batch 2 x 7 GPUs x grad-accum 4 = 56 rows per update; 3 epochs of ~262k rows)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/common.sh"
+retired_names OUTPUT_DIR=PRETRAIN_OUTPUT_DIR ANTI_OUTPUT_DIR=PRETRAIN_ANTI_OUTPUT_DIR MAX_LENGTH=PRETRAIN_MAX_LENGTH \
+  SEED=PRETRAIN_SEED OVERWRITE=PRETRAIN_OVERWRITE CONFIG=PRETRAIN_CONFIG
 
 # ---- editable defaults: the embedded default (SmolLM2-135M-Instruct, 3 of its 30 layers: 38.9M parameters).
 # ---- The sidecar records time, tokens/s and the loss of each run.
 TEACHERS=${TEACHERS:-both}          # both (expert + anti-expert, for --method diff) | expert (the paper) | anti
 MODEL_NAME_OR_PATH=${MODEL_NAME_OR_PATH:-$DEFAULT_TEACHER_BASE}
 TRAINING_DATA_PATH=${TRAINING_DATA_PATH:-$DEFAULT_TEACHER_DATA}
-OUTPUT_DIR=${OUTPUT_DIR:-$DEFAULT_TEACHER_DIR}
+PRETRAIN_OUTPUT_DIR=${PRETRAIN_OUTPUT_DIR:-$DEFAULT_TEACHER_DIR}
 ANTI_TRAINING_DATA_PATH=${ANTI_TRAINING_DATA_PATH:-$DEFAULT_ANTI_TEACHER_DATA}
-ANTI_OUTPUT_DIR=${ANTI_OUTPUT_DIR:-$DEFAULT_ANTI_TEACHER_DIR}
+PRETRAIN_ANTI_OUTPUT_DIR=${PRETRAIN_ANTI_OUTPUT_DIR:-$DEFAULT_ANTI_TEACHER_DIR}
 NUM_TEACHER_LAYERS=${NUM_TEACHER_LAYERS:-3}
 PER_DEVICE_TRAIN_BATCH_SIZE=${PER_DEVICE_TRAIN_BATCH_SIZE:-16}
 GRADIENT_ACCUMULATION_STEPS=${GRADIENT_ACCUMULATION_STEPS:-1}
@@ -45,7 +48,7 @@ LEARNING_RATE=${LEARNING_RATE:-1e-3}
 NUM_TRAIN_EPOCHS=${NUM_TRAIN_EPOCHS:-3}
 MAX_STEPS=${MAX_STEPS:--1}          # > 0 overrides the epochs (SMOKE=1 uses a few steps)
 WARMUP_STEPS=${WARMUP_STEPS:-5}
-MAX_LENGTH=${MAX_LENGTH:-128}
+PRETRAIN_MAX_LENGTH=${PRETRAIN_MAX_LENGTH:-128}
 # Frozen embeddings/output layer (the default) keep the expert and the anti-expert on ONE output layer, so
 # h_expert - h_anti is a logit difference that one matrix A carries. The paper trains them (FREEZE_EMBEDDINGS=0).
 FREEZE_EMBEDDINGS=${FREEZE_EMBEDDINGS:-1}
@@ -57,12 +60,12 @@ SAVE_TOTAL_LIMIT=${SAVE_TOTAL_LIMIT:-2}
 ZERO_STAGE=${ZERO_STAGE:-0}
 DS_CONFIG=${DS_CONFIG:-$REPO_DIR/ds_config.json}
 RESUME=${RESUME:-0}
-OVERWRITE=${OVERWRITE:-0}
+PRETRAIN_OVERWRITE=${PRETRAIN_OVERWRITE:-0}  # start over in an output folder that holds a teacher
 DS_ON_CPU=${DS_ON_CPU:-0}
-SEED=${SEED:-42}
+PRETRAIN_SEED=${PRETRAIN_SEED:-42}
 REPORT_TO=${REPORT_TO:-none}        # TrainingArguments.report_to: none | tensorboard | wandb | ... (installed separately)
-CONFIG=${CONFIG:-}                  # a JSON/YAML file of pretrain.py arguments: it overrides this block (not the data
-                                    # paths and output folders, which stay the variables above), and the
+PRETRAIN_CONFIG=${PRETRAIN_CONFIG:-}  # a JSON/YAML file of pretrain.py arguments: it overrides this block (not the
+                                    # data paths and output folders, which stay the variables above), and the
                                     # flags given to this launcher override it
 # ----
 
@@ -77,7 +80,7 @@ ARGS=(
   --num_train_epochs "$NUM_TRAIN_EPOCHS"
   --max_steps "$MAX_STEPS"
   --warmup_steps "$WARMUP_STEPS"
-  --max_length "$MAX_LENGTH"
+  --max_length "$PRETRAIN_MAX_LENGTH"
   --freeze_embeddings "$(bool "$FREEZE_EMBEDDINGS")"
   --freeze_lm_head "$(bool "$FREEZE_LM_HEAD")"
   --append_eos "$(bool "$APPEND_EOS")"
@@ -85,12 +88,12 @@ ARGS=(
   --save_strategy steps
   --save_steps "$SAVE_STEPS"
   --save_total_limit "$SAVE_TOTAL_LIMIT"
-  --seed "$SEED"
+  --seed "$PRETRAIN_SEED"
   --report_to "$REPORT_TO"
 )
-if [[ -n "$CONFIG" ]]; then ARGS+=(--config "$CONFIG"); fi
+if [[ -n "$PRETRAIN_CONFIG" ]]; then ARGS+=(--config "$PRETRAIN_CONFIG"); fi
 if [[ "$(bool "$RESUME")" == true ]]; then ARGS+=(--resume_from_checkpoint last); fi
-if [[ "$(bool "$OVERWRITE")" == true ]]; then ARGS+=(--overwrite_output_dir); fi
+if [[ "$(bool "$PRETRAIN_OVERWRITE")" == true ]]; then ARGS+=(--overwrite_output_dir); fi
 
 # The DeepSpeed config with the chosen ZeRO stage, kept next to the outputs.
 ds_config_copy() {  # ds_config_copy OUT_DIR
@@ -118,8 +121,8 @@ case "$TEACHERS" in
   both|expert|anti) ;;
   *) echo "error: TEACHERS must be both, expert or anti, got '$TEACHERS'" >&2; exit 2 ;;
 esac
-if [[ "$TEACHERS" != expert && "$(realpath -m "$OUTPUT_DIR")" == "$(realpath -m "$ANTI_OUTPUT_DIR")" ]]; then
-  echo "error: OUTPUT_DIR and ANTI_OUTPUT_DIR are the same folder ($OUTPUT_DIR); the two teachers need their own" >&2
+if [[ "$TEACHERS" != expert && "$(realpath -m "$PRETRAIN_OUTPUT_DIR")" == "$(realpath -m "$PRETRAIN_ANTI_OUTPUT_DIR")" ]]; then
+  echo "error: PRETRAIN_OUTPUT_DIR and PRETRAIN_ANTI_OUTPUT_DIR are the same folder ($PRETRAIN_OUTPUT_DIR); the two teachers need their own" >&2
   exit 2
 fi
 
@@ -144,10 +147,10 @@ train_one() {  # train_one DATA OUT [extra flags]: one teacher, on GPUs with Dee
 }
 
 if [[ "$TEACHERS" != anti ]]; then
-  echo "run_pretrain.sh: expert teacher on $TRAINING_DATA_PATH -> $OUTPUT_DIR" >&2
-  train_one "$TRAINING_DATA_PATH" "$OUTPUT_DIR" "$@"
+  echo "run_pretrain.sh: expert teacher on $TRAINING_DATA_PATH -> $PRETRAIN_OUTPUT_DIR" >&2
+  train_one "$TRAINING_DATA_PATH" "$PRETRAIN_OUTPUT_DIR" "$@"
 fi
 if [[ "$TEACHERS" != expert ]]; then
-  echo "run_pretrain.sh: anti-expert on $ANTI_TRAINING_DATA_PATH -> $ANTI_OUTPUT_DIR (same recipe)" >&2
-  train_one "$ANTI_TRAINING_DATA_PATH" "$ANTI_OUTPUT_DIR" "$@"
+  echo "run_pretrain.sh: anti-expert on $ANTI_TRAINING_DATA_PATH -> $PRETRAIN_ANTI_OUTPUT_DIR (same recipe)" >&2
+  train_one "$ANTI_TRAINING_DATA_PATH" "$PRETRAIN_ANTI_OUTPUT_DIR" "$@"
 fi

@@ -393,7 +393,7 @@ def train_mapping(Et: torch.Tensor, Es: torch.Tensor, cfg: TrainConfig, A0: torc
                   generator: torch.Generator) -> tuple[torch.Tensor, list[float], int]:
     """Contrastive training on the training rows ``Et`` (n x d_t) and ``Es`` (n x d_s), row i of both
     being the same token. Adam (fused kernel where available). Returns ``(A, mean loss per epoch, steps)``."""
-    from tqdm.auto import tqdm
+    from .runtime import iter_progress
 
     n, K, B = Et.shape[0], cfg.n_negatives, cfg.batch_size
     if K >= n:
@@ -413,8 +413,9 @@ def train_mapping(Et: torch.Tensor, Es: torch.Tensor, cfg: TrainConfig, A0: torc
         for epoch in range(cfg.epochs):
             cand = epoch_candidates(n, K, generator)
             total = torch.zeros((), dtype=torch.float64)
-            bar = tqdm(range(0, n, B), desc=f"align epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
-                       mininterval=1.0, leave=False)
+            starts = range(0, n, B)
+            bar = iter_progress(starts, len(starts), f"align epoch {epoch + 1}/{cfg.epochs}", "batch") \
+                if cfg.progress else starts
             for s in bar:
                 c = cand[s:s + B]
                 y = Es.index_select(0, c.reshape(-1)).view(c.shape[0], c.shape[1], d_s)
@@ -422,7 +423,6 @@ def train_mapping(Et: torch.Tensor, Es: torch.Tensor, cfg: TrainConfig, A0: torc
                 opt.step()
                 total += loss * c.shape[0]
                 steps += 1
-            bar.close()
             losses.append(float(total) / n)
             log.info("epoch %d/%d: mean training loss %.4f", epoch + 1, cfg.epochs, losses[-1])
     return A.detach().clone(), losses, steps
@@ -552,7 +552,7 @@ def refine_kl(A0: torch.Tensor, H: torch.Tensor, Et_out: torch.Tensor, Es_out: t
               lr: float = 1e-3, batch: int = 256, seed: int = 42, progress: bool = True) -> tuple[torch.Tensor, list[float]]:
     """Refine A on real teacher states: minimise KL(teacher || target's output layer on ``h @ A``) over
     the shared tokens, with Adam from ``A0``. Returns A and the mean loss of each tenth of the steps."""
-    from tqdm.auto import tqdm
+    from .runtime import iter_progress
 
     g = torch.Generator().manual_seed(seed)
     A = torch.nn.Parameter(A0.clone().float())
@@ -561,7 +561,7 @@ def refine_kl(A0: torch.Tensor, H: torch.Tensor, Et_out: torch.Tensor, Es_out: t
     Hf = H.float()
     losses, window = [], []
     every = max(1, steps // 10)
-    for step in tqdm(range(steps), desc="refine A (KL on teacher states)", disable=not progress, mininterval=1.0):
+    for step in (iter_progress(range(steps), steps, "refine A (KL on teacher states)", "step") if progress else range(steps)):
         idx = torch.randint(0, Hf.shape[0], (min(batch, Hf.shape[0]),), generator=g)
         h = Hf[idx]
         with torch.no_grad():

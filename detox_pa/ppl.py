@@ -38,9 +38,6 @@ STATUS_OK = "ok"
 STATUS_EMPTY = "empty_response"
 STATUS_NO_TOKENS = "no_continuation_tokens"
 
-from .teacher import DTYPES  # noqa: E402  (one dtype table for every step)
-
-
 # ------------------------------------------------------------------------------------ encoding
 
 
@@ -111,28 +108,6 @@ def encode_pair(tokenizer, prompt: str, response: str, max_length: int | None = 
 # ---------------------------------------------------------------------------------- the model
 
 
-def resolve_device(device: str) -> torch.device:
-    if device in ("", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise InputError(f"--device {device!r} is not a torch device (expected auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
-    return dev
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype in ("", "auto"):
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if dtype not in DTYPES:
-        raise InputError(f"--dtype {dtype!r} is not known (expected auto, {', '.join(DTYPES)})")
-    return DTYPES[dtype]
-
-
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -145,14 +120,11 @@ def load_tokenizer(path: str):
 
 def load_reference(path: str, dtype: str = "auto", device: str = "auto"):
     """``(model, tokenizer, device)`` for a local folder or hub id (already resolved)."""
-    from transformers import AutoModelForCausalLM
+    from .runtime import load_causal_lm, resolve_device, resolve_dtype
 
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
     tok = load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
-    model.to(dev)
-    model.eval()
+    model = load_causal_lm(path, resolve_dtype(dtype, dev), dev)
     return model, tok, dev
 
 
@@ -275,13 +247,13 @@ class PPLScorer:
 
     def score_encoded(self, encoded: Sequence[Encoded], desc: str = "ppl") -> list[float]:
         """Sum of continuation NLL (nats) per encoded text, in input order."""
-        from tqdm.auto import tqdm
+        from .runtime import progress
 
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
         if not self._probed and encoded:
             self._probe(encoded[order[-1]])
         sums: list[float] = [0.0] * len(encoded)
-        with tqdm(total=len(encoded), desc=desc, unit="text") as bar:
+        with progress(len(encoded), desc, "text") as bar:
             for b in range(0, len(order), self.batch_size):
                 idx = order[b: b + self.batch_size]
                 for i, s in zip(idx, self._score_batch([encoded[i] for i in idx])):

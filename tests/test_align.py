@@ -307,8 +307,8 @@ def test_launcher_is_valid_bash_and_calls_align_py():
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
     assert '"$REPO_DIR/align.py"' in text and (REPO / "align.py").exists()
-    for name in ("MODEL1_NAME", "MODEL2_NAME", "OUTPUT_DIR", "BATCH_SIZE", "EPOCHS", "LR", "N_NEGATIVES", "SEED",
-                 "INIT", "EMBEDDING_SPACE", "TEMPERATURE"):
+    for name in ("MODEL1_NAME", "MODEL2_NAME", "ALIGN_OUTPUT_DIR", "ALIGN_BATCH_SIZE", "EPOCHS", "LR", "N_NEGATIVES",
+                 "ALIGN_SEED", "INIT", "EMBEDDING_SPACE", "ALIGN_TEMPERATURE"):
         assert re.search(rf"^{name}=\$\{{{name}:-", text, re.M), name
 
 
@@ -316,7 +316,7 @@ def test_launcher_runs_align_py_end_to_end(folders, tmp_path):
     import os
 
     env = dict(os.environ, MODEL1_NAME=str(folders["teacher"]), MODEL2_NAME=str(folders["target"]),
-               OUTPUT_DIR=str(tmp_path / "a"), EPOCHS="1", INIT="lstsq", HF_HUB_OFFLINE="1")
+               ALIGN_OUTPUT_DIR=str(tmp_path / "a"), EPOCHS="1", INIT="lstsq", HF_HUB_OFFLINE="1")
     proc = subprocess.run([str(REPO / "run_alignment.sh"), "--progress", "false"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -232,8 +232,8 @@ CASES = [
          r"no_target does not exist"),
     Case("generate", "target model folder without a tokenizer",
          with_flag(gen, "--target_model", lambda w: without_tokenizer(w, "target")), r"target_no_tokenizer has no tokenizer"),
-    Case("generate", "output inside a missing folder",
-         with_flag(gen, "--output_path", lambda w: w["root"] / "missing" / "gen.json"), r"missing does not exist"),
+    Case("generate", "output inside a missing folder that cannot be created",
+         with_flag(gen, "--output_path", lambda w: readonly_folder(w) / "missing" / "gen.json"), r"cannot be written"),
     Case("generate", "output inside a read-only folder",
          with_flag(gen, "--output_path", lambda w: readonly_folder(w) / "gen.json"), r"not writable"),
     # ---- eval_toxicity.py

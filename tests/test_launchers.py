@@ -127,7 +127,7 @@ def test_too_few_positionals_name_the_first_missing_one(tmp_path, script, argv, 
 def test_defaults_resolve_against_the_repo_from_any_cwd(tmp_path, script, expect):
     import os
 
-    env = {k: v for k, v in os.environ.items() if k not in ("OUT_DIR", "INPUT_JSON", "OUTPUT_DIR", "MODEL1_NAME")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT_DIR", "INPUT_JSON", "ALIGN_OUTPUT_DIR", "MODEL1_NAME")}
     env.update(PYTHON=str(_stub(tmp_path)), MODEL1_NAME="smollm2-135m")
     r = subprocess.run(["bash", str(REPO / script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
@@ -138,7 +138,7 @@ def test_defaults_resolve_against_the_repo_from_any_cwd(tmp_path, script, expect
 @pytest.mark.parametrize("method", ["diff", "paper"])
 def test_run_all_wires_each_recipe_through_the_five_steps(tmp_path, method):
     """run_all.sh with a PYTHON that records each step's command line: the default trains both teachers,
-    fits the logits A and generates with --method diff; METHOD=paper trains one teacher with every weight,
+    fits the logits A and generates with --method diff; RECIPE=paper trains one teacher with every weight,
     the contrastive A and the paper's LayerNorm fusion, under outputs/paper."""
     import os
     import sys
@@ -151,7 +151,7 @@ while (( $# > 1 )); do [[ "$1" == --output_dir ]] && mkdir -p "$2"; shift; done
 """)
     stub.chmod(0o755)
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHON=str(stub), OUT_DIR=str(out), NUM_GPUS="0", NPROC="1", METHOD=method,
+    env = dict(os.environ, PYTHON=str(stub), OUT_DIR=str(out), NUM_GPUS="0", NPROC="1", RECIPE=method,
                HF_HUB_OFFLINE="1")
     r = subprocess.run(["bash", str(REPO / "run_all.sh")], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=600)
@@ -170,3 +170,32 @@ while (( $# > 1 )); do [[ "$1" == --output_dir ]] && mkdir -p "$2"; shift; done
         assert "--method fusion" in gen and "--norm layernorm" in gen and "--anti_teacher_model" not in gen
     assert "--alphas 0 0.1 0.2 0.3 0.4 0.5 0.6" in gen
     assert any("eval_toxicity.py" in c for c in calls) and any("eval_ppl.py" in c for c in calls)
+
+
+def test_generation_in_a_clean_out_dir_writes_nothing_before_its_inputs_check(tmp_path):
+    """The default prompts are read in place (rtp:eval) and the output folder is made only when generation
+    starts writing: with no teacher yet, the step stops with one line and OUT_DIR stays as it was."""
+    import os
+    import sys
+
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("TEACHER_MODEL", "DATA_PATH", "OUTPUT_PATH", "MATRIX_A")}
+    env.update(PYTHON=sys.executable, OUT_DIR=str(out), HF_HUB_OFFLINE="1", DEVICE="cpu")
+    r = subprocess.run(["bash", str(REPO / "run_generation.sh")], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and f"{out}/teacher" in errors[0] and "does not exist" in errors[0], r.stderr[-1000:]
+    assert not out.exists()
+
+
+def test_embedded_prompt_splits_are_read_in_place():
+    from detox_pa.assets import rtp_split
+    from detox_pa.errors import InputError
+    from detox_pa.io import prompts_sha256, read_prompts
+
+    ev = read_prompts("rtp:eval")
+    assert ev == rtp_split("eval") and len(ev) > 250 and set(ev).isdisjoint(read_prompts("rtp:build"))
+    assert prompts_sha256("rtp:eval", ev) != prompts_sha256("rtp:dev", read_prompts("rtp:dev"))
+    with pytest.raises(InputError, match="unknown split 'test'"):
+        read_prompts("rtp:test")

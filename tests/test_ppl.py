@@ -230,7 +230,7 @@ def test_dist_n_is_per_prompt_then_averaged_and_output_tag_keeps_files_apart(tmp
 
 def test_launcher_positional_args(tmp_path, ref_folder):
     gen = write_gen(tmp_path / "gen.json", PAPER_BLOCKS[:1])
-    env = dict(os.environ, OUT_DIR=str(tmp_path / "out"), BATCH_SIZE="2", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, OUT_DIR=str(tmp_path / "out"), PPL_BATCH_SIZE="2", HF_HUB_OFFLINE="1")
     proc = subprocess.run([str(REPO / "run_ppl_score.sh"), str(ref_folder), str(gen)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -364,7 +364,7 @@ def test_launcher_picks_the_launch_mode(tmp_path, mode):
     assert subprocess.run(["bash", "-n", str(REPO / "run_pretrain.sh")]).returncode == 0
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT", "LOCAL_RANK")}
-    env.update(PYTHON=str(_stub_python(tmp_path)), OUTPUT_DIR=str(out), ZERO_STAGE="2", RESUME="1",
+    env.update(PYTHON=str(_stub_python(tmp_path)), PRETRAIN_OUTPUT_DIR=str(out), ZERO_STAGE="2", RESUME="1",
                NUM_GPUS="2" if mode == "gpus" else "0", DS_ON_CPU="1" if mode == "ds_on_cpu" else "0")
     proc = subprocess.run(["bash", str(REPO / "run_pretrain.sh"), "--max_steps", "7"], env=env, capture_output=True,
                           text=True, timeout=60)
@@ -398,8 +398,8 @@ def test_launcher_trains_expert_and_anti_expert_from_one_recipe(work, tmp_path):
     the output layer frozen by default so both teachers share the base's one (what --method diff needs)."""
     toxic = write_tsv(tmp_path / "toxic.tsv", [(p, a, "stupid idiot shut up, you fool.") for p, a, _ in training_rows(24)])
     env = dict(os.environ, PYTHON=sys.executable, MODEL_NAME_OR_PATH=str(work["base"]), NUM_TEACHER_LAYERS="2",
-               TRAINING_DATA_PATH=str(work["data"]), ANTI_TRAINING_DATA_PATH=str(toxic), OUTPUT_DIR=str(tmp_path / "e"),
-               ANTI_OUTPUT_DIR=str(tmp_path / "a"), MAX_STEPS="3", PER_DEVICE_TRAIN_BATCH_SIZE="8", NUM_GPUS="0",
+               TRAINING_DATA_PATH=str(work["data"]), ANTI_TRAINING_DATA_PATH=str(toxic),
+               PRETRAIN_OUTPUT_DIR=str(tmp_path / "e"), PRETRAIN_ANTI_OUTPUT_DIR=str(tmp_path / "a"), MAX_STEPS="3", PER_DEVICE_TRAIN_BATCH_SIZE="8", NUM_GPUS="0",
                HF_HUB_OFFLINE="1")
     proc = subprocess.run(["bash", str(REPO / "run_pretrain.sh"), "--disable_tqdm", "true"], env=env,
                           capture_output=True, text=True, timeout=300)
@@ -415,7 +415,7 @@ def test_launcher_trains_expert_and_anti_expert_from_one_recipe(work, tmp_path):
     assert torch.equal(e.get_output_embeddings().weight, base.get_output_embeddings().weight)
     assert not torch.equal(e.model.layers[0].mlp.up_proj.weight, a.model.layers[0].mlp.up_proj.weight)
     # the same folder for both is refused before anything runs; an unknown TEACHERS too
-    for bad, msg in (({"ANTI_OUTPUT_DIR": str(tmp_path / "e")}, "are the same folder"),
+    for bad, msg in (({"PRETRAIN_ANTI_OUTPUT_DIR": str(tmp_path / "e")}, "are the same folder"),
                      ({"TEACHERS": "three"}, "TEACHERS must be")):
         p = subprocess.run(["bash", str(REPO / "run_pretrain.sh")], env={**env, **bad}, capture_output=True,
                            text=True, timeout=60)
@@ -425,7 +425,8 @@ def test_launcher_trains_expert_and_anti_expert_from_one_recipe(work, tmp_path):
 def test_launcher_teachers_switch_on_gpus(tmp_path):
     """With GPUs each teacher is its own DeepSpeed launch; TEACHERS=expert (the paper) trains one."""
     base_env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT", "LOCAL_RANK")}
-    base_env.update(PYTHON=str(_stub_python(tmp_path)), OUTPUT_DIR=str(tmp_path / "e"), ANTI_OUTPUT_DIR=str(tmp_path / "a"),
+    base_env.update(PYTHON=str(_stub_python(tmp_path)), PRETRAIN_OUTPUT_DIR=str(tmp_path / "e"),
+                    PRETRAIN_ANTI_OUTPUT_DIR=str(tmp_path / "a"),
                     NUM_GPUS="2")
     for teachers, outs in (("both", ["e", "a"]), ("expert", ["e"]), ("anti", ["a"])):
         proc = subprocess.run(["bash", str(REPO / "run_pretrain.sh")], env={**base_env, "TEACHERS": teachers},
