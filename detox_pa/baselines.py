@@ -12,7 +12,6 @@ import contextlib
 
 import torch
 
-from .errors import InputError
 
 
 def bad_words_ids(tokenizer, words: list[str] | None = None) -> list[list[int]]:
@@ -30,18 +29,11 @@ def bad_words_ids(tokenizer, words: list[str] | None = None) -> list[list[int]]:
     return [list(s) for s in seqs]
 
 
-def load_steer_vector(path: str, d_target: int) -> torch.Tensor:
-    from .io import load_tensor_file
-
-    v = load_tensor_file(path, "vector", "steering vector")
-    if v.dim() != 1 or v.shape[0] != d_target:
-        raise InputError(f"steering vector {path}: expected {{'vector': tensor of shape [{d_target}]}}, got {tuple(v.shape)}")
-    return v
-
-
 @contextlib.contextmanager
 def steering(target, vector: torch.Tensor, alpha: float):
     """Add ``alpha * vector`` to the input of the target's output layer while the block runs."""
+    from .fusion import hooks
+
     if alpha == 0:
         yield None
         return
@@ -52,11 +44,8 @@ def steering(target, vector: torch.Tensor, alpha: float):
         (h,) = args
         return ((h.float() + alpha * v).to(h.dtype),)
 
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        yield handle
-    finally:
-        handle.remove()
+    with hooks(lambda: [layer.register_forward_pre_hook(hook)]):
+        yield layer
 
 
 @torch.no_grad()

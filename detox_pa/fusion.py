@@ -264,7 +264,7 @@ def _bridge_of(bridge: str, teacher_tokenizer, target_tokenizer) -> str:
 
 
 @contextlib.contextmanager
-def _hooks(handles_factory) -> Iterator[None]:
+def hooks(handles_factory) -> Iterator[None]:
     """Install the hooks ``handles_factory()`` returns for the block; remove them however it ends."""
     handles = handles_factory()
     try:
@@ -293,7 +293,7 @@ def fusion(target, teacher, A: torch.Tensor, alpha: float, target_tokenizer=None
     bridge = _bridge_of(bridge, teacher_tokenizer, target_tokenizer)
     stepper = TeacherStepper(teacher, teacher_tokenizer, target_tokenizer, bridge_text=(bridge == "text"))
     fuser = Fuser(target, stepper, A, FusionConfig(alpha=alpha, norm=norm))
-    with _hooks(lambda: [target.register_forward_pre_hook(fuser._on_target_forward, with_kwargs=True),
+    with hooks(lambda: [target.register_forward_pre_hook(fuser._on_target_forward, with_kwargs=True),
                          fuser.out_layer.register_forward_pre_hook(fuser._on_output_layer)]):
         yield fuser
 
@@ -467,7 +467,7 @@ def difference_fusion(target, expert, anti, cfg: DiffConfig, A: torch.Tensor | N
     cheap = cfg.space == "hidden" and cfg.top_k == 0 and cfg.gate is None
     out_hook = (lambda: fuser.out_layer.register_forward_pre_hook(fuser._on_output_input)) if cheap else \
         (lambda: fuser.out_layer.register_forward_hook(fuser._on_output_layer))
-    with _hooks(lambda: [target.register_forward_pre_hook(fuser._on_target_forward, with_kwargs=True), out_hook()]):
+    with hooks(lambda: [target.register_forward_pre_hook(fuser._on_target_forward, with_kwargs=True), out_hook()]):
         yield fuser
 
 

@@ -1,12 +1,18 @@
-"""Batched, resumable generation with output-layer fusion (and the baselines of the results study).
+"""Step 3: batched, resumable, sharded generation with a decoding method from the registry
+(:mod:`detox_pa.methods`: the paper's fusion, the expert/anti-expert difference, and the baselines).
 
-The work list is every (prompt, sample) pair, sorted by prompt length so batches pad little, and
-cut into fixed batches. Batch ``k`` of alpha ``a`` is seeded with ``batch_seed(seed, a, k)``, so an
-alpha's output does not depend on which other alphas ran, nor on resuming, nor on how batches are
-spread over ranks. Finished batches are appended to a journal (``<output>.journal.jsonl``, one JSON
-line per record, fsync'ed per batch); a rerun of the same command resumes from it, a rerun with
-different arguments is refused. The final file (the paper's nested JSON) is written atomically at
-the end, then the journal is removed.
+``generate.py`` parses :class:`GenerateArguments` and calls :func:`run`. The work list is every (prompt,
+sample) pair, sorted by prompt length so batches pad little, and cut into fixed batches. Batch ``k`` of
+alpha ``a`` is seeded with ``batch_seed(seed, a, k)``, so an alpha's output does not depend on which other
+alphas ran, nor on resuming, nor on how batches are spread over ranks. Finished batches are appended to a
+journal (:func:`detox_pa.artifacts.journal_path`, one JSON line per record, fsync'ed per batch); a rerun of
+the same command resumes from it, a rerun with different arguments is refused. Under torchrun each rank
+takes every ``world``-th batch and rank 0 merges the journals. The final file (the paper's nested JSON) is
+written atomically at the end, then the journals are removed.
+
+Each pair holds ``response`` = the continuation stripped of surrounding whitespace, as the paper's
+generation stores it (so the paper's scorers read our files as they read theirs), and ``continuation`` =
+the exact text the target produced (what our PPL scorer scores after the prompt).
 """
 
 from __future__ import annotations
@@ -19,16 +25,95 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 
+from .artifacts import MATRIX_FILE, MATRIX_KEY, PAIRS_KEY, generation_meta_path, journal_path, journal_paths
+from .cli import args_to_dict, log_args, parse_dataclasses
 from .errors import InputError
-from .io import PAIRS_KEY, atomic_write_json, load_tensor_file, sha256_file
+from .io import sha256_file
+from .runtime import DEVICE_HELP, DTYPE_HELP, check_device_name, check_dtype_name
 
 log = logging.getLogger(__name__)
 
 JOURNAL_VERSION = 1
+
+
+@dataclass
+class GenerateArguments:
+    teacher_model: str = field(default="outputs/teacher", metadata={"help": "Teacher model folder (step 1), alias or hub id."})
+    target_model: str = field(default="gemma-3-270m", metadata={"help": "Target LLM: alias (gemma-3-270m), folder or hub id."})
+    matrix_A: str = field(default=f"outputs/alignment/{MATRIX_FILE}", metadata={
+        "help": f"Alignment matrix (step 2): torch.load(p)[{MATRIX_KEY!r}]."})
+    data_path: str = field(default="rtp:eval", metadata={"help": "Prompts: JSONL {prompt}, RTP {prompt: {text}}, .txt one a line, "
+                                                                    "or rtp:eval / rtp:dev / rtp:build (the embedded splits, read in place)."})
+    output_path: str = field(default="outputs/generations.json", metadata={"help": "Output JSON (the paper's nested format)."})
+    device: str = field(default="auto", metadata={"help": DEVICE_HELP})
+    alphas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+                                metadata={"help": "Fusion weights to sweep, each in [0, 1]."})
+    max_new_tokens: int = field(default=10, metadata={"help": "New tokens per continuation (paper: 10; the field: 20)."})
+    batch_size: int = field(default=16, metadata={"help": "Sequences per generate() call."})
+    num_samples: int = field(default=1, metadata={"help": "Samples per prompt (the field: 25 with --do_sample)."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample (nucleus) instead of greedy decoding."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus p when sampling."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    seed: int = field(default=2025, metadata={"help": "Base seed; each (alpha, batch) gets its own derived seed."})
+    dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
+    norm: str = field(default="layernorm", metadata={"help": "For --method fusion: layernorm (the paper: parameter-free LayerNorm), rescale (to the norm "
+                                                             "of h_target) or none (h_teacher A as it is: the teacher's logit scale with an A "
+                                                             "from align.py --objective logits)."})
+    bridge: str = field(default="auto", metadata={"help": "auto, ids (same tokenizer) or text (re-tokenise for the teacher)."})
+    method: str = field(default="fusion", metadata={"help": "fusion (the paper), diff (expert minus anti-expert through A), "
+                                                            "wordban or steer (baselines). Alpha is the strength of each."})
+    anti_teacher_model: str = field(default="", metadata={"help": "For --method diff: the anti-expert teacher (same base as the expert)."})
+    diff_space: str = field(default="hidden", metadata={"help": "For --method diff: hidden ((h_e - h_a) A through the target's "
+                                                                 "output layer) or logits (the teachers' own logits on shared tokens)."})
+    top_k: int = field(default=10, metadata={"help": "For --method diff: only the target's top-k tokens can be chosen (0 = off)."})
+    gate: Optional[float] = field(default=None, metadata={"help": "For --method diff: act only where log p_anti(pick) - "
+                                                                  "log p_expert(pick) >= this (nats; unset = always act)."})
+    steer_vector: str = field(default="", metadata={"help": "For --method steer: a .pt file holding {'vector': [d_target]}."})
+    max_prompts: int = field(default=0, metadata={"help": "Use only the first N prompts (0 = all)."})
+    device_map: str = field(default="", metadata={"help": "Place a large target across GPUs, e.g. 'auto' (needs accelerate)."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing output (and its journal)."})
+
+    def __post_init__(self):
+        if not self.alphas:
+            raise InputError("--alphas: give at least one alpha")
+        from .methods import get_method
+
+        max_alpha = get_method(self.method).max_alpha
+        for a in self.alphas:
+            if not (isinstance(a, (int, float)) and math.isfinite(a)):
+                raise InputError(f"--alphas: {a!r} is not a finite number")
+            if max_alpha is not None and not 0.0 <= a <= max_alpha:
+                raise InputError(f"--alphas: {a} is outside [0, {max_alpha:g}]")
+            if a < 0:
+                raise InputError(f"--alphas: {a} is negative (for --method {self.method} alpha is the strength)")
+        if len(set(self.alphas)) != len(self.alphas):
+            raise InputError(f"--alphas: repeated values in {self.alphas}")
+        for name in ("max_new_tokens", "batch_size", "num_samples"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_prompts < 0:
+            raise InputError(f"--max_prompts must be >= 0, got {self.max_prompts}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InputError(f"--top_p must be in (0, 1], got {self.top_p}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise InputError(f"--temperature must be > 0, got {self.temperature}")
+        if self.bridge not in ("auto", "ids", "text"):
+            raise InputError(f"--bridge must be auto, ids or text, got {self.bridge!r}")
+        if self.gate is not None and not math.isfinite(self.gate):
+            raise InputError(f"--gate must be a finite number, got {self.gate}")
+        self.dtype = check_dtype_name(self.dtype)
+        self.device = check_device_name(self.device)
+        self.alphas = [float(a) for a in self.alphas]
+        get_method(self.method)(self).check()
+
+
+def parse_args(argv=None, description: str | None = None) -> GenerateArguments:
+    (args,) = parse_dataclasses([GenerateArguments], argv, description=description or __doc__.split("\n\n")[0])
+    return args
 
 
 def batch_seed(seed: int, alpha: float, batch_index: int, tag: str = "") -> int:
@@ -42,17 +127,6 @@ def model_hidden_size(path: str) -> int:
 
     cfg = AutoConfig.from_pretrained(path)
     return int(cfg.get_text_config().hidden_size)
-
-
-def load_matrix(path: str, d_teacher: int | None = None, d_target: int | None = None) -> torch.Tensor:
-    """``torch.load(path)["mapping"]``, checked: 2-D, finite, shape (d_teacher, d_target)."""
-    A = load_tensor_file(path, "mapping", "alignment matrix")
-    if A.dim() != 2:
-        raise InputError(f"alignment matrix {path}: 'mapping' must be 2-D, got shape {tuple(A.shape)}")
-    if d_teacher is not None and d_target is not None and tuple(A.shape) != (d_teacher, d_target):
-        raise InputError(f"alignment matrix {path} has shape {tuple(A.shape)} but the models need "
-                         f"(d_teacher={d_teacher}, d_target={d_target})")
-    return A
 
 
 # --------------------------------------------------------------------------------------- journal
@@ -144,14 +218,6 @@ def continuation_text(tokenizer, prompt_ids: list[int], new_ids: list[int]) -> s
     return tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
-@dataclass
-class Method:
-    """What runs for one alpha block: projection-alignment fusion, or a baseline."""
-    name: str = "fusion"  # fusion | wordban | steer
-    alpha: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-
 def generate_batch(target, tokenizer, prompts: list[str], gen_config, context_factory: Callable[[], Any],
                    device: torch.device, extra_generate_kwargs: dict | None = None) -> tuple[list[str], list[int]]:
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
@@ -205,3 +271,153 @@ def file_fingerprint(path: str) -> str:
                     h.update(f.read_bytes())
         return h.hexdigest()
     return str(path)
+
+
+# ------------------------------------------------------------------------------------------ the step
+
+
+def run_fingerprint(args: GenerateArguments, target_path: str, prompts: list[str], method, method_inputs: dict) -> dict:
+    """What defines the output: a journal written with another fingerprint is refused on resume."""
+    from .io import prompts_sha256
+
+    return {
+        "target_model": args.target_model, "target_files": file_fingerprint(target_path),
+        "data": prompts_sha256(args.data_path, prompts), "max_prompts": args.max_prompts, "method": args.method,
+        **method_inputs, **method.fingerprint(),
+        **{k: getattr(args, k) for k in ("alphas", "max_new_tokens", "batch_size", "num_samples", "do_sample",
+                                         "seed", "dtype")},
+        "top_p": args.top_p if args.do_sample else None, "temperature": args.temperature if args.do_sample else None,
+    }
+
+
+def open_journals(out_path: Path, rank: int, world: int, fingerprint: dict, overwrite: bool) -> list[Journal]:
+    """This process's journal first, then any other beside the output (an earlier run's, of any world
+    size), all loaded; ``--overwrite`` removes them first (rank 0)."""
+    from .runtime import barrier
+
+    if overwrite and rank == 0:
+        for p in journal_paths(out_path):
+            p.unlink()
+    barrier(world)
+    mine = journal_path(out_path, rank, world)
+    journals = [Journal(mine, fingerprint)] + [Journal(p, fingerprint) for p in journal_paths(out_path) if p != mine]
+    for j in journals:
+        j.load()
+    return journals
+
+
+def load_target(args: GenerateArguments, target_path: str, device, dtype):
+    """The target (eval mode; spread with ``--device_map`` or on ``device``) and its left-padding tokenizer."""
+    from .runtime import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(target_path, padding_side="left")
+    return load_causal_lm(target_path, dtype, device, args.device_map or None), tok
+
+
+def generation_config(args: GenerateArguments, target, tok):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, top_k=0 if args.do_sample else None,
+        top_p=args.top_p if args.do_sample else None, temperature=args.temperature if args.do_sample else None,
+        pad_token_id=tok.pad_token_id, eos_token_id=target.generation_config.eos_token_id or tok.eos_token_id,
+        bos_token_id=tok.bos_token_id)
+
+
+def run(args: GenerateArguments) -> list[dict] | None:
+    """Generate for every alpha (resuming from the journals), write the paper's JSON and its sidecar.
+    Returns the nested result (None on ranks other than 0)."""
+    from .assets import resolve_model
+    from .io import atomic_write_json, check_output_path, read_prompts
+    from .methods import get_method
+    from .runtime import (barrier, dist_rank_world, library_versions, progress, rank_device, resolve_device,
+                          resolve_dtype)
+
+    rank, world = dist_rank_world()
+    log_args(args)
+    # ---- inputs first: nothing heavy is loaded (and nothing written) until all of them check out
+    out_path = check_output_path(args.output_path, "--output_path")
+    prompts = read_prompts(args.data_path)
+    if args.max_prompts:
+        prompts = prompts[: args.max_prompts]
+    device = rank_device(resolve_device(args.device), rank) if world > 1 else resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    target_path = resolve_model(args.target_model, "--target_model")
+    method = get_method(args.method)(args)
+    method_inputs = method.check_inputs(target_path)
+    if out_path.exists() and not args.overwrite:
+        raise InputError(f"output {out_path} already exists; pass --overwrite to replace it")
+    fingerprint = run_fingerprint(args, target_path, prompts, method, method_inputs)
+    journals = open_journals(out_path, rank, world, fingerprint, args.overwrite)
+    done = {k: v for j in journals for k, v in j.done.items()}
+
+    # ---- models
+    t_load = time.time()
+    target, tok = load_target(args, target_path, device, dtype)
+    method.load(target, tok, device, dtype)
+    log.info("loaded models in %.1f s (method %s, target %s, dtype %s, device %s)", time.time() - t_load,
+             args.method, args.target_model, dtype, device)
+    gen_config = generation_config(args, target, tok)
+    lengths = [len(x) for x in tok(prompts, add_special_tokens=True)["input_ids"]]
+    batches = make_batches(lengths, args.num_samples, args.batch_size)
+    mine = [(a, k) for a in args.alphas for k in range(len(batches)) if k % world == rank]
+    todo = {t for t in mine if t not in done}
+    log.info("%d prompts x %d samples = %d continuations per alpha in %d batches; %d of this rank's %d batches "
+             "already done (journal)", len(prompts), args.num_samples, len(prompts) * args.num_samples, len(batches),
+             len(mine) - len(todo), len(mine))
+    out_path.parent.mkdir(parents=True, exist_ok=True)  # the inputs and models are checked: now we write
+    journals[0].start()
+
+    bar = progress(len(todo), f"generate rank {rank}" if world > 1 else "generate", "batch",
+                   disable=rank != 0 and world > 1)
+    for a in args.alphas:
+        factory = lambda a=a: method.context(a)  # noqa: E731
+        extra = method.generate_kwargs(a)
+        for k, batch in enumerate(batches):
+            if (a, k) not in todo:
+                continue
+            seed = batch_seed(args.seed, a, k)
+            torch.manual_seed(seed)
+            t0 = time.time()
+            texts, counts = generate_batch(target, tok, [prompts[it.prompt_index] for it in batch], gen_config,
+                                           factory, device, extra)
+            dt = time.time() - t0
+            recs = [{"alpha": a, "batch": k, "batch_size": len(batch), "prompt_index": it.prompt_index,
+                     "sample": it.sample, "prompt": prompts[it.prompt_index], "response": txt.strip(),
+                     "continuation": txt, "seed": seed,
+                     "n_new_tokens": n, "batch_seconds": round(dt, 4)} for it, txt, n in zip(batch, texts, counts)]
+            journals[0].append(recs)
+            done[(a, k)] = recs
+            bar.set_postfix(alpha=a)
+            bar.update(1)
+    bar.close()
+
+    if world > 1:  # rank 0 merges what every rank journalled
+        barrier(world)
+        if rank != 0:
+            return None
+        for p in journal_paths(out_path, ranks_only=True):
+            j = Journal(p, fingerprint)
+            j.load()
+            done.update(j.done)
+    missing = [(a, k) for a in args.alphas for k in range(len(batches)) if (a, k) not in done]
+    if missing:
+        raise RuntimeError(f"{len(missing)} batches missing after generation (first: alpha {missing[0][0]}, batch {missing[0][1]})")
+    result = assemble(args.alphas, done, len(batches))
+    atomic_write_json(out_path, result)
+    gen_seconds = {str(a): round(sum(r["batch_seconds"] for k in range(len(batches)) for r in done[(a, k)][:1]), 3)
+                   for a in args.alphas}
+    meta_path = generation_meta_path(out_path)
+    atomic_write_json(meta_path, {
+        "output": str(out_path), "method": args.method, "target_model": args.target_model, "target_path": target_path,
+        **method.describe(),
+        "data_path": args.data_path, "n_prompts": len(prompts), "num_samples": args.num_samples,
+        "n_batches_per_alpha": len(batches), "world_size": world,
+        "generation_seconds_per_alpha": gen_seconds, "fingerprint": fingerprint, "arguments": args_to_dict(args),
+        "versions": library_versions(("torch", "transformers")),
+        "note": "generation_seconds_per_alpha sums the batches' wall times, including those of resumed earlier runs",
+    })
+    for p in journal_paths(out_path):
+        p.unlink()
+    log.info("wrote %s (%d alphas x %d records) and %s", out_path, len(result), len(result[0][PAIRS_KEY]), meta_path)
+    return result

@@ -93,11 +93,9 @@ class Method:
 
 
 def _load_teacher(path: str, device, dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from .runtime import load_causal_lm, load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval().to(device)
-    return model, tok
+    return load_causal_lm(path, dtype, device), load_tokenizer(path, pad_with_eos=False)
 
 
 @register
@@ -119,7 +117,8 @@ class Fusion(Method):
 
     def check_inputs(self, target_path: str) -> dict:
         from .assets import resolve_model
-        from .generation import file_fingerprint, load_matrix, model_hidden_size
+        from .artifacts import load_matrix
+        from .generation import file_fingerprint, model_hidden_size
         from .io import sha256_file
 
         if not self.needs_models():
@@ -179,7 +178,8 @@ class Diff(Method):
 
     def check_inputs(self, target_path: str) -> dict:
         from .assets import resolve_model
-        from .generation import file_fingerprint, load_matrix, model_hidden_size
+        from .artifacts import load_matrix
+        from .generation import file_fingerprint, model_hidden_size
         from .io import sha256_file
 
         if not self.needs_models():
@@ -267,7 +267,7 @@ class Steer(Method):
             raise InputError("--method steer needs --steer_vector")
 
     def check_inputs(self, target_path: str) -> dict:
-        from .baselines import load_steer_vector
+        from .artifacts import load_steer_vector
         from .generation import model_hidden_size
         from .io import sha256_file
 

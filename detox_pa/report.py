@@ -20,40 +20,19 @@ import io
 import json
 import logging
 import math
-import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .artifacts import PAIRS_KEY, find_score_files, generation_meta_path, output_stem, report_paths
+from .cli import log_args, parse_dataclasses
 from .errors import InputError
 
 log = logging.getLogger(__name__)
 
-TAG_RE = r"[A-Za-z0-9][A-Za-z0-9_-]*"
 TOX_KEYS = (("toxicity_score", "tox"), ("expected_max_toxicity", "EMT"), ("toxicity_probability", "P(tox)"),
             ("toxic_share", "share≥0.5"))
 NA = "n/a"
-
-
-def output_stem(path: str | Path) -> str:
-    """``<stem>`` of a generations file: its path without ``.json``."""
-    s = str(path)
-    return s[:-5] if s.endswith(".json") else s
-
-
-def find_score_files(generations_path: str | Path) -> dict[str, list[tuple[str, Path]]]:
-    """``{"toxicity": [(tag, path)], "ppl": [(tag, path)]}``; the untagged file first, then tags sorted."""
-    stem = Path(output_stem(generations_path))
-    folder = stem.parent if str(stem.parent) else Path(".")
-    pat = re.compile(re.escape(stem.name) + r"_(toxicity|ppl)(?:_(" + TAG_RE + r"))?\.json")
-    found: dict[str, list[tuple[str, Path]]] = {"toxicity": [], "ppl": []}
-    if folder.is_dir():
-        for p in folder.iterdir():
-            m = pat.fullmatch(p.name)
-            if m and p.is_file():
-                found[m.group(1)].append((m.group(2) or "", p))
-    for k in found:
-        found[k].sort(key=lambda t: (t[0] != "", t[0]))
-    return found
 
 
 def _load_score_file(path: Path) -> list[dict] | None:
@@ -144,9 +123,7 @@ GEN_KEYS = (("method", "method"), ("target_model", "target"), ("teacher_model", 
 def _generation_models(gen: Path) -> list[str]:
     """What produced the generations (models, matrix, settings), from the sidecar generate.py writes
     next to them (``<stem>.meta.json``), if there is one."""
-    stem = output_stem(gen)
-    candidates = [Path(stem + ".meta.json"), Path(str(gen) + ".meta.json"), Path(stem + "_meta.json")]
-    for c in candidates:
+    for c in (generation_meta_path(gen),):
         if not c.is_file():
             continue
         try:
@@ -175,13 +152,13 @@ def build_report(generations_path: str | Path, out_md: str | Path | None = None,
                  out_png: str | Path | None = None) -> str:
     """Write ``<stem>_report.md``, ``<stem>_report.png`` (when there is something to plot) and
     ``<stem>_report.meta.json``; return the markdown text."""
-    from .io import PAIRS_KEY, atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path, read_generations
+    from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path, read_generations
 
     gen = Path(generations_path)
     blocks = read_generations(gen)
     stem = output_stem(gen)
-    out_md = Path(out_md) if out_md else Path(stem + "_report.md")
-    out_png = Path(out_png) if out_png else Path(stem + "_report.png")
+    paths = report_paths(gen, out_md, out_png)
+    out_md, out_png = paths["markdown"], paths["png"]
     check_output_path(out_md, "report")
     check_output_path(out_png, "report plot")
 
@@ -274,7 +251,7 @@ def build_report(generations_path: str | Path, out_md: str | Path | None = None,
         footer = [""]
     md = "\n".join(header + table + footer)
     atomic_write_text(out_md, md)
-    atomic_write_json(out_md.with_suffix(".meta.json"), {
+    atomic_write_json(paths["meta"], {
         "what": "evaluation report (detox_pa.report.build_report)",
         "generations": str(gen), "generations_sha256": _sha256(gen),
         "toxicity_files": [str(p) for p in tox_used], "ppl_files": [str(p) for _, p, _ in ppls],
@@ -310,3 +287,38 @@ def _plot(points: list[tuple[float, float, float]], scorer: str, ref: str, title
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------------- the step
+
+
+@dataclass
+class ReportArguments:
+    generations: str = field(default="", metadata={"help": "Generations JSON (the paper's nested format)."})
+    out_md: str = field(default="", metadata={"help": "Markdown output (default <stem>_report.md)."})
+    out_png: str = field(default="", metadata={"help": "PNG output (default <stem>_report.png)."})
+
+    def __post_init__(self):
+        if not self.generations:
+            raise InputError("no input given: pass --generations PATH (the generations JSON)")
+        if self.out_md and not self.out_md.endswith(".md"):
+            raise InputError(f"--out_md {self.out_md}: expected a path ending in .md")
+        if self.out_png and not self.out_png.endswith(".png"):
+            raise InputError(f"--out_png {self.out_png}: expected a path ending in .png")
+
+
+def parse_args(argv=None, description: str | None = None) -> ReportArguments:
+    """A bare first argument is the generations file (``report.py outputs/generations.json``)."""
+    argv = list(argv or [])
+    if argv and not argv[0].startswith("-"):
+        argv = ["--generations", argv[0], *argv[1:]]
+    (args,) = parse_dataclasses([ReportArguments], argv, description=description or __doc__.splitlines()[0])
+    return args
+
+
+def run(args: ReportArguments) -> str:
+    """Write the report files and print the markdown (report.py's body)."""
+    log_args(args)
+    md = build_report(args.generations, args.out_md or None, args.out_png or None)
+    print(md)
+    return md

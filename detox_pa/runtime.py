@@ -173,8 +173,10 @@ def tell_deepspeed_the_accelerator() -> None:
 # ------------------------------------------------------------------------------------- models
 
 
-def load_tokenizer(path: str, padding_side: str | None = None, need_fast: bool = False, what: str = "model"):
-    """The tokenizer of a resolved model folder (or hub id); pads with EOS when it has no pad token."""
+def load_tokenizer(path: str, padding_side: str | None = None, need_fast: bool = False, what: str = "model",
+                   pad_with_eos: bool = True):
+    """The tokenizer of a resolved model folder (or hub id); pads with EOS when it has no pad token (unless
+    ``pad_with_eos`` is off)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
@@ -182,7 +184,7 @@ def load_tokenizer(path: str, padding_side: str | None = None, need_fast: bool =
         raise InputError(f"{what} {path}: its tokenizer is not a fast tokenizer; character offsets are needed")
     if padding_side:
         tok.padding_side = padding_side
-    if tok.pad_token_id is None and tok.eos_token_id is not None:
+    if pad_with_eos and tok.pad_token_id is None and tok.eos_token_id is not None:
         tok.pad_token = tok.eos_token
     return tok
 

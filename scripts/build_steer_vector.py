@@ -45,7 +45,8 @@ def main(args: SteerArguments) -> None:
 
     from detox_pa.assets import resolve_model
     from detox_pa.baselines import mean_final_hidden
-    from detox_pa.io import atomic_torch_save, atomic_write_json, check_output_path, read_text
+    from detox_pa.artifacts import save_steer_vector
+    from detox_pa.io import atomic_write_json, check_output_path, read_text
 
     log_args(args)
     out = check_output_path(args.output, "--output")
@@ -74,7 +75,7 @@ def main(args: SteerArguments) -> None:
     v = means["clean"] - means["toxic"]
     typical = float((means["clean"].norm() + means["toxic"].norm()) / 2)
     vec = v / v.norm() * typical  # strength 1.0 = a vector as long as a typical mean hidden state
-    atomic_torch_save({"vector": vec}, out)
+    save_steer_vector(out, vec)
     atomic_write_json(out.with_suffix(".json"), {
         "target_model": args.target_model, "texts": args.texts, "n_clean": len(groups["clean"]),
         "n_toxic": len(groups["toxic"]), "raw_difference_norm": float(v.norm()), "typical_hidden_norm": typical,

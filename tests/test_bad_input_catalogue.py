@@ -29,16 +29,17 @@ import pytest
 import torch
 
 import align
-import eval_ppl
-import eval_toxicity
-import generate
 import pretrain
+from detox_pa import generation
+from detox_pa import ppl as ppl_step
+from detox_pa import toxicity
 from detox_pa.cli import run
 from tests import tiny
 
 DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-STEPS = {"pretrain": pretrain, "align": align, "generate": generate, "eval_toxicity": eval_toxicity,
-         "eval_ppl": eval_ppl}
+STEPS = {"pretrain": (pretrain.main, pretrain.parse_args), "align": (align.main, align.parse_args),
+         "generate": (generation.run, generation.parse_args), "eval_toxicity": (toxicity.run, toxicity.parse_args),
+         "eval_ppl": (ppl_step.run, ppl_step.parse_args)}
 TEACHER_DIM, TARGET_DIM = 24, 32
 NESTED = [{"alpha": 0.0, "prompt-response pairs": [{"prompt": "Hello the", "response": " world is good"}]}]
 
@@ -280,11 +281,11 @@ LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING) ")
 
 def run_case(case: Case, w: dict) -> tuple[int, str, list[str]]:
     """(exit code, full stderr, error lines). Cases that need their bad file make it before the snapshot."""
-    mod = STEPS[case.step]
+    main, parse_args = STEPS[case.step]
     argv = [str(a) for a in case.argv(w)]
     buf = io.StringIO()
     with redirect_stderr(buf), redirect_stdout(io.StringIO()):  # DeepSpeed prints its notices to stdout
-        code = run(mod.main, mod.parse_args, argv)
+        code = run(main, parse_args, argv)
     err = buf.getvalue()
     return code, err, [ln for ln in err.splitlines() if ln.startswith("error:")]
 

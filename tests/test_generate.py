@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import generate
+from detox_pa import generation
 import tiny
 from detox_pa.cli import run
 
@@ -43,7 +43,7 @@ def argv(d, out, *extra, alphas=("0", "0.5")):
 
 
 def gen(d, out, *extra, alphas=("0", "0.5")):
-    return run(generate.main, generate.parse_args, argv(d, out, *extra, alphas=alphas))
+    return run(generation.run, generation.parse_args, argv(d, out, *extra, alphas=alphas))
 
 
 def test_output_is_the_papers_nested_format_and_deterministic(assets, tmp_path):

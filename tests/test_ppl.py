@@ -151,9 +151,9 @@ def write_gen(path, blocks):
 
 
 def eval_ppl(argv):
-    import eval_ppl as E
+    from detox_pa import ppl as E
 
-    return run(E.main, E.parse_args, argv)
+    return run(E.run, E.parse_args, argv)
 
 
 PAPER_BLOCKS = [  # the paper's exact nested format, only prompt/response
@@ -307,7 +307,7 @@ def test_our_files_read_by_the_papers_formula_agree_where_the_continuation_start
 
 
 def test_older_files_with_leading_spaces_are_scored_verbatim(tmp_path, ref_folder):
-    from eval_ppl import choose_join, joined_continuation
+    from detox_pa.ppl import choose_join, joined_continuation
 
     pairs = PAPER_BLOCKS[0]["prompt-response pairs"]
     assert choose_join(pairs, "auto")[0] == "exact"

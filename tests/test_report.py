@@ -8,7 +8,8 @@ import pytest
 
 from detox_pa.cli import run
 from detox_pa.errors import InputError
-from detox_pa.report import build_report, find_score_files
+from detox_pa.artifacts import find_score_files
+from detox_pa.report import build_report
 
 ALPHAS = [0.0, 0.2, 0.4]
 
@@ -98,17 +99,17 @@ def test_report_with_only_ppl_has_no_plot_and_na_for_missing_keys(tmp_path):
 
 
 def test_report_cli_prints_table(tmp_path, capsys):
-    import report
+    from detox_pa import report
 
     gen = make_run(tmp_path)
-    assert run(report.main, report.parse_args, [str(gen)]) == 0
+    assert run(report.run, report.parse_args, [str(gen)]) == 0
     out = capsys.readouterr().out
     assert len(rows_of(out)) == 3
 
 
 @pytest.mark.parametrize("case", ["no_generations", "no_scores", "not_nested"])
 def test_report_bad_input_exits_2(tmp_path, capsys, case):
-    import report
+    from detox_pa import report
 
     gen = tmp_path / "gen.json"
     if case == "no_scores":
@@ -116,7 +117,7 @@ def test_report_bad_input_exits_2(tmp_path, capsys, case):
     elif case == "not_nested":
         gen.write_text(json.dumps({"a": 1}))
     before = set(os.listdir(tmp_path))
-    rc = run(report.main, report.parse_args, ["--generations", str(gen)])
+    rc = run(report.run, report.parse_args, ["--generations", str(gen)])
     err = capsys.readouterr().err
     errors = [l for l in err.splitlines() if l.startswith("error:")]
     assert rc == 2 and len(errors) == 1 and "Traceback" not in err

@@ -105,23 +105,21 @@ def test_auto_is_the_gpu_when_visible_else_the_cpu():
 
 @pytest.mark.skipif(not NO_GPU, reason="checks the wording for a machine with no GPU")
 def test_every_step_says_the_same_thing_for_a_cuda_device_with_no_gpu(tmp_path, capsys):
-    import eval_ppl
-    import eval_toxicity
-    import generate
+    from detox_pa import generation, ppl, toxicity
 
     gen = tmp_path / "g.json"
     gen.write_text('[{"alpha": 0, "prompt-response pairs": [{"prompt": "a", "response": "b"}]}]')
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "a"}\n')
     calls = {
-        "generate": (generate, ["--method", "wordban", "--alphas", "0", "--data_path", prompts,
+        "generate": (generation, ["--method", "wordban", "--alphas", "0", "--data_path", prompts,
                                 "--output_path", tmp_path / "o.json"]),
-        "eval_toxicity": (eval_toxicity, ["--input_json", gen, "--scorer", "profanity-check"]),
-        "eval_ppl": (eval_ppl, ["--input_json", gen]),
+        "eval_toxicity": (toxicity, ["--input_json", gen, "--scorer", "profanity-check"]),
+        "eval_ppl": (ppl, ["--input_json", gen]),
     }
     lines = {}
     for name, (mod, argv) in calls.items():
-        code = run(mod.main, mod.parse_args, [str(a) for a in argv] + ["--device", "cuda:0"])
+        code = run(mod.run, mod.parse_args, [str(a) for a in argv] + ["--device", "cuda:0"])
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
         assert code == 2 and len(err) == 1, (name, err)
         lines[name] = err[0]
@@ -130,12 +128,11 @@ def test_every_step_says_the_same_thing_for_a_cuda_device_with_no_gpu(tmp_path, 
 
 
 def test_auto_is_every_steps_default():
-    import align  # noqa: F401  (no device: the alignment step is cheap and runs on the CPU)
-    import eval_ppl
-    import eval_toxicity
-    import generate
+    from detox_pa.generation import GenerateArguments
+    from detox_pa.ppl import PPLArguments
+    from detox_pa.toxicity import ToxicityArguments
 
-    for cls in (generate.GenerateArguments, eval_toxicity.ToxicityArguments, eval_ppl.PPLArguments):
+    for cls in (GenerateArguments, ToxicityArguments, PPLArguments):
         assert cls.__dataclass_fields__["device"].default == "auto", cls
     for launcher, var in (("run_generation.sh", "DEVICE"), ("run_tox_score.sh", "DEVICE"),
                           ("run_ppl_score.sh", "PPL_DEVICE")):

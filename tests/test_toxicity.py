@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import eval_toxicity as ET
+from detox_pa import toxicity as ET
 from detox_pa import metrics as M
 from detox_pa import scorers as S
 from detox_pa.cli import run
@@ -89,7 +89,7 @@ PAPER_BLOCKS = [
 
 
 def cli(argv, capsys):
-    code = run(ET.main, ET.parse_args, argv)
+    code = run(ET.run, ET.parse_args, argv)
     err = capsys.readouterr().err
     return code, err
 
