@@ -1,6 +1,13 @@
-"""The alignment matrix A: carries teacher vectors into the target's embedding space.
+"""Step 2, the alignment matrix A: carries teacher vectors into the target's embedding space.
+``align.py`` parses :class:`AlignArguments` and calls :func:`run`, which writes A in the paper's format
+(:func:`detox_pa.artifacts.save_matrix`) with a sidecar of its models, vocabulary overlap and metrics.
 
-Trained as in the paper, on the embedding rows of the tokens both vocabularies share
+Two objectives. ``logits`` (the default recipe): the target's output layer must read ``h_teacher @ A`` the
+way the teacher's own output layer reads ``h_teacher``: least squares on the shared tokens' output rows
+(:func:`fit_logits_closed_form`), refined by KL on real teacher states (:func:`refine_kl`). ``contrastive``
+(the paper), below. Both record the *transmission* metric (:func:`transmission`) on held-out text.
+
+The contrastive objective is trained as in the paper, on the embedding rows of the tokens both vocabularies share
 (:mod:`detox_pa.vocab`): for a shared token with teacher row ``e_t`` and target row ``e_s``,
 the logits are dot products between ``e_t @ A`` and the target rows of
 ``[positive, n_negatives random other shared tokens]``, and the loss is cross-entropy with the
@@ -31,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import time
@@ -41,227 +47,17 @@ from typing import Sequence
 
 import torch
 
+from .artifacts import MATRIX_FILE, MATRIX_KEY, MATRIX_SIDECAR
+from .cli import args_to_dict, log_args, parse_dataclasses
+from .embeddings import SPACES, EmbeddingRef, find_embedding, load_embedding  # noqa: F401  (re-exported)
 from .errors import InputError
+from .io import check_output_dir
 
 log = logging.getLogger(__name__)
 
-SPACES = ("input", "output")
 INITS = ("random", "lstsq")
 METRICS = ("dot", "cosine")
 MIN_SHARED = 20  # fewer shared tokens than this is not a vocabulary overlap one can train a matrix on
-
-# Keys of the input embedding, as a dotted suffix (``model.embed_tokens.weight`` ends with ``embed_tokens.weight``)
-INPUT_KEYS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight",
-              "tok_embeddings.weight")
-# Keys of the output layer (lm_head); ``output.weight`` only as a whole key (``*.attention.output.weight`` is not one)
-OUTPUT_KEYS = ("lm_head.weight", "embed_out.weight")
-OUTPUT_EXACT = ("output.weight",)
-
-
-# ------------------------------------------------------------------------------ reading embeddings
-
-
-@dataclass
-class EmbeddingRef:
-    """Where one embedding matrix lives. ``source`` is ``safetensors``, ``bin`` or ``model``."""
-
-    model: str
-    space: str
-    source: str
-    file: str | None
-    key: str | None
-    shape: tuple[int, int] | None
-    tied: bool  # the output space was requested and the input embedding is used (tied weights)
-
-    def describe(self) -> dict:
-        return {"source": self.source, "file": self.file, "key": self.key,
-                "shape": list(self.shape) if self.shape else None, "tied": self.tied}
-
-
-def _read_config(folder: Path) -> dict:
-    try:
-        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return cfg if isinstance(cfg, dict) else {}
-
-
-def _config_value(cfg: dict, name: str):
-    if name in cfg:
-        return cfg[name]
-    text = cfg.get("text_config")
-    if isinstance(text, dict) and name in text:
-        return text[name]
-    return None
-
-
-def _matches(key: str, suffixes: Sequence[str], exact: Sequence[str] = ()) -> bool:
-    return key in exact or any(key == s or key.endswith("." + s) for s in suffixes)
-
-
-def _pick(shapes: dict[str, tuple], suffixes, exact, vocab_size, hidden_size) -> str | None:
-    cands = [k for k, s in shapes.items() if _matches(k, suffixes, exact) and len(s) == 2]
-    if hidden_size:
-        cands = [k for k in cands if shapes[k][1] == hidden_size] or cands
-    if not cands:
-        return None
-    # rows equal to the config's vocab size first, then the shortest key (the text model's own), then by name
-    return sorted(cands, key=lambda k: (shapes[k][0] != vocab_size, len(k), k))[0]
-
-
-def _wanted_from_index(index: Path, what: str) -> dict[str, Path]:
-    """The shard holding each embedding / output-layer tensor named by a Hugging Face weights index."""
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise InputError(f"{index}: not a valid {what} index (expected a 'weight_map' object): {e}") from None
-    return {k: index.parent / f for k, f in weight_map.items() if _matches(k, INPUT_KEYS + OUTPUT_KEYS, OUTPUT_EXACT)}
-
-
-def _safetensors_shapes(folder: Path) -> tuple[dict[str, tuple], dict[str, Path], list[Path]]:
-    """Tensor shapes and the file holding each tensor, from headers only."""
-    from safetensors import safe_open
-
-    shapes: dict[str, tuple] = {}
-    where: dict[str, Path] = {}
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        wanted = _wanted_from_index(index, "safetensors")
-        files = sorted(set(wanted.values()))
-        for f in files:
-            if not f.exists():
-                raise InputError(f"{index} names shard {f.name}, which is missing from {folder}")
-            with safe_open(str(f), "pt") as h:
-                for k in h.keys():
-                    if k in wanted:
-                        shapes[k] = tuple(h.get_slice(k).get_shape())
-                        where[k] = f
-        return shapes, where, [index]
-    files = sorted(folder.glob("*.safetensors"))
-    for f in files:
-        try:
-            with safe_open(str(f), "pt") as h:
-                for k in h.keys():
-                    shapes[k] = tuple(h.get_slice(k).get_shape())
-                    where[k] = f
-        except Exception as e:  # noqa: BLE001 - a corrupt header: one line naming the file
-            raise InputError(f"{f}: not a readable safetensors file ({' '.join(str(e).split())[:200]})") from None
-    return shapes, where, files
-
-
-def _bin_files(folder: Path) -> list[Path]:
-    index = folder / "pytorch_model.bin.index.json"
-    if index.exists():
-        return sorted(set(_wanted_from_index(index, "weights").values()))
-    return sorted(folder.glob("*.bin"))
-
-
-def _looked_for(space: str) -> str:
-    keys = [f"*{k}" for k in INPUT_KEYS]
-    if space == "output":
-        keys = [f"*{k}" for k in OUTPUT_KEYS] + list(OUTPUT_EXACT) + ["(tied) " + keys[0]] + keys[1:]
-    return ", ".join(keys)
-
-
-def find_embedding(model: str, space: str = "input", what: str = "model") -> EmbeddingRef:
-    """Locate the embedding matrix of ``model`` (a local folder or a hub id) without loading it.
-
-    Local folders: safetensors (one file, several, or sharded with ``model.safetensors.index.json``:
-    only the headers are read here, and later only the one tensor), else PyTorch ``*.bin`` files
-    (memory-mapped). A hub id (only where a network exists) falls back to loading the whole model.
-
-    ``space="output"`` is the output layer (``lm_head``), or the input embedding when the weights
-    are tied and the file holds no separate output layer. Raises :class:`InputError` when a local
-    folder holds no embedding tensor."""
-    if space not in SPACES:
-        raise InputError(f"embedding space must be one of {SPACES}, got {space!r}")
-    folder = Path(model)
-    if not folder.is_dir():  # a hub id: only a full model load can get it
-        return EmbeddingRef(model, space, "model", None, None, None, False)
-    cfg = _read_config(folder)
-    vocab_size = _config_value(cfg, "vocab_size")
-    hidden_size = _config_value(cfg, "hidden_size") or _config_value(cfg, "n_embd") or _config_value(cfg, "d_model")
-    tie_flag = _config_value(cfg, "tie_word_embeddings")
-    tie = True if tie_flag is None else bool(tie_flag)
-
-    def choose(shapes: dict[str, tuple]) -> tuple[str | None, bool]:
-        if space == "output":
-            k = _pick(shapes, OUTPUT_KEYS, OUTPUT_EXACT, vocab_size, hidden_size)
-            if k is not None:
-                return k, False
-            if not tie:
-                return None, False
-            return _pick(shapes, INPUT_KEYS, (), vocab_size, hidden_size), True
-        return _pick(shapes, INPUT_KEYS, (), vocab_size, hidden_size), False
-
-    shapes, where, files = _safetensors_shapes(folder)
-    if files:
-        key, tied = choose(shapes)
-        if key is None:
-            names = ", ".join(f.name for f in files[:4])
-            extra = (" (config.json says tie_word_embeddings=false, so the input embedding cannot stand in)"
-                     if space == "output" and not tie else "")
-            raise InputError(f"{what}: no {space} embedding tensor found in {folder}/{names}: looked for keys "
-                             f"{_looked_for(space)} among {len(shapes)} tensors{extra}")
-        return EmbeddingRef(model, space, "safetensors", str(where[key]), key, tuple(shapes[key]), tied)
-    bins = _bin_files(folder)
-    if bins:
-        return EmbeddingRef(model, space, "bin", str(bins[0]), None, None, False)
-    raise InputError(f"{what}: no embedding tensor found: folder {folder} holds no weights file "
-                     f"(looked for *.safetensors, model.safetensors.index.json, *.bin, pytorch_model.bin.index.json)")
-
-
-def load_embedding(ref: EmbeddingRef, what: str = "model") -> tuple[torch.Tensor, EmbeddingRef]:
-    """The float32 embedding matrix (vocab x hidden), and the reference completed with key and shape."""
-    if ref.source == "safetensors":
-        from safetensors import safe_open
-
-        with safe_open(ref.file, "pt") as h:
-            w = h.get_tensor(ref.key)
-        return w.float(), ref
-    if ref.source == "bin":
-        files = _bin_files(Path(ref.model))
-        state: dict[str, torch.Tensor] = {}
-        for f in files:
-            try:
-                part = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
-            except Exception:  # noqa: BLE001 - old (non-zip) format cannot be memory-mapped
-                part = torch.load(str(f), map_location="cpu", weights_only=True)
-            state.update({k: v for k, v in part.items() if _matches(k, INPUT_KEYS + OUTPUT_KEYS, OUTPUT_EXACT)})
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
-        cfg = _read_config(Path(ref.model))
-        vocab_size = _config_value(cfg, "vocab_size")
-        hidden = _config_value(cfg, "hidden_size") or _config_value(cfg, "n_embd")
-        tie_flag = _config_value(cfg, "tie_word_embeddings")
-        tied = False
-        key = None
-        if ref.space == "output":
-            key = _pick(shapes, OUTPUT_KEYS, OUTPUT_EXACT, vocab_size, hidden)
-            if key is None and (tie_flag is None or tie_flag):
-                key, tied = _pick(shapes, INPUT_KEYS, (), vocab_size, hidden), True
-        else:
-            key = _pick(shapes, INPUT_KEYS, (), vocab_size, hidden)
-        if key is None:
-            raise InputError(f"{what}: no {ref.space} embedding tensor found in {', '.join(f.name for f in files)}: "
-                             f"looked for keys {_looked_for(ref.space)}")
-        w = state[key].float().clone()
-        return w, EmbeddingRef(ref.model, ref.space, "bin", ref.file, key, tuple(w.shape), tied)
-    # last resort: load the whole model (a hub id, or weights in a format we do not read directly)
-    from transformers import AutoModelForCausalLM
-
-    log.info("%s: reading the %s embedding by loading the whole model %s", what, ref.space, ref.model)
-    model = AutoModelForCausalLM.from_pretrained(ref.model, dtype=torch.float32)
-    tied = False
-    if ref.space == "output" and model.get_output_embeddings() is not None:
-        w = model.get_output_embeddings().weight
-        tied = w.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-    else:
-        w = model.get_input_embeddings().weight
-        tied = ref.space == "output"
-    w = w.detach().float().clone()
-    del model
-    return w, EmbeddingRef(ref.model, ref.space, "model", None, "get_%s_embeddings()" % ref.space, tuple(w.shape), tied)
-
 
 # ------------------------------------------------------------------------------ split and metric
 
@@ -610,3 +406,272 @@ def teacher_states(model, tokenizer, texts: Sequence[str], max_states: int = 0, 
             break
     H = torch.cat(out) if out else torch.zeros(0, 0)
     return H[:max_states] if max_states else H
+
+
+# ------------------------------------------------------------------------------ the step
+
+
+@dataclass
+class AlignArguments:
+    model1_name: str = field(default="smollm2-135m", metadata={
+        "help": "Teacher: a local model folder or an alias (smollm2-135m, gemma-3-270m). "
+                "The pipeline passes the pretrained teacher (outputs/teacher)."})
+    model2_name: str = field(default="gemma-3-270m", metadata={"help": "Target: a local model folder or an alias."})
+    output_dir: str = field(default="outputs/alignment", metadata={
+        "help": f"Folder for {MATRIX_FILE} and {MATRIX_SIDECAR}; created if missing."})
+    batch_size: int = field(default=32, metadata={"help": "Training batch size (the paper: 32)."})
+    epochs: int = field(default=5, metadata={"help": "Training epochs (the paper: 5)."})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate (the paper: 1e-3)."})
+    n_negatives: int = field(default=10, metadata={"help": "Random negative tokens per positive (the paper: 10)."})
+    seed: int = field(default=42, metadata={"help": "Seed for the initialisation, permutations and negatives."})
+    temperature: float = field(default=1.0, metadata={"help": "Logits are divided by this (the paper: 1, none)."})
+    init: str = field(default="random", metadata={
+        "help": "random (the paper) or lstsq (closed-form least squares teacher->target rows).",
+        "choices": ["random", "lstsq"]})
+    objective: str = field(default="contrastive", metadata={
+        "help": "contrastive (the paper: embedding rows, positive vs random negatives) or logits (the fused "
+                "term reproduces the teacher's own next-token logits under the target's output layer: least "
+                "squares on the shared tokens' output rows, then refined on real teacher states by KL).",
+        "choices": ["contrastive", "logits"]})
+    embedding_space: str = field(default="auto", metadata={
+        "help": "input: input embedding rows (the paper); output: lm_head rows (the tied input embedding "
+                "when the model has no separate lm_head). auto: input for contrastive, output for logits.",
+        "choices": ["auto", "input", "output"]})
+    text_path: str = field(default="", metadata={
+        "help": "Text for the transmission metric (and the logits objective's refinement): a teacher-data "
+                "TSV/JSONL (prompt + completion) or .txt (one text a line); several files separated by commas "
+                "(e.g. the clean and the toxic teacher data). Empty: no transmission metric."})
+    text_rows: int = field(default=600, metadata={"help": "Use at most this many texts of each --text_path file."})
+    heldout_text_share: float = field(default=0.2, metadata={
+        "help": "Share of the texts (by hash) held out: the transmission metric is measured on them only."})
+    max_states: int = field(default=8000, metadata={"help": "At most this many teacher states to refine on."})
+    refine_steps: int = field(default=150, metadata={
+        "help": "logits objective: Adam steps of the KL refinement on teacher states (0 = closed form only)."})
+    refine_lr: float = field(default=1e-3, metadata={"help": "Learning rate of the KL refinement."})
+    ridge: float = field(default=0.0, metadata={"help": "logits objective: ridge term of the closed form."})
+    also_teacher: str = field(default="", metadata={
+        "help": "A second teacher with the same tokenizer and output layer (the anti-expert): its states "
+                "join the refinement and its transmission is reported too."})
+    heldout_share: float = field(default=0.05, metadata={
+        "help": "Share of the shared tokens held out for the retrieval metric (deterministic, by hash)."})
+    include_added: bool = field(default=True, metadata={
+        "help": "Keep non-special added tokens (e.g. Gemma's '\\n') in the shared vocabulary; specials are always dropped."})
+    threads: int = field(default=1, metadata={
+        "help": "Intra-op CPU threads for the training loop (its matrix products are small: 1 is fastest, "
+                "above all on a busy machine); 0 = torch's default."})
+    progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
+
+    def __post_init__(self):
+        for name in ("model1_name", "model2_name", "output_dir"):
+            if not str(getattr(self, name)).strip():
+                raise InputError(f"--{name} is empty")
+        if self.batch_size < 1:
+            raise InputError(f"--batch_size must be a positive integer, got {self.batch_size}")
+        if self.epochs < 1:
+            raise InputError(f"--epochs must be a positive integer, got {self.epochs}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"--lr must be a positive number, got {self.lr}")
+        if self.n_negatives < 1:
+            raise InputError(f"--n_negatives must be a positive integer, got {self.n_negatives}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise InputError(f"--temperature must be a positive number, got {self.temperature}")
+        if self.threads < 0:
+            raise InputError(f"--threads must be >= 0, got {self.threads}")
+        if not (0 < self.heldout_share <= 0.5):
+            raise InputError(f"--heldout_share must be in (0, 0.5], got {self.heldout_share}")
+        if not (0 < self.heldout_text_share < 1):
+            raise InputError(f"--heldout_text_share must be in (0, 1), got {self.heldout_text_share}")
+        for name in ("text_rows", "max_states", "refine_steps"):
+            if getattr(self, name) < 0:
+                raise InputError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.refine_lr) and self.refine_lr > 0):
+            raise InputError(f"--refine_lr must be a positive number, got {self.refine_lr}")
+        if not (math.isfinite(self.ridge) and self.ridge >= 0):
+            raise InputError(f"--ridge must be >= 0, got {self.ridge}")
+        if self.embedding_space == "auto":
+            self.embedding_space = "output" if self.objective == "logits" else "input"
+        if self.text_path:
+            read_texts(self.text_path, self.text_rows)  # a bad file stops here, before any model is read
+        check_output_dir(self.output_dir, "--output_dir")
+
+
+def read_texts(paths: str, rows: int = 0) -> list[str]:
+    """Texts for the transmission metric: prompt + completion of teacher-data files, or .txt lines; the first
+    ``rows`` (0 = all) of each of the comma-separated ``paths``."""
+    out: list[str] = []
+    for path in [p for p in paths.split(",") if p.strip()]:
+        out += _read_texts_one(path.strip())[: rows or None]
+    if len(out) < 2:
+        raise InputError(f"--text_path {paths}: needs at least 2 texts (one to fit on, one held out), found {len(out)}")
+    return out
+
+
+def _read_texts_one(path: str) -> list[str]:
+    from .completion import join_prompt_completion
+    from .io import read_teacher_data, read_text
+
+    if Path(path).suffix.lower() == ".txt":
+        texts = [ln.strip() for ln in read_text(path, "text file (--text_path)").splitlines() if ln.strip()]
+    else:
+        pairs, _ = read_teacher_data(path)
+        texts = [join_prompt_completion(p, c)[0] for p, c in pairs]
+    return texts
+
+
+def parse_args(argv=None, description: str | None = None) -> AlignArguments:
+    (args,) = parse_dataclasses([AlignArguments], argv, description=description or __doc__.split("\n\n")[0])
+    return args
+
+
+def _tokenizer(auto, path: str, what: str):
+    if not Path(path).is_dir():
+        log.warning("%s is not a local folder; trying it as a hub id", what)
+    try:
+        return auto.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        hint = "" if Path(path).is_dir() else " (not a local folder, and the hub could not provide it)"
+        raise InputError(f"{what}: cannot load its tokenizer{hint}: {str(e).splitlines()[0] if str(e) else e!r}") from None
+
+
+def teacher_text_states(args: AlignArguments, teacher_path: str, t_tok) -> dict:
+    """The teacher's (and --also_teacher's) final hidden states on the fit and held-out texts."""
+    from transformers import AutoModelForCausalLM
+
+    from .assets import resolve_model
+
+    texts = read_texts(args.text_path, args.text_rows)
+    fit_i, held_i = text_split(texts, args.heldout_text_share)
+    fit_t, held_t = [texts[i] for i in fit_i], [texts[i] for i in held_i]
+    who = {"teacher": teacher_path}
+    if args.also_teacher:
+        who["also_teacher"] = resolve_model(args.also_teacher, "--also_teacher")
+    fit_states, held = [], {}
+    for name, path in who.items():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        n_fit = args.max_states // len(who) if args.max_states else 0
+        if args.objective == "logits" and args.refine_steps > 0:
+            fit_states.append(teacher_states(model, t_tok, fit_t, n_fit))
+        held[name] = teacher_states(model, t_tok, held_t, 4000)
+        del model
+    return {"fit": torch.cat(fit_states) if fit_states else None, "heldout": held,
+            "n_fit": len(fit_t), "n_heldout": len(held_t)}
+
+
+def run(args: AlignArguments) -> dict:
+    """Fit A for ``args.objective``, measure it, and write the matrix and its sidecar (align.py's body)."""
+    from transformers import AutoTokenizer
+
+    from .artifacts import save_matrix
+    from .assets import describe_model, resolve_model
+    from .runtime import library_versions
+    from .vocab import shared_vocab
+
+    t0 = time.time()
+    log_args(args)
+    teacher = resolve_model(args.model1_name, "teacher (--model1_name)", need_tokenizer=True)
+    target = resolve_model(args.model2_name, "target (--model2_name)", need_tokenizer=True)
+    t_ref = find_embedding(teacher, args.embedding_space, f"teacher {args.model1_name}")
+    s_ref = find_embedding(target, args.embedding_space, f"target {args.model2_name}")
+
+    log.info("reading tokenizers")
+    t_tok = _tokenizer(AutoTokenizer, teacher, f"teacher (--model1_name) {args.model1_name}")
+    s_tok = _tokenizer(AutoTokenizer, target, f"target (--model2_name) {args.model2_name}")
+    sv = shared_vocab(t_tok, s_tok, include_added=args.include_added)
+
+    def within_rows(sv, rows_t: int | None, rows_s: int | None, always_check: bool):
+        """Drop shared tokens whose ids lie past an embedding's rows (they cannot be trained on); check the
+        sizes against --n_negatives and the held-out share when asked or when tokens were dropped."""
+        if rows_t is not None and rows_s is not None:
+            ok = (sv.teacher_ids < rows_t) & (sv.target_ids < rows_s)
+            if not bool(ok.all()):
+                log.warning("dropping %d shared tokens whose ids lie past the embedding rows", int((~ok).sum()))
+                sv, always_check = sv.subset(ok), True
+        if not always_check:
+            return sv
+        n_held = len(heldout_split(sv.keys, args.heldout_share)[1]) if sv.n_shared else 0
+        check_sizes(sv.n_shared, sv.n_shared - n_held, args.n_negatives, sv.teacher_vocab_size, sv.target_vocab_size)
+        return sv
+
+    # the rows known from the file headers first (before any tensor is read), the loaded ones after
+    sv = within_rows(sv, *((t_ref.shape[0], s_ref.shape[0]) if t_ref.shape and s_ref.shape else (None, None)), True)
+    log.info("shared vocabulary: %d tokens = %.1f%% of the teacher's %d, %.1f%% of the target's %d "
+             "(teacher %s, target %s)", sv.n_shared, 100 * sv.teacher_coverage, sv.teacher_vocab_size,
+             100 * sv.target_coverage, sv.target_vocab_size, sv.teacher_stats["family"], sv.target_stats["family"])
+
+    Wt, t_ref = load_embedding(t_ref, f"teacher {args.model1_name}")
+    Ws, s_ref = load_embedding(s_ref, f"target {args.model2_name}")
+    sv = within_rows(sv, Wt.shape[0], Ws.shape[0], False)
+    Et = Wt[sv.teacher_ids].contiguous()
+    Es = Ws[sv.target_ids].contiguous()
+    d_t, d_s = Wt.shape[1], Ws.shape[1]
+    rows_t, rows_s = Wt.shape[0], Ws.shape[0]
+    del Wt, Ws
+    log.info("embeddings: teacher %s (%d x %d, %s), target %s (%d x %d, %s)", t_ref.key, rows_t, d_t, t_ref.source,
+             s_ref.key, rows_s, d_s, s_ref.source)
+
+    cfg = TrainConfig(batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, n_negatives=args.n_negatives,
+                      temperature=args.temperature, init=args.init, seed=args.seed, threads=args.threads,
+                      progress=args.progress)
+    torch.manual_seed(args.seed)
+    if args.objective == "contrastive":
+        result = fit(Et, Es, sv.keys, cfg, args.heldout_share)
+    else:
+        result = AlignmentResult(fit_logits_closed_form(Et, Es, args.ridge), {"closed_form": "least squares "
+                                 "Es_out A^T ~ Et_out over the shared tokens", "ridge": args.ridge})
+    A = result.mapping
+    states = None
+    if args.objective == "logits" and not args.text_path:
+        log.warning("--objective logits without --text_path: closed form only (no KL refinement on teacher states, "
+                    "no transmission metric)")
+    if args.text_path:
+        # the metric compares output layers, whatever space A was trained in (one matrix for tied models)
+        Ot, Os = Et, Es
+        if args.embedding_space != "output":
+            Ot = load_embedding(find_embedding(teacher, "output", f"teacher {args.model1_name}"))[0][sv.teacher_ids]
+            Os = load_embedding(find_embedding(target, "output", f"target {args.model2_name}"))[0][sv.target_ids]
+        states = teacher_text_states(args, teacher, t_tok)
+        if args.objective == "logits" and args.refine_steps > 0:
+            t_ref0 = time.time()
+            A, losses = refine_kl(A, states["fit"], Ot, Os, args.refine_steps, args.refine_lr, seed=args.seed,
+                                  progress=args.progress)
+            result.report["refine"] = {"what": "Adam on KL(teacher || target output layer on h @ A) over the shared "
+                                       "tokens, on teacher states of the fit texts, from the closed form",
+                                       "steps": args.refine_steps, "lr": args.refine_lr, "batch": 256,
+                                       "states": int(states["fit"].shape[0]), "loss_per_tenth": losses,
+                                       "seconds": round(time.time() - t_ref0, 2)}
+        result.report["transmission"] = {
+            "what": "teacher's own logits vs the fused term's logits under the target's output layer, on the "
+                    "shared tokens, at every token of held-out texts (1, 1, 1, 0 = perfect; scale = std ratio)",
+            "text_path": args.text_path, "texts_fit": states["n_fit"], "texts_heldout": states["n_heldout"],
+            **{who: {norm: transmission(H, A, Ot, Os, norm) for norm in ("none", "layernorm")}
+               for who, H in states["heldout"].items()}}
+        for who in states["heldout"]:
+            m = result.report["transmission"][who]["none"]
+            log.info("transmission (%s, held-out text, %d states): top-1 %.3f, top-10 %.3f, pearson %.3f, KL %.3f",
+                     who, m["states"], m["top1"], m["top10"], m["pearson"], m["kl"])
+    assert A.shape == (d_t, d_s) and A.dtype == torch.float32
+
+    sidecar = {
+        "format": f"torch.load(path)[{MATRIX_KEY!r}] is a float32 tensor of shape (d_teacher, d_target); "
+                  f"fused vector = teacher hidden state @ {MATRIX_KEY}",
+        "teacher": {"name": args.model1_name, "path": teacher, "description": describe_model(args.model1_name),
+                    "dim": d_t, "vocab_size": sv.teacher_vocab_size, "embedding_rows": rows_t,
+                    "embedding": t_ref.describe(), "tokenizer_family": sv.teacher_stats["family"]},
+        "target": {"name": args.model2_name, "path": target, "description": describe_model(args.model2_name),
+                   "dim": d_s, "vocab_size": sv.target_vocab_size, "embedding_rows": rows_s,
+                   "embedding": s_ref.describe(), "tokenizer_family": sv.target_stats["family"]},
+        "shape": [d_t, d_s],
+        "dtype": "float32",
+        "embedding_space": args.embedding_space,
+        "init": args.init,
+        "objective": args.objective,
+        "seed": args.seed,
+        "vocab_overlap": sv.stats(),
+        "metrics": result.report,
+        "arguments": args_to_dict(args),
+        "versions": library_versions(("torch",)),
+        "wall_seconds": round(time.time() - t0, 3),
+    }
+    matrix, side = save_matrix(args.output_dir, A, sidecar)
+    log.info("wrote %s and %s (%.1f s)", matrix, side, time.time() - t0)
+    return {"artifact": MATRIX_FILE, **sidecar}

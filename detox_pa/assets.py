@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .artifacts import CHECKPOINT_GLOB, FINAL_TMP, TEACHER_SIDECAR
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ DEFAULT_TEACHER_BASE = "smollm2-135m"
 
 def _convert_gguf(spec: EmbeddedModel, dest: Path) -> None:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.time()
     log.info("converting embedded model '%s' from GGUF once into %s (takes about a minute)", spec.alias, dest)
@@ -130,13 +131,12 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("", "0")
 
 
-TEACHER_SIDECAR = "detox_pa_teacher.json"  # pretrain.py writes it last: a teacher folder without it is unfinished
 
 
 def check_model_folder(path: Path, what: str = "model", need_tokenizer: bool = True) -> None:
     if not path.is_dir():
         raise InputError(f"{what} {path} is not a folder")
-    unfinished = any(path.glob("checkpoint-*")) or (path / ".final.tmp").exists()
+    unfinished = any(path.glob(CHECKPOINT_GLOB)) or (path / FINAL_TMP).exists()
     if unfinished and not (path / TEACHER_SIDECAR).exists():
         raise InputError(f"{what} folder {path} holds an unfinished teacher training (checkpoint-* folders but no "
                          f"{TEACHER_SIDECAR}); finish it with RESUME=1 ./run_pretrain.sh")

@@ -219,22 +219,29 @@ def continuation_text(tokenizer, prompt_ids: list[int], new_ids: list[int]) -> s
 
 
 def generate_batch(target, tokenizer, prompts: list[str], gen_config, context_factory: Callable[[], Any],
-                   device: torch.device, extra_generate_kwargs: dict | None = None) -> tuple[list[str], list[int]]:
+                   device: torch.device, extra_generate_kwargs: dict | None = None, stop_ids: set[int] | None = None,
+                   eos_ids: set[int] | None = None) -> tuple[list[str], list[int], list[str]]:
+    """One ``generate()`` call on a left-padded batch, inside ``context_factory()`` (a method's hooks).
+    Each continuation is cut at its first stop token (default: pad or EOS) and decoded as the exact text it
+    adds after its prompt. Returns ``(texts, token counts, stop reasons)``: ``eos`` (an ``eos_ids`` token,
+    default the config's EOS), ``control`` (another stop token) or ``length``."""
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
     enc = {k: v.to(device) for k, v in enc.items()}
     P = enc["input_ids"].shape[1]
     with torch.no_grad(), context_factory():
         out = target.generate(**enc, generation_config=gen_config, **(extra_generate_kwargs or {}))
-    stop = set(x for x in [gen_config.pad_token_id] + list(_as_list(gen_config.eos_token_id)) if x is not None)
-    texts, counts = [], []
+    eos = set(_as_list(gen_config.eos_token_id)) - {None} if eos_ids is None else eos_ids
+    stop = ({gen_config.pad_token_id} - {None}) | eos if stop_ids is None else stop_ids
+    texts, counts, reasons = [], [], []
     for i in range(len(prompts)):
         prompt_ids = enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist()
         new = out[i, P:].tolist()
         cut = next((j for j, t in enumerate(new) if t in stop), len(new))
+        reasons.append("length" if cut == len(new) else "eos" if new[cut] in eos else "control")
         new = new[:cut]
         texts.append(continuation_text(tokenizer, prompt_ids, new))
         counts.append(len(new))
-    return texts, counts
+    return texts, counts, reasons
 
 
 def _as_list(x) -> list:
@@ -379,8 +386,8 @@ def run(args: GenerateArguments) -> list[dict] | None:
             seed = batch_seed(args.seed, a, k)
             torch.manual_seed(seed)
             t0 = time.time()
-            texts, counts = generate_batch(target, tok, [prompts[it.prompt_index] for it in batch], gen_config,
-                                           factory, device, extra)
+            texts, counts, _ = generate_batch(target, tok, [prompts[it.prompt_index] for it in batch], gen_config,
+                                              factory, device, extra)
             dt = time.time() - t0
             recs = [{"alpha": a, "batch": k, "batch_size": len(batch), "prompt_index": it.prompt_index,
                      "sample": it.sample, "prompt": prompts[it.prompt_index], "response": txt.strip(),

@@ -16,7 +16,7 @@ HIGHER means more diverse.
 from __future__ import annotations
 
 import math
-from typing import Callable, Hashable, Iterable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 

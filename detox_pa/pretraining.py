@@ -1,284 +1,480 @@
-"""Teacher training data: prompt -> completion pairs tokenised with an exact completion-only mask.
+"""Step 1, the teacher: the first N decoder layers of a causal LM, fine-tuned on prompt -> completion pairs
+with the loss on the completion only. ``pretrain.py`` parses :class:`Args` and calls :func:`train_teacher`.
 
-Each pair is joined into one text (``prompt + separator + completion``; the separator is added
-only when neither side has whitespace at the boundary, so the two are never glued together) and
-tokenised ONCE with the fast tokenizer's character offsets. The first trained token is the first
-non-special token whose end offset lies past the completion's first character; it and every
-token after it (a trailing EOS included) get labels, everything before it (BOS, if the tokenizer
-adds one, and all prompt tokens) gets ``-100``. This is exact whether or not the tokenizer adds
-BOS/EOS, unlike measuring the prompt length with a separate tokenisation (the paper's code
-trains on the last prompt token because its prompt length misses BOS).
+The loss is on completion tokens only (exact mask, see :mod:`detox_pa.completion`). Works for any
+Hugging Face causal LM (Llama, Mistral, Gemma-3, Qwen2, GPT-2, ...), in one CPU process, on GPUs
+with the `deepspeed` launcher, or with DeepSpeed on CPU. `run_pretrain.sh` picks the launch mode.
+
+Copy-paste (the embedded default, one CPU process, a few minutes on 2 cores):
+
+    python pretrain.py --model_name_or_path smollm2-135m --num_teacher_layers 3 \
+        --training_data_path data/teacher_data.tsv --output_dir outputs/teacher
+
+Reads: a base model (alias, local folder or hub id) and a WildJailbreak-style TSV (`vanilla`,
+`adversarial`, `completion`) or a JSONL file (`prompt`, `completion`).
+Writes into --output_dir: a normal Hugging Face folder (model + tokenizer) that
+`AutoModelForCausalLM.from_pretrained` loads with no custom class, `checkpoint-*` folders while
+training, and the sidecar `detox_pa_teacher.json` (base model, layers kept, data file and sha256,
+row and token counts, losses, time, tokens/s, arguments, seed, library versions), written last.
+
+Resume: `--resume_from_checkpoint last` (RESUME=1 in run_pretrain.sh) continues from the newest
+`checkpoint-*` in --output_dir, or give a checkpoint folder. An --output_dir that already holds a
+teacher or checkpoints is refused unless you resume or pass --overwrite_output_dir.
+
+DeepSpeed: `--deepspeed ds_config.json`. Without a launcher, pretrain.py sets RANK=0 LOCAL_RANK=0
+WORLD_SIZE=1 MASTER_ADDR/MASTER_PORT itself (else DeepSpeed asks for mpi4py), and adds --use_cpu
+when no GPU is visible.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import math
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
 
-import torch
+from transformers import TrainingArguments
 
+from .artifacts import CHECKPOINT_GLOB, FINAL_TMP, RUN_RECORD, TEACHER_SIDECAR
+from .cli import args_to_dict, log_args, parse_dataclasses
 from .errors import InputError
+from .io import json_error
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
-
-
-def unescape_separator(separator: str) -> str:
-    """Command lines can't easily carry a newline: accept ``\\n`` and ``\\t`` spelled out."""
-    return separator.replace("\\n", "\n").replace("\\t", "\t")
-
-
-def join_prompt_completion(prompt: str, completion: str, separator: str = " ") -> tuple[str, int]:
-    """``(text, completion_start)``: the separator goes between the two only when the prompt
-    does not end with whitespace and the completion does not start with whitespace."""
-    if not separator:
-        raise ValueError("separator must not be empty (prompt and completion are never glued together)")
-    need = bool(prompt) and bool(completion) and not prompt[-1].isspace() and not completion[0].isspace()
-    sep = separator if need else ""
-    return prompt + sep + completion, len(prompt) + len(sep)
-
-
-def completion_boundary(offsets: Sequence[Sequence[int]], special_mask: Sequence[int], completion_start: int) -> int:
-    """Index of the first token to train on: the first non-special token whose end offset is past
-    ``completion_start``. ``len(offsets)`` when there is none."""
-    for i, ((_, end), special) in enumerate(zip(offsets, special_mask)):
-        if not special and end > completion_start:
-            return i
-    return len(offsets)
-
-
-def truncate_example(ids: list[int], boundary: int, special_mask: Sequence[int], max_length: int) -> tuple[list[int], int]:
-    """Cut ``ids`` to ``max_length``. The whole prompt is kept and the completion's tail is cut,
-    unless that would leave the completion fewer than ``max_length // 2`` tokens: then the prompt
-    keeps its leading special tokens (BOS) and its tail. Returns ``(ids, new_boundary)``."""
-    if len(ids) <= max_length:
-        return ids, boundary
-    n_prompt, n_comp = boundary, len(ids) - boundary
-    keep_comp = min(n_comp, max(max_length - n_prompt, min(n_comp, max_length // 2)))
-    keep_prompt = max_length - keep_comp
-    lead = 0
-    while lead < n_prompt and special_mask[lead]:
-        lead += 1
-    lead = min(lead, keep_prompt)
-    tail = keep_prompt - lead
-    prompt_ids = ids[:lead] + (ids[boundary - tail:boundary] if tail > 0 else [])
-    return prompt_ids + ids[boundary:boundary + keep_comp], len(prompt_ids)
+RESUME_LAST = ("last", "true", "1", "yes")
+RESUME_NONE = ("", "false", "0", "no", "none")
 
 
 @dataclass
-class EncodeStats:
-    rows_in: int = 0
-    rows_used: int = 0
-    rows_truncated: int = 0
-    rows_dropped_no_completion_token: int = 0
-    tokens_total: int = 0
-    tokens_trained: int = 0
-    max_tokens: int = 0
+class ModelArguments:
+    model_name_or_path: str = field(default="smollm2-135m", metadata={
+        "help": "Base causal LM: an alias (smollm2-135m, gemma-3-270m), a local Hugging Face folder or a hub id."})
+    num_teacher_layers: int = field(default=3, metadata={"help": "Keep the first N decoder layers of the base."})
+    freeze_embeddings: bool = field(default=False, metadata={
+        "help": "Do not train the input token embeddings (when tied to the output layer, this freezes both)."})
+    freeze_lm_head: bool = field(default=False, metadata={
+        "help": "Do not train the output layer (when it is tied to the embeddings, this freezes both)."})
+    dtype: str = field(default="float32", metadata={
+        "help": "Weights dtype when loading (float32, bfloat16, float16, auto). Keep float32 and use --bf16 "
+                "for mixed precision."})
 
-    def as_dict(self) -> dict:
-        d = dict(vars(self))
-        d["mean_tokens"] = round(self.tokens_total / self.rows_used, 2) if self.rows_used else 0.0
-        return d
+    def __post_init__(self):
+        if isinstance(self.num_teacher_layers, bool) or self.num_teacher_layers < 1:
+            raise InputError(f"--num_teacher_layers must be at least 1, got {self.num_teacher_layers}")
+        from detox_pa.runtime import check_dtype_name
 
-
-def encode_pairs(tokenizer, pairs: Iterable[tuple[str, str]], *, separator: str = " ", max_length: int | None = None,
-                 append_eos: bool = False, batch_size: int = 512, progress: bool = True) -> tuple[list[dict], EncodeStats]:
-    """Tokenise pairs into ``{"input_ids", "labels"}`` examples (labels ``-100`` on the prompt)."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise InputError(f"tokenizer {type(tokenizer).__name__} is not a fast tokenizer; the completion mask needs "
-                         f"character offsets (return_offsets_mapping)")
-    if max_length is not None and max_length < 2:
-        raise InputError(f"max_length must be at least 2, got {max_length}")
-    eos = tokenizer.eos_token_id
-    if append_eos and eos is None:
-        raise InputError("append_eos is set but the tokenizer has no EOS token")
-    pairs = list(pairs)
-    stats = EncodeStats(rows_in=len(pairs))
-    examples: list[dict] = []
-    starts_texts = [join_prompt_completion(p, c, separator) for p, c in pairs]
-    bar = None
-    if progress:
-        from .runtime import progress as _bar
-
-        bar = _bar(len(pairs), "tokenising teacher data", "row")
-    for b in range(0, len(pairs), batch_size):
-        chunk = starts_texts[b:b + batch_size]
-        enc = tokenizer([t for t, _ in chunk], return_offsets_mapping=True, return_special_tokens_mask=True,
-                        add_special_tokens=True, truncation=False)
-        for (_, start), ids, offsets, special in zip(chunk, enc["input_ids"], enc["offset_mapping"],
-                                                     enc["special_tokens_mask"]):
-            ids, special = list(ids), list(special)
-            # position 0 is never predicted: a first token that already holds completion text is context
-            boundary = max(1, completion_boundary(offsets, special, start))
-            if boundary >= len(ids):
-                stats.rows_dropped_no_completion_token += 1
-                continue
-            if append_eos and ids[-1] != eos:
-                ids.append(eos)
-                special.append(1)
-            if max_length is not None and len(ids) > max_length:
-                ids, boundary = truncate_example(ids, boundary, special, max_length)
-                stats.rows_truncated += 1
-            if boundary >= len(ids):  # cannot happen with max_length >= 2; kept as a guard
-                stats.rows_dropped_no_completion_token += 1
-                continue
-            labels = [IGNORE_INDEX] * boundary + ids[boundary:]
-            examples.append({"input_ids": ids, "labels": labels})
-            stats.rows_used += 1
-            stats.tokens_total += len(ids)
-            stats.tokens_trained += len(ids) - boundary
-            stats.max_tokens = max(stats.max_tokens, len(ids))
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    return examples, stats
-
-
-class ExampleDataset(torch.utils.data.Dataset):
-    """A list of tokenised examples (dicts of int lists)."""
-
-    def __init__(self, examples: list[dict]):
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.examples[i]
+        self.dtype = check_dtype_name(self.dtype)
 
 
 @dataclass
-class CompletionCollator:
-    """Right-pads ``input_ids`` with ``pad_token_id`` and ``labels`` with ``-100``; adds the
-    attention mask."""
+class DataArguments:
+    training_data_path: str = field(default="data/teacher_data.tsv", metadata={
+        "help": "WildJailbreak-style TSV (vanilla, adversarial, completion) or JSONL (prompt, completion)."})
+    max_length: int = field(default=512, metadata={
+        "help": "Truncate prompt+completion to this many tokens (the completion keeps at least half)."})
+    separator: str = field(default=" ", metadata={
+        "help": "Put between prompt and completion when neither has whitespace at the boundary "
+                "(\\n and \\t may be spelled out)."})
+    append_eos: bool = field(default=False, metadata={"help": "Append the EOS token to every completion (trained)."})
+    probe_rows: int = field(default=64, metadata={
+        "help": "Measure the completion loss on the first K rows before and after training (0: off)."})
 
-    pad_token_id: int
-    pad_to_multiple_of: int | None = None
+    def __post_init__(self):
+        from .completion import unescape_separator
 
-    def __call__(self, features: list[dict]) -> dict:
-        longest = max(len(f["input_ids"]) for f in features)
-        if self.pad_to_multiple_of:
-            longest = int(math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of)
-        n = len(features)
-        input_ids = torch.full((n, longest), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((n, longest), IGNORE_INDEX, dtype=torch.long)
-        attention = torch.zeros((n, longest), dtype=torch.long)
-        for i, f in enumerate(features):
-            k = len(f["input_ids"])
-            input_ids[i, :k] = torch.tensor(f["input_ids"], dtype=torch.long)
-            labels[i, :k] = torch.tensor(f["labels"], dtype=torch.long)
-            attention[i, :k] = 1
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
-
-
-def pad_token_id_of(tokenizer) -> int:
-    """The pad id for the collator: the tokenizer's pad, else EOS, else 0 (pads are masked anyway)."""
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if tid is not None:
-            return int(tid)
-    return 0
-
-
-class CompletionLogits:
-    """Compute the output layer only at the positions that predict a completion token.
-
-    Inside ``with CompletionLogits(model, labels):`` a forward pre-hook on the model's output layer
-    (``get_output_embeddings()``) keeps only the hidden states at positions ``i`` with
-    ``labels[:, i + 1] != -100`` (row-major order), so ``logits`` come out as ``[1, N, vocab]``
-    instead of ``[batch, length, vocab]``. Anything applied after the output layer (logit
-    soft-capping, scaling) is element-wise and unaffected. On a 49k vocabulary with short prompts
-    this removes about half of the training cost. :meth:`loss` turns those logits into the
-    completion loss; if the hook did not fire (a model that projects without calling its output
-    module), it falls back to the full logits."""
-
-    def __init__(self, model, labels: torch.Tensor):
-        self.head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        self.labels = labels
-        self.targets_mask = labels[:, 1:] != IGNORE_INDEX
-        self.fired = False
-        self._handle = None
-
-    def _pre_hook(self, module, args, kwargs=None):
-        hidden = args[0]
-        if hidden.dim() != 3 or hidden.shape[:2] != self.labels.shape:
-            return None  # not the call we expect (e.g. logits_to_keep): leave it alone
-        self.fired = True
-        return (hidden[:, :-1][self.targets_mask.to(hidden.device)].unsqueeze(0),) + tuple(args[1:])
-
-    def __enter__(self):
-        if self.head is not None:
-            self._handle = self.head.register_forward_pre_hook(self._pre_hook)
-        return self
-
-    def __exit__(self, *exc):
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-
-    def loss(self, logits: torch.Tensor, num_items: torch.Tensor | int | None = None) -> torch.Tensor:
-        """Summed cross-entropy over completion tokens, divided by ``num_items`` (the Trainer's count
-        over the whole accumulated batch), else by this batch's count."""
-        mask = self.targets_mask.to(logits.device)
-        targets = self.labels[:, 1:].to(logits.device)[mask]
-        if not self.fired:
-            logits = logits[:, :-1][mask]
-        logits = logits.reshape(-1, logits.size(-1)).float()
-        total = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
-        if num_items is None:
-            num_items = targets.numel()
-        if torch.is_tensor(num_items):
-            num_items = num_items.to(total.device)
-        return total / num_items if targets.numel() else total * 0.0
+        p = Path(self.training_data_path)
+        if not p.exists():
+            raise InputError(f"training data file {p} does not exist (--training_data_path)")
+        if p.is_dir():
+            raise InputError(f"training data file {p} is a folder; expected a .tsv or .jsonl file")
+        if p.suffix.lower() not in (".tsv", ".tab", ".jsonl", ".json"):
+            raise InputError(f"training data file {p}: unknown format '{p.suffix}'; expected .tsv (WildJailbreak) "
+                             f"or .jsonl (prompt, completion)")
+        if self.max_length < 2:
+            raise InputError(f"--max_length must be at least 2, got {self.max_length}")
+        self.separator = unescape_separator(self.separator)
+        if not self.separator:
+            raise InputError("--separator must not be empty: prompt and completion are never glued together")
+        if self.probe_rows < 0:
+            raise InputError(f"--probe_rows must be >= 0, got {self.probe_rows}")
 
 
-def completion_trainer_class():
-    """A ``transformers.Trainer`` whose loss is computed from completion-position logits only
-    (see :class:`CompletionLogits`); gradient accumulation and multi-device scaling stay the
-    Trainer's own (via ``compute_loss_func`` and ``num_items_in_batch``)."""
-    from transformers import Trainer
+@dataclass
+class TeacherTrainingArguments(TrainingArguments):
+    """transformers' TrainingArguments with defaults for this step."""
 
-    class CompletionTrainer(Trainer):
-        def __init__(self, *args, **kwargs):
-            kwargs.setdefault("compute_loss_func", self._completion_loss)
-            super().__init__(*args, **kwargs)
-            self._cl: CompletionLogits | None = None
+    output_dir: str | None = field(default="outputs/teacher", metadata={
+        "help": "Where the teacher, its checkpoints and its sidecar are written."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Start over in an --output_dir that already holds a teacher or checkpoints (deletes the old "
+                "checkpoint-* folders)."})
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (the paper: 1e-5)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log the loss every N steps."})
+    logging_first_step: bool = field(default=True, metadata={"help": "Log the loss of the first step."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})
+    include_num_input_tokens_seen: str = field(default="non_padding", metadata={
+        "help": "Count tokens seen, for tokens/second: no, all or non_padding."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the dataset columns as they are."})
 
-        def _completion_loss(self, outputs, labels, num_items_in_batch=None):
-            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-            return self._cl.loss(logits, num_items_in_batch)
+    def __post_init__(self):
+        if self.deepspeed and isinstance(self.deepspeed, str):
+            ds = Path(self.deepspeed)
+            if not ds.is_file():
+                raise InputError(f"DeepSpeed config {ds} does not exist (--deepspeed)")
+            try:
+                json.loads(ds.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise InputError(f"DeepSpeed config {json_error(ds, e)}") from None
+        super().__post_init__()
+        import torch
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            self._cl = CompletionLogits(self.accelerator.unwrap_model(model), inputs["labels"])
-            with self._cl:
-                return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                            num_items_in_batch=num_items_in_batch)
-
-    return CompletionTrainer
+        if self.dataloader_pin_memory and not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning is a no-op without a GPU (and warns every epoch)
 
 
-@torch.no_grad()
-def completion_loss(model, examples: list[dict], collator: CompletionCollator, batch_size: int = 8) -> float:
-    """Token-weighted mean cross-entropy over the completion tokens of ``examples``."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
+@dataclass
+class Args:
+    model: ModelArguments
+    data: DataArguments
+    training: TeacherTrainingArguments
+
+
+def parse_args(argv: Sequence[str] | None = None, description: str | None = None) -> Args:
+    """The three argument groups; ``--deepspeed`` without a launcher gets the single-process set-up."""
+    from .cli import expand_config
+    from .runtime import deepspeed_single_process
+
+    argv = expand_config(sys.argv[1:] if argv is None else argv, (ModelArguments, DataArguments, TeacherTrainingArguments))
+    if any(a == "--deepspeed" or a.startswith("--deepspeed=") for a in argv):
+        argv = deepspeed_single_process(argv)
+    m, d, t = parse_dataclasses((ModelArguments, DataArguments, TeacherTrainingArguments), argv,
+                                description=description or __doc__.split("\n\n")[0])
+    return Args(m, d, t)
+
+
+# --------------------------------------------------------------------------------------- helpers
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return sorted(p for p in out.glob(CHECKPOINT_GLOB) if p.is_dir()) if out.is_dir() else []
+
+
+def _holds_teacher(out: Path) -> bool:
+    return (out / TEACHER_SIDECAR).exists() or (out / "config.json").exists()
+
+
+def _complete(ck: Path) -> bool:
+    """The Trainer writes trainer_state.json last in a checkpoint: without it the save was cut off."""
+    return (ck / "trainer_state.json").is_file()
+
+
+def _step_of(ck: Path) -> int:
     try:
-        for b in range(0, len(examples), batch_size):
-            batch = collator(examples[b:b + batch_size])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with CompletionLogits(model, batch["labels"]) as cl:
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                n = int(cl.targets_mask.sum())
-                total += float(cl.loss(logits, 1))
-            count += n
-    finally:
-        model.train(was_training)
-    return total / max(count, 1)
+        return int(ck.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def last_complete_checkpoint(out: Path, is_main: bool) -> Path | None:
+    """The newest checkpoint whose save finished. Newer, cut-off ones (a run killed while saving) are
+    removed so that the resumed run writes them again from scratch."""
+    found = sorted((ck for ck in _checkpoints(out) if _step_of(ck) >= 0), key=_step_of)
+    for ck in reversed(found):
+        if _complete(ck):
+            return ck
+        log.warning("checkpoint %s is incomplete (no trainer_state.json: the run was stopped while saving it); "
+                    "%s", ck, "removing it" if is_main else "skipping it")
+        if is_main:
+            shutil.rmtree(ck, ignore_errors=True)
+    return None
+
+
+# The arguments that define what a checkpoint is. Resuming with any of them changed would silently
+# train a different model, so it is refused. Step counts, logging and saving may change.
+RESUME_FIXED = {
+    "model": ("model_name_or_path", "num_teacher_layers", "freeze_embeddings", "freeze_lm_head", "dtype"),
+    "data": ("max_length", "separator", "append_eos"),
+    "training": ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+                 "lr_scheduler_type", "warmup_ratio", "warmup_steps", "optim", "per_device_train_batch_size",
+                 "gradient_accumulation_steps", "seed", "data_seed", "bf16", "fp16", "world_size"),
+}
+
+
+def run_fingerprint(args: Args, data_sha256: str) -> dict:
+    fp = {"training_data_sha256": data_sha256}
+    for group, keys in RESUME_FIXED.items():
+        obj = getattr(args, group)
+        for k in keys:
+            if hasattr(obj, k):
+                v = getattr(obj, k)
+                fp[k] = v if isinstance(v, (bool, int, float, str, type(None))) else str(v)
+    return fp
+
+
+def check_same_run(recorded: dict, now: dict, where: Path) -> None:
+    diff = [f"{k} {recorded[k]!r} (now {now.get(k)!r})" for k in sorted(recorded) if recorded[k] != now.get(k)]
+    if diff:
+        raise InputError(f"{where}: the checkpoints were trained with different arguments: {'; '.join(diff)}; "
+                         f"resume with the same ones, or start over with --overwrite_output_dir")
+
+
+def resolve_resume(t: TeacherTrainingArguments, out: Path, is_main: bool) -> Path | None:
+    """The checkpoint to resume from (or None), after checking --output_dir is safe to write."""
+    value = (t.resume_from_checkpoint or "").strip()
+    if value.lower() in RESUME_LAST:
+        last = last_complete_checkpoint(out, is_main)
+        if last is not None:
+            return last
+        if _holds_teacher(out) and not t.overwrite_output_dir:
+            raise InputError(f"output_dir {out} holds a finished teacher and no checkpoint-* folder to resume from; "
+                             f"pass --overwrite_output_dir to train again")
+        log.warning("resume requested but %s holds no complete checkpoint-* folder: starting from scratch", out)
+        return None
+    if value.lower() not in RESUME_NONE:
+        ck = Path(value)
+        if not ck.is_dir() or not _complete(ck):
+            raise InputError(f"checkpoint {ck} is not a complete Trainer checkpoint folder (no trainer_state.json) "
+                             f"(--resume_from_checkpoint)")
+        return ck
+    old = _checkpoints(out)
+    if (old or _holds_teacher(out)) and not t.overwrite_output_dir:
+        what = f"{len(old)} checkpoint folder(s)" if old else "a teacher"
+        raise InputError(f"output_dir {out} already holds {what}; resume with --resume_from_checkpoint last "
+                         f"(RESUME=1) or start over with --overwrite_output_dir")
+    if is_main and t.overwrite_output_dir:
+        for ck in old:
+            shutil.rmtree(ck, ignore_errors=True)
+        for name in (TEACHER_SIDECAR, RUN_RECORD):
+            (out / name).unlink(missing_ok=True)
+        if old:
+            log.info("--overwrite_output_dir: removed %d old checkpoint folder(s) in %s", len(old), out)
+    return None
+
+
+def check_or_record_run(args: Args, out: Path, resume: Path | None, data_sha256: str, is_main: bool) -> None:
+    """A fresh run records its defining arguments in --output_dir; a resumed run must match them."""
+    from .io import atomic_write_json, read_json
+
+    now = run_fingerprint(args, data_sha256)
+    if resume is not None:
+        for rec in (out / RUN_RECORD, resume.parent / RUN_RECORD):
+            if rec.is_file():
+                check_same_run(read_json(rec, "run record"), now, rec)
+                return
+        log.warning("no %s next to %s (made by an older version?): cannot check the resumed arguments",
+                    RUN_RECORD, resume)
+        return
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / RUN_RECORD, now)
+
+
+def freeze(model, embeddings: bool, lm_head: bool) -> dict:
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = emb is not None and head is not None and head.weight is emb.weight
+    if tied and embeddings != lm_head:
+        log.warning("the input embeddings and the output layer are tied (one matrix): freezing one freezes both")
+    if embeddings and emb is not None:
+        for p in emb.parameters():
+            p.requires_grad_(False)
+    if lm_head and head is not None:
+        for p in head.parameters():
+            p.requires_grad_(False)
+    return {"embeddings": bool(embeddings or (tied and lm_head)), "lm_head": bool(lm_head or (tied and embeddings)),
+            "tied": bool(tied)}
+
+
+def _zero_stage(t: TeacherTrainingArguments) -> int | None:
+    if not t.deepspeed:
+        return None
+    cfg = t.deepspeed if isinstance(t.deepspeed, dict) else json.loads(Path(t.deepspeed).read_text(encoding="utf-8"))
+    return int(cfg.get("zero_optimization", {}).get("stage", 0))
+
+
+def _r(x, nd: int = 4):
+    return "n/a" if x is None else f"{x:.{nd}f}"
+
+
+def _move_into(src: Path, dest: Path) -> None:
+    """Move the files of a finished save into ``dest`` one by one (each rename is atomic); remove
+    weight files of an older save that the new one does not have."""
+    names = {p.name for p in src.iterdir()}
+    for old in list(dest.glob("model*.safetensors*")) + list(dest.glob("pytorch_model*")):
+        if old.name not in names:
+            old.unlink()
+    for p in src.iterdir():
+        os.replace(p, dest / p.name)
+    src.rmdir()
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def train_teacher(args: Args) -> dict:
+    """Step 1 (pretrain.py's body): check the inputs, tokenise with the exact mask, train (resuming when
+    asked), save the teacher into place and write its sidecar last. Returns the sidecar."""
+    import torch
+    from transformers import AutoTokenizer, TrainerCallback, set_seed
+
+    from .assets import resolve_model
+    from .completion import (CompletionCollator, ExampleDataset, completion_loss, completion_trainer_class,
+                             encode_pairs, pad_token_id_of)
+    from .io import atomic_write_json, check_output_dir, read_teacher_data, sha256_file
+    from .runtime import library_versions, on_terminal, tell_deepspeed_the_accelerator
+    from .teacher import base_layer_count, check_layer_count, load_teacher_model, parameter_count
+
+    m, d, t = args.model, args.data, args.training
+    tell_deepspeed_the_accelerator()
+    log_args(m, d, t)
+    t_start = time.time()
+    is_main = t.process_index == 0
+
+    # ---- everything that can be wrong with the input is checked before any model is loaded
+    pairs, read_stats = read_teacher_data(d.training_data_path)
+    log.info("read %s: %d rows, %d pairs used, %d skipped (empty completion), %d skipped (empty prompt)",
+             d.training_data_path, read_stats["rows"], len(pairs), read_stats["skipped_empty_completion"],
+             read_stats["skipped_empty_prompt"])
+    base_path = resolve_model(m.model_name_or_path, "teacher base model (--model_name_or_path)")
+    total_layers = base_layer_count(base_path)
+    check_layer_count(total_layers, m.num_teacher_layers, f"{base_path}/config.json")
+    out = check_output_dir(t.output_dir, "--output_dir")
+    data_sha256 = sha256_file(d.training_data_path)
+    resume = resolve_resume(t, out, is_main)
+    check_or_record_run(args, out, resume, data_sha256, is_main)
+
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+        log.info("the tokenizer has no pad token: using EOS %r for padding (padded positions are masked)",
+                 tokenizer.eos_token)
+    examples, enc = encode_pairs(tokenizer, pairs, separator=d.separator, max_length=d.max_length,
+                                 append_eos=d.append_eos, progress=is_main)
+    log.info("tokenised %d pairs: %d used, %d truncated to %d tokens, %d dropped (no completion token); "
+             "%d tokens, %d of them trained; longest %d", enc.rows_in, enc.rows_used, enc.rows_truncated,
+             d.max_length, enc.rows_dropped_no_completion_token, enc.tokens_total, enc.tokens_trained, enc.max_tokens)
+    if not examples:
+        raise InputError(f"training data file {d.training_data_path}: no row has a completion token left after "
+                         f"tokenisation")
+
+    # ---- the model
+    set_seed(t.seed)
+    model = load_teacher_model(base_path, m.num_teacher_layers, m.dtype, name=m.model_name_or_path)
+    frozen = freeze(model, m.freeze_embeddings, m.freeze_lm_head)
+    n_params, n_train = parameter_count(model), parameter_count(model, trainable_only=True)
+    log.info("teacher: %d of %d layers of %s, %s parameters (%s trainable)", m.num_teacher_layers, total_layers,
+             m.model_name_or_path, f"{n_params:,}", f"{n_train:,}")
+    if n_train == 0:
+        raise InputError("nothing to train: every parameter is frozen")
+    if tokenizer.pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+    collator = CompletionCollator(pad_token_id_of(tokenizer), pad_to_multiple_of=8 if torch.cuda.is_available() else None)
+    probe = examples[: d.probe_rows]
+    zero3 = _zero_stage(t) == 3
+    probe_before = None
+    if probe and not zero3:
+        probe_before = completion_loss(model.to(t.device), probe, collator)
+        log.info("probe loss before training (%d rows): %.4f", len(probe), probe_before)
+
+    class Clock(TrainerCallback):
+        start_step = 0
+        tokens0 = 0
+        t0 = t1 = cpu0 = cpu1 = 0.0
+
+        def on_train_begin(self, a, state, control, **kw):
+            self.start_step, self.tokens0 = state.global_step, state.num_input_tokens_seen
+            self.t0, self.cpu0 = time.time(), time.process_time()
+
+        def on_step_end(self, a, state, control, **kw):
+            if state.global_step >= state.max_steps:
+                control.should_log = True  # log the last window's loss too
+            return control
+
+        def on_train_end(self, a, state, control, **kw):
+            self.t1, self.cpu1 = time.time(), time.process_time()
+
+    clock = Clock()
+    logs_to_file = not on_terminal()
+    if logs_to_file:
+        t.disable_tqdm = True  # a log file gets our rounded loss lines instead of the progress bar's redraws
+    trainer = completion_trainer_class()(model=model, args=t, train_dataset=ExampleDataset(examples), data_collator=collator,
+                                         processing_class=tokenizer, callbacks=[clock])
+    if logs_to_file:
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(LossLogger())
+    if resume:
+        log.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    state = trainer.state
+    wall = clock.t1 - clock.t0
+    tokens_run = state.num_input_tokens_seen - clock.tokens0
+    losses = [(h["step"], h["loss"]) for h in state.log_history if "loss" in h]
+    probe_after = None
+    if probe and not zero3:
+        probe_after = completion_loss(trainer.model, probe, collator)
+        log.info("probe loss after training (%d rows): %.4f (before: %.4f)", len(probe), probe_after, probe_before)
+
+    # ---- save: model + tokenizer into a temporary folder, then moved into place; the sidecar last
+    tmp = out / FINAL_TMP
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))  # all ranks (ZeRO-3 gathers); only the main process writes
+    report = {
+        "kind": "detox_pa teacher",
+        "base_model": m.model_name_or_path,
+        "base_model_path": base_path,
+        "base_layers": total_layers,
+        "layers_kept": m.num_teacher_layers,
+        "model_type": model.config.model_type,
+        "architectures": list(getattr(model.config, "architectures", None) or [type(model).__name__]),
+        "hidden_size": getattr(model.config.get_text_config(), "hidden_size", None),
+        "vocab_size": len(tokenizer),
+        "parameters": n_params,
+        "trainable_parameters": n_train,
+        "frozen": frozen,
+        "data": {"path": str(d.training_data_path), "sha256": data_sha256,
+                 "rows_read": read_stats["rows"], "rows_used": enc.rows_used,
+                 "skipped_empty_completion": read_stats["skipped_empty_completion"],
+                 "skipped_empty_prompt": read_stats["skipped_empty_prompt"],
+                 "rows_truncated": enc.rows_truncated,
+                 "rows_dropped_no_completion_token": enc.rows_dropped_no_completion_token,
+                 "separator": d.separator, "append_eos": d.append_eos, "max_length": d.max_length},
+        "tokens": {"total": enc.tokens_total, "trained": enc.tokens_trained, "longest_row": enc.max_tokens,
+                   "mean_per_row": enc.as_dict()["mean_tokens"], "seen_this_run": int(tokens_run),
+                   "seen_total": int(state.num_input_tokens_seen)},
+        "loss": {"first_logged": losses[0][1] if losses else None, "first_logged_step": losses[0][0] if losses else None,
+                 "last_logged": losses[-1][1] if losses else None, "last_logged_step": losses[-1][0] if losses else None,
+                 "train_mean_this_run": result.metrics.get("train_loss"),
+                 "probe_rows": len(probe), "probe_before": probe_before, "probe_after": probe_after,
+                 "probe_note": "token-weighted completion loss on the first probe_rows training rows; "
+                               "before = the untrained teacher"},
+        "training": {"global_step": state.global_step, "start_step": clock.start_step,
+                     "resumed_from": str(resume) if resume else None, "epochs": state.epoch, "train_wall_seconds": round(wall, 2),
+                     "train_cpu_seconds": round(clock.cpu1 - clock.cpu0, 2), "torch_threads": torch.get_num_threads(),
+                     "tokens_per_second": round(tokens_run / wall, 1) if wall > 0 else None,
+                     "total_wall_seconds": round(time.time() - t_start, 2), "world_size": t.world_size,
+                     "device": str(t.device), "deepspeed": bool(t.deepspeed), "zero_stage": _zero_stage(t),
+                     "bf16": t.bf16},
+        "seed": t.seed,
+        "arguments": args_to_dict(m, d, t),
+        "versions": library_versions(("torch", "transformers", "accelerate", "tokenizers", "deepspeed")),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if is_main:
+        _move_into(tmp, out)
+        atomic_write_json(out / TEACHER_SIDECAR, report)
+        log.info("teacher saved to %s (%s parameters); loss %s -> %s; %.1f s, %.0f tokens/s", out, f"{n_params:,}",
+                 _r(report["loss"]["first_logged"]), _r(report["loss"]["last_logged"]), wall,
+                 report["training"]["tokens_per_second"] or 0)
+    return report
 
 
 class LossLogger:

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import align
 from detox_pa import alignment
 from detox_pa.alignment import (TrainConfig, contrastive_loss_and_grad, epoch_candidates, find_embedding, fit,
                                 heldout_split, load_embedding, retrieval)
@@ -181,7 +180,7 @@ def _argv(folders, out, *extra):
 
 def test_align_main_writes_matrix_and_sidecar(folders, tmp_path):
     out = tmp_path / "align"
-    assert run(align.main, align.parse_args, _argv(folders, out, "--epochs", "2")) == 0
+    assert run(alignment.run, alignment.parse_args, _argv(folders, out, "--epochs", "2")) == 0
     A = torch.load(out / "mapping_model.pt")["mapping"]
     assert A.shape == (32, 48) and A.dtype == torch.float32 and torch.isfinite(A).all()
     assert set(torch.load(out / "mapping_model.pt")) == {"mapping"}
@@ -203,7 +202,7 @@ def test_align_main_writes_matrix_and_sidecar(folders, tmp_path):
 def test_same_seed_same_matrix_other_seed_other_matrix(folders, tmp_path):
     mats = []
     for name, seed in (("a", 42), ("b", 42), ("c", 7)):
-        assert run(align.main, align.parse_args,
+        assert run(alignment.run, alignment.parse_args,
                    _argv(folders, tmp_path / name, "--epochs", "1", "--seed", str(seed))) == 0
         mats.append(torch.load(tmp_path / name / "mapping_model.pt")["mapping"])
     assert torch.equal(mats[0], mats[1])
@@ -221,7 +220,7 @@ def test_same_seed_same_matrix_other_seed_other_matrix(folders, tmp_path):
 
 def test_output_space_init_lstsq_and_temperature(folders, tmp_path):
     out = tmp_path / "o"
-    assert run(align.main, align.parse_args, _argv(folders, out, "--epochs", "1", "--embedding_space", "output",
+    assert run(alignment.run, alignment.parse_args, _argv(folders, out, "--epochs", "1", "--embedding_space", "output",
                                                    "--init", "lstsq", "--temperature", "0.5")) == 0
     side = json.loads((out / "mapping_model.json").read_text())
     assert side["embedding_space"] == "output" and side["target"]["embedding"]["tied"] is True
@@ -278,7 +277,7 @@ def test_bad_input_gives_one_line_before_embeddings_load(folders, tmp_path, caps
     extra = make(tmp_path, folders)
     argv = _argv(folders, tmp_path / "out") + extra  # a repeated flag: the last value wins
     capsys.readouterr()  # drop what building the fixture printed
-    assert run(align.main, align.parse_args, argv) == 2
+    assert run(alignment.run, alignment.parse_args, argv) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     others = [line for line in err.splitlines() if line and not line.startswith("error: ") and not LOG_LINE.match(line)]
@@ -394,7 +393,7 @@ def rotated(tmp_path_factory):
 def test_align_logits_objective_transmits_where_contrastive_is_only_reported(rotated, tmp_path):
     base = ["--model1_name", str(rotated["teacher"]), "--model2_name", str(rotated["target"]), "--progress", "false",
             "--text_path", str(rotated["texts"])]
-    assert run(align.main, align.parse_args, base + ["--output_dir", str(tmp_path / "l"), "--objective", "logits",
+    assert run(alignment.run, alignment.parse_args, base + ["--output_dir", str(tmp_path / "l"), "--objective", "logits",
                                                      "--refine_steps", "20"]) == 0
     side = json.loads((tmp_path / "l" / "mapping_model.json").read_text())
     assert side["objective"] == "logits" and side["embedding_space"] == "output"
@@ -404,7 +403,7 @@ def test_align_logits_objective_transmits_where_contrastive_is_only_reported(rot
     assert m["top1"] >= 0.97 and m["top10"] >= 0.95 and m["pearson"] > 0.99 and m["kl"] < 0.01
     assert side["metrics"]["refine"]["steps"] == 20 and len(side["metrics"]["refine"]["loss_per_tenth"]) == 10
     # the paper's contrastive objective on the same pair: the same metric is recorded, whatever it gets
-    assert run(align.main, align.parse_args, base + ["--output_dir", str(tmp_path / "c"), "--epochs", "1"]) == 0
+    assert run(alignment.run, alignment.parse_args, base + ["--output_dir", str(tmp_path / "c"), "--epochs", "1"]) == 0
     side_c = json.loads((tmp_path / "c" / "mapping_model.json").read_text())
     assert side_c["objective"] == "contrastive" and side_c["embedding_space"] == "input"
     mc = side_c["metrics"]["transmission"]["teacher"]["none"]

@@ -28,8 +28,7 @@ from typing import Callable
 import pytest
 import torch
 
-import align
-import pretrain
+from detox_pa import alignment, pretraining
 from detox_pa import generation
 from detox_pa import ppl as ppl_step
 from detox_pa import toxicity
@@ -37,7 +36,7 @@ from detox_pa.cli import run
 from tests import tiny
 
 DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-STEPS = {"pretrain": (pretrain.main, pretrain.parse_args), "align": (align.main, align.parse_args),
+STEPS = {"pretrain": (pretraining.train_teacher, pretraining.parse_args), "align": (alignment.run, alignment.parse_args),
          "generate": (generation.run, generation.parse_args), "eval_toxicity": (toxicity.run, toxicity.parse_args),
          "eval_ppl": (ppl_step.run, ppl_step.parse_args)}
 TEACHER_DIM, TARGET_DIM = 24, 32

@@ -15,10 +15,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-import pretrain
+from detox_pa import pretraining
 from detox_pa.cli import run
 from detox_pa.io import sha256_file
-from detox_pa.pretraining import (IGNORE_INDEX, CompletionCollator, CompletionLogits, completion_boundary,
+from detox_pa.artifacts import TEACHER_SIDECAR
+from detox_pa.completion import (IGNORE_INDEX, CompletionCollator, CompletionLogits, completion_boundary,
                                   encode_pairs, join_prompt_completion)
 from tests.tiny import WORDS, make_model, make_model_folder, make_tokenizer
 
@@ -58,7 +59,7 @@ def work(tmp_path_factory):
 
 
 def cli(argv, capsys):
-    code = run(pretrain.main, pretrain.parse_args, [str(a) for a in argv])
+    code = run(pretraining.train_teacher, pretraining.parse_args, [str(a) for a in argv])
     err = capsys.readouterr().err
     return code, [line for line in err.splitlines() if line.startswith("error:")]
 
@@ -247,7 +248,7 @@ def test_loss_goes_down_and_a_loadable_teacher_is_saved(work, capsys, tmp_path):
     out = tmp_path / "teacher"
     code, errors = cli(train_argv(work, out, "--num_train_epochs", 3), capsys)
     assert code == 0, errors
-    side = json.loads((out / pretrain.SIDECAR).read_text())
+    side = json.loads((out / TEACHER_SIDECAR).read_text())
     loss = side["loss"]
     assert loss["probe_after"] < loss["probe_before"] - 0.5
     assert loss["last_logged"] < loss["first_logged"] and loss["first_logged_step"] == 1
@@ -283,7 +284,7 @@ def test_frozen_embeddings_and_head_do_not_change_jsonl_data(work, capsys, tmp_p
     teacher = AutoModelForCausalLM.from_pretrained(out)
     assert torch.equal(teacher.get_input_embeddings().weight, base.get_input_embeddings().weight)
     assert not torch.equal(teacher.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
-    side = json.loads((out / pretrain.SIDECAR).read_text())
+    side = json.loads((out / TEACHER_SIDECAR).read_text())
     assert side["frozen"] == {"embeddings": True, "lm_head": True, "tied": True}
     assert side["trainable_parameters"] == side["parameters"] - base.get_input_embeddings().weight.numel()
     assert side["data"]["sha256"] == sha256_file(jsonl) and side["data"]["skipped_empty_completion"] == 1
@@ -300,7 +301,7 @@ def test_resume_continues_from_the_checkpoint_step(work, capsys, tmp_path):
 
     code, errors = cli(train_argv(work, out, "--max_steps", 6, "--resume_from_checkpoint", "last"), capsys)
     assert code == 0, errors
-    side = json.loads((out / pretrain.SIDECAR).read_text())
+    side = json.loads((out / TEACHER_SIDECAR).read_text())
     assert side["training"]["resumed_from"].endswith("checkpoint-4")
     assert side["training"]["start_step"] == 4 and side["training"]["global_step"] == 6
     state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
@@ -335,7 +336,7 @@ def test_deepspeed_zero2_on_cpu_in_one_process(work, tmp_path):
     proc = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "checkpoint-2" / "global_step2").is_dir()  # a DeepSpeed checkpoint
-    side = json.loads((out / pretrain.SIDECAR).read_text())
+    side = json.loads((out / TEACHER_SIDECAR).read_text())
     assert side["training"]["deepspeed"] and side["training"]["zero_stage"] == 2
     assert side["training"]["global_step"] == 2
     teacher = AutoModelForCausalLM.from_pretrained(out)
@@ -445,11 +446,11 @@ def test_config_file_values_are_read_where_they_stand(work, tmp_path, capsys):
 
     (tmp_path / "c.json").write_text(json.dumps({"learning_rate": 0.02, "num_teacher_layers": 1, "freeze_embeddings": True}))
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"learning_rate": 0.03, "seed": 7}))
-    a = pretrain.parse_args([str(x) for x in train_argv(work, tmp_path / "o", "--config", tmp_path / "c.json")])
+    a = pretraining.parse_args([str(x) for x in train_argv(work, tmp_path / "o", "--config", tmp_path / "c.json")])
     assert a.training.learning_rate == 0.02 and a.model.num_teacher_layers == 1 and a.model.freeze_embeddings is True
-    b = pretrain.parse_args(["--config", str(tmp_path / "c.yaml")] + [str(x) for x in train_argv(work, tmp_path / "o")])
+    b = pretraining.parse_args(["--config", str(tmp_path / "c.yaml")] + [str(x) for x in train_argv(work, tmp_path / "o")])
     assert b.training.learning_rate == 5e-3 and b.training.seed == 0  # the flags after the file win
-    c = pretrain.parse_args([str(x) for x in train_argv(work, tmp_path / "o")] + [f"--config={tmp_path / 'c.yaml'}"])
+    c = pretraining.parse_args([str(x) for x in train_argv(work, tmp_path / "o")] + [f"--config={tmp_path / 'c.yaml'}"])
     assert c.training.learning_rate == 0.03 and c.training.seed == 7
     (tmp_path / "bad.json").write_text(json.dumps({"learning_rat": 1}))
     code, err = cli(train_argv(work, tmp_path / "o", "--config", tmp_path / "bad.json"), capsys)

@@ -1,10 +1,9 @@
-"""scripts/build_teacher_data.py on a tiny random model and a fake scorer (no real model, offline)."""
+"""The teacher-data builder (detox_pa/teacher_data.py, scripts/build_teacher_data.py) on a tiny random model and
+a fake scorer (no real model, offline)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,7 @@ from tests.tiny import make_model, make_tokenizer
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _load_builder():
-    spec = importlib.util.spec_from_file_location("build_teacher_data", REPO / "scripts" / "build_teacher_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-btd = _load_builder()
+from detox_pa import teacher_data as btd  # noqa: E402
 
 TOXIC_WORDS = {"stupid", "idiot", "hate", "kill", "damn", "dirty", "ugly", "nasty", "crap", "hell", "jerk",
                "loser", "trash", "fool"}
