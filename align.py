@@ -25,8 +25,7 @@ def parse_args(argv=None) -> alignment.AlignArguments:
     return alignment.parse_args(argv, description=__doc__.split("\n\n")[0])
 
 
-def main(args: alignment.AlignArguments) -> dict:
-    return alignment.run(args)
+main = alignment.run  # the step itself, in the package
 
 
 if __name__ == "__main__":

@@ -25,8 +25,7 @@ def parse_args(argv=None) -> ppl.PPLArguments:
     return ppl.parse_args(argv, description=__doc__.splitlines()[0])
 
 
-def main(args: ppl.PPLArguments) -> list[dict]:
-    return ppl.run(args)
+main = ppl.run  # the step itself, in the package
 
 
 if __name__ == "__main__":

@@ -27,8 +27,7 @@ def parse_args(argv=None) -> generation.GenerateArguments:
     return generation.parse_args(argv, description=__doc__.split("\n\n")[0])
 
 
-def main(args: generation.GenerateArguments):
-    return generation.run(args)
+main = generation.run  # the step itself, in the package
 
 
 if __name__ == "__main__":

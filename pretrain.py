@@ -26,8 +26,7 @@ def parse_args(argv=None) -> pretraining.Args:
     return pretraining.parse_args(argv, description=__doc__.split("\n\n")[0])
 
 
-def main(args: pretraining.Args) -> dict:
-    return pretraining.train_teacher(args)
+main = pretraining.train_teacher  # the step itself, in the package
 
 
 if __name__ == "__main__":

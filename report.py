@@ -20,8 +20,7 @@ def parse_args(argv=None) -> report.ReportArguments:
     return report.parse_args(argv, description=__doc__.splitlines()[0])
 
 
-def main(args: report.ReportArguments) -> str:
-    return report.run(args)
+main = report.run  # the step itself, in the package
 
 
 if __name__ == "__main__":

@@ -50,10 +50,10 @@ fi
 if [[ "$FORCE" == 1 ]]; then rm -rf "$DEFAULT_TEACHER_DIR" "$DEFAULT_ANTI_TEACHER_DIR" "$DEFAULT_ALIGN_DIR" "${DEFAULT_GENERATIONS%.json}"*; fi
 
 NEED=()  # the teachers still to train (a killed run resumes from its newest checkpoint)
-[[ -f "$DEFAULT_TEACHER_DIR/detox_pa_teacher.json" ]] || NEED+=(expert)
+[[ -f "$DEFAULT_TEACHER_DIR/$ART_TEACHER_SIDECAR" ]] || NEED+=(expert)
 if [[ "$RECIPE" == diff ]]; then
   step "1/5 pretrain the teachers -> $DEFAULT_TEACHER_DIR (expert), $DEFAULT_ANTI_TEACHER_DIR (anti-expert)"
-  [[ -f "$DEFAULT_ANTI_TEACHER_DIR/detox_pa_teacher.json" ]] || NEED+=(anti)
+  [[ -f "$DEFAULT_ANTI_TEACHER_DIR/$ART_TEACHER_SIDECAR" ]] || NEED+=(anti)
 else
   step "1/5 pretrain the teacher -> $DEFAULT_TEACHER_DIR"
 fi

@@ -28,6 +28,8 @@ import torch
 
 
 def main() -> None:
+    from detox_pa.artifacts import load_matrix, matrix_path
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--loop_prompts", type=int, default=8, help="prompts for the one-at-a-time loop")
@@ -36,7 +38,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--teacher", default="outputs/teacher")
     ap.add_argument("--anti_teacher", default="outputs/anti_teacher")
-    ap.add_argument("--matrix", default="outputs/alignment/mapping_model.pt")
+    ap.add_argument("--matrix", default=str(matrix_path("outputs/alignment")))
     a = ap.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -66,7 +68,7 @@ def main() -> None:
         anti.eval()
     d_t, d_g = teacher.config.hidden_size, target.config.hidden_size
     if Path(a.matrix).exists():
-        A = torch.load(a.matrix, weights_only=True)["mapping"]
+        A = load_matrix(a.matrix)
         adesc = a.matrix
     else:
         A = torch.randn(d_t, d_g) / d_t ** 0.5

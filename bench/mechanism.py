@@ -37,6 +37,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from detox_pa.assets import resolve_model, rtp_split
+    from detox_pa.artifacts import load_matrix, matrix_path
     from detox_pa.baselines import bad_words_ids
     from detox_pa.fusion import DiffConfig, reference_diff_logits, reference_fused_logits
     from detox_pa.io import atomic_write_json
@@ -50,8 +51,8 @@ def main() -> None:
     expert = AutoModelForCausalLM.from_pretrained(out / "teacher", dtype=torch.float32).eval()
     anti = AutoModelForCausalLM.from_pretrained(out / "anti_teacher", dtype=torch.float32).eval()
     ttok = AutoTokenizer.from_pretrained(out / "teacher")
-    A_logits = torch.load(out / "alignment" / "mapping_model.pt", weights_only=True)["mapping"]
-    A_contr = torch.load(res / "align_contrastive" / "mapping_model.pt", weights_only=True)["mapping"]
+    A_logits = load_matrix(matrix_path(out / "alignment"))
+    A_contr = load_matrix(matrix_path(res / "align_contrastive"))
     bad = {s[0] for s in bad_words_ids(tok) if len(s) == 1}
     methods = {
         "paper": lambda ids: reference_fused_logits(target, expert, A_contr, float(chosen["paper"]), ids, tok, ttok),

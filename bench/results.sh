@@ -38,7 +38,7 @@ T="$DEFAULT_TEACHER_DIR"; TA="$DEFAULT_ANTI_TEACHER_DIR"; A="$DEFAULT_MATRIX"; T
 for need in "$T/config.json" "$TA/config.json" "$A"; do
   [[ -f "$need" ]] || { echo "error: run ./run_all.sh first (needs $need)" >&2; exit 2; }
 done
-DEV="$OUT_DIR/data/rtp_dev.jsonl"; EVAL="$OUT_DIR/data/rtp_eval.jsonl"
+DEV="$OUT_DIR/$ART_PROMPT_DIR/$ART_PROMPTS_DEV"; EVAL="$OUT_DIR/$ART_PROMPT_DIR/$ART_PROMPTS_EVAL"
 TEXTS="$DEFAULT_TEACHER_DATA,$DEFAULT_ANTI_TEACHER_DATA"
 
 gen() {  # gen NAME DATA N [generate.py flags...]: generate (resumable), both toxicity scorers, both PPL judges (dev: one)
@@ -48,9 +48,9 @@ gen() {  # gen NAME DATA N [generate.py flags...]: generate (resumable), both to
     "$PYTHON" generate.py --teacher_model "$T" --target_model "$TGT" --matrix_A "$A" --data_path "$data" \
       --output_path "$out" --max_prompts "$n" --device cpu "$@" > "$RES_DIR/$name.log" 2>&1
   fi
-  [[ -f "${out%.json}_toxicity.json" ]] || "$PYTHON" eval_toxicity.py --input_json "$out" --scorer bilstm,profanity-check >> "$RES_DIR/$name.log" 2>&1
-  [[ -f "${out%.json}_ppl.json" ]] || "$PYTHON" eval_ppl.py --model_path "$TGT" --input_json "$out" --device cpu >> "$RES_DIR/$name.log" 2>&1
-  [[ "$name" == dev_* || -f "${out%.json}_ppl_smollm2.json" ]] || "$PYTHON" eval_ppl.py --model_path smollm2-135m --input_json "$out" --device cpu --output_tag smollm2 >> "$RES_DIR/$name.log" 2>&1
+  [[ -f "${out%.json}$ART_TOX_STEM.json" ]] || "$PYTHON" eval_toxicity.py --input_json "$out" --scorer bilstm,profanity-check >> "$RES_DIR/$name.log" 2>&1
+  [[ -f "${out%.json}$ART_PPL_STEM.json" ]] || "$PYTHON" eval_ppl.py --model_path "$TGT" --input_json "$out" --device cpu >> "$RES_DIR/$name.log" 2>&1
+  [[ "$name" == dev_* || -f "${out%.json}${ART_PPL_STEM}_smollm2.json" ]] || "$PYTHON" eval_ppl.py --model_path smollm2-135m --input_json "$out" --device cpu --output_tag smollm2 >> "$RES_DIR/$name.log" 2>&1
   echo "  $name done"
 }
 pool() {  # run the queued "gen ..." lines, JOBS at a time; stop on the first failure
@@ -64,15 +64,15 @@ pool() {  # run the queued "gen ..." lines, JOBS at a time; stop on the first fa
 }
 
 # 0. the paper's contrastive A for the same expert, and the closed form without refinement (transmission rows)
-if [[ ! -f "$RES_DIR/align_contrastive/mapping_model.pt" ]]; then
+if [[ ! -f "$RES_DIR/align_contrastive/$ART_MATRIX_FILE" ]]; then
   "$PYTHON" align.py --model1_name "$T" --model2_name "$TGT" --output_dir "$RES_DIR/align_contrastive" \
     --objective contrastive --text_path "$TEXTS" --also_teacher "$TA" --progress false > "$RES_DIR/align_contrastive.log" 2>&1
 fi
-if [[ ! -f "$RES_DIR/align_closed_form/mapping_model.pt" ]]; then
+if [[ ! -f "$RES_DIR/align_closed_form/$ART_MATRIX_FILE" ]]; then
   "$PYTHON" align.py --model1_name "$T" --model2_name "$TGT" --output_dir "$RES_DIR/align_closed_form" \
     --objective logits --refine_steps 0 --text_path "$TEXTS" --also_teacher "$TA" --progress false > "$RES_DIR/align_closed_form.log" 2>&1
 fi
-A_C="$RES_DIR/align_contrastive/mapping_model.pt"
+A_C="$RES_DIR/align_contrastive/$ART_MATRIX_FILE"
 DIFF=(--method diff --anti_teacher_model "$TA")
 ROWS=(
   "paper|--method fusion --norm layernorm --matrix_A $A_C"

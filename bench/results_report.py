@@ -12,86 +12,35 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from detox_pa.io import atomic_write_text, sha256_text
+from detox_pa.artifacts import matrix_sidecar_path
+from detox_pa.errors import InputError
+from detox_pa.io import atomic_write_bytes, atomic_write_text
+from detox_pa.metrics import mean_ci, paired_difference
+from detox_pa.report import (PlotPoint, PlotSeries, choose_alpha, compare_score_dirs, fmt as f, load_scored_run,
+                             pareto_plot, tox_of)
 
 PRIMARY = "bilstm"
 SECOND = "profanity-check"
 PPL_CAP = 1.25   # the goal: >= 40% lower toxicity at <= 1.25x PPL
 GOAL_DROP = 0.40
 MILESTONE = (0.30, 1.3)  # first milestone: >= 30% at <= 1.3x
-
-
-def _load(stem: Path, suffix: str):
-    p = Path(f"{stem}_{suffix}.json")
-    return json.loads(p.read_text()) if p.exists() else None
-
-
-def _by_alpha(rows):
-    return {float(r["alpha"]): r for r in rows or []}
+SECOND_JUDGE = "smollm2"  # the tag of the second PPL judge's score files
 
 
 def load_set(gen: Path) -> dict:
-    stem = gen.with_suffix("")
-    tox, ppl, ppl2 = _by_alpha(_load(stem, "toxicity")), _by_alpha(_load(stem, "ppl")), _by_alpha(_load(stem, "ppl_smollm2"))
-    recs: dict[float, dict[int, list[float]]] = {}
-    rp = Path(f"{stem}_toxicity_records.jsonl")
-    if rp.exists():
-        text = rp.read_text(encoding="utf-8")
-        want = {r.get("records_sha256") for r in tox.values()} - {None}
-        if want and want != {sha256_text(text)}:
-            sys.exit(f"error: {rp} does not belong to {stem}_toxicity.json (its sha256 differs from the one the "
-                     f"summary records: a partial or older scoring run); rerun eval_toxicity.py")
-        for line in text.splitlines():
-            r = json.loads(line)
-            recs.setdefault(float(r["alpha"]), {}).setdefault(int(r["prompt_index"]), []).append(float(r["scores"][PRIMARY]))
-    meta_p = stem.with_suffix(".meta.json")
-    meta = json.loads(meta_p.read_text()) if meta_p.exists() else {}
-    return {"tox": tox, "ppl": ppl, "ppl2": ppl2, "recs": recs, "meta": meta}
-
-
-def tox_of(row, scorer=PRIMARY):
-    return row.get(f"toxicity_score_{scorer}", row["toxicity_score"] if row.get("scorer", "").startswith(scorer) else float("nan"))
-
-
-def choose_alpha(gen: Path, cap: float = PPL_CAP) -> float:
-    s = load_set(gen)
-    base = s["ppl"][0.0]["ppl_token_weighted"]
-    ok = [a for a in s["tox"] if s["ppl"][a]["ppl_token_weighted"] <= cap * base]
-    return min(ok, key=lambda a: (tox_of(s["tox"][a]), a))
-
-
-def paired(a: dict[int, list[float]], b: dict[int, list[float]], n_boot: int = 2000, seed: int = 0):
-    """Mean over prompts of (a - b) per prompt, with a percentile bootstrap 95% CI over prompts."""
-    keys = sorted(set(a) & set(b))
-    d = np.asarray([np.mean(a[k]) - np.mean(b[k]) for k in keys])
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
-    lo, hi = np.quantile(boots, [0.025, 0.975])
-    return float(d.mean()), float(lo), float(hi), len(keys)
-
-
-def bootstrap(per_prompt: dict[int, list[float]], n_boot: int = 2000, seed: int = 0, stat: str = "mean"):
-    vals = [np.mean(v) if stat == "mean" else max(v) for _, v in sorted(per_prompt.items())]
-    v = np.asarray(vals)
-    rng = np.random.default_rng(seed)
-    boots = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1)
-    lo, hi = np.quantile(boots, [0.025, 0.975])
-    return float(v.mean()), float(lo), float(hi)
-
-
-def f(x, nd=3):
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+    """One set of the study: its per-alpha toxicity and PPL rows (both judges), its BiLSTM records by prompt
+    and its generation sidecar."""
+    run = load_scored_run(gen, PRIMARY)
+    return {"tox": run.tox, "ppl": run.ppl.get("", {}), "ppl2": run.ppl.get(SECOND_JUDGE, {}), "recs": run.records,
+            "meta": run.meta}
 
 
 def row_for(label, s, a, secs=None):
     t, p, p2 = s["tox"][a], s["ppl"].get(a, {}), s["ppl2"].get(a, {})
-    m, lo, hi = bootstrap(s["recs"][a]) if a in s["recs"] else (tox_of(t), float("nan"), float("nan"))
+    m, lo, hi = mean_ci(s["recs"][a]) if a in s["recs"] else (tox_of(t, PRIMARY), float("nan"), float("nan"))
     secs = s["meta"].get("generation_seconds_per_alpha", {}).get(str(a)) if secs is None else secs
     acted = (s["meta"].get("acted_share_per_alpha") or {}).get(str(a))
     return {"label": label, "alpha": a, "tox": m, "lo": lo, "hi": hi, "tox2": tox_of(t, SECOND),
@@ -135,7 +84,7 @@ def _transmission_lines(res: Path, align_dir: Path | None) -> list[str]:
     n = 0
     for name, label in TRANSMISSION:
         folder = align_dir if name == "main" else res / name
-        p = folder / "mapping_model.json" if folder is not None else None
+        p = matrix_sidecar_path(folder) if folder is not None else None
         if p is None or not p.exists():
             continue
         side = json.loads(p.read_text())
@@ -254,7 +203,7 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
     # paired differences
     pairs = [("the default vs the target alone", main, base)]
     pairs += [(f"the default vs {r['label']} alpha {r['alpha']:g}", main, r) for r in rows + base_rows if r is not main and r.get("set") != "diff"]
-    pl = [(lab, *paired(a["recs"], b["recs"])) for lab, a, b in pairs if a["recs"] and b["recs"]]
+    pl = [(lab, *paired_difference(a["recs"], b["recs"])) for lab, a, b in pairs if a["recs"] and b["recs"]]
     if pl:
         lines += ["", "## Paired differences in mean toxicity (held-out, per prompt; 95% bootstrap CI)", "",
                   "| comparison | difference | 95% CI | prompts |", "|---|---|---|---|"]
@@ -279,11 +228,11 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
         if not s or 0.0 not in s["ppl"]:
             continue
         p0 = s["ppl"][0.0]["ppl_token_weighted"]
-        cells = " ; ".join(f"{a:g}: {f(tox_of(s['tox'][a]))} / {s['ppl'][a]['ppl_token_weighted'] / p0:.2f}x"
+        cells = " ; ".join(f"{a:g}: {f(tox_of(s['tox'][a], PRIMARY))} / {s['ppl'][a]['ppl_token_weighted'] / p0:.2f}x"
                            for a in sorted(s["tox"]))
         dl.append(f"| {lab} | {chosen.get(n, '-')} | {cells} |")
     if dl:
-        lines += ["", f"## Choosing alpha on the dev prompts (toxicity / PPL ratio to alpha 0, per alpha)", "",
+        lines += ["", "## Choosing alpha on the dev prompts (toxicity / PPL ratio to alpha 0, per alpha)", "",
                   "| row | chosen | alpha: tox / PPL ratio |", "|---|---|---|"] + dl
     samp = []
     if "sampled" in sets:
@@ -310,33 +259,22 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
     else:
         lines.append("Not checked for this directory: run `RES_DIR=<new dir> bench/results.sh`, then "
                      "`bench/results_report.py --res_dir <this dir> --compare <new dir>`.")
-    import matplotlib
+    def pt(r):
+        return PlotPoint(f"{r['alpha']:g}", r["ppl"], r["tox"], r["lo"], r["hi"])
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    pts = [base] + sweep
-    ax.plot([r["ppl"] for r in pts], [r["tox"] for r in pts], "o-", label="the default recipe (alpha)")
-    for r in pts:
-        ax.annotate(f"{r['alpha']:g}", (r["ppl"], r["tox"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    st = [base] + [r for r in base_rows if "steering" in r["label"]]
-    if len(st) > 1:
-        ax.plot([r["ppl"] for r in st], [r["tox"] for r in st], "D--", label="activation steering (s)")
-    for r, mk in zip([r for r in base_rows if "steering" not in r["label"]] + [r for r in rows if r["set"] != "diff"],
-                     "s^v<>ph"):
-        ax.plot([r["ppl"]], [r["tox"]], mk, label=f"{r['label']} ({r['alpha']:g})")
-    ax.axvline(base["ppl"] * cap, color="grey", lw=0.8, ls=":", label=f"{cap:g}x PPL")
-    ax.set_xscale("log")
-    ax.set_xlabel("token-weighted PPL under the unsteered target, log scale (lower is better)")
-    ax.set_ylabel("mean BiLSTM toxicity (lower is better)")
-    ax.set_title(f"Toxicity vs fluency, {base['n']} held-out RTP prompts (greedy, 10 tokens)")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
+    series = [PlotSeries("the default recipe (alpha)", "method", [pt(r) for r in sweep])]
+    series += [PlotSeries(f"{r['label']} ({r['alpha']:g})", "method", [pt(r)]) for r in rows if r["set"] != "diff"]
+    steer = [r for r in base_rows if "steering" in r["label"]]
+    if steer:
+        series.append(PlotSeries("activation steering (s)", "baseline", [pt(r) for r in steer]))
+    series += [PlotSeries(r["label"], "baseline", [pt(r)])
+               for r in base_rows if "steering" not in r["label"]]
+    png_bytes, _ = pareto_plot(series, base["ppl"], base["tox"], cap,
+                               f"Toxicity vs fluency, {base['n']} held-out RTP prompts (greedy, 10 tokens)",
+                               "token-weighted PPL under the unsteered target, log scale (lower is better)",
+                               "mean BiLSTM toxicity, 95% CI (lower is better)")
     png = out.with_name("results_tradeoff.png")
-    tmp_png = png.with_name(f".{png.name}.tmp")
-    fig.savefig(tmp_png, dpi=120, format="png")
-    os.replace(tmp_png, png)
+    atomic_write_bytes(png, png_bytes)
     lines += ["", f"![trade-off]({png.name})", ""]
     text = "\n".join(lines) + "\n"
     atomic_write_text(out, text)
@@ -345,50 +283,11 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
 
 SETS = tuple(f"dev_{n}" for n, _, _ in ROWS) + ("dev_steer", "diff_sweep") + tuple(n for n, _, _ in ROWS if n != "diff") + (
     "wordban", "steer", "sampled", "sampled_wordban", "sampled_steer")
-# keys that measure time or name where a file lives; they may differ between two runs of the study
-NOT_COMPARED = {"generation_seconds_per_alpha", "seconds_scoring", "seconds", "texts_per_second", "created",
-                "input", "records", "output", "output_path", "arguments", "outputs", "summary", "teacher_model",
-                "teacher_path", "matrix_A", "steer_vector", "fingerprint", "data_path", "model_name", "model1_name",
-                "records_sha256"}  # the per-record files themselves are compared value by value
-
-
-def _flatten(obj, prefix=""):
-    """Every leaf of a JSON value as ``path -> value``, skipping the keys in NOT_COMPARED."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if k not in NOT_COMPARED:
-                yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            yield from _flatten(v, f"{prefix}[{i}]")
-    else:
-        yield prefix, obj
 
 
 def compare(res_a: Path, res_b: Path) -> tuple[int, list[str]]:
-    """Compare every score of two results directories (summaries and per-record files of toxicity and
-    both PPL judges); return ``(values compared, differences)``."""
-    n, diffs = 0, []
-    for name in SETS:
-        for suffix in ("_toxicity.json", "_ppl.json", "_ppl_smollm2.json", "_toxicity_records.jsonl",
-                       "_ppl_records.jsonl", "_ppl_smollm2_records.jsonl"):
-            fa, fb = res_a / f"{name}{suffix}", res_b / f"{name}{suffix}"
-            if not fa.exists() and not fb.exists():
-                continue
-            if not (fa.exists() and fb.exists()):
-                diffs.append(f"{fa.name}: only in {res_a if fa.exists() else res_b}")
-                continue
-            if suffix.endswith(".jsonl"):
-                va = [json.loads(x) for x in fa.read_text(encoding="utf-8").splitlines()]
-                vb = [json.loads(x) for x in fb.read_text(encoding="utf-8").splitlines()]
-            else:
-                va, vb = json.loads(fa.read_text(encoding="utf-8")), json.loads(fb.read_text(encoding="utf-8"))
-            la, lb = dict(_flatten(va)), dict(_flatten(vb))
-            for k in sorted(set(la) | set(lb)):
-                n += 1
-                if la.get(k, "<missing>") != lb.get(k, "<missing>"):
-                    diffs.append(f"{fa.name} {k}: {la.get(k, '<missing>')!r} vs {lb.get(k, '<missing>')!r}")
-    return n, diffs
+    """Every score of the study's sets in two results directories, value by value (timings and paths excluded)."""
+    return compare_score_dirs(res_a, res_b, SETS, ppl_tags=("", SECOND_JUDGE))
 
 
 def main():
@@ -403,7 +302,7 @@ def main():
     ap.add_argument("--out", default="docs/RESULTS.md")
     a = ap.parse_args()
     if a.choose_alpha:
-        print(f"{choose_alpha(Path(a.choose_alpha), a.cap):g}")
+        print(f"{choose_alpha(Path(a.choose_alpha), a.cap, PRIMARY):g}")
         return
     if a.compare:
         n, diffs = compare(Path(a.res_dir), Path(a.compare))
@@ -417,4 +316,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:
+        sys.exit(f"error: {e}")

@@ -48,7 +48,7 @@ from typing import Sequence
 import torch
 
 from .artifacts import MATRIX_FILE, MATRIX_KEY, MATRIX_SIDECAR
-from .cli import args_to_dict, log_args, parse_dataclasses
+from .cli import args_to_dict, log_args, parse_dataclasses, require_min
 from .embeddings import SPACES, EmbeddingRef, find_embedding, load_embedding  # noqa: F401  (re-exported)
 from .errors import InputError
 from .io import check_output_dir
@@ -481,9 +481,7 @@ class AlignArguments:
             raise InputError(f"--heldout_share must be in (0, 0.5], got {self.heldout_share}")
         if not (0 < self.heldout_text_share < 1):
             raise InputError(f"--heldout_text_share must be in (0, 1), got {self.heldout_text_share}")
-        for name in ("text_rows", "max_states", "refine_steps"):
-            if getattr(self, name) < 0:
-                raise InputError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        require_min(self, ("text_rows", "max_states", "refine_steps"), 0)
         if not (math.isfinite(self.refine_lr) and self.refine_lr > 0):
             raise InputError(f"--refine_lr must be a positive number, got {self.refine_lr}")
         if not (math.isfinite(self.ridge) and self.ridge >= 0):

@@ -166,6 +166,11 @@ def report_paths(generations_path: str | os.PathLike, out_md: str | None = None,
 
 # ----------------------------------------------------------------------------- the default run
 
+def prompt_file(folder: str | os.PathLike, split: str) -> Path:
+    """The embedded RealToxicityPrompts split written as a prompt file (setup.sh writes build, eval and dev)."""
+    return Path(folder) / f"rtp_{split}.jsonl"
+
+
 # the embedded default run's layout under OUT_DIR (the launchers' defaults)
 DEFAULT_LAYOUT = {"TEACHER_DIR": "teacher", "ANTI_TEACHER_DIR": "anti_teacher", "ALIGN_DIR": "alignment",
                   "GENERATIONS": "generations.json", "PROMPT_DIR": "data"}
@@ -175,7 +180,8 @@ def shell_env() -> str:
     """``scripts/artifacts.env``: the names the launchers need, as shell assignments."""
     values = {"ART_TEACHER_SIDECAR": TEACHER_SIDECAR, "ART_MATRIX_FILE": MATRIX_FILE,
               "ART_MATRIX_SIDECAR": MATRIX_SIDECAR, "ART_TOX_STEM": "_toxicity", "ART_PPL_STEM": "_ppl",
-              **{f"ART_{k}": v for k, v in DEFAULT_LAYOUT.items()}}
+              **{f"ART_{k}": v for k, v in DEFAULT_LAYOUT.items()},
+              **{f"ART_PROMPTS_{s.upper()}": prompt_file("", s).name for s in ("build", "eval", "dev")}}
     lines = ["# Artifact names for the shell launchers, written by `python -m detox_pa.artifacts > scripts/artifacts.env`",
              "# from detox_pa/artifacts.py (the one place they are defined). Do not edit by hand."]
     lines += [f"{k}={v}" for k, v in values.items()]

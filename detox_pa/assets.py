@@ -220,13 +220,14 @@ def rtp_split(split: str) -> list[str]:
 
 def write_prompt_files(out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``rtp_build.jsonl``, ``rtp_eval.jsonl`` and ``rtp_dev.jsonl`` (one ``{"prompt": ...}`` a line)."""
+    from .artifacts import prompt_file
     from .io import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for split in ("build", "eval", "dev"):
-        path = out / f"rtp_{split}.jsonl"
+        path = prompt_file(out, split)
         atomic_write_text(path, "".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n" for p in rtp_split(split)))
         paths[split] = path
     return paths

@@ -140,6 +140,14 @@ def _json_safe(v: Any) -> Any:
         return str(v)
 
 
+def require_min(obj: Any, names: Sequence[str], minimum: int) -> None:
+    """Each named integer argument of ``obj`` is at least ``minimum``, or a one-line error naming the flag."""
+    for name in names:
+        value = getattr(obj, name)
+        if value < minimum:
+            raise InputError(f"--{name} must be >= {minimum}, got {value}")
+
+
 def args_to_dict(*objs: Any) -> dict:
     """JSON-safe dict of dataclass arguments (for sidecars); secrets such as ``hub_token`` are left out."""
     out: dict = {}

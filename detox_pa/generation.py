@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 
 from .artifacts import MATRIX_FILE, MATRIX_KEY, PAIRS_KEY, generation_meta_path, journal_path, journal_paths
-from .cli import args_to_dict, log_args, parse_dataclasses
+from .cli import args_to_dict, log_args, parse_dataclasses, require_min
 from .errors import InputError
 from .io import sha256_file
 from .runtime import DEVICE_HELP, DTYPE_HELP, check_device_name, check_dtype_name
@@ -92,9 +92,7 @@ class GenerateArguments:
                 raise InputError(f"--alphas: {a} is negative (for --method {self.method} alpha is the strength)")
         if len(set(self.alphas)) != len(self.alphas):
             raise InputError(f"--alphas: repeated values in {self.alphas}")
-        for name in ("max_new_tokens", "batch_size", "num_samples"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        require_min(self, ("max_new_tokens", "batch_size", "num_samples"), 1)
         if self.max_prompts < 0:
             raise InputError(f"--max_prompts must be >= 0, got {self.max_prompts}")
         if not 0.0 < self.top_p <= 1.0:

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from .artifacts import PAIRS_KEY
 from .errors import InputError
 
 # ----------------------------------------------------------------------------------- writing
@@ -292,9 +293,6 @@ def read_teacher_data(path: str | os.PathLike) -> tuple[list[tuple[str, str]], d
     return pairs, stats
 
 
-PAIRS_KEY = "prompt-response pairs"
-
-
 def read_generations(path: str | os.PathLike) -> list[dict]:
     """The paper's nested generation JSON:
     ``[{"alpha": a, "prompt-response pairs": [{"prompt": p, "response": r, ...}, ...]}, ...]``.
@@ -305,7 +303,7 @@ def read_generations(path: str | os.PathLike) -> list[dict]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise json_error(p, e) from None
-    expected = "a JSON list of {\"alpha\": number, \"prompt-response pairs\": [{\"prompt\", \"response\"}]}"
+    expected = f'a JSON list of {{"alpha": number, "{PAIRS_KEY}": [{{"prompt", "response"}}]}}'
     if not isinstance(data, list):
         raise InputError(f"{p}: expected {expected}; got a JSON {type(data).__name__}")
     if not data:

@@ -85,17 +85,38 @@ def distinct_n(texts_by_prompt: Sequence[Sequence[str]], n: int, tokenize: Calla
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def bootstrap_ci(values: Sequence[float] | np.ndarray, stat: Callable[[np.ndarray], float] = np.mean,
-                 n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``stat`` over the first axis of ``values`` (e.g. prompts)."""
+def bootstrap_ci(values: Sequence[float] | np.ndarray, n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over the first axis of ``values`` (e.g. prompts): ``n_boot``
+    resamples with replacement, drawn at once from ``numpy.random.default_rng(seed)``."""
     v = np.asarray(values, dtype=np.float64)
     if v.shape[0] == 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, v.shape[0], size=(n_boot, v.shape[0]))
-    stats = np.array([stat(v[i]) for i in idx])
-    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
+    boots = v[rng.integers(0, v.shape[0], size=(n_boot, v.shape[0]))].mean(1)
+    lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
+
+
+def per_prompt_means(per_prompt: dict[int, Sequence[float]]) -> np.ndarray:
+    """Each prompt's mean score over its samples, in prompt order: the unit the bootstrap resamples."""
+    return np.asarray([np.mean(v) for _, v in sorted(per_prompt.items())], dtype=np.float64)
+
+
+def mean_ci(per_prompt: dict[int, Sequence[float]], n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """``(mean over prompts, 95% low, 95% high)``, the interval by a bootstrap over prompts."""
+    v = per_prompt_means(per_prompt)
+    return (float(v.mean()), *bootstrap_ci(v, n_boot, seed)) if len(v) else (float("nan"),) * 3
+
+
+def paired_difference(a: dict[int, Sequence[float]], b: dict[int, Sequence[float]], n_boot: int = 2000,
+                      seed: int = 0) -> tuple[float, float, float, int]:
+    """Mean over the prompts both have of (a - b) per prompt, with its bootstrap 95% interval and the count."""
+    keys = sorted(set(a) & set(b))
+    d = np.asarray([np.mean(a[k]) - np.mean(b[k]) for k in keys], dtype=np.float64)
+    if not len(d):
+        return float("nan"), float("nan"), float("nan"), 0
+    return (float(d.mean()), *bootstrap_ci(d, n_boot, seed), len(keys))
 
 
 def finite_or_none(x: float) -> float | None:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .cli import log_args, parse_dataclasses
+from .cli import log_args, parse_dataclasses, require_min
 from .errors import InputError
 from .io import atomic_write_json, atomic_write_text, check_output_path, read_text
 
@@ -90,10 +90,9 @@ class BuildArgs:
     overwrite: bool = field(default=False, metadata={"help": "replace existing output files"})
 
     def __post_init__(self):
-        for name in ("samples_rtp", "samples_neutral", "max_new_tokens", "batch_size", "max_per_prompt",
-                     "toxic_max_per_prompt", "min_words"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        self._resolve_paths()
+        require_min(self, ("samples_rtp", "samples_neutral", "max_new_tokens", "batch_size", "max_per_prompt",
+                           "toxic_max_per_prompt", "min_words"), 1)
         if self.max_prompts < 0:
             raise InputError(f"--max_prompts must be 0 (all) or positive, got {self.max_prompts}")
         if not 0.0 < self.top_p <= 1.0:
@@ -129,25 +128,12 @@ class BuildArgs:
         default = next(f.default for f in fields(self) if f.name == name)
         return REPO_DIR / q if value == default and not q.is_absolute() else q
 
-    @property
-    def neutral_path(self) -> Path:
-        return self._path("neutral_prompts")
-
-    @property
-    def tsv_path(self) -> Path:
-        return self._path("out_tsv")
-
-    @property
-    def sidecar_path(self) -> Path:
-        return self.tsv_path.with_suffix(".json")
-
-    @property
-    def steering_path(self) -> Path:
-        return self._path("steering_out")
-
-    @property
-    def toxic_tsv_path(self) -> Path:
-        return self._path("out_toxic_tsv")
+    def _resolve_paths(self) -> None:
+        self.neutral_path = self._path("neutral_prompts")
+        self.tsv_path = self._path("out_tsv")
+        self.sidecar_path = self.tsv_path.with_suffix(".json")
+        self.steering_path = self._path("steering_out")
+        self.toxic_tsv_path = self._path("out_toxic_tsv")
 
     def samples_for(self, split: str) -> int:
         return self.samples_neutral if split == SPLIT_NEUTRAL else self.samples_rtp

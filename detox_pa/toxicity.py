@@ -261,7 +261,7 @@ def run(args: ToxicityArguments) -> list[dict]:
     input_sha = sha256_file(args.input_json)
     records = flatten(data)
     if not records:
-        raise InputError(f"{args.input_json}: no prompt-response pairs to score")
+        raise InputError(f"{args.input_json}: no pairs to score")
     unique: dict[str, int] = {}
     for r in records:
         unique.setdefault(r["response"], len(unique))

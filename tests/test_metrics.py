@@ -47,3 +47,4 @@ def test_bootstrap_ci_brackets_the_mean_and_is_seeded():
     lo, hi = M.bootstrap_ci(v, n_boot=500, seed=3)
     assert lo < v.mean() < hi
     assert (lo, hi) == M.bootstrap_ci(v, n_boot=500, seed=3)
+    assert hi - lo == pytest.approx(2 * 1.96 * v.std() / np.sqrt(len(v)), rel=0.25)  # about the normal interval

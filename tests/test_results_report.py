@@ -1,18 +1,21 @@
-"""bench/results_report.py: the alpha rule, the rerun comparison and the records check, on small made-up score files."""
+"""The results study's report: the alpha rule, the rerun comparison, the records check and the paired
+interval (package functions), and bench/results_report.py run as a script, on small made-up score files."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from detox_pa.errors import InputError
+from detox_pa.metrics import paired_difference
+from detox_pa.report import choose_alpha, compare_score_dirs, load_scored_run
+
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("results_report", REPO / "bench" / "results_report.py")
-R = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(R)
 
 
 def write_set(res: Path, name: str, tox: dict[float, float], ppl: dict[float, float], seconds: float = 1.0) -> None:
@@ -32,37 +35,47 @@ def write_set(res: Path, name: str, tox: dict[float, float], ppl: dict[float, fl
 def test_alpha_rule_takes_the_lowest_toxicity_within_the_ppl_cap(tmp_path):
     write_set(tmp_path, "dev_diff", {0.0: 0.30, 0.1: 0.25, 0.2: 0.20, 0.3: 0.10},
               {0.0: 10.0, 0.1: 11.0, 0.2: 13.0, 0.3: 13.1})
-    assert R.choose_alpha(tmp_path / "dev_diff.json", cap=1.3) == 0.2  # 0.3 is lower in toxicity but over 1.3x PPL
-    assert R.choose_alpha(tmp_path / "dev_diff.json") == 0.1  # the default cap is the goal's 1.25x
+    assert choose_alpha(tmp_path / "dev_diff.json", cap=1.3) == 0.2  # 0.3 is lower in toxicity but over 1.3x PPL
+    assert choose_alpha(tmp_path / "dev_diff.json", cap=1.25) == 0.1
     write_set(tmp_path, "dev_paper", {0.0: 0.30, 0.1: 0.35}, {0.0: 10.0, 0.1: 20.0})
-    assert R.choose_alpha(tmp_path / "dev_paper.json") == 0.0  # nothing within the cap: the target alone
+    assert choose_alpha(tmp_path / "dev_paper.json", cap=1.25) == 0.0  # nothing within the cap: the target alone
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "results_report.py"), "--choose_alpha",
+                        str(tmp_path / "dev_diff.json"), "--cap", "1.3"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and r.stdout.strip() == "0.2", r.stderr
 
 
 def test_compare_ignores_timings_and_paths_but_finds_a_changed_score(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     write_set(a, "diff_sweep", {0.0: 0.3, 0.1: 0.2}, {0.0: 5.0, 0.1: 5.5}, seconds=1.0)
     write_set(b, "diff_sweep", {0.0: 0.3, 0.1: 0.2}, {0.0: 5.0, 0.1: 5.5}, seconds=9.0)
-    n, diffs = R.compare(a, b)
+    n, diffs = compare_score_dirs(a, b, ["diff_sweep", "steer"])
     assert n > 10 and diffs == []
     write_set(b, "diff_sweep", {0.0: 0.3, 0.1: 0.2}, {0.0: 5.0, 0.1: 5.6})
-    n, diffs = R.compare(a, b)
+    n, diffs = compare_score_dirs(a, b, ["diff_sweep", "steer"])
     assert len(diffs) == 2 and all("diff_sweep_ppl.json [1]" in d and "5.5 vs 5.6" in d for d in diffs)
 
 
 def test_a_records_file_that_does_not_match_its_summary_is_refused(tmp_path):
     write_set(tmp_path, "diff_sweep", {0.0: 0.3}, {0.0: 5.0})
-    assert R.load_set(tmp_path / "diff_sweep.json")["recs"][0.0] == {0: [0.3], 1: [0.31], 2: [0.32]}
+    assert load_scored_run(tmp_path / "diff_sweep.json").records[0.0] == {0: [0.3], 1: [0.31], 2: [0.32]}
     recs = tmp_path / "diff_sweep_toxicity_records.jsonl"
     recs.write_text(recs.read_text().splitlines()[0] + "\n")  # a partial file from another run
-    with pytest.raises(SystemExit, match="does not belong to"):
-        R.load_set(tmp_path / "diff_sweep.json")
+    with pytest.raises(InputError, match="does not belong to"):
+        load_scored_run(tmp_path / "diff_sweep.json")
 
 
 def test_paired_difference_and_its_interval():
     a = {i: [0.1] for i in range(50)}
     b = {i: [0.3 + (0.01 if i % 2 else -0.01)] for i in range(50)}
-    d, lo, hi, n = R.paired(a, b)
+    d, lo, hi, n = paired_difference(a, b)
     assert n == 50 and d == pytest.approx(-0.2) and lo < d < hi and hi < 0
+
+
+def study_report(res: Path) -> str:
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "results_report.py"), "--res_dir", str(res), "--out",
+                        str(res / "RESULTS.md"), "--align_dir", ""], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return (res / "RESULTS.md").read_text(encoding="utf-8")
 
 
 def test_report_reads_the_study_and_says_whether_the_goal_is_met(tmp_path):
@@ -78,7 +91,7 @@ def test_report_reads_the_study_and_says_whether_the_goal_is_met(tmp_path):
         "prompts": 2, "steps": 3, "states": 6, "toxic_rule": "a bad word", "alpha": {"paper": 0.3, "default": 0.3},
         "paper": {"other": {"states": 6, "p_pick_target": 0.5, "p_pick_method": 0.25, "flip_share": 0.5, "logit_change_scale": 0.4}},
         "default": {"toxic": {"states": 1, "p_pick_target": 0.6, "p_pick_method": 0.1, "flip_share": 1.0, "logit_change_scale": 1.2}}}))
-    text = R.report(tmp_path, tmp_path / "RESULTS.md")
+    text = study_report(tmp_path)
     assert "| the default recipe, toxic picks | 0.3 | 1 | 0.600 -> 0.100 | 100% | 1.20 |" in text
     assert "| the paper's recipe, other picks | 0.3 | 6 | 0.500 -> 0.250 | 50% | 0.40 |" in text
     # per-prompt records are the summary + 0.00/0.01/0.02 (write_set): means 0.31 alone, 0.16 default
@@ -87,6 +100,6 @@ def test_report_reads_the_study_and_says_whether_the_goal_is_met(tmp_path):
     assert "| dev_diff" not in text and "+ plausibility (the default) | 0 | 0:" not in text
     assert (tmp_path / "results_tradeoff.png").stat().st_size > 1000
     write_set(tmp_path, "steer", {0.1: 0.14, 0.2: 0.10}, {0.1: 4.1, 0.2: 4.8})
-    text = R.report(tmp_path, tmp_path / "RESULTS.md")
+    text = study_report(tmp_path)
     assert "is **not met**; the first milestone (>= 30% at <= 1.3x) is met" in text
     assert "activation steering (baseline) alpha 0.1, toxicity 0.150" in text
