@@ -327,6 +327,7 @@ def _place_labels(ax, fig, items: list[tuple[str, float, float]]) -> list:
     box overlaps no label placed before it and no marker; returns the placed texts. Offsets further out
     get a thin leader line."""
     renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)  # labels stay inside the axes
     ring = [(6, 6), (6, -12), (-14, 6), (-14, -12), (10, 0), (-18, 0), (0, 10), (0, -14)]
     placed_boxes = []
     marker_boxes = []
@@ -344,7 +345,8 @@ def _place_labels(ax, fig, items: list[tuple[str, float, float]]) -> list:
                                   fontsize=7, ha="left", va="bottom",
                                   arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if scale > 1 else None)
                 box = ann.get_window_extent(renderer).expanded(1.05, 1.1)
-                if not any(box.overlaps(b) for b in placed_boxes + marker_boxes):
+                inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+                if inside and not any(box.overlaps(b) for b in placed_boxes + marker_boxes):
                     chosen = (ann, box)
                     break
                 ann.remove()
@@ -370,7 +372,7 @@ def pareto_plot(series: list[PlotSeries], ref_ppl: float | None, ref_tox: float 
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    fig = Figure(figsize=(7.2, 5.0), dpi=120)
+    fig = Figure(figsize=(9.6, 5.0), dpi=120)
     FigureCanvasAgg(fig)  # a renderer to measure the labels with
     ax = fig.add_subplot(1, 1, 1)
     ax.set_xscale("log")
@@ -419,7 +421,7 @@ def pareto_plot(series: list[PlotSeries], ref_ppl: float | None, ref_tox: float 
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=7, loc="best", framealpha=0.9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, framealpha=0.9)
     fig.tight_layout()
     fig.canvas.draw()
     items = [(pt.label, pt.ppl, pt.tox) for s in series for pt in s.points if pt.label]
