@@ -10,8 +10,10 @@
 #
 #   ./run_generation.sh <teacher_model_path> <target_model_path> <matrix_A_path> <device> <output_path> <data_path>
 #
-# Reads  a teacher (step 1), a target LLM, the alignment matrix (step 2) and a prompt file
-#        (JSONL {"prompt": ...}, RealToxicityPrompts {"prompt": {"text": ...}}, or .txt one a line).
+# Reads  a teacher (step 1), a target LLM, the alignment matrix (step 2) and the prompts: rtp:eval (the embedded
+#        held-out split, the default), a file (JSONL {"prompt": ...} or RealToxicityPrompts {"prompt": {"text": ...}},
+#        .txt one a line, .csv, .tsv, .parquet), a Dataset.save_to_disk folder, or a hub dataset id, e.g.
+#        DATA_PATH=allenai/real-toxicity-prompts PROMPT_FILTER=challenging=true MAX_PROMPTS=1000 (with a network).
 # Writes <output_path> in the paper's nested JSON, <output>.meta.json (models, arguments, timings),
 #        and, while running, <output_path>.journal.jsonl; rerunning the same command resumes from it.
 # With no arguments it uses the embedded default run's artifacts under $OUT_DIR (default outputs/).
@@ -49,7 +51,10 @@ GEN_TEMPERATURE=${GEN_TEMPERATURE:-1.0}  # sampling temperature (DO_SAMPLE=1)
 GEN_SEED=${GEN_SEED:-2025}      # each (alpha, batch) is seeded from it
 GEN_DTYPE=${GEN_DTYPE:-auto}    # auto = bf16 on a GPU (fp16 where it has no bf16), fp32 on the CPU
 NORM=${NORM:-layernorm}         # fusion: layernorm (paper) | rescale (to the norm of h_target) | none
-MAX_PROMPTS=${MAX_PROMPTS:-0}   # 0 = all prompts
+MAX_PROMPTS=${MAX_PROMPTS:-0}   # 0 = all prompts (counted after PROMPT_FILTER)
+PROMPT_FIELD=${PROMPT_FIELD:-auto}  # the prompt's field, dotted for nested ones (prompt.text for RealToxicityPrompts)
+PROMPT_SPLIT=${PROMPT_SPLIT:-train} # the split of a hub dataset id or a save_to_disk folder
+PROMPT_FILTER=${PROMPT_FILTER:-}    # keep rows where key=value, e.g. challenging=true (RTP's challenging subset)
 NPROC=${NPROC:-1}               # >1: torchrun over NPROC ranks (one per GPU)
 GEN_OVERWRITE=${GEN_OVERWRITE:-0}   # 1 = replace an existing <output_path> (and its journal)
 # ----------------------------------------------------------------------------------------------
@@ -59,7 +64,8 @@ FLAGS=(--teacher_model "$TEACHER_MODEL" --target_model "$TARGET_MODEL" --matrix_
        --device "$DEVICE" --output_path "$OUTPUT_PATH" --data_path "$DATA_PATH"
        --alphas $ALPHAS --max_new_tokens "$MAX_NEW_TOKENS" --batch_size "$GEN_BATCH_SIZE"
        --num_samples "$NUM_SAMPLES" --top_p "$TOP_P" --temperature "$GEN_TEMPERATURE" --seed "$GEN_SEED"
-       --dtype "$GEN_DTYPE" --norm "$NORM" --max_prompts "$MAX_PROMPTS" --method "$METHOD")
+       --dtype "$GEN_DTYPE" --norm "$NORM" --max_prompts "$MAX_PROMPTS" --method "$METHOD"
+       --prompt_field "$PROMPT_FIELD" --prompt_split "$PROMPT_SPLIT" --prompt_filter "$PROMPT_FILTER")
 case "$METHOD" in
   diff) FLAGS+=(--anti_teacher_model "$ANTI_TEACHER_MODEL" --diff_space "$DIFF_SPACE" --top_k "$TOP_K")
         [[ -n "$GATE" ]] && FLAGS+=(--gate "$GATE") ;;

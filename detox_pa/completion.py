@@ -85,71 +85,81 @@ class EncodeStats:
         return d
 
 
-def encode_pairs(tokenizer, pairs: Iterable[tuple[str, str]], *, separator: str = " ", max_length: int | None = None,
-                 append_eos: bool = False, batch_size: int = 512, progress: bool = True) -> tuple[list[dict], EncodeStats]:
-    """Tokenise pairs into ``{"input_ids", "labels"}`` examples (labels ``-100`` on the prompt)."""
+def _check_encoding(tokenizer, max_length: int | None, append_eos: bool) -> None:
     if not getattr(tokenizer, "is_fast", False):
         raise InputError(f"tokenizer {type(tokenizer).__name__} is not a fast tokenizer; the completion mask needs "
                          f"character offsets (return_offsets_mapping)")
     if max_length is not None and max_length < 2:
         raise InputError(f"max_length must be at least 2, got {max_length}")
-    eos = tokenizer.eos_token_id
-    if append_eos and eos is None:
+    if append_eos and tokenizer.eos_token_id is None:
         raise InputError("append_eos is set but the tokenizer has no EOS token")
-    pairs = list(pairs)
-    stats = EncodeStats(rows_in=len(pairs))
-    examples: list[dict] = []
-    starts_texts = [join_prompt_completion(p, c, separator) for p, c in pairs]
-    bar = None
-    if progress:
-        from .runtime import progress as _bar
 
-        bar = _bar(len(pairs), "tokenising teacher data", "row")
-    for b in range(0, len(pairs), batch_size):
-        chunk = starts_texts[b:b + batch_size]
-        enc = tokenizer([t for t, _ in chunk], return_offsets_mapping=True, return_special_tokens_mask=True,
-                        add_special_tokens=True, truncation=False)
-        for (_, start), ids, offsets, special in zip(chunk, enc["input_ids"], enc["offset_mapping"],
-                                                     enc["special_tokens_mask"]):
-            ids, special = list(ids), list(special)
-            # position 0 is never predicted: a first token that already holds completion text is context
-            boundary = max(1, completion_boundary(offsets, special, start))
-            if boundary >= len(ids):
-                stats.rows_dropped_no_completion_token += 1
-                continue
+
+def encode_batch(batch: dict[str, list], tokenizer, separator: str = " ", max_length: int | None = None,
+                 append_eos: bool = False) -> dict[str, list]:
+    """The ``Dataset.map`` function (batched): columns ``prompt`` and ``completion`` in; ``input_ids``, ``labels``
+    (``-100`` on the prompt), ``n_trained``, ``truncated`` and ``dropped`` (no completion token left: empty
+    ``input_ids``) out, one row per pair. One tokenisation with offsets per text (see the module docstring)."""
+    eos = tokenizer.eos_token_id
+    starts_texts = [join_prompt_completion(p, c, separator) for p, c in zip(batch["prompt"], batch["completion"])]
+    enc = tokenizer([t for t, _ in starts_texts], return_offsets_mapping=True, return_special_tokens_mask=True,
+                    add_special_tokens=True, truncation=False)
+    out: dict[str, list] = {"input_ids": [], "labels": [], "n_trained": [], "truncated": [], "dropped": []}
+    for (_, start), ids, offsets, special in zip(starts_texts, enc["input_ids"], enc["offset_mapping"],
+                                                 enc["special_tokens_mask"]):
+        ids, special = list(ids), list(special)
+        # position 0 is never predicted: a first token that already holds completion text is context
+        boundary = max(1, completion_boundary(offsets, special, start))
+        truncated = False
+        if boundary < len(ids):
             if append_eos and ids[-1] != eos:
                 ids.append(eos)
                 special.append(1)
             if max_length is not None and len(ids) > max_length:
                 ids, boundary = truncate_example(ids, boundary, special, max_length)
-                stats.rows_truncated += 1
-            if boundary >= len(ids):  # cannot happen with max_length >= 2; kept as a guard
-                stats.rows_dropped_no_completion_token += 1
-                continue
-            labels = [IGNORE_INDEX] * boundary + ids[boundary:]
-            examples.append({"input_ids": ids, "labels": labels})
-            stats.rows_used += 1
-            stats.tokens_total += len(ids)
-            stats.tokens_trained += len(ids) - boundary
-            stats.max_tokens = max(stats.max_tokens, len(ids))
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    return examples, stats
+                truncated = True
+        dropped = boundary >= len(ids)  # no completion token (the guard after truncation cannot fire at >= 2)
+        out["input_ids"].append([] if dropped else ids)
+        out["labels"].append([] if dropped else [IGNORE_INDEX] * boundary + ids[boundary:])
+        out["n_trained"].append(0 if dropped else len(ids) - boundary)
+        out["truncated"].append(truncated)
+        out["dropped"].append(dropped)
+    return out
 
 
-class ExampleDataset(torch.utils.data.Dataset):
-    """A list of tokenised examples (dicts of int lists)."""
+ENCODING_VERSION = 1  # part of the cache key of tokenised data: bump when encode_batch changes its output
 
-    def __init__(self, examples: list[dict]):
-        self.examples = examples
 
-    def __len__(self) -> int:
-        return len(self.examples)
+def encode_pairs(tokenizer, pairs: Iterable[tuple[str, str]], *, separator: str = " ", max_length: int | None = None,
+                 append_eos: bool = False, batch_size: int = 512, progress: bool = True,
+                 cache_file: str | None = None, fingerprint: str | None = None):
+    """Tokenise pairs with ``Dataset.map`` into a ``datasets.Dataset`` of ``{"input_ids", "labels"}`` rows (labels
+    ``-100`` on the prompt), rows with no completion token dropped, in the pairs' order; and the counts.
 
-    def __getitem__(self, i: int) -> dict:
-        return self.examples[i]
+    With ``cache_file`` (and the ``fingerprint`` of everything the result depends on), the tokenised data is
+    written there once and read back on later runs (a resumed or repeated training), as HF training scripts do."""
+    import datasets
+
+    from .data import _quiet_datasets
+
+    _check_encoding(tokenizer, max_length, append_eos)
+    _quiet_datasets()
+    pairs = list(pairs)
+    raw = datasets.Dataset.from_dict({"prompt": [p for p, _ in pairs], "completion": [c for _, c in pairs]})
+    kw = {"cache_file_name": cache_file, "new_fingerprint": fingerprint} if cache_file else {}
+    enc = raw.map(encode_batch, batched=True, batch_size=batch_size, remove_columns=["prompt", "completion"],
+                  fn_kwargs={"tokenizer": tokenizer, "separator": separator, "max_length": max_length,
+                             "append_eos": append_eos}, desc="tokenising teacher data" if progress else None, **kw)
+    dropped, truncated, n_trained = enc["dropped"], enc["truncated"], enc["n_trained"]
+    lengths = [len(x) for x in enc["input_ids"]]
+    keep = [i for i, d in enumerate(dropped) if not d]
+    stats = EncodeStats(rows_in=len(pairs), rows_used=len(keep), rows_truncated=sum(1 for i in keep if truncated[i]),
+                        rows_dropped_no_completion_token=len(pairs) - len(keep),
+                        tokens_total=sum(lengths[i] for i in keep), tokens_trained=sum(n_trained[i] for i in keep),
+                        max_tokens=max((lengths[i] for i in keep), default=0))
+    if len(keep) < len(enc):
+        enc = enc.select(keep)
+    return enc.select_columns(["input_ids", "labels"]), stats
 
 
 @dataclass
@@ -270,7 +280,7 @@ def completion_loss(model, examples: list[dict], collator: CompletionCollator, b
     total, count = 0.0, 0
     try:
         for b in range(0, len(examples), batch_size):
-            batch = collator(examples[b:b + batch_size])
+            batch = collator([examples[i] for i in range(b, min(b + batch_size, len(examples)))])
             batch = {k: v.to(device) for k, v in batch.items()}
             with CompletionLogits(model, batch["labels"]) as cl:
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

@@ -46,8 +46,17 @@ class GenerateArguments:
     target_model: str = field(default="gemma-3-270m", metadata={"help": "Target LLM: alias (gemma-3-270m), folder or hub id."})
     matrix_A: str = field(default=f"outputs/alignment/{MATRIX_FILE}", metadata={
         "help": f"Alignment matrix (step 2): torch.load(p)[{MATRIX_KEY!r}]."})
-    data_path: str = field(default="rtp:eval", metadata={"help": "Prompts: JSONL {prompt}, RTP {prompt: {text}}, .txt one a line, "
-                                                                    "or rtp:eval / rtp:dev / rtp:build (the embedded splits, read in place)."})
+    data_path: str = field(default="rtp:eval", metadata={
+        "help": "Prompts: rtp:eval / rtp:dev / rtp:build (the embedded splits, read in place), JSONL {prompt} or RTP "
+                "{prompt: {text}}, .txt one a line, .csv, .tsv, .parquet, a Dataset.save_to_disk folder, or a hub "
+                "dataset id such as allenai/real-toxicity-prompts (where a network exists)."})
+    prompt_field: str = field(default="auto", metadata={
+        "help": "The prompt's field, dotted for nested ones (prompt.text for RealToxicityPrompts); auto: prompt "
+                "(its text when it is a dict), text for .txt files."})
+    prompt_split: str = field(default="train", metadata={"help": "The split of a hub dataset or save_to_disk folder."})
+    prompt_filter: str = field(default="", metadata={
+        "help": "Keep only rows where key=value (comma-separated, all must hold; values read as JSON), e.g. "
+                "challenging=true for RealToxicityPrompts' challenging subset."})
     output_path: str = field(default="outputs/generations.json", metadata={"help": "Output JSON (the paper's nested format)."})
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
@@ -73,7 +82,7 @@ class GenerateArguments:
     gate: Optional[float] = field(default=None, metadata={"help": "For --method diff: act only where log p_anti(pick) - "
                                                                   "log p_expert(pick) >= this (nats; unset = always act)."})
     steer_vector: str = field(default="", metadata={"help": "For --method steer: a .pt file holding {'vector': [d_target]}."})
-    max_prompts: int = field(default=0, metadata={"help": "Use only the first N prompts (0 = all)."})
+    max_prompts: int = field(default=0, metadata={"help": "Use only the first N prompts (after the filter; 0 = all)."})
     device_map: str = field(default="", metadata={"help": "Place a large target across GPUs, e.g. 'auto' (needs accelerate)."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output (and its journal)."})
 
@@ -95,6 +104,9 @@ class GenerateArguments:
         require_min(self, ("max_new_tokens", "batch_size", "num_samples"), 1)
         if self.max_prompts < 0:
             raise InputError(f"--max_prompts must be >= 0, got {self.max_prompts}")
+        from .data import parse_filter
+
+        parse_filter(self.prompt_filter)
         if not 0.0 < self.top_p <= 1.0:
             raise InputError(f"--top_p must be in (0, 1], got {self.top_p}")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
@@ -283,11 +295,11 @@ def file_fingerprint(path: str) -> str:
 
 def run_fingerprint(args: GenerateArguments, target_path: str, prompts: list[str], method, method_inputs: dict) -> dict:
     """What defines the output: a journal written with another fingerprint is refused on resume."""
-    from .io import prompts_sha256
+    from .io import sha256_text
 
     return {
         "target_model": args.target_model, "target_files": file_fingerprint(target_path),
-        "data": prompts_sha256(args.data_path, prompts), "max_prompts": args.max_prompts, "method": args.method,
+        "data": sha256_text("\n".join(prompts)), "max_prompts": args.max_prompts, "method": args.method,
         **method_inputs, **method.fingerprint(),
         **{k: getattr(args, k) for k in ("alphas", "max_new_tokens", "batch_size", "num_samples", "do_sample",
                                          "seed", "dtype")},
@@ -333,7 +345,8 @@ def run(args: GenerateArguments) -> list[dict] | None:
     """Generate for every alpha (resuming from the journals), write the paper's JSON and its sidecar.
     Returns the nested result (None on ranks other than 0)."""
     from .assets import resolve_model
-    from .io import atomic_write_json, check_output_path, read_prompts
+    from .data import load_prompts
+    from .io import atomic_write_json, check_output_path
     from .methods import get_method
     from .runtime import (barrier, dist_rank_world, library_versions, progress, rank_device, resolve_device,
                           resolve_dtype)
@@ -342,9 +355,7 @@ def run(args: GenerateArguments) -> list[dict] | None:
     log_args(args)
     # ---- inputs first: nothing heavy is loaded (and nothing written) until all of them check out
     out_path = check_output_path(args.output_path, "--output_path")
-    prompts = read_prompts(args.data_path)
-    if args.max_prompts:
-        prompts = prompts[: args.max_prompts]
+    prompts = load_prompts(args.data_path, args.prompt_field, args.prompt_split, args.prompt_filter, args.max_prompts)
     device = rank_device(resolve_device(args.device), rank) if world > 1 else resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     target_path = resolve_model(args.target_model, "--target_model")

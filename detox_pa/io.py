@@ -125,13 +125,6 @@ def sha256_file(path: str | os.PathLike, limit: int | None = None) -> str:
     return h.hexdigest()
 
 
-def prompts_sha256(path: str | os.PathLike, prompts: list[str]) -> str:
-    """The fingerprint of a prompt source: the file's sha256, or for ``rtp:<split>`` that of its prompts."""
-    if str(path).startswith(EMBEDDED_PROMPTS):
-        return sha256_text("\n".join(prompts))
-    return sha256_file(path)
-
-
 def sha256_text(text: str) -> str:
     """The sha256 of ``text`` as UTF-8: the hash of the file ``atomic_write_text`` makes from it."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -275,6 +275,19 @@ def check_or_record_run(args: Args, out: Path, resume: Path | None, data_sha256:
         atomic_write_json(out / RUN_RECORD, now)
 
 
+def tokenised_fingerprint(data_sha256: str, base_path: str, d: DataArguments) -> str:
+    """The cache key of the tokenised teacher data: the data file, the tokenizer's files, the encoding options
+    and the encoder's version."""
+    import hashlib
+
+    from .completion import ENCODING_VERSION
+    from .generation import file_fingerprint
+
+    key = {"data": data_sha256, "tokenizer": file_fingerprint(base_path), "separator": d.separator,
+           "max_length": d.max_length, "append_eos": d.append_eos, "encoding": ENCODING_VERSION}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def freeze(model, embeddings: bool, lm_head: bool) -> dict:
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     tied = emb is not None and head is not None and head.weight is emb.weight
@@ -323,8 +336,8 @@ def train_teacher(args: Args) -> dict:
     from transformers import AutoTokenizer, TrainerCallback, set_seed
 
     from .assets import resolve_model
-    from .completion import (CompletionCollator, ExampleDataset, completion_loss, completion_trainer_class,
-                             encode_pairs, pad_token_id_of)
+    from .assets import cache_dir
+    from .completion import CompletionCollator, completion_loss, completion_trainer_class, encode_pairs, pad_token_id_of
     from .io import atomic_write_json, check_output_dir, read_teacher_data, sha256_file
     from .runtime import library_versions, on_terminal, tell_deepspeed_the_accelerator
     from .teacher import base_layer_count, check_layer_count, load_teacher_model, parameter_count
@@ -353,12 +366,17 @@ def train_teacher(args: Args) -> dict:
         tokenizer.pad_token = tokenizer.eos_token
         log.info("the tokenizer has no pad token: using EOS %r for padding (padded positions are masked)",
                  tokenizer.eos_token)
-    examples, enc = encode_pairs(tokenizer, pairs, separator=d.separator, max_length=d.max_length,
-                                 append_eos=d.append_eos, progress=is_main)
+    fingerprint = tokenised_fingerprint(data_sha256, base_path, d)
+    cache = cache_dir() / "tokenised" / f"{fingerprint}.arrow"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with t.main_process_first(desc="tokenising the teacher data"):  # one rank writes the cache, the others read it
+        examples, enc = encode_pairs(tokenizer, pairs, separator=d.separator, max_length=d.max_length,
+                                     append_eos=d.append_eos, progress=is_main, cache_file=str(cache),
+                                     fingerprint=fingerprint)
     log.info("tokenised %d pairs: %d used, %d truncated to %d tokens, %d dropped (no completion token); "
              "%d tokens, %d of them trained; longest %d", enc.rows_in, enc.rows_used, enc.rows_truncated,
              d.max_length, enc.rows_dropped_no_completion_token, enc.tokens_total, enc.tokens_trained, enc.max_tokens)
-    if not examples:
+    if len(examples) == 0:
         raise InputError(f"training data file {d.training_data_path}: no row has a completion token left after "
                          f"tokenisation")
 
@@ -375,10 +393,10 @@ def train_teacher(args: Args) -> dict:
         model.config.pad_token_id = tokenizer.pad_token_id
 
     collator = CompletionCollator(pad_token_id_of(tokenizer), pad_to_multiple_of=8 if torch.cuda.is_available() else None)
-    probe = examples[: d.probe_rows]
+    probe = examples.select(range(min(d.probe_rows, len(examples))))
     zero3 = _zero_stage(t) == 3
     probe_before = None
-    if probe and not zero3:
+    if len(probe) and not zero3:
         probe_before = completion_loss(model.to(t.device), probe, collator)
         log.info("probe loss before training (%d rows): %.4f", len(probe), probe_before)
 
@@ -403,7 +421,7 @@ def train_teacher(args: Args) -> dict:
     logs_to_file = not on_terminal()
     if logs_to_file:
         t.disable_tqdm = True  # a log file gets our rounded loss lines instead of the progress bar's redraws
-    trainer = completion_trainer_class()(model=model, args=t, train_dataset=ExampleDataset(examples), data_collator=collator,
+    trainer = completion_trainer_class()(model=model, args=t, train_dataset=examples, data_collator=collator,
                                          processing_class=tokenizer, callbacks=[clock])
     if logs_to_file:
         from transformers import PrinterCallback
@@ -418,7 +436,7 @@ def train_teacher(args: Args) -> dict:
     tokens_run = state.num_input_tokens_seen - clock.tokens0
     losses = [(h["step"], h["loss"]) for h in state.log_history if "loss" in h]
     probe_after = None
-    if probe and not zero3:
+    if len(probe) and not zero3:
         probe_after = completion_loss(trainer.model, probe, collator)
         log.info("probe loss after training (%d rows): %.4f (before: %.4f)", len(probe), probe_after, probe_before)
 

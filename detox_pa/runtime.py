@@ -294,6 +294,10 @@ def quiet_library_progress() -> None:
         disable_progress_bars()
     except Exception:  # noqa: BLE001
         pass
+    import importlib.util
+
+    if importlib.util.find_spec("datasets") is not None:  # its bars only: importing it costs a second otherwise
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 def iter_progress(items: Iterable, total: int | None, desc: str, unit: str = "it"):
