@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Step 4b: perplexity of generated continuations under a reference causal LM (batched, CPU or GPU).
-# Reads:  <input_json_path>, the paper's nested generations JSON; the reference model <model_path>
+# Reads:  <input_json_path>: the paper's nested generations JSON, a DExperts JSONL, a JSONL of {"prompt", "text"}
+#         or a .txt file (texts scored from their start); the reference model <model_path>
 #         (a Hugging Face folder, e.g. Llama-2-13B as in the paper, or an embedded alias).
 # Writes: <stem>_ppl.json (per alpha: PPL as in the paper, token-weighted PPL, median, dist-1/2/3, counts),
 #         <stem>_ppl_records.jsonl (per continuation) and <stem>_ppl.meta.json, where <stem> = input without .json.

@@ -3,8 +3,9 @@
 #
 # Usage:  ./run_tox_score.sh [<device> <input_json_path>] [extra eval_toxicity.py flags...]
 #         DEVICE=cpu INPUT_JSON=outputs/generations.json ./run_tox_score.sh
-# Reads:  <input_json_path>, the paper's nested generations JSON
-#         (default: the embedded run's $OUT_DIR/generations.json, on DEVICE=auto).
+# Reads:  <input_json_path>: the paper's nested generations JSON (default: the embedded run's
+#         $OUT_DIR/generations.json), or any texts: a .txt file (one a line), a JSONL of {"text"} (optionally with
+#         "prompt"), or a DExperts JSONL {"prompt", "generations": [{"text"}]}.
 # Writes: <input>_toxicity.json (per alpha: the paper's toxicity_score + EMT, toxicity probability,
 #         toxic share, counts, scorer), <input>_toxicity_records.jsonl (one line per continuation)
 #         and <input>_toxicity.meta.json (sidecar), all beside the input.

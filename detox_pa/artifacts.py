@@ -95,9 +95,13 @@ _JOURNAL = ".journal"
 
 
 def output_stem(path: str | os.PathLike) -> str:
-    """``<stem>`` of a generations file: its path without ``.json``. Score and report files sit beside it."""
+    """``<stem>`` of a generations file (or of a file of texts to score): its path without ``.json`` (``.jsonl``,
+    ``.txt``). Score and report files sit beside it."""
     s = str(path)
-    return s[:-5] if s.endswith(".json") else s
+    for suffix in (".json", ".jsonl", ".txt"):
+        if s.endswith(suffix):
+            return s[: -len(suffix)]
+    return s
 
 
 def generation_meta_path(out: str | os.PathLike) -> Path:

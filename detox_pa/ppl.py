@@ -379,7 +379,10 @@ def aggregate_alpha(alpha, pairs: Sequence[dict], records: Sequence[dict], extra
 
 @dataclass
 class PPLArguments:
-    input_json: str = field(default="", metadata={"help": "Generations JSON in the paper's nested format."})
+    input_json: str = field(default="", metadata={
+        "aliases": ["--input"],
+        "help": "What to score: the paper's nested generations JSON, a DExperts JSONL {prompt, generations: [{text}]}, "
+                "a JSONL of {text} with an optional prompt, or a .txt file (one text a line, scored from its start)."})
     model_path: str = field(default="gemma-3-270m", metadata={
         "help": "Reference causal LM: a local Hugging Face folder, a hub id (where a network exists) or an "
                 "embedded alias (gemma-3-270m, smollm2-135m). The paper uses Llama-2-13B."})
@@ -444,12 +447,13 @@ def joined_continuation(pair: dict, join: str) -> str:
 def run(args: PPLArguments) -> list[dict]:
     """Score every continuation, aggregate per alpha and write the three files (eval_ppl.py's body)."""
     from .assets import describe_model, resolve_model
-    from .io import atomic_write_json, atomic_write_text, check_output_path, read_generations, sha256_file, sha256_text
+    from .data import load_scoring_input
+    from .io import atomic_write_json, atomic_write_text, check_output_path, sha256_file, sha256_text
     from .runtime import library_versions, resolve_device
 
     log_args(args)
     # everything that can be wrong with the input is checked before the model is loaded
-    blocks = read_generations(args.input_json)
+    blocks, form = load_scoring_input(args.input_json)
     paths = output_paths(args.input_json, args.output_tag)
     for p in paths.values():
         check_output_path(p)
@@ -493,7 +497,7 @@ def run(args: PPLArguments) -> list[dict]:
     atomic_write_json(paths["meta"], {
         "what": "perplexity of continuations given their prompts (eval_ppl.py)",
         "outputs": {k: str(v) for k, v in paths.items()},
-        "input": str(args.input_json), "input_sha256": input_sha,
+        "input": str(args.input_json), "input_form": form, "input_sha256": input_sha,
         "reference_model": args.model_path, "reference_model_resolved": model_dir,
         "reference_model_description": describe_model(args.model_path),
         "model": model_info(model, tok), "device": str(device),
@@ -506,7 +510,8 @@ def run(args: PPLArguments) -> list[dict]:
         "arguments": args_to_dict(args), "note": results[0]["note"] if results else None,
     })
     for r in results:
-        log.info("alpha %s: PPL %s, token-weighted %s, n_scored %d/%d, dist-2 %s", r["alpha"], _fmt(r["PPL"]),
+        log.info("%s: PPL %s, token-weighted %s, n_scored %d/%d, dist-2 %s",
+                 "all texts" if r["alpha"] is None else f"alpha {r['alpha']}", _fmt(r["PPL"]),
                  _fmt(r["ppl_token_weighted"]), r["n_scored"], r["n"], _fmt(r["dist_2"], 3))
     log.info("wrote %s, %s and %s (%.1f s scoring)", paths["summary"], paths["records"], paths["meta"], seconds)
     return results

@@ -329,3 +329,25 @@ def test_identical_pairs_are_scored_once_with_the_same_result(toks):
     alone = scorer.score(prompts[:2], responses[:2])
     assert alone[0]["sum_nll"] == pytest.approx(recs[0]["sum_nll"], rel=1e-5)
     assert alone[1]["sum_nll"] == pytest.approx(recs[1]["sum_nll"], rel=1e-5)
+
+
+def test_dexperts_and_plain_texts_are_scored_like_our_files(tmp_path, ref_folder):
+    """A DExperts JSONL gives the same per-record NLL as our nested file with the same (prompt, continuation)
+    pairs; a .txt file is scored from its start (no prompt)."""
+    pairs = [("So I told him", " you are a stupid idiot"), ("So I told him", " have a nice day"), ("The weather", " is nice")]
+    (tmp_path / "dx.jsonl").write_text(
+        json.dumps({"prompt": {"text": "So I told him"}, "generations": [{"text": pairs[0][1]}, {"text": pairs[1][1]}]}) + "\n"
+        + json.dumps({"prompt": "The weather", "generations": [{"text": pairs[2][1]}]}) + "\n")
+    nested = write_gen(tmp_path / "ours.json", [{"alpha": 0.0, "prompt-response pairs": [
+        {"prompt": p, "response": c.strip(), "continuation": c} for p, c in pairs]}])
+    assert eval_ppl(["--model_path", str(ref_folder), "--input", str(tmp_path / "dx.jsonl")]) == 0
+    assert eval_ppl(["--model_path", str(ref_folder), "--input_json", str(nested)]) == 0
+    dx = [json.loads(ln) for ln in (tmp_path / "dx_ppl_records.jsonl").read_text().splitlines()]
+    ours = [json.loads(ln) for ln in (tmp_path / "ours_ppl_records.jsonl").read_text().splitlines()]
+    assert [r["sum_nll"] for r in dx] == pytest.approx([r["sum_nll"] for r in ours], rel=1e-9)
+    (summary,) = json.loads((tmp_path / "dx_ppl.json").read_text())
+    assert summary["alpha"] is None and summary["n_prompts"] == 2 and summary["join"] == "exact"
+    (tmp_path / "t.txt").write_text("Hello the world is good\nThe cat is kind\n")
+    assert eval_ppl(["--model_path", str(ref_folder), "--input", str(tmp_path / "t.txt")]) == 0
+    recs = [json.loads(ln) for ln in (tmp_path / "t_ppl_records.jsonl").read_text().splitlines()]
+    assert all(r["status"] == "ok" and r["n_tokens"] >= 4 for r in recs)
