@@ -168,6 +168,13 @@ def report_paths(generations_path: str | os.PathLike, out_md: str | None = None,
             "meta": md.with_suffix(".meta.json")}
 
 
+def comparison_paths(first_generations: str | os.PathLike, out_md: str | None = None,
+                     out_png: str | None = None) -> dict[str, Path]:
+    """The report that compares several runs: ``comparison_report.md`` / ``.png`` beside the first run."""
+    md = Path(out_md) if out_md else Path(first_generations).parent / "comparison_report.md"
+    return {"markdown": md, "png": Path(out_png) if out_png else md.with_suffix(".png"), "meta": md.with_suffix(".meta.json")}
+
+
 # ----------------------------------------------------------------------------- the default run
 
 def prompt_file(folder: str | os.PathLike, split: str) -> Path:

