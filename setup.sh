@@ -7,12 +7,14 @@
 #
 #   ./setup.sh                 # everything
 #   SETUP_MODELS=0 ./setup.sh  # packages only
+#   SETUP_DEV=1 ./setup.sh     # also the test-only extras (requirements-dev.txt); ./run_tests.sh does this
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 case "${1:-}" in -h|--help) source scripts/common.sh ;; esac  # prints the help and exits 0
 BOOTSTRAP_PYTHON=${BOOTSTRAP_PYTHON:-python3}
 OUT_DIR=${OUT_DIR:-outputs}
 SETUP_MODELS=${SETUP_MODELS:-1}
+SETUP_DEV=${SETUP_DEV:-0}
 
 if [[ ! -x .venv/bin/python ]]; then
   echo "[setup] creating .venv with $($BOOTSTRAP_PYTHON --version)"
@@ -30,6 +32,12 @@ if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
   echo "$want" > "$stamp"
 else
   echo "[setup] requirements already installed (.venv)"
+fi
+dev_want=$(sha256sum requirements-dev.txt | cut -c1-16)
+if [[ "$SETUP_DEV" == 1 && "$(cat .venv/.detox_pa_dev 2>/dev/null)" != "$dev_want" ]]; then
+  echo "[setup] installing the test-only extras (requirements-dev.txt)"
+  .venv/bin/python -m pip install -q -r requirements-dev.txt
+  echo "$dev_want" > .venv/.detox_pa_dev
 fi
 if [[ "$SETUP_MODELS" == 1 ]]; then
   HF_HUB_OFFLINE=1 .venv/bin/python -m detox_pa.assets prepare "$OUT_DIR/data"
