@@ -32,9 +32,8 @@ BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".csv": "csv", ".
             ".parquet": "parquet"}
 PROMPT_FORMATS = ("rtp:<split>, .jsonl/.json ({'prompt': str} or RTP's {'prompt': {'text': str}}), .txt (one a "
                   "line), .csv, .tsv, .parquet, a folder saved with Dataset.save_to_disk, or a hub dataset id")
-SCORING_FORMATS = ("the paper's nested generations JSON ([{'alpha', 'prompt-response pairs'}]), .txt (one text a "
-                   "line), JSONL {'text'} (optionally with 'prompt'), or DExperts JSONL {'prompt', 'generations': "
-                   "[{'text'}]}")
+SCORING_FORMATS = (f"the paper's nested generations JSON ([{{'alpha', '{PAIRS_KEY}'}}]), .txt (one text a line), "
+                   "JSONL {'text'} (optionally with 'prompt'), or DExperts JSONL {'prompt', 'generations': [{'text'}]}")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 

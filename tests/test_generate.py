@@ -114,6 +114,7 @@ def test_existing_output_is_not_overwritten_silently(assets, tmp_path, capsys):
     assert json.loads(out.read_text())[0]["alpha"] == 0.0
 
 
+@pytest.mark.slow  # test_resume_after_interruption_equals_uninterrupted checks the same promise in-process
 def test_sigkill_mid_run_then_rerun_loses_nothing(assets, tmp_path):
     ref, out = tmp_path / "ref.json", tmp_path / "out.json"
     assert gen(assets, ref, "--do_sample") == 0

@@ -88,6 +88,7 @@ def reference(work):
     return out
 
 
+@pytest.mark.slow  # the SIGKILL tests below compare their weights with the same reference run too
 def test_same_seed_gives_identical_weights_and_sidecar(work, reference):
     out = work["root"] / "again"
     r = pretrain(argv(work, out))
@@ -97,7 +98,9 @@ def test_same_seed_gives_identical_weights_and_sidecar(work, reference):
     assert json.loads((out / "detox_pa_run.json").read_text()) == json.loads((reference / "detox_pa_run.json").read_text())
 
 
-@pytest.mark.parametrize("when,expect_resume", [("after", "checkpoint-6"), ("during", "checkpoint-3")])
+@pytest.mark.parametrize("when,expect_resume", [
+    pytest.param("after", "checkpoint-6", marks=pytest.mark.slow),  # 'during' also kills, resumes and compares
+    ("during", "checkpoint-3")])
 def test_sigkill_then_resume_equals_the_uninterrupted_run(work, reference, when, expect_resume):
     out = work["root"] / f"killed_{when}"
     r = pretrain(argv(work, out), {"KILL_STEP": "6", "KILL_WHEN": when}, script=KILLER)
