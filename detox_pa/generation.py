@@ -32,7 +32,6 @@ import torch
 from .artifacts import MATRIX_FILE, MATRIX_KEY, PAIRS_KEY, generation_meta_path, journal_path, journal_paths
 from .cli import args_to_dict, log_args, parse_dataclasses, require_min
 from .errors import InputError
-from .io import sha256_file
 from .runtime import DEVICE_HELP, DTYPE_HELP, check_device_name, check_dtype_name
 
 log = logging.getLogger(__name__)
@@ -129,14 +128,6 @@ def parse_args(argv=None, description: str | None = None) -> GenerateArguments:
 def batch_seed(seed: int, alpha: float, batch_index: int, tag: str = "") -> int:
     h = hashlib.sha256(f"{seed}:{alpha:.6f}:{batch_index}:{tag}".encode()).hexdigest()
     return int(h[:8], 16) & 0x7FFFFFFF
-
-
-def model_hidden_size(path: str) -> int:
-    """Hidden size from config.json, without loading weights."""
-    from transformers import AutoConfig
-
-    cfg = AutoConfig.from_pretrained(path)
-    return int(cfg.get_text_config().hidden_size)
 
 
 # --------------------------------------------------------------------------------------- journal
@@ -273,32 +264,16 @@ def assemble(alphas: list[float], done: dict[tuple[float, int], list[dict]], n_b
     return out
 
 
-def file_fingerprint(path: str) -> str:
-    p = Path(path)
-    if p.is_file():
-        return sha256_file(p)
-    if p.is_dir() and (p / "config.json").exists():  # a model folder: hash its config and weights index
-        h = hashlib.sha256()
-        for name in sorted(os.listdir(p)):
-            f = p / name
-            if f.is_file() and (name.endswith(".json") or name.endswith(".safetensors")):
-                st = f.stat()
-                h.update(f"{name}:{st.st_size}".encode())
-                if name.endswith(".json"):
-                    h.update(f.read_bytes())
-        return h.hexdigest()
-    return str(path)
-
-
 # ------------------------------------------------------------------------------------------ the step
 
 
 def run_fingerprint(args: GenerateArguments, target_path: str, prompts: list[str], method, method_inputs: dict) -> dict:
     """What defines the output: a journal written with another fingerprint is refused on resume."""
     from .io import sha256_text
+    from .runtime import model_files_fingerprint
 
     return {
-        "target_model": args.target_model, "target_files": file_fingerprint(target_path),
+        "target_model": args.target_model, "target_files": model_files_fingerprint(target_path),
         "data": sha256_text("\n".join(prompts)), "max_prompts": args.max_prompts, "method": args.method,
         **method_inputs, **method.fingerprint(),
         **{k: getattr(args, k) for k in ("alphas", "max_new_tokens", "batch_size", "num_samples", "do_sample",

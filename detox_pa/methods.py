@@ -119,14 +119,14 @@ class Fusion(Method):
     def check_inputs(self, target_path: str) -> dict:
         from .assets import resolve_model
         from .artifacts import load_matrix
-        from .generation import file_fingerprint, model_hidden_size
+        from .runtime import model_files_fingerprint, model_hidden_size
         from .io import sha256_file
 
         if not self.needs_models():
             return {}
         self.teacher_path = resolve_model(self.args.teacher_model, "--teacher_model")
         self.A = load_matrix(self.args.matrix_A, model_hidden_size(self.teacher_path), model_hidden_size(target_path))
-        return {"teacher_model": self.args.teacher_model, "teacher_files": file_fingerprint(self.teacher_path),
+        return {"teacher_model": self.args.teacher_model, "teacher_files": model_files_fingerprint(self.teacher_path),
                 "matrix_A": sha256_file(self.args.matrix_A)}
 
     def load(self, target, tokenizer, device, dtype) -> None:
@@ -180,7 +180,7 @@ class Diff(Method):
     def check_inputs(self, target_path: str) -> dict:
         from .assets import resolve_model
         from .artifacts import load_matrix
-        from .generation import file_fingerprint, model_hidden_size
+        from .runtime import model_files_fingerprint, model_hidden_size
         from .io import sha256_file
 
         if not self.needs_models():
@@ -192,8 +192,8 @@ class Diff(Method):
         if d_e != d_a:
             raise InputError(f"--anti_teacher_model {a.anti_teacher_model} has hidden size {d_a}, the expert "
                              f"{a.teacher_model} {d_e}: the two teachers must share one architecture and output layer")
-        fp = {"teacher_model": a.teacher_model, "teacher_files": file_fingerprint(self.expert_path),
-              "anti_teacher_model": a.anti_teacher_model, "anti_teacher_files": file_fingerprint(self.anti_path)}
+        fp = {"teacher_model": a.teacher_model, "teacher_files": model_files_fingerprint(self.expert_path),
+              "anti_teacher_model": a.anti_teacher_model, "anti_teacher_files": model_files_fingerprint(self.anti_path)}
         self.A = None
         if a.diff_space == "hidden":
             self.A = load_matrix(a.matrix_A, d_e, model_hidden_size(target_path))
@@ -271,7 +271,7 @@ class Steer(Method):
 
     def check_inputs(self, target_path: str) -> dict:
         from .artifacts import load_steer_vector
-        from .generation import model_hidden_size
+        from .runtime import model_hidden_size
         from .io import sha256_file
 
         self.vector = load_steer_vector(self.args.steer_vector, model_hidden_size(target_path))

@@ -281,9 +281,9 @@ def tokenised_fingerprint(data_sha256: str, base_path: str, d: DataArguments) ->
     import hashlib
 
     from .completion import ENCODING_VERSION
-    from .generation import file_fingerprint
+    from .runtime import model_files_fingerprint
 
-    key = {"data": data_sha256, "tokenizer": file_fingerprint(base_path), "separator": d.separator,
+    key = {"data": data_sha256, "tokenizer": model_files_fingerprint(base_path), "separator": d.separator,
            "max_length": d.max_length, "append_eos": d.append_eos, "encoding": ENCODING_VERSION}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -338,7 +338,8 @@ def train_teacher(args: Args) -> dict:
     from .assets import resolve_model
     from .assets import cache_dir
     from .completion import CompletionCollator, completion_loss, completion_trainer_class, encode_pairs, pad_token_id_of
-    from .io import atomic_write_json, check_output_dir, read_teacher_data, sha256_file
+    from .data import read_teacher_data
+    from .io import atomic_write_json, check_output_dir, sha256_file
     from .runtime import library_versions, on_terminal, tell_deepspeed_the_accelerator
     from .teacher import base_layer_count, check_layer_count, load_teacher_model, parameter_count
 

@@ -161,7 +161,8 @@ def build_report(generations_path: str | Path, out_md: str | Path | None = None,
                  out_png: str | Path | None = None) -> str:
     """Write ``<stem>_report.md``, ``<stem>_report.png`` (when there is something to plot) and
     ``<stem>_report.meta.json``; return the markdown text."""
-    from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path, read_generations
+    from .data import read_generations
+    from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path
 
     gen = Path(generations_path)
     blocks = read_generations(gen)
@@ -606,7 +607,8 @@ def build_comparison(generations_paths, out_md: str | None = None, out_png: str 
     method, alpha), and one Pareto plot (methods and baselines as separate series). The first run's primary
     scorer and PPL reference are the ones compared; a run that lacks them is listed and said so."""
     from .artifacts import comparison_paths
-    from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path, read_generations, sha256_file
+    from .data import read_generations
+    from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path, sha256_file
 
     paths = [Path(p) for p in generations_paths]
     for p in paths:

@@ -202,6 +202,38 @@ def load_causal_lm(path: str, dtype, device=None, device_map: str | None = None)
     return model
 
 
+def model_hidden_size(path: str) -> int:
+    """Hidden size from config.json, without loading weights."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(path)
+    return int(cfg.get_text_config().hidden_size)
+
+
+def model_files_fingerprint(path: str) -> str:
+    """What a model (folder or file) is, cheaply: a file's sha256, or a folder's config/tokenizer JSON files and
+    its weight files' names and sizes. For journals and caches keyed by the model."""
+    import hashlib
+    from pathlib import Path
+
+    from .io import sha256_file
+
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    if p.is_dir() and (p / "config.json").exists():  # a model folder: hash its config and weights index
+        h = hashlib.sha256()
+        for name in sorted(os.listdir(p)):
+            f = p / name
+            if f.is_file() and (name.endswith(".json") or name.endswith(".safetensors")):
+                st = f.stat()
+                h.update(f"{name}:{st.st_size}".encode())
+                if name.endswith(".json"):
+                    h.update(f.read_bytes())
+        return h.hexdigest()
+    return str(path)
+
+
 def library_versions(packages: Sequence[str] = ("torch", "transformers", "accelerate", "tokenizers")) -> dict:
     """Python and package versions for a sidecar (None for a package that is not installed)."""
     from importlib import metadata

@@ -192,9 +192,10 @@ def test_generation_in_a_clean_out_dir_writes_nothing_before_its_inputs_check(tm
 def test_embedded_prompt_splits_are_read_in_place():
     from detox_pa.assets import rtp_split
     from detox_pa.errors import InputError
-    from detox_pa.io import read_prompts
+    from detox_pa.data import load_prompts
 
-    ev = read_prompts("rtp:eval")
-    assert ev == rtp_split("eval") and len(ev) > 250 and set(ev).isdisjoint(read_prompts("rtp:build"))
+    ev = load_prompts("rtp:eval")
+    assert ev == rtp_split("eval") and len(ev) > 250 and set(ev).isdisjoint(load_prompts("rtp:build"))
+    assert load_prompts("rtp:eval", max_prompts=5) == ev[:5]
     with pytest.raises(InputError, match="unknown split 'test'"):
-        read_prompts("rtp:test")
+        load_prompts("rtp:test")

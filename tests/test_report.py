@@ -1,7 +1,6 @@
 """The end-of-pipeline report (detox_pa/report.py, report.py) on hand-made score files."""
 
 import json
-import logging
 import os
 
 import pytest

@@ -11,7 +11,7 @@ import torch
 
 from detox_pa.assets import rtp_split
 from detox_pa.errors import InputError
-from detox_pa.io import read_teacher_data
+from detox_pa.data import read_teacher_data
 from tests.tiny import make_model, make_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
