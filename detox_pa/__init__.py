@@ -5,7 +5,8 @@ parse and call them. Modules:
 
     artifacts    every artifact name, key and path (the steps share only files)
     runtime      device / dtype rules, distributed rank and world, model loading, versions, progress
-    cli, errors, io   argument parsing (with --config), one-line errors, readers and atomic writes
+    cli, errors, io   argument parsing (with --config), one-line errors, atomic writes and checked reads
+    data         every input format: prompts (through datasets), teacher data, generations, texts to score
     pretraining  step 1 (train_teacher); completion (the exact completion-only mask); teacher (first N layers)
     alignment    step 2 (the matrix A); embeddings (reading embedding matrices); vocab (shared vocabulary)
     generation   step 3 (journal, sharding, fingerprint); methods (the registry); fusion and baselines (hooks)

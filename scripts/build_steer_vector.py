@@ -14,18 +14,22 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from detox_pa.cli import entry, log_args, parse_dataclasses
 from detox_pa.errors import InputError
 
 log = logging.getLogger("build_steer_vector")
+REPO_DIR = Path(__file__).resolve().parent.parent  # the default texts are the repository's, from any folder
 
 
 @dataclass
 class SteerArguments:
     target_model: str = field(default="gemma-3-270m", metadata={"help": "Target LLM (alias, folder or hub id)."})
-    texts: str = field(default="data/steering_texts.jsonl", metadata={"help": "Continuations labelled clean / toxic."})
-    output: str = field(default="outputs/results/steer_vector.pt", metadata={"help": "Output .pt file ({'vector': ...})."})
+    texts: str = field(default=str(REPO_DIR / "data" / "steering_texts.jsonl"), metadata={
+        "help": "Continuations labelled clean / toxic (default: the repository's data/steering_texts.jsonl)."})
+    output: str = field(default="outputs/results/steer_vector.pt", metadata={"help": "Output .pt file (torch.load(p)[key] "
+                                                                              "is the vector; see detox_pa.artifacts)."})
     max_per_class: int = field(default=400, metadata={"help": "At most this many texts per class (first in file order)."})
     batch_size: int = field(default=16, metadata={"help": "Batch size."})
 
@@ -40,10 +44,8 @@ def parse_args(argv=None) -> SteerArguments:
 
 
 def main(args: SteerArguments) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from detox_pa.assets import resolve_model
+    from detox_pa.runtime import load_causal_lm, load_tokenizer
     from detox_pa.baselines import mean_final_hidden
     from detox_pa.artifacts import save_steer_vector
     from detox_pa.io import atomic_write_json, check_output_path, read_text
@@ -67,9 +69,8 @@ def main(args: SteerArguments) -> None:
         if len(rows) < 5:
             raise InputError(f"{args.texts}: only {len(rows)} '{lab}' continuations; need at least 5")
     path = resolve_model(args.target_model, "--target_model")
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.padding_side = "right"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = load_tokenizer(path, padding_side="right")
+    model = load_causal_lm(path, "float32")
     means = {lab: mean_final_hidden(model, tok, [p for p, _ in rows], [c for _, c in rows], args.batch_size)
              for lab, rows in groups.items()}
     v = means["clean"] - means["toxic"]
