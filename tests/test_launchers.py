@@ -123,12 +123,16 @@ def test_too_few_positionals_name_the_first_missing_one(tmp_path, script, argv, 
     ("run_tox_score.sh", "--input_json {repo}/outputs/generations.json"),
     ("run_ppl_score.sh", "--input_json {repo}/outputs/generations.json"),
     ("run_alignment.sh", "--output_dir {repo}/outputs/alignment"),
+    ("run_pretrain.sh", "--training_data_path {repo}/data/teacher_data.tsv --output_dir {repo}/outputs/teacher"),
+    ("run_generation.sh", "--matrix_A {repo}/outputs/alignment/mapping_model.pt --device auto --output_path {repo}/outputs/generations.json"),
 ])
 def test_defaults_resolve_against_the_repo_from_any_cwd(tmp_path, script, expect):
     import os
 
-    env = {k: v for k, v in os.environ.items() if k not in ("OUT_DIR", "INPUT_JSON", "ALIGN_OUTPUT_DIR", "MODEL1_NAME")}
-    env.update(PYTHON=str(_stub(tmp_path)), MODEL1_NAME="smollm2-135m")
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT_DIR", "INPUT_JSON", "ALIGN_OUTPUT_DIR", "MODEL1_NAME",
+                                                             "PRETRAIN_OUTPUT_DIR", "TRAINING_DATA_PATH", "MATRIX_A",
+                                                             "OUTPUT_PATH", "DEVICE")}
+    env.update(PYTHON=str(_stub(tmp_path)), MODEL1_NAME="smollm2-135m", NUM_GPUS="0", TEACHERS="expert")
     r = subprocess.run(["bash", str(REPO / script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert expect.format(repo=REPO) in r.stdout
