@@ -127,6 +127,7 @@ def _scorers_of(tag: str, path: Path, data: list[dict]) -> list[_Scorer]:
 GEN_KEYS = (("method", "method"), ("target_model", "target"), ("teacher_model", "teacher"), ("matrix_A", "matrix"),
             ("data_path", "prompts"), ("num_samples", "samples/prompt"), ("max_new_tokens", "max_new_tokens"),
             ("do_sample", "sampling"), ("seed", "seed"))
+METHOD_KEYS = {"teacher_model", "matrix_A"}  # only where the method used them (its own fields in the sidecar)
 
 
 def _generation_models(gen: Path) -> list[str]:
@@ -144,7 +145,7 @@ def _generation_models(gen: Path) -> list[str]:
         args = meta.get("arguments") if isinstance(meta.get("arguments"), dict) else {}
         found = []
         for key, label in GEN_KEYS:
-            v = meta.get(key, args.get(key))
+            v = meta.get(key) if key in METHOD_KEYS else meta.get(key, args.get(key))
             if v is not None and not isinstance(v, (dict, list)):
                 found.append(f"{label}={v}")
         if not found:  # an unknown sidecar: any string field naming a model
@@ -418,9 +419,12 @@ def pareto_plot(series: list[PlotSeries], ref_ppl: float | None, ref_tox: float 
     ax.set_xlim(lo_x, hi_x)
     from matplotlib.ticker import FuncFormatter
 
-    one_decade = hi_x / lo_x < 10  # label the minor ticks too when the axis spans less than a decade
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if one_decade else ""))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    if hi_x / lo_x < 10:  # less than a decade: a handful of plain ticks, still on the log scale
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=7))
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -662,7 +666,7 @@ def build_comparison(generations_paths, out_md: str | None = None, out_png: str 
               f"EMT and P(tox) (share of prompts with a sample >= 0.5) where prompts have several samples.",
               f"- PPL: token-weighted and the paper's (exp of the mean per-sample loss), under {', '.join(sorted(refs)) or NA}.",
               f"- plot: the target alone (alpha 0 of {ref['run'] if ref else NA}) as the reference star; the band is PPL within "
-              f"{budget:g}x of it; the dotted line is the Pareto frontier.", *notes, ""]
+              f"{budget:g}x of it; the dashed line is the Pareto frontier.", *notes, ""]
     footer = ["", f"![toxicity vs perplexity]({out['png'].name})", ""] if png_written else [""]
     md = "\n".join(header + table + footer)
     atomic_write_text(out["markdown"], md)
