@@ -21,7 +21,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -124,13 +123,6 @@ def ensure_embedded_model(alias: str) -> Path:
     return dest
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("", "0")
-
-
 
 
 def check_model_folder(path: Path, what: str = "model", need_tokenizer: bool = True) -> None:
@@ -158,9 +150,10 @@ def resolve_model(name: str, what: str = "model", need_tokenizer: bool = True) -
     if p.exists():
         check_model_folder(p, what, need_tokenizer)
         return str(p)
-    local_parent = p.parent != Path(".") and p.parent.exists()  # e.g. outputs/teacher with outputs/ present
-    if _HUB_ID.match(name) and not name.startswith((".", "/", "~")) and not local_parent:
-        if _offline():
+    from .runtime import hub_offline, is_hub_id
+
+    if is_hub_id(name):
+        if hub_offline():
             raise InputError(f"{what} '{name}' is not a local folder, and hub access is off (HF_HUB_OFFLINE=1); "
                              f"aliases: {', '.join(EMBEDDED_MODELS)}")
         return name  # a hub id: transformers will download it

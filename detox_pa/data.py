@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -40,7 +39,6 @@ PROMPT_FORMATS = ("rtp:<split>, .jsonl/.json ({'prompt': str} or RTP's {'prompt'
                   "line), .csv, .tsv, .parquet, a folder saved with Dataset.save_to_disk, or a hub dataset id")
 SCORING_FORMATS = (f"the paper's nested generations JSON ([{{'alpha', '{PAIRS_KEY}'}}]), .txt (one text a line), "
                    "JSONL {'text'} (optionally with 'prompt'), or DExperts JSONL {'prompt', 'generations': [{'text'}]}")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
 # ------------------------------------------------------------------ the original formats, read strictly
@@ -204,10 +202,6 @@ def read_generations(path: str | os.PathLike) -> list[dict]:
 # ------------------------------------------------------------------ prompts through datasets
 
 
-def _offline() -> bool:
-    return any(os.environ.get(k, "0") not in ("", "0") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def _quiet_datasets() -> None:
     import datasets
 
@@ -242,8 +236,10 @@ def load_table(source: str, split: str = "train", what: str = "prompts"):
             raise InputError(f"{what} {p}: unknown format '{p.suffix}'; expected {PROMPT_FORMATS}")
         kw = {"delimiter": "\t"} if p.suffix.lower() in (".tsv", ".tab") else {}
         return datasets.load_dataset(builder, data_files=str(p), split="train", **kw)
-    if _HUB_ID.match(source) and not source.startswith((".", "/", "~")) and not (p.parent != Path(".") and p.parent.exists()):
-        if _offline():
+    from .runtime import hub_offline, is_hub_id
+
+    if is_hub_id(source):
+        if hub_offline():
             raise InputError(f"{what} {source} is not a local file or folder, and hub access is off (HF_HUB_OFFLINE=1); "
                              f"download it where a network exists, or give a local file")
         try:
@@ -353,17 +349,6 @@ def _prompts_of_table(ds, source: str, field: str, conditions, where: str, max_p
 # ------------------------------------------------------------------------------ texts to score
 
 
-def _jsonl_rows(path: Path, text: str) -> list[tuple[int, Any]]:
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append((n, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise json_error(path, e, n) from None
-    return rows
-
-
 def _prompt_text(value: Any, where: str) -> str:
     if isinstance(value, dict):
         value = value.get("text")
@@ -388,7 +373,7 @@ def load_scoring_input(path: str | os.PathLike) -> tuple[list[dict], str]:
         return [{"alpha": None, PAIRS_KEY: pairs}], "texts"
     if suffix != ".jsonl":
         raise InputError(f"input {p}: unknown format '{p.suffix}'; expected {SCORING_FORMATS}")
-    rows = _jsonl_rows(p, text)
+    rows = list(_iter_jsonl(p, text))
     if not rows:
         raise InputError(f"input file {p} is empty")
     pairs: list[dict] = []

@@ -170,6 +170,26 @@ def tell_deepspeed_the_accelerator() -> None:
         os.environ["DS_ACCELERATOR"] = "cpu"
 
 
+# ------------------------------------------------------------------------------------ the hub
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def hub_offline() -> bool:
+    """Hub access is off (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE or HF_DATASETS_OFFLINE is set)."""
+    return any(os.environ.get(v, "0") not in ("", "0") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+                                                                 "HF_DATASETS_OFFLINE"))
+
+
+def is_hub_id(name: str) -> bool:
+    """``owner/name`` that cannot be a local path (not ./, /, ~, and no existing parent folder such as outputs/)."""
+    from pathlib import Path
+
+    p = Path(name).expanduser()
+    local_parent = p.parent != Path(".") and p.parent.exists()  # e.g. outputs/teacher with outputs/ present
+    return bool(_HUB_ID.match(name)) and not name.startswith((".", "/", "~")) and not local_parent
+
+
 # ------------------------------------------------------------------------------------- models
 
 

@@ -39,6 +39,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from .errors import InputError
+from .runtime import hub_offline
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +147,6 @@ class ProfanityCheckScorer(Scorer):
 
 
 # --------------------------------------------------------------------------------- Detoxify
-
-
-def hub_offline() -> bool:
-    return any(os.environ.get(v, "0") not in ("", "0") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def reachable(host: str, port: int = 443, timeout: float = 2.0) -> bool:
