@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:
 def load_pair(teacher: str, target: str, space: str):
     from transformers import AutoTokenizer
 
-    from detox_pa.alignment import find_embedding, load_embedding
+    from detox_pa.embeddings import find_embedding, load_embedding
     from detox_pa.assets import resolve_model
     from detox_pa.vocab import shared_vocab
 

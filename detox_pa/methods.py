@@ -32,10 +32,6 @@ def register(cls):
     return cls
 
 
-def method_names() -> tuple[str, ...]:
-    return tuple(REGISTRY)
-
-
 def get_method(name: str) -> type["Method"]:
     if name not in REGISTRY:
         raise InputError(f"--method must be one of {', '.join(REGISTRY)}, got {name!r}")
