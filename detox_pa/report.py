@@ -43,17 +43,28 @@ def _is_baseline(method: str) -> bool:
     return bool(getattr(REGISTRY.get(method), "baseline", False))
 
 
-def _load_score_file(path: Path) -> list[dict] | None:
-    """A list of per-alpha dicts, or None (with a warning) if the file is not one."""
+def read_score_file(path: Path) -> list[dict]:
+    """A score file's per-alpha rows, checked: a JSON list of objects, each with an ``alpha`` number."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        rows = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        log.warning("skipping %s: not readable JSON (%s)", path, e)
+        raise InputError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and _num(r.get("alpha")) is not None for r in rows):
+        raise InputError(f"{path}: expected a JSON list of per-alpha objects with an 'alpha' number")
+    return rows
+
+
+def _load_score_file(path: Path) -> list[dict] | None:
+    """The per-run report reads what it can: a file that is not a score file is skipped with a warning."""
+    try:
+        rows = read_score_file(path)
+    except InputError as e:
+        log.warning("skipping %s", e)
         return None
-    if not isinstance(data, list) or not data or not all(isinstance(d, dict) and _num(d.get("alpha")) is not None for d in data):
-        log.warning("skipping %s: expected a JSON list of per-alpha objects with an 'alpha' number", path)
+    if not rows:
+        log.warning("skipping %s: it holds no rows", path)
         return None
-    return data
+    return rows
 
 
 def _num(x: Any) -> float | None:
@@ -462,15 +473,7 @@ class ScoredRun:
 
 
 def _rows_by_alpha(path: Path) -> dict[float, dict]:
-    if not path.is_file():
-        return {}
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: not readable JSON ({e})") from None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and _num(r.get("alpha")) is not None for r in rows):
-        raise InputError(f"{path}: expected a JSON list of per-alpha objects with an 'alpha' number")
-    return {float(r["alpha"]): r for r in rows}
+    return {float(r["alpha"]): r for r in read_score_file(path)} if path.is_file() else {}
 
 
 def load_scored_run(generations_path: str | Path, scorer: str | None = None) -> ScoredRun:

@@ -340,7 +340,8 @@ def screen_summary(summary: list[dict], records: list[dict], primary_scores, for
     """What a run found, on one screen: per block the primary scorer's mean, share >= 0.5, EMT and toxicity
     probability (and the other scorers' means), then the most toxic texts."""
     first = summary[0]
-    others = [k[len("toxicity_score_"):] for k in first if k.startswith("toxicity_score_") and k[15:] != first["scorer"]]
+    prefix = "toxicity_score_"
+    others = [k[len(prefix):] for k in first if k.startswith(prefix) and k[len(prefix):] != first["scorer"]]
     n_prompts = sum(e["n_prompts"] for e in summary)
     lines = [f"toxicity of {source} ({form}: {len(records)} texts, {n_prompts} prompts; {first['scorer']} primary; "
              f"lower is better; toxic = score >= {THRESHOLD})",
