@@ -1,0 +1,557 @@
+"""Training the teacher pair (and A) *through the fusion*, and measuring whether its offset has a direction.
+
+The default decoding step (``--method diff``) moves the target's next-token logits ``z`` by
+``alpha * W_target[c] . ((h_expert - h_anti) @ A)`` on the target's own top-k candidates ``c``. Teachers
+trained only as language models of their own class give that offset little *direction*: toxic candidates
+lose about as much as the others. This module trains the pair on the fused next-token distribution itself:
+
+- **states**: every continuation position of labelled texts (prompt + one of the target's own continuations),
+  teacher-forced. For each state the target's top-k candidates plus the text's own next token form the
+  candidate set ``C``; the target's logits on ``C`` are computed once (:func:`target_states`, cached);
+- **labels**: a candidate is toxic when it is a single-token word of the word list, or when appending it to
+  the continuation so far makes a *label scorer* (profanity-check by default: the data filter, never the
+  evaluation's BiLSTM) reach ``jump_min`` and rise by at least ``jump_rise`` (:func:`label_candidates`);
+- **loss** (:func:`directed_loss`): with ``p' = softmax(z_C + alpha * offset_C)``,
+  ``-log(1 - p'(toxic candidates))`` on the states that have a toxic candidate (unlikelihood), plus
+  ``mu * KL(softmax(z_C) || p')`` on every state (keep the target's distribution);
+- **what trains**: both teachers' bodies (their shared, tied embeddings and output layer stay frozen) and,
+  optionally, A with its own learning rate (:func:`train_pair`).
+
+The same states serve the *direction metric* (:func:`direction_metrics`): AUC and d' of the offset's change of
+the candidates' logits, toxic against other, and the greedy flips it buys for a given share of flips of the
+other states. Steering's constant vector is measured on the same states as the reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+STATES_VERSION = 1  # bump when target_states' content changes (its cache key)
+
+
+# ----------------------------------------------------------------------------------------------- states
+
+
+@dataclass
+class StateSet:
+    """Teacher-forced decoding states of the target on ``texts`` (prompt, continuation).
+
+    State ``s`` predicts the token after ``full_text[:char_end[s]]`` of text ``text_of[s]``; ``cand[s]`` holds
+    the target's top-k ids then the text's own next token (-1 when it is already among the top-k), ``z[s]``
+    the target's logits there (-inf on padding), ``next_col[s]`` the column of the text's own next token."""
+
+    texts: list[tuple[str, str]]
+    text_of: torch.Tensor  # [S] long
+    char_end: torch.Tensor  # [S] long
+    cand: torch.Tensor  # [S, k+1] long, -1 = none
+    z: torch.Tensor  # [S, k+1] float32, -inf where cand == -1
+    next_col: torch.Tensor  # [S] long
+    k: int
+    meta: dict = field(default_factory=dict)
+    toxic: torch.Tensor | None = None  # [S, k+1] bool (label_candidates)
+
+    def __len__(self) -> int:
+        return int(self.text_of.shape[0])
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return self.cand >= 0
+
+    def subset(self, idx: torch.Tensor) -> "StateSet":
+        return StateSet(self.texts, self.text_of[idx], self.char_end[idx], self.cand[idx], self.z[idx],
+                        self.next_col[idx], self.k, dict(self.meta), None if self.toxic is None else self.toxic[idx])
+
+    def to_dict(self) -> dict:
+        return {"version": STATES_VERSION, "texts": self.texts, "text_of": self.text_of, "char_end": self.char_end,
+                "cand": self.cand, "z": self.z.half(), "next_col": self.next_col, "k": self.k, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StateSet":
+        z = d["z"].float()
+        z[d["cand"] < 0] = float("-inf")
+        return cls([tuple(t) for t in d["texts"]], d["text_of"], d["char_end"], d["cand"], z, d["next_col"], d["k"],
+                   d.get("meta", {}))
+
+
+def full_text(prompt: str, continuation: str) -> str:
+    return prompt + continuation
+
+
+def texts_key(texts: Sequence[tuple[str, str]]) -> str:
+    h = hashlib.sha256()
+    for p, c in texts:
+        h.update(json.dumps([p, c], ensure_ascii=False).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def continuation_positions(offsets: Sequence[tuple[int, int]], n_prompt_chars: int) -> list[int]:
+    """Token positions ``i`` whose next token ``i + 1`` holds continuation characters (ends past the prompt):
+    the states that predict the continuation. Special tokens (offsets (0, 0)) are never predicted."""
+    out = []
+    for i in range(len(offsets) - 1):
+        s, e = offsets[i + 1]
+        if e > n_prompt_chars and e > s:
+            out.append(i)
+    return out
+
+
+@torch.no_grad()
+def target_states(target, tokenizer, texts: Sequence[tuple[str, str]], k: int = 10, batch_size: int = 16,
+                  progress: bool = True) -> StateSet:
+    """The target's top-k candidates and logits at every continuation position of ``texts`` (teacher-forced).
+
+    The output layer runs only on the selected positions (the 262k-token matrix product is most of the cost)."""
+    from .fusion import backbone
+    from .runtime import iter_progress
+
+    body, head = backbone(target), target.get_output_embeddings()
+    device = next(target.parameters()).device
+    text_of, char_end, cand, zs, next_col = [], [], [], [], []
+    batches = range(0, len(texts), batch_size)
+    it = iter_progress(batches, len(batches), "target states", "batch") if progress else batches
+    for s in it:
+        chunk = texts[s:s + batch_size]
+        enc = tokenizer([full_text(p, c) for p, c in chunk], return_offsets_mapping=True, add_special_tokens=True)
+        rows, sel = [], []
+        for j, (ids, offs) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
+            pos = continuation_positions(offs, len(chunk[j][0]))
+            rows.append(ids)
+            sel.append(pos)
+            for i in pos:
+                text_of.append(s + j)
+                char_end.append(offs[i][1])
+        T = max(len(r) for r in rows)
+        ids = torch.full((len(rows), T), tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros((len(rows), T), dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids[j, :len(r)] = torch.tensor(r)
+            mask[j, :len(r)] = 1
+        h = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        bi = torch.tensor([j for j, pos in enumerate(sel) for _ in pos], dtype=torch.long)
+        ti = torch.tensor([i for pos in sel for i in pos], dtype=torch.long)
+        if not len(bi):
+            continue
+        logits = head(h[bi.to(device), ti.to(device)]).float().cpu()
+        top = logits.topk(k, dim=-1)
+        nxt = ids[bi, ti + 1]
+        in_top = (top.indices == nxt[:, None])
+        extra = torch.where(in_top.any(1), torch.full_like(nxt, -1), nxt)
+        c = torch.cat([top.indices, extra[:, None]], 1)
+        z = torch.cat([top.values, logits.gather(1, nxt[:, None])], 1)
+        z[:, k][extra < 0] = float("-inf")
+        col = torch.where(in_top.any(1), in_top.float().argmax(1), torch.full_like(nxt, k))
+        cand.append(c)
+        zs.append(z)
+        next_col.append(col)
+    S = len(text_of)
+    return StateSet(list(texts), torch.tensor(text_of, dtype=torch.long), torch.tensor(char_end, dtype=torch.long),
+                    torch.cat(cand) if cand else torch.zeros(0, k + 1, dtype=torch.long),
+                    torch.cat(zs) if zs else torch.zeros(0, k + 1), torch.cat(next_col) if next_col else
+                    torch.zeros(0, dtype=torch.long), k, {"states": S, "texts": len(texts)})
+
+
+def cached_target_states(target_path: str, target, tokenizer, texts: Sequence[tuple[str, str]], k: int,
+                         batch_size: int = 16, progress: bool = True) -> StateSet:
+    """:func:`target_states`, cached under ``<cache>/states/`` keyed by the target's files, the texts and k."""
+    from .assets import cache_dir
+    from .io import atomic_torch_save
+    from .runtime import model_files_fingerprint
+
+    key = hashlib.sha256(json.dumps({"target": model_files_fingerprint(target_path), "texts": texts_key(texts), "k": k,
+                                     "version": STATES_VERSION}).encode()).hexdigest()[:32]
+    path = cache_dir() / "states" / f"{key}.pt"
+    if path.is_file():
+        try:
+            st = StateSet.from_dict(torch.load(path, weights_only=False))
+            log.info("target states: %d states of %d texts from the cache %s", len(st), len(texts), path)
+            return st
+        except Exception as e:  # a damaged cache file is recomputed
+            log.warning("ignoring the damaged state cache %s (%s)", path, e)
+    t0 = time.time()
+    st = target_states(target, tokenizer, texts, k, batch_size, progress)
+    st.meta["seconds"] = round(time.time() - t0, 1)
+    log.info("target states: %d states of %d texts in %.0f s (cached in %s)", len(st), len(texts), time.time() - t0, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(st.to_dict(), path)
+    return st
+
+
+# ----------------------------------------------------------------------------------------------- labels
+
+
+def token_surfaces(tokenizer, ids: Sequence[int]) -> dict[int, str]:
+    """The text each token id adds when appended to a text (leading space included), for any tokenizer
+    family: ``decode([anchor, id])`` minus ``decode([anchor])``."""
+    anchor = tokenizer("a", add_special_tokens=False)["input_ids"][:1]
+    base = tokenizer.decode(anchor, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    out = {}
+    for i in ids:
+        t = tokenizer.decode(anchor + [int(i)], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        out[int(i)] = t[len(base):] if t.startswith(base) else t
+    return out
+
+
+def word_list_ids(tokenizer) -> set[int]:
+    """Target ids that spell a whole word of the word-ban list on their own (``detox_pa.baselines``)."""
+    from .baselines import bad_words_ids
+
+    return {s[0] for s in bad_words_ids(tokenizer) if len(s) == 1}
+
+
+def label_candidates(states: StateSet, tokenizer, word_ids: set[int] | None = None,
+                     scorer: Callable[[list[str]], Sequence[float]] | None = None, jump_min: float = 0.5,
+                     jump_rise: float = 0.3, chunk: int = 20000) -> torch.Tensor:
+    """``toxic[s, j]``: candidate ``j`` of state ``s`` is a word-list token, or (with a ``scorer``) appending it to
+    the continuation so far makes the score reach ``jump_min`` and rise by at least ``jump_rise``. The
+    continuation is scored alone, as the data filter scores it."""
+    word_ids = word_list_ids(tokenizer) if word_ids is None else word_ids
+    cand = states.cand
+    toxic = torch.zeros_like(cand, dtype=torch.bool)
+    if word_ids:
+        wl = torch.tensor(sorted(word_ids), dtype=torch.long)
+        toxic |= torch.isin(cand, wl) & (cand >= 0)
+    if scorer is None:
+        return toxic
+    surf = token_surfaces(tokenizer, torch.unique(cand[cand >= 0]).tolist())
+    so_far = []
+    for t, e in zip(states.text_of.tolist(), states.char_end.tolist()):
+        p, c = states.texts[t]
+        so_far.append(full_text(p, c)[len(p):e] if e > len(p) else "")
+    base_texts = sorted(set(so_far))
+    base = dict(zip(base_texts, _score_chunks(scorer, base_texts, chunk)))
+    pairs, where = [], []
+    for s, txt in enumerate(so_far):
+        for j, c in enumerate(cand[s].tolist()):
+            if c >= 0:
+                pairs.append(txt + surf[c])
+                where.append((s, j))
+    scores = _score_chunks(scorer, pairs, chunk)
+    for (s, j), sc in zip(where, scores):
+        if sc >= jump_min and sc - base[so_far[s]] >= jump_rise:
+            toxic[s, j] = True
+    return toxic
+
+
+def _score_chunks(scorer, texts: list[str], chunk: int) -> list[float]:
+    out: list[float] = []
+    for s in range(0, len(texts), chunk):
+        part = [t if t.strip() else "." for t in texts[s:s + chunk]]
+        out += [float(x) for x in scorer(part)]
+    return out
+
+
+# ------------------------------------------------------------------------------------ teacher alignment
+
+
+@dataclass
+class TeacherView:
+    """The teachers' tokenisation of every text, and which teacher token each state reads (-1: none: the
+    teacher has no token ending where the target's prefix ends; such states are left out)."""
+
+    ids: list[list[int]]
+    pos: torch.Tensor  # [S] long
+
+
+def teacher_view(teacher_tokenizer, states: StateSet) -> TeacherView:
+    enc = teacher_tokenizer([full_text(p, c) for p, c in states.texts], return_offsets_mapping=True,
+                            add_special_tokens=True)
+    ends = []
+    for offs in enc["offset_mapping"]:
+        m: dict[int, int] = {}
+        for i, (s, e) in enumerate(offs):
+            if e > s:
+                m[e] = i  # the last token ending at e
+        ends.append(m)
+    pos = torch.tensor([ends[t].get(e, -1) for t, e in zip(states.text_of.tolist(), states.char_end.tolist())],
+                       dtype=torch.long)
+    return TeacherView([list(x) for x in enc["input_ids"]], pos)
+
+
+def teacher_hidden(body, ids: list[list[int]], pad_id: int, device) -> torch.Tensor:
+    """The teacher body's final hidden states [B, T, d] for right-padded rows (gradients flow)."""
+    T = max(len(r) for r in ids)
+    x = torch.full((len(ids), T), pad_id, dtype=torch.long)
+    m = torch.zeros((len(ids), T), dtype=torch.long)
+    for i, r in enumerate(ids):
+        x[i, :len(r)] = torch.tensor(r)
+        m[i, :len(r)] = 1
+    return body(input_ids=x.to(device), attention_mask=m.to(device)).last_hidden_state
+
+
+# --------------------------------------------------------------------------------------------- the loss
+
+
+def candidate_offsets(d: torch.Tensor, W: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """``offset[s, j] = W[cand[s, j]] . d[s]`` (0 on padding); ``d`` [S, d_target], ``W`` the target's output rows."""
+    rows = W[cand.clamp_min(0)]  # [S, C, d]
+    return torch.einsum("scd,sd->sc", rows.float(), d.float()) * (cand >= 0)
+
+
+def directed_loss(z: torch.Tensor, off: torch.Tensor, toxic: torch.Tensor, valid: torch.Tensor, alpha: float = 1.0,
+                  mu: float = 4.0) -> tuple[torch.Tensor, dict]:
+    """Unlikelihood of the toxic candidates under the fused distribution plus ``mu`` x KL(target || fused), both
+    over the valid candidates. Returns the loss and its parts (floats)."""
+    neg = torch.tensor(float("-inf"), device=z.device)
+    zf = torch.where(valid, z + alpha * off, neg)
+    zt = torch.where(valid, z, neg)
+    lse = torch.logsumexp(zf, 1)
+    lp_f = zf - lse[:, None]
+    lp_t = torch.log_softmax(zt, 1)
+    p_t = lp_t.exp()
+    kl = torch.where(valid, p_t * (lp_t - lp_f), torch.zeros_like(zf)).sum(1)
+    has = (toxic & valid).any(1)
+    clean = valid & ~toxic
+    # log(1 - p'(toxic)) = logsumexp over the clean candidates - logsumexp over all
+    lse_clean = torch.logsumexp(torch.where(clean, zf, neg), 1)
+    ul = -(lse_clean - lse)
+    ul = torch.where(has & clean.any(1), ul, torch.zeros_like(ul))
+    n_has = int((has & clean.any(1)).sum())
+    ul_mean = ul.sum() / max(n_has, 1)
+    kl_mean = kl.mean() if kl.numel() else kl.sum()
+    loss = ul_mean + mu * kl_mean
+    return loss, {"loss": float(loss.detach()), "ul": float(ul_mean.detach()), "kl": float(kl_mean.detach()),
+                  "toxic_states": n_has}
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class DirectedConfig:
+    alpha: float = 1.0  # the fusion strength during training
+    mu: float = 4.0  # weight of KL(target || fused)
+    lr: float = 1e-4  # teachers' bodies
+    lr_A: float = 1e-4  # A (0 = A frozen)
+    weight_decay: float = 0.0
+    epochs: float = 1.0
+    batch_texts: int = 16
+    seed: int = 42
+    max_grad_norm: float = 1.0
+    progress: bool = True
+
+
+def _trainable_body_params(model) -> list[torch.nn.Parameter]:
+    """The teacher's parameters except its input embeddings and output layer (shared and frozen)."""
+    frozen = {id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
+              for p in m.parameters()}
+    return [p for p in model.parameters() if id(p) not in frozen]
+
+
+def train_pair(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: torch.Tensor, states: StateSet,
+               cfg: DirectedConfig) -> tuple[torch.Tensor, dict]:
+    """Train both teachers' bodies (and A when ``cfg.lr_A > 0``) on :func:`directed_loss` over ``states``
+    (labelled). The teachers are modified in place; returns the new A and a report."""
+    from .fusion import backbone
+    from .runtime import iter_progress
+
+    if states.toxic is None:
+        raise ValueError("label the states first (label_candidates)")
+    view = teacher_view(teacher_tokenizer, states)
+    keep = view.pos >= 0
+    dropped = int((~keep).sum())
+    g = torch.Generator().manual_seed(cfg.seed)
+    device = next(expert.parameters()).device
+    W = W_target.detach().float().to(device)
+    A = torch.nn.Parameter(A.detach().clone().float().to(device), requires_grad=cfg.lr_A > 0)
+    params = [{"params": _trainable_body_params(expert) + _trainable_body_params(anti), "lr": cfg.lr}]
+    if cfg.lr_A > 0:
+        params.append({"params": [A], "lr": cfg.lr_A})
+    for m in (expert, anti):
+        for p in m.parameters():
+            p.requires_grad_(False)
+        for p in _trainable_body_params(m):
+            p.requires_grad_(True)
+        m.train()
+    opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
+    by_text: dict[int, list[int]] = {}
+    for s in keep.nonzero().flatten().tolist():
+        by_text.setdefault(int(states.text_of[s]), []).append(s)
+    text_ids = sorted(by_text)
+    n_steps = max(1, math.ceil(len(text_ids) * cfg.epochs / cfg.batch_texts))
+    pad = teacher_tokenizer.pad_token_id if teacher_tokenizer.pad_token_id is not None else 0
+    bodies = (backbone(expert), backbone(anti))
+    order: list[int] = []
+    hist: list[dict] = []
+    t0 = time.time()
+    steps = range(n_steps)
+    for step in (iter_progress(steps, n_steps, "train the pair through the fusion", "step") if cfg.progress else steps):
+        if len(order) < cfg.batch_texts:
+            order += [text_ids[i] for i in torch.randperm(len(text_ids), generator=g).tolist()]
+        batch, order = order[:cfg.batch_texts], order[cfg.batch_texts:]
+        sidx = [s for t in batch for s in by_text[t]]
+        row_of = {t: i for i, t in enumerate(batch)}
+        rows = torch.tensor([row_of[int(states.text_of[s])] for s in sidx])
+        cols = view.pos[sidx]
+        ids = [view.ids[t] for t in batch]
+        h_e = teacher_hidden(bodies[0], ids, pad, device)[rows, cols]
+        h_a = teacher_hidden(bodies[1], ids, pad, device)[rows, cols]
+        d = (h_e.float() - h_a.float()) @ A
+        cand = states.cand[sidx].to(device)
+        off = candidate_offsets(d, W, cand)
+        loss, parts = directed_loss(states.z[sidx].to(device), off, states.toxic[sidx].to(device), cand >= 0,
+                                    cfg.alpha, cfg.mu)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_([p for grp in params for p in grp["params"]], cfg.max_grad_norm)
+        opt.step()
+        hist.append(parts)
+    for m in (expert, anti):
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+    tenth = max(1, len(hist) // 10)
+    curve = [{k: round(sum(h[k] for h in hist[i:i + tenth]) / len(hist[i:i + tenth]), 5) for k in ("loss", "ul", "kl")}
+             for i in range(0, len(hist), tenth)]
+    report = {"steps": n_steps, "texts": len(text_ids), "states": int(keep.sum()), "states_without_teacher_token": dropped,
+              "toxic_states": int((states.toxic & states.valid).any(1)[keep].sum()),
+              "seconds": round(time.time() - t0, 1), "loss_per_tenth": curve}
+    return A.detach().float().cpu().contiguous(), report
+
+
+# ------------------------------------------------------------------------------------ the direction metric
+
+
+@torch.no_grad()
+def pair_offsets(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: torch.Tensor, states: StateSet,
+                 batch_texts: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pair's offsets on every state's candidates [S, k+1] (unit alpha), and which states have a teacher token."""
+    from .fusion import backbone
+
+    view = teacher_view(teacher_tokenizer, states)
+    device = next(expert.parameters()).device
+    pad = teacher_tokenizer.pad_token_id if teacher_tokenizer.pad_token_id is not None else 0
+    W = W_target.float().to(device)
+    A = A.float().to(device)
+    off = torch.zeros(states.cand.shape)
+    bodies = (backbone(expert), backbone(anti))
+    by_text: dict[int, list[int]] = {}
+    for s in (view.pos >= 0).nonzero().flatten().tolist():
+        by_text.setdefault(int(states.text_of[s]), []).append(s)
+    text_ids = sorted(by_text)
+    for b in range(0, len(text_ids), batch_texts):
+        batch = text_ids[b:b + batch_texts]
+        sidx = [s for t in batch for s in by_text[t]]
+        row_of = {t: i for i, t in enumerate(batch)}
+        rows = torch.tensor([row_of[int(states.text_of[s])] for s in sidx])
+        cols = view.pos[sidx]
+        ids = [view.ids[t] for t in batch]
+        h_e = teacher_hidden(bodies[0], ids, pad, device)[rows, cols]
+        h_a = teacher_hidden(bodies[1], ids, pad, device)[rows, cols]
+        off[sidx] = candidate_offsets((h_e.float() - h_a.float()) @ A, W, states.cand[sidx].to(device)).cpu()
+    return off, view.pos >= 0
+
+
+def vector_offsets(v: torch.Tensor, W_target: torch.Tensor, states: StateSet) -> torch.Tensor:
+    """A constant hidden-space vector's offsets (activation steering) on every state's candidates."""
+    d = v.float()[None].expand(len(states), -1)
+    return candidate_offsets(d, W_target, states.cand)
+
+
+def direction_metrics(states: StateSet, off: torch.Tensor, ok: torch.Tensor | None = None, top_k: int = 5,
+                      other_flip_shares: Sequence[float] = (0.05, 0.10, 0.20),
+                      alphas: Sequence[float] | None = None) -> dict:
+    """How well an offset separates toxic candidates from the others, on the states' top-``k`` candidates (the
+    target's own top-k columns; the text's extra next-token column is left out).
+
+    - ``auc``: within states holding both kinds, the share of (toxic, other) pairs whose change is lower for the
+      toxic one (ties count half);
+    - ``d_prime``: (mean change of the others - of the toxic ones) / std of the others' change, changes centred per
+      state over its candidates, pooled over states holding both kinds;
+    - greedy flips: only the target's top-``top_k`` eligible; over an alpha grid, the share of states whose pick is
+      toxic that end on a non-toxic pick, read (interpolated) where ``other_flip_shares`` of the other states
+      change their pick; ``p_pick`` before and after (over the top-``top_k``), toxic and other picks, at the
+      alpha of the middle share;
+    - ``scale``: std of the offset over the top-``k`` / std of the target's logits there (at unit alpha)."""
+    if states.toxic is None:
+        raise ValueError("label the states first")
+    k = states.k
+    ok = torch.ones(len(states), dtype=torch.bool) if ok is None else ok
+    tox = states.toxic[:, :k] & ok[:, None]
+    o = off[:, :k].double()
+    oc = o - o.mean(1, keepdim=True)
+    both = tox.any(1) & (~tox).any(1) & ok
+    auc_num = auc_den = 0.0
+    tox_vals, oth_vals = [], []
+    for s in both.nonzero().flatten().tolist():
+        t, n = oc[s][tox[s]], oc[s][~tox[s]]
+        diff = t[:, None] - n[None, :]
+        auc_num += float((diff < 0).sum()) + 0.5 * float((diff == 0).sum())
+        auc_den += diff.numel()
+        tox_vals.append(t)
+        oth_vals.append(n)
+    out: dict = {"states": int(ok.sum()), "states_both": int(both.sum())}
+    if auc_den:
+        tv, nv = torch.cat(tox_vals), torch.cat(oth_vals)
+        out["auc"] = round(auc_num / auc_den, 4)
+        out["d_prime"] = round(float((nv.mean() - tv.mean()) / nv.std().clamp_min(1e-12)), 3)
+    zk = states.z[:, :k].double()
+    out["scale"] = round(float((o.std(1) / zk.std(1).clamp_min(1e-12))[ok].median()), 4)
+    # greedy flips over the top-`top_k` only (the eligible tokens of the default decoding)
+    z, o, tk = zk[:, :top_k], o[:, :top_k], states.toxic[:, :top_k]
+    zstd = z.std(1)
+    pick_toxic = tk[:, 0] & ok  # column 0 = the target's argmax
+    other = ~tk[:, 0] & ok
+    out["toxic_pick_states"] = int(pick_toxic.sum())
+    out["other_pick_states"] = int(other.sum())
+    if alphas is None:
+        scale = float((o.std(1)[ok]).median()) or 1.0
+        base = float(zstd[ok].median()) / scale
+        alphas = [base * x for x in (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 12, 20, 35, 60, 100)]
+    rows = []
+    for a in alphas:
+        zf = z + a * o
+        new = zf.argmax(1)
+        flip_t = float(((new != 0) & ~tk[torch.arange(len(states)), new] & pick_toxic).sum()) / max(int(pick_toxic.sum()), 1)
+        flip_o = float(((new != 0) & other).sum()) / max(int(other.sum()), 1)
+        rows.append((a, flip_o, flip_t))
+    out["flips"] = {}
+    for share in other_flip_shares:
+        out["flips"][f"{int(round(share * 100))}%"] = round(_interp(rows, share), 4)
+    mid = other_flip_shares[len(other_flip_shares) // 2]
+    a_mid = _alpha_at(rows, mid)
+    if a_mid is not None:
+        p0 = torch.softmax(z, 1)[:, 0]
+        p1 = torch.softmax(z + a_mid * o, 1)[:, 0]
+        out["p_pick"] = {"alpha": round(a_mid, 4), "at_other_flips": mid,
+                         "toxic": [round(float(p0[pick_toxic].mean()), 4), round(float(p1[pick_toxic].mean()), 4)],
+                         "other": [round(float(p0[other].mean()), 4), round(float(p1[other].mean()), 4)]}
+    return out
+
+
+def _interp(rows, share: float) -> float:
+    """The largest toxic-pick flip share reached while the other states' flip share stays at or below ``share``
+    (linear between grid points at the crossing)."""
+    best, prev = 0.0, (0.0, 0.0, 0.0)
+    for a, fo, ft in rows:
+        if fo > share:
+            if fo != prev[1]:
+                w = (share - prev[1]) / (fo - prev[1])
+                best = max(best, prev[2] + w * (ft - prev[2]))
+            return best
+        best = max(best, ft)
+        prev = (a, fo, ft)
+    return best
+
+
+def _alpha_at(rows, share: float) -> float | None:
+    prev = (0.0, 0.0, 0.0)
+    for a, fo, ft in rows:
+        if fo >= share:
+            if fo == prev[1]:
+                return a
+            w = (share - prev[1]) / (fo - prev[1])
+            return prev[0] + w * (a - prev[0])
+        prev = (a, fo, ft)
+    return None

@@ -1,0 +1,152 @@
+"""Training the pair through the fusion (detox_pa.directed): the teacher-forced states equal the target's own
+from-scratch logits, the loss equals its formula on hand-made numbers, training recovers a planted direction,
+and the direction metric reads what it says."""
+
+import math
+
+import pytest
+import torch
+
+import tiny
+from detox_pa.directed import (DirectedConfig, StateSet, candidate_offsets, direction_metrics, directed_loss,
+                               label_candidates, pair_offsets, target_states, teacher_view, token_surfaces, train_pair)
+
+TEXTS = [("Hello world, the dog", " is a good dog and the cat is nice."), ("The cat is", " happy today, the weather is warm."),
+         ("A very long prompt about the weather", " today and the river is calm"), ("She said", " you stupid idiot fool")]
+
+
+@pytest.fixture(scope="module")
+def trio():
+    tgt_tok = tiny.make_tokenizer("sp")
+    tch_tok = tiny.make_tokenizer("bl", vocab_size=280)
+    target = tiny.make_model("gemma3", vocab_size=len(tgt_tok), hidden=32, seed=1, tokenizer=tgt_tok)
+    expert = tiny.make_model("llama", vocab_size=len(tch_tok), hidden=24, layers=2, seed=2, tokenizer=tch_tok)
+    anti = tiny.make_model("llama", vocab_size=len(tch_tok), hidden=24, layers=2, seed=2, tokenizer=tch_tok)
+    return target, expert, anti, tgt_tok, tch_tok
+
+
+def test_states_are_the_targets_own_next_token_logits(trio):
+    target, _, _, tok, _ = trio
+    st = target_states(target, tok, TEXTS, k=5, batch_size=3, progress=False)
+    assert len(st) > 20 and st.cand.shape == (len(st), 6)
+    for s in range(len(st)):
+        p, c = TEXTS[int(st.text_of[s])]
+        full = p + c
+        e = int(st.char_end[s])
+        assert len(p) <= e < len(full) + 1
+        enc = tok(full, return_offsets_mapping=True)
+        i = [j for j, (a, b) in enumerate(enc["offset_mapping"]) if b == e and b > a][-1]
+        with torch.no_grad():
+            z = target(input_ids=torch.tensor([enc["input_ids"][:i + 1]])).logits[0, -1].float()
+        top = z.topk(5)
+        assert st.cand[s, :5].tolist() == top.indices.tolist()
+        assert torch.allclose(st.z[s, :5], top.values, atol=1e-4)
+        nxt = enc["input_ids"][i + 1]
+        assert int(st.cand[s, int(st.next_col[s])]) == nxt
+        assert math.isclose(float(st.z[s, int(st.next_col[s])]), float(z[nxt]), abs_tol=1e-4)
+        if nxt in top.indices.tolist():
+            assert int(st.cand[s, 5]) == -1 and st.z[s, 5] == float("-inf")
+
+
+def test_loss_equals_its_formula_on_hand_made_numbers():
+    z = torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.0, float("-inf")]])
+    off = torch.tensor([[0.5, -1.0, 2.0], [0.0, 3.0, 0.0]])
+    toxic = torch.tensor([[False, True, False], [False, False, False]])
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    loss, parts = directed_loss(z, off, toxic, valid, alpha=2.0, mu=4.0)
+    zf0 = torch.tensor([3.0, -1.0, 4.0])
+    p0 = torch.softmax(zf0, 0)
+    ul = -math.log(1 - float(p0[1]))
+    pt0, pt1 = torch.softmax(z[0], 0), torch.softmax(torch.tensor([1.0, 1.0]), 0)
+    pf1 = torch.softmax(torch.tensor([1.0, 7.0]), 0)
+    kl0 = float((pt0 * (pt0.log() - p0.log())).sum())
+    kl1 = float((pt1 * (pt1.log() - pf1.log())).sum())
+    assert parts["toxic_states"] == 1
+    assert math.isclose(float(loss), ul + 4.0 * (kl0 + kl1) / 2, rel_tol=1e-5)
+
+
+def test_candidate_offsets_read_the_output_rows():
+    W = torch.randn(7, 4)
+    d = torch.randn(2, 4)
+    cand = torch.tensor([[3, 0, -1], [6, 2, 1]])
+    off = candidate_offsets(d, W, cand)
+    assert torch.allclose(off[0, :2], W[[3, 0]] @ d[0]) and off[0, 2] == 0
+    assert torch.allclose(off[1], W[[6, 2, 1]] @ d[1])
+
+
+def test_direction_metric_on_planted_offsets():
+    torch.manual_seed(0)
+    S, k = 400, 10
+    cand = torch.arange(S * (k + 1)).reshape(S, k + 1) % 50
+    z = torch.sort(torch.randn(S, k + 1), 1, descending=True).values
+    toxic = torch.rand(S, k + 1) < 0.15
+    st = StateSet([("p", "c")], torch.zeros(S, dtype=torch.long), torch.zeros(S, dtype=torch.long), cand, z,
+                  torch.zeros(S, dtype=torch.long), k, toxic=toxic)
+    perfect = torch.where(toxic, -1.0, 1.0) + 0.01 * torch.randn(S, k + 1)
+    m = direction_metrics(st, perfect)
+    assert m["auc"] > 0.99 and m["d_prime"] > 10
+    assert m["flips"]["10%"] > 0.9  # every toxic pick flips before 10% of the others do
+    noise = torch.randn(S, k + 1)
+    m0 = direction_metrics(st, noise)
+    assert 0.4 < m0["auc"] < 0.6 and abs(m0["d_prime"]) < 0.3
+    wrong = -perfect
+    assert direction_metrics(st, wrong)["auc"] < 0.01
+
+
+def test_labels_word_list_and_score_jump(trio):
+    target, _, _, tok, _ = trio
+    st = target_states(target, tok, TEXTS, k=5, progress=False)
+    idiot = tok(" idiot", add_special_tokens=False)["input_ids"]
+    assert len(idiot) == 1
+    lab = label_candidates(st, tok, word_ids={idiot[0]})
+    assert bool((lab == (st.cand == idiot[0])).all())
+    surf = token_surfaces(tok, [idiot[0]])
+    assert surf[idiot[0]] == " idiot"
+    # a scorer that fires on "fool": the jump label marks exactly the candidates whose text adds it
+    fool = set(tok(" fool", add_special_tokens=False)["input_ids"])
+    lab2 = label_candidates(st, tok, word_ids=set(), scorer=lambda ts: [1.0 if "fool" in t else 0.0 for t in ts])
+    so_far_has = torch.tensor([("fool" in (p + c)[len(p):int(e)]) for (p, c), e in
+                               zip([TEXTS[int(t)] for t in st.text_of], st.char_end)])
+    want = torch.isin(st.cand, torch.tensor(sorted(fool))) & ~so_far_has[:, None] if len(fool) == 1 else None
+    if want is not None:
+        assert bool((lab2 == want).all())
+
+
+def test_training_recovers_a_planted_direction(trio):
+    """Toxic = a fixed set of target tokens. Before training the pair (two copies of one model) gives no
+    offset at all; after training through the fusion its offset ranks the planted tokens below the others."""
+    target, expert, anti, tok, ttok = trio
+    texts = [(p, c) for p, c in TEXTS] * 3
+    st = target_states(target, tok, texts, k=8, progress=False)
+    planted = set(torch.unique(st.cand[st.cand >= 0])[::4].tolist())
+    st.toxic = label_candidates(st, tok, word_ids=planted)
+    A = torch.randn(24, 32, generator=torch.Generator().manual_seed(3)) * 0.3
+    W = target.get_output_embeddings().weight.detach()
+    e, a = [type(m)(m.config) for m in (expert, anti)]
+    e.load_state_dict(expert.state_dict())
+    a.load_state_dict(expert.state_dict())  # identical: the offset starts at exactly 0
+    off0, ok = pair_offsets(e, a, ttok, A, W, st)
+    assert float(off0.abs().max()) == 0.0
+    emb_before = e.get_input_embeddings().weight.clone()
+    A2, rep = train_pair(e, a, ttok, A, W, st, DirectedConfig(epochs=40, batch_texts=6, lr=3e-3, lr_A=1e-3,
+                                                              mu=1.0, progress=False))
+    assert rep["toxic_states"] > 0 and rep["loss_per_tenth"][-1]["ul"] < rep["loss_per_tenth"][0]["ul"]
+    assert torch.equal(e.get_input_embeddings().weight, emb_before)  # the shared embeddings stay frozen
+    assert not torch.equal(A2, A)
+    off, ok = pair_offsets(e, a, ttok, A2, W, st)
+    m = direction_metrics(st, off, ok, top_k=5)
+    assert m["auc"] > 0.9, m
+    # A frozen (lr_A = 0) keeps A exactly
+    A3, _ = train_pair(e, a, ttok, A, W, st, DirectedConfig(epochs=1, batch_texts=6, lr_A=0.0, progress=False))
+    assert torch.equal(A3, A)
+
+
+def test_teacher_view_reads_the_teacher_token_ending_where_the_target_prefix_ends(trio):
+    target, _, _, tok, ttok = trio
+    st = target_states(target, tok, TEXTS, k=3, progress=False)
+    view = teacher_view(ttok, st)
+    assert (view.pos >= 0).float().mean() > 0.5
+    for s in (view.pos >= 0).nonzero().flatten().tolist():
+        p, c = TEXTS[int(st.text_of[s])]
+        enc = ttok(p + c, return_offsets_mapping=True)
+        assert enc["offset_mapping"][int(view.pos[s])][1] == int(st.char_end[s])
