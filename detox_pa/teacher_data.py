@@ -81,6 +81,15 @@ class BuildArgs:
     max_per_prompt: int = field(default=3, metadata={"help": "at most this many kept completions per prompt"})
     toxic_max_per_prompt: int = field(default=8, metadata={
         "help": "at most this many toxic completions per prompt in --out_toxic_tsv"})
+    extra_samples_train: int = field(default=0, metadata={
+        "help": "a second round: this many more continuations per RTP build prompt outside the dev part (the "
+                "training prompts), sampled after the first round with --extra_seed; more on-policy data for "
+                "the teachers without changing the first round's samples"})
+    extra_seed: int = field(default=3025, metadata={
+        "help": "the second round's batch b is sampled after torch.manual_seed(extra_seed + b)"})
+    extend: bool = field(default=False, metadata={
+        "help": "reuse the samples of an earlier build (--steering_out, checked like --reselect) and sample only "
+                "the jobs it lacks (e.g. a new --extra_samples_train round); then redo the selection"})
     reselect: bool = field(default=False, metadata={
         "help": "do not sample: read the records of an earlier build from --steering_out and redo only the "
                 "selection (its sampling arguments must match; the records are rewritten)"})
@@ -93,6 +102,9 @@ class BuildArgs:
         self._resolve_paths()
         require_min(self, ("samples_rtp", "samples_neutral", "max_new_tokens", "batch_size", "max_per_prompt",
                            "toxic_max_per_prompt", "min_words"), 1)
+        require_min(self, ("extra_samples_train",), 0)
+        if self.reselect and self.extend:
+            raise InputError("--reselect and --extend exclude each other (--extend also samples what is missing)")
         if self.max_prompts < 0:
             raise InputError(f"--max_prompts must be 0 (all) or positive, got {self.max_prompts}")
         if not 0.0 < self.top_p <= 1.0:
@@ -112,9 +124,10 @@ class BuildArgs:
         if len(set(outs)) != len(outs):
             raise InputError(f"--out_tsv, --out_toxic_tsv and --steering_out must name different files, got "
                              f"{self.out_tsv}, {self.out_toxic_tsv} and {self.steering_out}")
-        if self.reselect and not self.steering_path.is_file():
-            raise InputError(f"--reselect reads the records of an earlier build from --steering_out "
-                             f"{self.steering_path}, which does not exist")
+        for flag in ("reselect", "extend"):
+            if getattr(self, flag) and not self.steering_path.is_file():
+                raise InputError(f"--{flag} reads the records of an earlier build from --steering_out "
+                                 f"{self.steering_path}, which does not exist")
         for p, what in zip(outs, ("--out_tsv", "sidecar of --out_tsv", "--steering_out", "--out_toxic_tsv")):
             check_output_path(p, what)
             if p.exists() and not self.overwrite:
@@ -138,12 +151,19 @@ class BuildArgs:
     def samples_for(self, split: str) -> int:
         return self.samples_neutral if split == SPLIT_NEUTRAL else self.samples_rtp
 
+    def jobs(self, prompts: list[tuple[str, str]]) -> tuple[list[int], int]:
+        """The prompt index of every sample, in sampling order, and how many belong to the first round: the
+        first round (samples_for each split), then --extra_samples_train more for each training RTP prompt."""
+        first = [i for i, (_, split) in enumerate(prompts) for _ in range(self.samples_for(split))]
+        extra = [i for i, (_, split) in enumerate(prompts) if split == SPLIT_RTP for _ in range(self.extra_samples_train)]
+        return first + extra, len(first)
+
     def command(self) -> str:
         """The command line that reproduces these arguments (non-default values only)."""
         parts = ["python", "-m", "scripts.build_teacher_data"]
         for f in fields(self):
             v = getattr(self, f.name)
-            if v == f.default or f.name == "reselect":  # --reselect redoes the selection of this same build
+            if v == f.default or f.name in ("reselect", "extend"):  # the same build, selected (and extended) again
                 continue
             if isinstance(v, bool):
                 parts.append(f"--{f.name}" if v else f"--{f.name}=false")
@@ -486,9 +506,10 @@ def _describe(name: str) -> str:
     return _display_path(Path(name)) if Path(name).exists() else name
 
 
-def _earlier_samples(args: BuildArgs, prompts, jobs) -> tuple[list[tuple[str, str, int]], dict]:
+def _earlier_samples(args: BuildArgs, prompts, jobs, prefix_ok: bool = False) -> tuple[list[tuple[str, str, int]], dict]:
     """The samples of an earlier build (its records, --steering_out), checked to be what these arguments
-    would sample: same prompts in the same order, same sampling settings in its sidecar."""
+    would sample: same prompts in the same order, same sampling settings in its sidecar. With ``prefix_ok``
+    (--extend) the earlier build may hold only the first jobs (e.g. the first round)."""
     from .io import read_json
 
     lines = read_text(args.steering_path, "--steering_out").splitlines()
@@ -500,6 +521,8 @@ def _earlier_samples(args: BuildArgs, prompts, jobs) -> tuple[list[tuple[str, st
             raise InputError(f"{args.steering_path}:{n}: not a JSON record") from None
     got = [r.get("prompt") for r in records]
     want = [prompts[j][0] for j in jobs]
+    if prefix_ok and len(got) < len(want):
+        want = want[:len(got)]
     if got != want:
         first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
         raise InputError(f"{args.steering_path}:{first + 1}: the earlier build sampled other prompts "
@@ -525,22 +548,40 @@ def build(args: BuildArgs, model=None, tokenizer=None, scorer: Scorer | None = N
              n_rtp, n_dev, len(prompts) - n_rtp - n_dev)
     if scorer is None:
         scorer, scorer_info = profanity_scorer()
-    jobs = [i for i, (_, split) in enumerate(prompts) for _ in range(args.samples_for(split))]
+    jobs, n_first = args.jobs(prompts)
     earlier = None
-    if args.reselect:
-        samples, earlier = _earlier_samples(args, prompts, jobs)
-        t_loaded = t_gen = time.time()
-        cfg = type("Cfg", (), earlier.get("model", {}))  # the model's description, from the earlier sidecar
-    else:
+    samples: list[tuple[str, str, int]] = []
+    if args.reselect or args.extend:
+        samples, earlier = _earlier_samples(args, prompts, jobs, prefix_ok=args.extend)
+        if args.extend and len(samples) not in (n_first, len(jobs)):
+            raise InputError(f"{args.steering_path}: holds {len(samples)} records; --extend adds a whole second round "
+                             f"to a build of {n_first} (first round) and these arguments need {len(jobs)}")
+    if earlier is not None and len(samples) > n_first:
+        had = (earlier.get("sampling") or {})
+        if (had.get("extra_samples_train", 0), had.get("extra_seed")) != (args.extra_samples_train, args.extra_seed):
+            raise InputError(f"{args.sidecar_path}: the earlier build's second round used extra_samples_train "
+                             f"{had.get('extra_samples_train', 0)} and extra_seed {had.get('extra_seed')}, these "
+                             f"arguments say {args.extra_samples_train} and {args.extra_seed}")
+    t_loaded = t_gen = time.time()
+    t_extra = 0.0
+    todo = [(0, n_first, args.seed), (n_first, len(jobs), args.extra_seed)]
+    todo = [(a, b, seed) for a, b, seed in todo if b > a and len(samples) <= a]
+    cfg = type("Cfg", (), (earlier or {}).get("model", {}))  # the model's description, from the earlier sidecar
+    if todo:
         if model is None or tokenizer is None:
             model, tokenizer, _ = load_target(args.model)
         cfg = model.config
         t_loaded = time.time()
-        log.info("sampling %d continuations (%d new tokens max, batch %d)", len(jobs), args.max_new_tokens,
-                 args.batch_size)
-        samples = sample_continuations(
-            model, tokenizer, [prompts[j][0] for j in jobs], max_new_tokens=args.max_new_tokens, top_p=args.top_p,
-            temperature=args.temperature, seed=args.seed, batch_size=args.batch_size, progress=progress)
+        for a, b, seed in todo:
+            t0 = time.time()
+            log.info("sampling %d continuations (%s round, %d new tokens max, batch %d)", b - a,
+                     "first" if a == 0 else "second", args.max_new_tokens, args.batch_size)
+            samples += sample_continuations(
+                model, tokenizer, [prompts[j][0] for j in jobs[a:b]], max_new_tokens=args.max_new_tokens,
+                top_p=args.top_p, temperature=args.temperature, seed=seed, batch_size=args.batch_size,
+                progress=progress)
+            if a > 0:
+                t_extra = time.time() - t0
         t_gen = time.time()
     records = select(prompts, jobs, samples, scorer, args)
     t_score = time.time()
@@ -583,7 +624,10 @@ def build(args: BuildArgs, model=None, tokenizer=None, scorer: Scorer | None = N
                                SPLIT_NEUTRAL: args.samples_neutral},
         "sampling": {"do_sample": True, "top_p": args.top_p, "top_k": None, "temperature": args.temperature,
                      "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "padding": "left",
-                     "seed": args.seed, "seeding": "torch.manual_seed(seed + batch_index) before each batch"},
+                     "seed": args.seed, "seeding": "torch.manual_seed(seed + batch_index) before each batch",
+                     "extra_samples_train": args.extra_samples_train, "extra_seed": args.extra_seed,
+                     "extra_seeding": "second round (training RTP prompts only): torch.manual_seed(extra_seed + "
+                                      "batch_index) before each of its batches"},
         "filter": {"scorer": scorer_info or {"name": "injected"}, "scored_text": "the continuation alone",
                    "clean_threshold": args.clean_threshold, "clean_rule": "prob < clean_threshold",
                    "toxic_threshold": args.toxic_threshold, "toxic_rule": "prob >= toxic_threshold",
@@ -612,13 +656,18 @@ def build(args: BuildArgs, model=None, tokenizer=None, scorer: Scorer | None = N
         "command": args.command(),
         "arguments": {f.name: getattr(args, f.name) for f in fields(args)},
     }
-    if earlier is not None:  # the sampling happened in the earlier build: keep its times and hardware
+    if earlier is not None:  # the (first round's) sampling happened in the earlier build: keep its times and hardware
         for k in ("times_s", "tokens_per_s", "hardware", "versions", "model"):
             if k in earlier:
                 sidecar[k] = earlier[k]
-        sidecar["reselected"] = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                 "note": "selection redone with --reselect on the earlier build's records; "
-                                         "a full rebuild with the same arguments samples the same texts"}
+        if t_extra:
+            sidecar["times_s"] = {**sidecar.get("times_s", {}), "generate_second_round": round(t_extra, 1),
+                                  "second_round_hardware": {"platform": platform.platform(),
+                                                            "torch_threads": torch.get_num_threads()}}
+        sidecar["reselected"] = {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "how": "--extend" if args.extend else
+                                 "--reselect", "note": "selection redone on the earlier build's records (--extend: "
+                                 "plus the jobs they lacked, sampled now); a full rebuild with the same arguments "
+                                 "samples the same texts"}
     atomic_write_text(args.tsv_path, tsv)
     atomic_write_text(args.toxic_tsv_path, toxic_tsv)
     atomic_write_text(args.steering_path, jsonl_text(records))

@@ -239,3 +239,26 @@ def test_committed_data_files():
     assert side["toxic_rows"] == len(toxic) > 0
     used = {p for p, _ in pairs} | {p for p, _ in toxic}
     assert used <= allowed and not used & set(rtp_split("dev"))  # no dev prompt trains anything
+
+
+def test_extend_adds_a_second_round_equal_to_a_fresh_build(tiny, tmp_path):
+    """--extend keeps the first round's samples and samples only the second round; the result equals a fresh
+    build with the same arguments (same seeds), and the second round draws only training prompts."""
+    import shutil
+
+    args1, _, first = _build(tmp_path / "a", tiny)
+    ext = _args(tmp_path / "a", extra_samples_train=2, extend=True, overwrite=True)
+    model, tok = tiny
+    side = btd.build(ext, model=model, tokenizer=tok, scorer=fake_scorer, scorer_info={"name": "fake"}, progress=False)
+    extended = [json.loads(line) for line in ext.steering_path.read_text(encoding="utf-8").splitlines()]
+    assert extended[:len(first)] == first
+    second = extended[len(first):]
+    assert second and all(r["split"] == btd.SPLIT_RTP for r in second)
+    assert side["sampling"]["extra_samples_train"] == 2 and "generate_second_round" in side["times_s"]
+    _, _, fresh = _build(tmp_path / "b", tiny, extra_samples_train=2)
+    assert [(r["prompt"], r["continuation"]) for r in fresh] == [(r["prompt"], r["continuation"]) for r in extended]
+    # an extension with another second-round seed is refused on reselect
+    shutil.copy(ext.sidecar_path, tmp_path / "keep.json")
+    with pytest.raises(InputError, match="extra_seed"):
+        btd.build(_args(tmp_path / "a", extra_samples_train=2, extra_seed=9, reselect=True, overwrite=True),
+                  scorer=fake_scorer, scorer_info={"name": "fake"}, progress=False)
