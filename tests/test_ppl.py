@@ -298,7 +298,7 @@ def test_our_files_read_by_the_papers_formula_agree_where_the_continuation_start
     gen = write_gen(tmp_path / "ours.json", ours)
     with caplog.at_level(logging.INFO):
         assert eval_ppl(["--model_path", str(ref_folder), "--input_json", str(gen)]) == 0
-    assert "join: exact (every pair has the exact 'continuation'" in caplog.text
+    assert "join: exact (every pair holds the exact 'continuation'" in caplog.text
     d = json.loads((tmp_path / "ours_ppl.json").read_text())[0]
     assert (d["join"], d["n_scored"], d["n_skipped_empty"]) == ("exact", 2, 1)  # the empty one is counted and skipped
     assert d["PPL"] == pytest.approx(paper_formula_ppl(ref_folder, ours[0]["prompt-response pairs"][:2]), rel=0.01)
