@@ -32,6 +32,7 @@ import torch
 from .artifacts import MATRIX_FILE, MATRIX_KEY, PAIRS_KEY, generation_meta_path, journal_path, journal_paths
 from .cli import args_to_dict, log_args, parse_dataclasses, require_min
 from .errors import InputError
+from .methods import alpha_ranges
 from .runtime import DEVICE_HELP, DTYPE_HELP, check_device_name, check_dtype_name
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ class GenerateArguments:
     output_path: str = field(default="outputs/generations.json", metadata={"help": "Output JSON (the paper's nested format)."})
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
-                                metadata={"help": "Fusion weights to sweep, each in [0, 1]."})
+                                metadata={"help": "Strengths to sweep, 0 = the target alone; per --method: "
+                                                  + alpha_ranges() + "."})
     max_new_tokens: int = field(default=10, metadata={"help": "New tokens per continuation (paper: 10; the field: 20)."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per generate() call."})
     num_samples: int = field(default=1, metadata={"help": "Samples per prompt (the field: 25 with --do_sample)."})

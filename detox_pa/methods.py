@@ -32,6 +32,12 @@ def register(cls):
     return cls
 
 
+def alpha_ranges() -> str:
+    """What each registered method accepts as alpha, for generate.py's --help."""
+    return "; ".join(f"{name}: " + (f"[0, {cls.max_alpha:g}]" if cls.max_alpha is not None else "any alpha >= 0")
+                     + f" ({cls.alpha_meaning})" for name, cls in REGISTRY.items())
+
+
 def get_method(name: str) -> type["Method"]:
     if name not in REGISTRY:
         raise InputError(f"--method must be one of {', '.join(REGISTRY)}, got {name!r}")
@@ -44,6 +50,7 @@ class Method:
     name = ""
     baseline = False  # a baseline the reports draw apart from the projection-alignment methods
     max_alpha: float | None = None  # the largest alpha that makes sense (None: any >= 0)
+    alpha_meaning = "a strength"  # what alpha scales, for --help
     uses: tuple[str, ...] = ()  # the argument fields that define the method's output (journal fingerprint)
 
     def __init__(self, args):
@@ -101,6 +108,7 @@ class Fusion(Method):
 
     name = "fusion"
     max_alpha = 1.0
+    alpha_meaning = "the teacher's weight in the mix"
     uses = ("norm", "bridge")
 
     def check(self) -> None:
@@ -156,6 +164,7 @@ class Diff(Method):
     where the anti-expert prefers the target's pick by at least g nats (over those top-k)."""
 
     name = "diff"
+    alpha_meaning = "a logit scale"
     uses = ("diff_space", "top_k", "gate", "bridge")
 
     def check(self) -> None:
@@ -242,6 +251,7 @@ class WordBan(Method):
 
     name = "wordban"
     baseline = True
+    alpha_meaning = "0 = off, > 0 = on"
 
     def load(self, target, tokenizer, device, dtype) -> None:
         from .baselines import bad_words_ids
@@ -259,6 +269,7 @@ class Steer(Method):
 
     name = "steer"
     baseline = True
+    alpha_meaning = "a hidden-state scale"
     uses = ("steer_vector",)
 
     def check(self) -> None:

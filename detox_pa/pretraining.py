@@ -28,6 +28,7 @@ when no GPU is visible.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -145,11 +146,46 @@ class Args:
     training: TeacherTrainingArguments
 
 
+# The Trainer's options --help shows (the ones this step sets or run_pretrain.sh passes); --help_all shows all.
+TRAINER_SHOWN = ("output_dir", "overwrite_output_dir", "learning_rate", "per_device_train_batch_size",
+                 "gradient_accumulation_steps", "num_train_epochs", "max_steps", "warmup_steps", "logging_steps",
+                 "logging_first_step", "save_strategy", "save_steps", "save_total_limit", "seed", "report_to", "bf16",
+                 "deepspeed", "use_cpu", "resume_from_checkpoint")
+ModelArguments._argument_group_name = "the teacher (this project's arguments)"
+DataArguments._argument_group_name = "its data (this project's arguments)"
+TeacherTrainingArguments._argument_group_name = (
+    "training: transformers' TrainingArguments (the ones this step sets; every other one is accepted too, "
+    "pretrain.py --help_all lists them)")
+
+
+def print_help(description: str | None, everything: bool = False) -> None:
+    """``--help``: this project's arguments first, then the Trainer options the step uses; ``--help_all``: all."""
+    import argparse
+
+    from .cli import _make_parser
+
+    parser = _make_parser((ModelArguments, DataArguments, TeacherTrainingArguments), description)
+    if not everything:
+        own = {f.name for t in (ModelArguments, DataArguments) for f in dataclasses.fields(t)}
+        for action in parser._actions:
+            if action.dest not in own and action.dest not in TRAINER_SHOWN and action.dest not in ("help", "config"):
+                action.help = argparse.SUPPRESS
+        parser.epilog = (f"Every other option of transformers' TrainingArguments (about "
+                         f"{len(dataclasses.fields(TrainingArguments)) - len(TRAINER_SHOWN)} more: hub, FSDP, "
+                         f"evaluation, logging, ...) is accepted too: pretrain.py --help_all lists them, or see "
+                         f"https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments")
+    parser.print_help()
+
+
 def parse_args(argv: Sequence[str] | None = None, description: str | None = None) -> Args:
     """The three argument groups; ``--deepspeed`` without a launcher gets the single-process set-up."""
     from .cli import expand_config
     from .runtime import deepspeed_single_process
 
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if "--help_all" in raw or "-h" in raw or "--help" in raw:
+        print_help(description or __doc__.split("\n\n")[0], everything="--help_all" in raw)
+        raise SystemExit(0)
     argv = expand_config(sys.argv[1:] if argv is None else argv, (ModelArguments, DataArguments, TeacherTrainingArguments))
     if any(a == "--deepspeed" or a.startswith("--deepspeed=") for a in argv):
         argv = deepspeed_single_process(argv)

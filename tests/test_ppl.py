@@ -235,6 +235,8 @@ def test_launcher_positional_args(tmp_path, ref_folder):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "gen_ppl.json").read_text())[0]["n_scored"] == 2
+    # a one-screen summary on stdout, like the toxicity step's
+    assert proc.stdout.startswith(f"perplexity of {gen} (nested: 3 texts, 3 prompts)"), proc.stdout
 
 
 # ------------------------------------------------------------------------------ both whitespace conventions
