@@ -89,6 +89,36 @@ class Method:
             out["acted_note"] = "share of (row, step) pairs the method changed, over the batches run by this process"
         return out
 
+    def designed_objective(self) -> str | None:
+        """The align.py --objective whose matrix this method (with its options) was designed for, if any."""
+        return None
+
+    def note_matrix_objective(self, matrix_path: str) -> str | None:
+        """One log line when the matrix's sidecar records another objective than :meth:`designed_objective`
+        (a legitimate ablation, but not the recipe); returns that objective."""
+        import json
+        from pathlib import Path
+
+        from .artifacts import matrix_sidecar_path
+
+        want = self.designed_objective()
+        p = Path(matrix_path)
+        for side in (p.with_suffix(".json"), matrix_sidecar_path(p.parent)):
+            if want and side.is_file():
+                try:
+                    got = json.loads(side.read_text(encoding="utf-8")).get("objective")
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                    return None
+                if got and got != want:
+                    log.warning("the matrix %s was fitted with --objective %s (%s); --method %s%s was designed for an A "
+                                "from --objective %s: a legitimate ablation, but not the recipe", matrix_path, got,
+                                side.name, self.name, self.option_note(), want)
+                return got
+        return None
+
+    def option_note(self) -> str:
+        return ""
+
     def _count(self, alpha: float, fuser) -> None:
         if fuser is not None:
             c = self.acted.setdefault(alpha, [0, 0])
@@ -130,8 +160,17 @@ class Fusion(Method):
             return {}
         self.teacher_path = resolve_model(self.args.teacher_model, "--teacher_model")
         self.A = load_matrix(self.args.matrix_A, model_hidden_size(self.teacher_path), model_hidden_size(target_path))
+        self.note_matrix_objective(self.args.matrix_A)
         return {"teacher_model": self.args.teacher_model, "teacher_files": model_files_fingerprint(self.teacher_path),
                 "matrix_A": sha256_file(self.args.matrix_A)}
+
+    def designed_objective(self) -> str | None:
+        # the paper's LayerNorm fusion goes with its contrastive A; --norm none reads h_teacher A at the teacher's
+        # logit scale, which is what the logits objective fits
+        return {"layernorm": "contrastive", "none": "logits"}.get(self.args.norm)
+
+    def option_note(self) -> str:
+        return f" --norm {self.args.norm}"
 
     def load(self, target, tokenizer, device, dtype) -> None:
         super().load(target, tokenizer, device, dtype)
@@ -203,7 +242,11 @@ class Diff(Method):
         if a.diff_space == "hidden":
             self.A = load_matrix(a.matrix_A, d_e, model_hidden_size(target_path))
             fp["matrix_A"] = sha256_file(a.matrix_A)
+            self.note_matrix_objective(a.matrix_A)
         return fp
+
+    def designed_objective(self) -> str | None:
+        return "logits" if self.args.diff_space == "hidden" else None  # (h_e - h_a) A read by the target's output layer
 
     def load(self, target, tokenizer, device, dtype) -> None:
         from .fusion import same_tokenizer, teacher_index

@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from transformers import TrainingArguments
 
@@ -57,15 +57,20 @@ class ModelArguments:
     model_name_or_path: str = field(default="smollm2-135m", metadata={
         "help": "Base causal LM: an alias (smollm2-135m, gemma-3-270m), a local Hugging Face folder or a hub id."})
     num_teacher_layers: int = field(default=3, metadata={"help": "Keep the first N decoder layers of the base."})
-    freeze_embeddings: bool = field(default=False, metadata={
-        "help": "Do not train the input token embeddings (when tied to the output layer, this freezes both)."})
-    freeze_lm_head: bool = field(default=False, metadata={
-        "help": "Do not train the output layer (when it is tied to the embeddings, this freezes both)."})
+    freeze_embeddings: bool = field(default=True, metadata={
+        "help": "Do not train the input token embeddings (when tied to the output layer, this freezes both). The "
+                "default recipe freezes them, so expert and anti-expert share one output layer; the paper trains "
+                "them (--freeze_embeddings false)."})
+    freeze_lm_head: Optional[bool] = field(default=None, metadata={
+        "help": "Do not train the output layer (when it is tied to the embeddings, this freezes both). Default: "
+                "the same as --freeze_embeddings."})
     dtype: str = field(default="float32", metadata={
         "help": "Weights dtype when loading (float32, bfloat16, float16, auto). Keep float32 and use --bf16 "
                 "for mixed precision."})
 
     def __post_init__(self):
+        if self.freeze_lm_head is None:
+            self.freeze_lm_head = self.freeze_embeddings
         if isinstance(self.num_teacher_layers, bool) or self.num_teacher_layers < 1:
             raise InputError(f"--num_teacher_layers must be at least 1, got {self.num_teacher_layers}")
         from detox_pa.runtime import check_dtype_name
@@ -77,7 +82,7 @@ class ModelArguments:
 class DataArguments:
     training_data_path: str = field(default="data/teacher_data.tsv", metadata={
         "help": "WildJailbreak-style TSV (vanilla, adversarial, completion) or JSONL (prompt, completion)."})
-    max_length: int = field(default=512, metadata={
+    max_length: int = field(default=128, metadata={
         "help": "Truncate prompt+completion to this many tokens (the completion keeps at least half)."})
     separator: str = field(default=" ", metadata={
         "help": "Put between prompt and completion when neither has whitespace at the boundary "
@@ -115,7 +120,12 @@ class TeacherTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "Start over in an --output_dir that already holds a teacher or checkpoints (deletes the old "
                 "checkpoint-* folders)."})
-    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (the paper: 1e-5)."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (the default recipe's, for a "
+                                                                   "3-layer teacher; the paper: 1e-5)."})
+    per_device_train_batch_size: int = field(default=16, metadata={
+        "help": "Rows per device and step (the paper: 2 per GPU x 7 GPUs x gradient accumulation 4)."})
+    warmup_steps: float = field(default=5, metadata={"help": "Linear warm-up steps (or a share of all steps if < 1)."})
+    save_steps: float = field(default=50, metadata={"help": "Save a checkpoint every N steps."})
     logging_steps: float = field(default=10, metadata={"help": "Log the loss every N steps."})
     logging_first_step: bool = field(default=True, metadata={"help": "Log the loss of the first step."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})

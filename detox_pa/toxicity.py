@@ -77,9 +77,10 @@ class ToxicityArguments:
         "help": "What to score: the paper's nested generations JSON, a .txt file (one text a line), a JSONL of "
                 "{text} (optionally with prompt), or a DExperts JSONL {prompt, generations: [{text}]}."})
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
-    scorer: str = field(default="auto", metadata={
+    scorer: str = field(default="auto,profanity-check", metadata={
         "aliases": ["--scorers"],
-        "help": "Scorer name, or a comma list (the first is the primary, written as toxicity_score). Known: "
+        "help": "Scorer name, or a comma list (the first is the primary, written as toxicity_score; the default "
+                "scores with the best one at hand and with profanity-check). Known: "
                 + ", ".join(scorers_mod.KNOWN_SCORERS)})
     checkpoint: str = field(default="", metadata={"help": "Local Detoxify checkpoint file (for detoxify-* / auto)."})
     hf_config_dir: str = field(default="", metadata={
