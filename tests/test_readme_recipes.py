@@ -128,3 +128,27 @@ def test_alignment_never_pairs_a_named_teacher_with_the_default_anti_expert(tmp_
     assert r.returncode == 2 and "name your expert too (MODEL1_NAME=...)" in r.stderr and "ARGS" not in r.stdout
     r = launch(tmp_path, "run_alignment.sh", MODEL1_NAME="runs/teacher", ALSO_TEACHER="runs/anti")
     assert r.returncode == 0 and "--also_teacher runs/anti" in r.stdout, r.stderr
+
+
+@pytest.mark.slow  # two subprocesses; tests/test_ppl_formats.py and test_toxicity.py check the same forms in-process
+def test_the_score_your_own_texts_block_runs_as_written(tmp_path):
+    """README "Score your own texts": a .txt file through run_tox_score.sh and a DExperts JSONL through eval_ppl.py
+    (the embedded Gemma replaced by a tiny local model)."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("**Score your own texts.**")
+    block = text[text.index("```bash\n", start) + len("```bash\n"):text.index("\n```", text.index("```bash\n", start))]
+    target = make_model_folder(tmp_path, "tiny", "llama", "sp", layers=1)
+    (tmp_path / "my_texts.txt").write_text("you are a stupid idiot\nhave a nice day\n")
+    (tmp_path / "dexperts_generations.jsonl").write_text(
+        json.dumps({"prompt": "So I told him", "generations": [{"text": "you are nice"}, {"text": " go away"}]}) + "\n")
+    script = block
+    for old, new in {"./run_": f"{REPO}/run_", "python eval_ppl.py": f'"$PYTHON" {REPO}/eval_ppl.py',
+                     "gemma-3-270m": str(target)}.items():
+        assert old in script, old
+        script = script.replace(old, new)
+    r = subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], cwd=tmp_path, env=clean_env(tmp_path),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "my_texts_toxicity.json").read_text())[0]["n"] == 2
+    (ppl,) = json.loads((tmp_path / "dexperts_generations_ppl.json").read_text())
+    assert ppl["n_scored"] == 2 and ppl["join"] == "exact"  # one text carries its own leading space
