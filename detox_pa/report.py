@@ -654,12 +654,11 @@ def read_run_input(path: str | Path) -> tuple[list[dict], str]:
     """A run's blocks and form: the paper's nested generations JSON, or a file of texts that eval_toxicity.py /
     eval_ppl.py scored (``.txt``, ``{"text"}`` JSONL, DExperts JSONL; its summaries are ``<stem>_toxicity.json``
     and ``<stem>_ppl.json`` beside it). A score file given by mistake is named as such."""
-    import re
-
+    from .artifacts import parse_score_path
     from .data import load_scoring_input
 
     p = Path(path)
-    m = re.fullmatch(r"(.+)_(toxicity|ppl)(_[A-Za-z0-9_-]+)?\.json", p.name)
+    m = parse_score_path(p)
     if m and p.is_file():
         try:
             rows = json.loads(p.read_text(encoding="utf-8"))
@@ -668,7 +667,7 @@ def read_run_input(path: str | Path) -> tuple[list[dict], str]:
             is_score = False
         if is_score:
             raise InputError(f"{p} is a score file; report.py reads the file that was scored (the generations JSON "
-                             f"or the .txt/.jsonl texts, e.g. {m.group(1)}.json) and finds its score files beside it")
+                             f"or the .txt/.jsonl texts, e.g. {m[0]}.json) and finds its score files beside it")
     return load_scoring_input(p)
 
 
