@@ -4,7 +4,6 @@ of texts (DExperts JSONL, .txt) are reported instead of failing with a misleadin
 
 import hashlib
 import json
-import os
 
 import pytest
 
