@@ -279,19 +279,24 @@ def _carry_earlier_scorers(paths, records: list[dict], input_sha: str, names: se
         if {r.get("records_sha256") for r in rows} != {sha256_text(text)}:
             why = f"{paths['records'].name} is not the one the summary pins"
         else:
-            earlier = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
-            key = lambda r: (r["alpha"], r["pair_index"], r["response"])  # noqa: E731
-            if [key(r) for r in earlier] != [key(r) for r in records]:
-                why = "its records are not this input's, in this order"
-    if why:
-        return [], {n: why for n in old}
-    carried = []
-    for n in old:
-        label = by[n].get("toxicity_label") or "toxicity"
-        labs = {k: np.asarray([float(r["labels"][n][k]) for r in earlier], dtype=np.float64)
-                for k in earlier[0]["labels"][n]}
-        carried.append((_Carried(n, by[n].get("version"), label), labs))
-    return carried, {}
+            try:
+                earlier = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
+                key = lambda r: (r["alpha"], r["pair_index"], r["response"])  # noqa: E731
+                if [key(r) for r in earlier] != [key(r) for r in records]:
+                    why = "its records are not this input's, in this order"
+                else:
+                    carried = []
+                    for n in old:
+                        labs = {k: np.asarray([float(r["labels"][n][k]) for r in earlier], dtype=np.float64)
+                                for k in earlier[0]["labels"][n]}
+                        label = by[n].get("toxicity_label") or "toxicity"
+                        if label not in labs:
+                            raise KeyError(label)
+                        carried.append((_Carried(n, by[n].get("version"), label), labs))
+                    return carried, {}
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
+                why = f"{paths['records'].name} does not hold their per-record labels"
+    return [], {n: why for n in old}
 
 
 def _replace_error(summary, old: str) -> str:
