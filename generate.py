@@ -1,6 +1,6 @@
 """Step 3: generate continuations with projection-alignment fusion, for a sweep of alpha.
 
-``--method diff`` (run_generation.sh's default): the target's next-token logits move by
+``--method diff`` (the default, here and in run_generation.sh): the target's next-token logits move by
 ``alpha * W_target((h_expert - h_anti) A)`` over its top-k tokens; ``--method fusion`` (the paper):
 the target's final hidden state becomes ``alpha * LayerNorm(h_teacher @ A) + (1 - alpha) * h_target``;
 ``wordban`` and ``steer`` are the baselines. Alpha is every method's strength; 0 is the target alone.

@@ -48,6 +48,13 @@ EMBEDDING_SPACE=${EMBEDDING_SPACE:-auto}   # auto (input for contrastive, output
 ALIGN_TEMPERATURE=${ALIGN_TEMPERATURE:-1.0}  # contrastive logits / temperature (the paper: 1)
 # ----
 
+# your anti-expert is never paired with the default run's teacher (the default run's anti-expert is picked up only
+# for the default run's teacher, above)
+if [[ -n "$ALSO_TEACHER" && "$(realpath -m -- "$ALSO_TEACHER")" != "$(realpath -m -- "$DEFAULT_ANTI_TEACHER_DIR")" \
+      && "$(realpath -m -- "$MODEL1_NAME")" == "$(realpath -m -- "$DEFAULT_TEACHER_DIR")" ]]; then
+  echo "error: run_alignment.sh: ALSO_TEACHER=$ALSO_TEACHER is yours but MODEL1_NAME is the default run's teacher $MODEL1_NAME; name your expert too (MODEL1_NAME=...), or leave ALSO_TEACHER unset" >&2
+  exit 2
+fi
 if [[ "$MODEL1_NAME" == "$DEFAULT_TEACHER_DIR" && ! -d "$MODEL1_NAME" ]]; then
   echo "error: the teacher $MODEL1_NAME does not exist; run ./run_pretrain.sh first, or set MODEL1_NAME (e.g. MODEL1_NAME=smollm2-135m)" >&2
   exit 2

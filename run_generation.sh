@@ -16,7 +16,8 @@
 #        DATA_PATH=allenai/real-toxicity-prompts PROMPT_FILTER=challenging=true MAX_PROMPTS=1000 (with a network).
 # Writes <output_path> in the paper's nested JSON, <output>.meta.json (models, arguments, timings),
 #        and, while running, <output_path>.journal.jsonl; rerunning the same command resumes from it.
-# With no arguments it uses the embedded default run's artifacts under $OUT_DIR (default outputs/).
+# With no arguments it uses the embedded default run's artifacts under $OUT_DIR (default outputs/). A teacher or target
+# you name is never paired with the default run's anti-expert or matrix: name those too (or METHOD=fusion / wordban).
 # Any positional argument can also come from the environment: TEACHER_MODEL TARGET_MODEL MATRIX_A
 # DEVICE OUTPUT_PATH DATA_PATH. With several GPUs, NPROC=N shards the prompts over N ranks (torchrun).
 set -euo pipefail
@@ -59,6 +60,23 @@ NPROC=${NPROC:-1}               # >1: torchrun over NPROC ranks (one per GPU)
 GEN_OVERWRITE=${GEN_OVERWRITE:-0}   # 1 = replace an existing <output_path> (and its journal)
 # ----------------------------------------------------------------------------------------------
 
+# A teacher, anti-expert or target you name is never paired with the default run's artifacts (its anti-expert,
+# its matrix A, fitted for its own teachers and target): name those too, or use a method that does not need them.
+if [[ "$METHOD" == diff || "$METHOD" == fusion ]] && [[ " $ALPHAS " =~ [[:space:]][0-9.]*[1-9] ]]; then
+  mine() { [[ "$(realpath -m -- "$1")" != "$(realpath -m -- "$2")" ]]; }  # named by the user, not the default
+  if [[ "$METHOD" == diff ]] && mine "$TEACHER_MODEL" "$DEFAULT_TEACHER_DIR" && ! mine "$ANTI_TEACHER_MODEL" "$DEFAULT_ANTI_TEACHER_DIR"; then
+    echo "error: run_generation.sh: METHOD=diff pairs your teacher $TEACHER_MODEL with the default run's anti-expert $ANTI_TEACHER_MODEL; name yours with ANTI_TEACHER_MODEL=..., or use METHOD=fusion (one teacher, the paper's)" >&2; exit 2
+  fi
+  if [[ "$METHOD" == diff ]] && mine "$ANTI_TEACHER_MODEL" "$DEFAULT_ANTI_TEACHER_DIR" && ! mine "$TEACHER_MODEL" "$DEFAULT_TEACHER_DIR"; then
+    echo "error: run_generation.sh: METHOD=diff pairs your anti-expert $ANTI_TEACHER_MODEL with the default run's teacher $TEACHER_MODEL; name the expert too (TEACHER_MODEL=..., or <teacher_model_path>)" >&2; exit 2
+  fi
+  yours=""
+  mine "$TARGET_MODEL" "$DEFAULT_TARGET" && yours="target $TARGET_MODEL"
+  mine "$TEACHER_MODEL" "$DEFAULT_TEACHER_DIR" && yours="teacher $TEACHER_MODEL"
+  if [[ -n "$yours" && ( "$METHOD" == fusion || "$DIFF_SPACE" == hidden ) ]] && ! mine "$MATRIX_A" "$DEFAULT_MATRIX"; then
+    echo "error: run_generation.sh: your $yours would be paired with the default run's matrix $MATRIX_A (fitted for its own teacher and target); name the matrix step 2 fitted for yours (MATRIX_A=..., or <matrix_A_path>)" >&2; exit 2
+  fi
+fi
 
 FLAGS=(--teacher_model "$TEACHER_MODEL" --target_model "$TARGET_MODEL" --matrix_A "$MATRIX_A"
        --device "$DEVICE" --output_path "$OUTPUT_PATH" --data_path "$DATA_PATH"

@@ -15,7 +15,7 @@ retired_names BATCH_SIZE=PPL_BATCH_SIZE MAX_LENGTH=PPL_MAX_LENGTH DTYPE=PPL_DTYP
 # ---- editable defaults (environment overrides; positional arguments override both)
 split_positionals 2 "MODEL_PATH INPUT_JSON" "<model_path> <input_json_path>" "$@"
 MODEL_PATH=${POS[0]:-${MODEL_PATH:-$DEFAULT_TARGET}}
-INPUT_JSON=${POS[1]:-${INPUT_JSON:-$DEFAULT_GENERATIONS}}
+INPUT_JSON=${POS[1]:-${INPUT_JSON:-$DEFAULT_GENERATIONS}}  # differs from eval_ppl.py on purpose: the script scores only a file it is given
 PPL_DEVICE=${PPL_DEVICE:-auto}       # auto = a CUDA GPU when one is visible, else the CPU
 PPL_BATCH_SIZE=${PPL_BATCH_SIZE:-16}  # texts per forward pass
 PPL_MAX_LENGTH=${PPL_MAX_LENGTH:-1024} # longest text in tokens (longer ones lose prompt tokens on the left)

@@ -19,7 +19,7 @@ retired_names BATCH_SIZE=TOX_BATCH_SIZE OUTPUT_TAG=TOX_OUTPUT_TAG
 # ---- editable settings (each can be overridden from the environment) ----
 split_positionals 2 "DEVICE INPUT_JSON" "<device> <input_json_path>" "$@"
 DEVICE=${POS[0]:-${DEVICE:-auto}}        # auto = a CUDA GPU when one is visible, else the CPU
-INPUT_JSON=${POS[1]:-${INPUT_JSON:-$DEFAULT_GENERATIONS}}
+INPUT_JSON=${POS[1]:-${INPUT_JSON:-$DEFAULT_GENERATIONS}}  # differs from eval_toxicity.py on purpose: the script scores only a file it is given
 SCORER=${SCORER:-auto,profanity-check}   # auto | detoxify-{original,unbiased,multilingual} | bilstm | profanity-check
 TOX_BATCH_SIZE=${TOX_BATCH_SIZE:-0}      # texts per batch; 0 = each scorer's default
 CHECKPOINT=${CHECKPOINT:-}               # local Detoxify checkpoint file (optional)

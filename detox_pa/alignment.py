@@ -411,11 +411,15 @@ def teacher_states(model, tokenizer, texts: Sequence[str], max_states: int = 0, 
 # ------------------------------------------------------------------------------ the step
 
 
+REPO_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_TEXT_PATH = "data/teacher_data.tsv,data/teacher_data_toxic.tsv"  # the teacher data (clean, toxic)
+
+
 @dataclass
 class AlignArguments:
-    model1_name: str = field(default="smollm2-135m", metadata={
-        "help": "Teacher: a local model folder or an alias (smollm2-135m, gemma-3-270m). "
-                "The pipeline passes the pretrained teacher (outputs/teacher)."})
+    model1_name: str = field(default="outputs/teacher", metadata={
+        "help": "Teacher: step 1's output folder (the default), another local model folder or an alias "
+                "(smollm2-135m, gemma-3-270m)."})
     model2_name: str = field(default="gemma-3-270m", metadata={"help": "Target: a local model folder or an alias."})
     output_dir: str = field(default="outputs/alignment", metadata={
         "help": f"Folder for {MATRIX_FILE} and {MATRIX_SIDECAR}; created if missing."})
@@ -428,19 +432,20 @@ class AlignArguments:
     init: str = field(default="random", metadata={
         "help": "random (the paper) or lstsq (closed-form least squares teacher->target rows).",
         "choices": ["random", "lstsq"]})
-    objective: str = field(default="contrastive", metadata={
-        "help": "contrastive (the paper: embedding rows, positive vs random negatives) or logits (the fused "
-                "term reproduces the teacher's own next-token logits under the target's output layer: least "
-                "squares on the shared tokens' output rows, then refined on real teacher states by KL).",
+    objective: str = field(default="logits", metadata={
+        "help": "logits (the default recipe: the fused term reproduces the teacher's own next-token logits under "
+                "the target's output layer: least squares on the shared tokens' output rows, then refined on real "
+                "teacher states by KL) or contrastive (the paper: embedding rows, positive vs random negatives).",
         "choices": ["contrastive", "logits"]})
     embedding_space: str = field(default="auto", metadata={
         "help": "input: input embedding rows (the paper); output: lm_head rows (the tied input embedding "
                 "when the model has no separate lm_head). auto: input for contrastive, output for logits.",
         "choices": ["auto", "input", "output"]})
-    text_path: str = field(default="", metadata={
+    text_path: str = field(default=DEFAULT_TEXT_PATH, metadata={
         "help": "Text for the transmission metric (and the logits objective's refinement): a teacher-data "
-                "TSV/JSONL (prompt + completion) or .txt (one text a line); several files separated by commas "
-                "(e.g. the clean and the toxic teacher data). Empty: no transmission metric."})
+                "TSV/JSONL (prompt + completion) or .txt (one text a line); several files separated by commas. "
+                "The default, the clean and the toxic teacher data, is read from the repository's data/ folder. "
+                "Empty: no transmission metric and no refinement."})
     text_rows: int = field(default=600, metadata={"help": "Use at most this many texts of each --text_path file."})
     heldout_text_share: float = field(default=0.2, metadata={
         "help": "Share of the texts (by hash) held out: the transmission metric is measured on them only."})
@@ -486,6 +491,8 @@ class AlignArguments:
             raise InputError(f"--refine_lr must be a positive number, got {self.refine_lr}")
         if not (math.isfinite(self.ridge) and self.ridge >= 0):
             raise InputError(f"--ridge must be >= 0, got {self.ridge}")
+        if self.text_path == DEFAULT_TEXT_PATH:  # the repository's files, from any working folder
+            self.text_path = ",".join(str(REPO_DIR / p) for p in DEFAULT_TEXT_PATH.split(","))
         if self.embedding_space == "auto":
             self.embedding_space = "output" if self.objective == "logits" else "input"
         if self.text_path:

@@ -160,6 +160,14 @@ def find_score_files(generations_path: str | os.PathLike) -> dict[str, list[tupl
     return found
 
 
+def parse_score_path(path: str | os.PathLike) -> tuple[Path, str, str] | None:
+    """``(the scored file's stem, kind, tag)`` when ``path`` is named like a score summary
+    (``<stem>_<kind>[_<tag>].json``), else None."""
+    p = Path(path)
+    m = re.fullmatch(r"(.+)_(" + "|".join(SCORE_KINDS) + r")(?:_(" + TAG_PATTERN + r"))?\.json", p.name)
+    return (p.with_name(m.group(1)), m.group(2), m.group(3) or "") if m else None
+
+
 def report_paths(generations_path: str | os.PathLike, out_md: str | None = None,
                  out_png: str | None = None) -> dict[str, Path]:
     stem = output_stem(generations_path)

@@ -7,6 +7,7 @@ bad input prints exactly one line (``error: ...``) and exits non-zero, with no t
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -55,6 +56,11 @@ def _make_parser(dataclass_types, description: str | None):
     parser = _Parser(dataclass_types, description=description)
     parser.add_argument("--config", metavar="FILE", help="A JSON or YAML file of argument values (keys = the flag "
                         "names without '--'), read where it stands: flags after it override it.")
+    # HfArgumentParser gives a boolean that defaults to true a --no_<name> twin with the same help text
+    for action in parser._actions:
+        if f"--no_{action.dest}" in action.option_strings and action.help not in (None, "==SUPPRESS=="):
+            action.help = f"Turn --{action.dest} off (it is on by default)."
+            action.default = argparse.SUPPRESS  # the value comes from --<name>'s default; no "(default: False)"
     return parser
 
 

@@ -359,8 +359,10 @@ def _prompt_text(value: Any, where: str) -> str:
 
 def load_scoring_input(path: str | os.PathLike) -> tuple[list[dict], str]:
     """``(blocks, form)``: nested alpha blocks for any input the scorers accept (see the module docstring).
-    ``form`` is ``nested``, ``texts`` or ``dexperts``. Pairs carry ``prompt``, ``response`` (what toxicity
-    scores), ``continuation`` (what PPL scores after the prompt), ``prompt_index`` and ``sample``."""
+    ``form`` is ``nested``, ``texts`` or ``dexperts``. Pairs carry ``prompt`` (``""`` where the file has none),
+    ``response`` (the text as the file holds it: what toxicity scores), ``prompt_index`` and ``sample``. Only a
+    nested file's own pairs may carry ``continuation`` (our generate.py writes it); the reader never adds one,
+    so :func:`detox_pa.ppl.choose_join` can tell our files from every other form by what they hold."""
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".json":
@@ -368,7 +370,7 @@ def load_scoring_input(path: str | os.PathLike) -> tuple[list[dict], str]:
     text = read_text(p, "input file")
     if suffix == ".txt":
         lines = [ln.rstrip("\r") for ln in text.splitlines() if ln.strip()]
-        pairs = [{"prompt": "", "response": t, "continuation": t, "prompt_index": i, "sample": 0}
+        pairs = [{"prompt": "", "response": t, "prompt_index": i, "sample": 0}
                  for i, t in enumerate(lines)]
         return [{"alpha": None, PAIRS_KEY: pairs}], "texts"
     if suffix != ".jsonl":
@@ -389,12 +391,11 @@ def load_scoring_input(path: str | os.PathLike) -> tuple[list[dict], str]:
                 t = g.get("text") if isinstance(g, dict) else g
                 if not isinstance(t, str):
                     raise InputError(f"{where}: generation {k} has no 'text' string")
-                pairs.append({"prompt": prompt, "response": t, "continuation": t, "prompt_index": i, "sample": k})
+                pairs.append({"prompt": prompt, "response": t, "prompt_index": i, "sample": k})
         elif isinstance(obj.get("text"), str):
             forms.add("texts")
             prompt = _prompt_text(obj.get("prompt", ""), where)
-            pairs.append({"prompt": prompt, "response": obj["text"], "continuation": obj["text"], "prompt_index": i,
-                          "sample": 0})
+            pairs.append({"prompt": prompt, "response": obj["text"], "prompt_index": i, "sample": 0})
         else:
             raise InputError(f"{where}: no 'text' and no 'generations' list (fields found: {sorted(obj)[:8]}); "
                              f"known formats: {SCORING_FORMATS}")

@@ -32,6 +32,7 @@ import torch
 from .artifacts import MATRIX_FILE, MATRIX_KEY, PAIRS_KEY, generation_meta_path, journal_path, journal_paths
 from .cli import args_to_dict, log_args, parse_dataclasses, require_min
 from .errors import InputError
+from .methods import alpha_ranges
 from .runtime import DEVICE_HELP, DTYPE_HELP, check_device_name, check_dtype_name
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ class GenerateArguments:
     output_path: str = field(default="outputs/generations.json", metadata={"help": "Output JSON (the paper's nested format)."})
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
-                                metadata={"help": "Fusion weights to sweep, each in [0, 1]."})
+                                metadata={"help": "Strengths to sweep, 0 = the target alone; per --method: "
+                                                  + alpha_ranges() + "."})
     max_new_tokens: int = field(default=10, metadata={"help": "New tokens per continuation (paper: 10; the field: 20)."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per generate() call."})
     num_samples: int = field(default=1, metadata={"help": "Samples per prompt (the field: 25 with --do_sample)."})
@@ -72,12 +74,15 @@ class GenerateArguments:
                                                              "of h_target) or none (h_teacher A as it is: the teacher's logit scale with an A "
                                                              "from align.py --objective logits)."})
     bridge: str = field(default="auto", metadata={"help": "auto, ids (same tokenizer) or text (re-tokenise for the teacher)."})
-    method: str = field(default="fusion", metadata={"help": "fusion (the paper), diff (expert minus anti-expert through A), "
-                                                            "wordban or steer (baselines). Alpha is the strength of each."})
-    anti_teacher_model: str = field(default="", metadata={"help": "For --method diff: the anti-expert teacher (same base as the expert)."})
+    method: str = field(default="diff", metadata={"help": "diff (the default recipe: expert minus anti-expert through A), "
+                                                          "fusion (the paper), wordban or steer (baselines). Alpha is "
+                                                          "the strength of each."})
+    anti_teacher_model: str = field(default="outputs/anti_teacher", metadata={
+        "help": "For --method diff: the anti-expert teacher (same base as the expert)."})
     diff_space: str = field(default="hidden", metadata={"help": "For --method diff: hidden ((h_e - h_a) A through the target's "
                                                                  "output layer) or logits (the teachers' own logits on shared tokens)."})
-    top_k: int = field(default=10, metadata={"help": "For --method diff: only the target's top-k tokens can be chosen (0 = off)."})
+    top_k: int = field(default=5, metadata={"help": "For --method diff: only the target's top-k tokens can be chosen "
+                                                   "(0 = off; 5 measured best on dev)."})
     gate: Optional[float] = field(default=None, metadata={"help": "For --method diff: act only where log p_anti(pick) - "
                                                                   "log p_expert(pick) >= this (nats; unset = always act)."})
     steer_vector: str = field(default="", metadata={"help": "For --method steer: a .pt file holding {'vector': [d_target]}."})

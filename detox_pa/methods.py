@@ -32,6 +32,12 @@ def register(cls):
     return cls
 
 
+def alpha_ranges() -> str:
+    """What each registered method accepts as alpha, for generate.py's --help."""
+    return "; ".join(f"{name}: " + (f"[0, {cls.max_alpha:g}]" if cls.max_alpha is not None else "any alpha >= 0")
+                     + f" ({cls.alpha_meaning})" for name, cls in REGISTRY.items())
+
+
 def get_method(name: str) -> type["Method"]:
     if name not in REGISTRY:
         raise InputError(f"--method must be one of {', '.join(REGISTRY)}, got {name!r}")
@@ -44,6 +50,7 @@ class Method:
     name = ""
     baseline = False  # a baseline the reports draw apart from the projection-alignment methods
     max_alpha: float | None = None  # the largest alpha that makes sense (None: any >= 0)
+    alpha_meaning = "a strength"  # what alpha scales, for --help
     uses: tuple[str, ...] = ()  # the argument fields that define the method's output (journal fingerprint)
 
     def __init__(self, args):
@@ -82,6 +89,36 @@ class Method:
             out["acted_note"] = "share of (row, step) pairs the method changed, over the batches run by this process"
         return out
 
+    def designed_objective(self) -> str | None:
+        """The align.py --objective whose matrix this method (with its options) was designed for, if any."""
+        return None
+
+    def note_matrix_objective(self, matrix_path: str) -> str | None:
+        """One log line when the matrix's sidecar records another objective than :meth:`designed_objective`
+        (a legitimate ablation, but not the recipe); returns that objective."""
+        import json
+        from pathlib import Path
+
+        from .artifacts import matrix_sidecar_path
+
+        want = self.designed_objective()
+        p = Path(matrix_path)
+        for side in (p.with_suffix(".json"), matrix_sidecar_path(p.parent)):
+            if want and side.is_file():
+                try:
+                    got = json.loads(side.read_text(encoding="utf-8")).get("objective")
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                    return None
+                if got and got != want:
+                    log.warning("the matrix %s was fitted with --objective %s (%s); --method %s%s was designed for an A "
+                                "from --objective %s: a legitimate ablation, but not the recipe", matrix_path, got,
+                                side.name, self.name, self.option_note(), want)
+                return got
+        return None
+
+    def option_note(self) -> str:
+        return ""
+
     def _count(self, alpha: float, fuser) -> None:
         if fuser is not None:
             c = self.acted.setdefault(alpha, [0, 0])
@@ -101,6 +138,7 @@ class Fusion(Method):
 
     name = "fusion"
     max_alpha = 1.0
+    alpha_meaning = "the teacher's weight in the mix"
     uses = ("norm", "bridge")
 
     def check(self) -> None:
@@ -122,8 +160,17 @@ class Fusion(Method):
             return {}
         self.teacher_path = resolve_model(self.args.teacher_model, "--teacher_model")
         self.A = load_matrix(self.args.matrix_A, model_hidden_size(self.teacher_path), model_hidden_size(target_path))
+        self.note_matrix_objective(self.args.matrix_A)
         return {"teacher_model": self.args.teacher_model, "teacher_files": model_files_fingerprint(self.teacher_path),
                 "matrix_A": sha256_file(self.args.matrix_A)}
+
+    def designed_objective(self) -> str | None:
+        # the paper's LayerNorm fusion goes with its contrastive A; --norm none reads h_teacher A at the teacher's
+        # logit scale, which is what the logits objective fits
+        return {"layernorm": "contrastive", "none": "logits"}.get(self.args.norm)
+
+    def option_note(self) -> str:
+        return f" --norm {self.args.norm}"
 
     def load(self, target, tokenizer, device, dtype) -> None:
         super().load(target, tokenizer, device, dtype)
@@ -156,6 +203,7 @@ class Diff(Method):
     where the anti-expert prefers the target's pick by at least g nats (over those top-k)."""
 
     name = "diff"
+    alpha_meaning = "a logit scale"
     uses = ("diff_space", "top_k", "gate", "bridge")
 
     def check(self) -> None:
@@ -194,7 +242,11 @@ class Diff(Method):
         if a.diff_space == "hidden":
             self.A = load_matrix(a.matrix_A, d_e, model_hidden_size(target_path))
             fp["matrix_A"] = sha256_file(a.matrix_A)
+            self.note_matrix_objective(a.matrix_A)
         return fp
+
+    def designed_objective(self) -> str | None:
+        return "logits" if self.args.diff_space == "hidden" else None  # (h_e - h_a) A read by the target's output layer
 
     def load(self, target, tokenizer, device, dtype) -> None:
         from .fusion import same_tokenizer, teacher_index
@@ -242,6 +294,7 @@ class WordBan(Method):
 
     name = "wordban"
     baseline = True
+    alpha_meaning = "0 = off, > 0 = on"
 
     def load(self, target, tokenizer, device, dtype) -> None:
         from .baselines import bad_words_ids
@@ -259,6 +312,7 @@ class Steer(Method):
 
     name = "steer"
     baseline = True
+    alpha_meaning = "a hidden-state scale"
     uses = ("steer_vector",)
 
     def check(self) -> None:

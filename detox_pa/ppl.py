@@ -397,8 +397,9 @@ class PPLArguments:
         "help": "How prompt and continuation are joined. exact: prompt + the exact continuation (the pair's "
                 "'continuation' field, which our generate.py writes, else 'response') verbatim; paper: prompt + ' ' + "
                 "response unless the prompt ends in a space (the paper's scorer, for its stripped responses); auto: "
-                "exact when every pair has 'continuation', else paper when no response starts with whitespace (the "
-                "paper's generation strips them), else exact. The choice and its reason are logged and recorded.",
+                "exact for a file our generate.py wrote (every pair holds 'continuation' beside its stripped "
+                "'response'); for every other file paper when no response starts with whitespace, else exact. A text "
+                "without a prompt is scored from its start. The choice and its reason are logged and recorded.",
         "choices": ["auto", "exact", "paper"]})
 
     def __post_init__(self):
@@ -423,25 +424,39 @@ def output_paths(input_json: str, tag: str = "") -> dict[str, Path]:
     return score_paths(input_json, "ppl", tag)
 
 
-def choose_join(pairs: list[dict], requested: str) -> tuple[str, str]:
-    """The join convention for a file (see ``--join``) and why it was chosen."""
+def written_by_generate(pairs: list[dict]) -> bool:
+    """True for the pairs of a file our generate.py wrote: every pair holds the exact ``continuation`` next to
+    ``response`` = that continuation stripped (what :func:`detox_pa.generation.run` writes; no reader adds it)."""
+    return bool(pairs) and all(isinstance(p.get("continuation"), str) and p["response"] == p["continuation"].strip()
+                               for p in pairs)
+
+
+def choose_join(pairs: list[dict], requested: str, form: str = "nested") -> tuple[str, str]:
+    """The join convention for a file (see ``--join``) and the true reason it was chosen. ``form`` is what
+    :func:`detox_pa.data.load_scoring_input` read (``nested``, ``dexperts`` or ``texts``)."""
     if requested != "auto":
         return requested, "--join " + requested
-    if pairs and all("continuation" in p for p in pairs):
-        return "exact", "every pair has the exact 'continuation' (our generate.py)"
-    lead = sum(1 for p in pairs if p["response"][:1].isspace())
+    if form == "nested" and written_by_generate(pairs):
+        return "exact", ("every pair holds the exact 'continuation' beside its stripped 'response', as our "
+                         "generate.py writes them: prompt + continuation, verbatim")
+    joined = [p for p in pairs if p["prompt"] and p["response"]]
+    if not joined:
+        return "exact", f"no text has a prompt ({form}): each text is scored from its start"
+    lead = sum(1 for p in joined if p["response"][:1].isspace())
     if lead == 0:
-        return "paper", ("no response starts with whitespace (stripped, as the paper's generation writes them): "
-                         "joined with one space unless the prompt ends in one, as the paper's scorer does")
-    return "exact", f"{lead} of {len(pairs)} responses start with whitespace: they carry their own, scored verbatim"
+        return "paper", (f"no response starts with whitespace ({form}): joined to its prompt with one space unless "
+                         f"the prompt ends in one, the paper's scorer's rule")
+    return "exact", (f"{lead} of {len(joined)} responses start with whitespace ({form}): they carry their own, "
+                     f"scored verbatim after the prompt")
 
 
 def joined_continuation(pair: dict, join: str) -> str:
-    """The text scored after the prompt. An empty response stays empty (counted and skipped)."""
+    """The text scored after the prompt. An empty response stays empty (counted and skipped); a text without a
+    prompt is scored from its start, whatever the join."""
     if join == "exact":
         return pair.get("continuation", pair["response"])
     r = pair["response"]
-    return r if r == "" or pair["prompt"].endswith(" ") else " " + r
+    return r if r == "" or pair["prompt"] == "" or pair["prompt"].endswith(" ") else " " + r
 
 
 def run(args: PPLArguments) -> list[dict]:
@@ -468,7 +483,7 @@ def run(args: PPLArguments) -> list[dict]:
     scorer = PPLScorer(model, tok, batch_size=args.batch_size, max_length=args.max_length, device=device)
 
     pairs_all = [p for b in blocks for p in b[PAIRS_KEY]]
-    join, why = choose_join(pairs_all, args.join)
+    join, why = choose_join(pairs_all, args.join, form)
     log.info("join: %s (%s)", join, why)
     prompts = [p["prompt"] for p in pairs_all]
     responses = [joined_continuation(p, join) for p in pairs_all]
@@ -514,7 +529,38 @@ def run(args: PPLArguments) -> list[dict]:
                  "all texts" if r["alpha"] is None else f"alpha {r['alpha']}", _fmt(r["PPL"]),
                  _fmt(r["ppl_token_weighted"]), r["n_scored"], r["n"], _fmt(r["dist_2"], 3))
     log.info("wrote %s, %s and %s (%.1f s scoring)", paths["summary"], paths["records"], paths["meta"], seconds)
+    print(screen_summary(results, pairs_all, records, form, str(args.input_json), args.model_path, join, why,
+                         paths["summary"], [b["alpha"] for b in blocks for _ in b[PAIRS_KEY]]))
     return results
+
+
+def screen_summary(results: list[dict], pairs: list[dict], records: list[dict], form: str, source: str,
+                   reference: str, join: str, why: str, summary_path, alphas: list | None = None, top: int = 3) -> str:
+    """What a run found, on one screen (the twin of the toxicity step's): per block both PPLs, the median,
+    dist-1/2/3 and the counts, then the continuations with the highest per-sample PPL."""
+    from .metrics import group_by_prompt
+
+    n_prompts = len(group_by_prompt(pairs))
+    lines = [f"perplexity of {source} ({form}: {len(records)} texts, {n_prompts} prompts) under {reference}; "
+             f"lower is better",
+             f"  join: {join} ({why})",
+             "  alpha   PPL(paper)  token-w.   median   dist-1  dist-2  dist-3  scored"]
+    for r in results:
+        a = "-" if r["alpha"] is None else f"{r['alpha']:g}"
+        lines.append(f"  {a:<6}  {_fmt(r['PPL']):>10}  {_fmt(r['ppl_token_weighted']):>8}  "
+                     f"{_fmt(r['ppl_median_per_sample']):>7}  {_fmt(r['dist_1'], 3):>6}  {_fmt(r['dist_2'], 3):>6}  "
+                     f"{_fmt(r['dist_3'], 3):>6}  {r['n_scored']}/{r['n']}")
+    worst = sorted((i for i, r in enumerate(records) if r.get("mean_nll") is not None),
+                   key=lambda i: -records[i]["mean_nll"])[:top]
+    if worst:
+        lines.append(f"  the {len(worst)} continuations with the highest PPL:")
+        for i in worst:
+            ppl_i = math.exp(min(records[i]["mean_nll"], 700))
+            text = " ".join(str(pairs[i].get("continuation", pairs[i]["response"])).split())
+            a = alphas[i] if alphas else None
+            lines.append(f"    {ppl_i:9.2f}  " + ("" if a is None else f"[alpha {a:g}] ") + repr(text[:90]))
+    lines.append(f"  summary: {summary_path}")
+    return "\n".join(lines)
 
 
 def _fmt(x, nd: int = 2) -> str:

@@ -28,6 +28,7 @@ when no GPU is visible.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from transformers import TrainingArguments
 
@@ -56,15 +57,20 @@ class ModelArguments:
     model_name_or_path: str = field(default="smollm2-135m", metadata={
         "help": "Base causal LM: an alias (smollm2-135m, gemma-3-270m), a local Hugging Face folder or a hub id."})
     num_teacher_layers: int = field(default=3, metadata={"help": "Keep the first N decoder layers of the base."})
-    freeze_embeddings: bool = field(default=False, metadata={
-        "help": "Do not train the input token embeddings (when tied to the output layer, this freezes both)."})
-    freeze_lm_head: bool = field(default=False, metadata={
-        "help": "Do not train the output layer (when it is tied to the embeddings, this freezes both)."})
+    freeze_embeddings: bool = field(default=True, metadata={
+        "help": "Do not train the input token embeddings (when tied to the output layer, this freezes both). The "
+                "default recipe freezes them, so expert and anti-expert share one output layer; the paper trains "
+                "them (--freeze_embeddings false)."})
+    freeze_lm_head: Optional[bool] = field(default=None, metadata={
+        "help": "Do not train the output layer (when it is tied to the embeddings, this freezes both). Default: "
+                "the same as --freeze_embeddings."})
     dtype: str = field(default="float32", metadata={
         "help": "Weights dtype when loading (float32, bfloat16, float16, auto). Keep float32 and use --bf16 "
                 "for mixed precision."})
 
     def __post_init__(self):
+        if self.freeze_lm_head is None:
+            self.freeze_lm_head = self.freeze_embeddings
         if isinstance(self.num_teacher_layers, bool) or self.num_teacher_layers < 1:
             raise InputError(f"--num_teacher_layers must be at least 1, got {self.num_teacher_layers}")
         from detox_pa.runtime import check_dtype_name
@@ -76,7 +82,7 @@ class ModelArguments:
 class DataArguments:
     training_data_path: str = field(default="data/teacher_data.tsv", metadata={
         "help": "WildJailbreak-style TSV (vanilla, adversarial, completion) or JSONL (prompt, completion)."})
-    max_length: int = field(default=512, metadata={
+    max_length: int = field(default=128, metadata={
         "help": "Truncate prompt+completion to this many tokens (the completion keeps at least half)."})
     separator: str = field(default=" ", metadata={
         "help": "Put between prompt and completion when neither has whitespace at the boundary "
@@ -114,7 +120,12 @@ class TeacherTrainingArguments(TrainingArguments):
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "Start over in an --output_dir that already holds a teacher or checkpoints (deletes the old "
                 "checkpoint-* folders)."})
-    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (the paper: 1e-5)."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (the default recipe's, for a "
+                                                                   "3-layer teacher; the paper: 1e-5)."})
+    per_device_train_batch_size: int = field(default=16, metadata={
+        "help": "Rows per device and step (the paper: 2 per GPU x 7 GPUs x gradient accumulation 4)."})
+    warmup_steps: float = field(default=5, metadata={"help": "Linear warm-up steps (or a share of all steps if < 1)."})
+    save_steps: float = field(default=50, metadata={"help": "Save a checkpoint every N steps."})
     logging_steps: float = field(default=10, metadata={"help": "Log the loss every N steps."})
     logging_first_step: bool = field(default=True, metadata={"help": "Log the loss of the first step."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most N checkpoints."})
@@ -145,11 +156,46 @@ class Args:
     training: TeacherTrainingArguments
 
 
+# The Trainer's options --help shows (the ones this step sets or run_pretrain.sh passes); --help_all shows all.
+TRAINER_SHOWN = ("output_dir", "overwrite_output_dir", "learning_rate", "per_device_train_batch_size",
+                 "gradient_accumulation_steps", "num_train_epochs", "max_steps", "warmup_steps", "logging_steps",
+                 "logging_first_step", "save_strategy", "save_steps", "save_total_limit", "seed", "report_to", "bf16",
+                 "deepspeed", "use_cpu", "resume_from_checkpoint")
+ModelArguments._argument_group_name = "the teacher (this project's arguments)"
+DataArguments._argument_group_name = "its data (this project's arguments)"
+TeacherTrainingArguments._argument_group_name = (
+    "training: transformers' TrainingArguments (the ones this step sets; every other one is accepted too, "
+    "pretrain.py --help_all lists them)")
+
+
+def print_help(description: str | None, everything: bool = False) -> None:
+    """``--help``: this project's arguments first, then the Trainer options the step uses; ``--help_all``: all."""
+    import argparse
+
+    from .cli import _make_parser
+
+    parser = _make_parser((ModelArguments, DataArguments, TeacherTrainingArguments), description)
+    if not everything:
+        own = {f.name for t in (ModelArguments, DataArguments) for f in dataclasses.fields(t)}
+        for action in parser._actions:
+            if action.dest not in own and action.dest not in TRAINER_SHOWN and action.dest not in ("help", "config"):
+                action.help = argparse.SUPPRESS
+        parser.epilog = (f"Every other option of transformers' TrainingArguments (about "
+                         f"{len(dataclasses.fields(TrainingArguments)) - len(TRAINER_SHOWN)} more: hub, FSDP, "
+                         f"evaluation, logging, ...) is accepted too: pretrain.py --help_all lists them, or see "
+                         f"https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments")
+    parser.print_help()
+
+
 def parse_args(argv: Sequence[str] | None = None, description: str | None = None) -> Args:
     """The three argument groups; ``--deepspeed`` without a launcher gets the single-process set-up."""
     from .cli import expand_config
     from .runtime import deepspeed_single_process
 
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if "--help_all" in raw or "-h" in raw or "--help" in raw:
+        print_help(description or __doc__.split("\n\n")[0], everything="--help_all" in raw)
+        raise SystemExit(0)
     argv = expand_config(sys.argv[1:] if argv is None else argv, (ModelArguments, DataArguments, TeacherTrainingArguments))
     if any(a == "--deepspeed" or a.startswith("--deepspeed=") for a in argv):
         argv = deepspeed_single_process(argv)

@@ -35,6 +35,8 @@ TOX_KEYS = (("toxicity_score", "tox"), ("expected_max_toxicity", "EMT"), ("toxic
             ("toxic_share", "share≥0.5"))
 NA = "n/a"
 PPL_BUDGET = 1.25  # the shaded band of the plots: PPL within 1.25x the target alone's
+MIN_CI_PROMPTS = 20  # fewer prompts than this: no bootstrap interval is printed ("n too small")
+N_TOO_SMALL = "n too small"
 
 
 def _is_baseline(method: str) -> bool:
@@ -44,12 +46,14 @@ def _is_baseline(method: str) -> bool:
 
 
 def read_score_file(path: Path) -> list[dict]:
-    """A score file's per-alpha rows, checked: a JSON list of objects, each with an ``alpha`` number."""
+    """A score file's per-alpha rows, checked: a JSON list of objects, each with an ``alpha`` number (``null`` for
+    a file of texts, which has no alpha)."""
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: not readable JSON ({e})") from None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and _num(r.get("alpha")) is not None for r in rows):
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "alpha" in r and (
+            r["alpha"] is None or _num(r["alpha"]) is not None) for r in rows):
         raise InputError(f"{path}: expected a JSON list of per-alpha objects with an 'alpha' number")
     return rows
 
@@ -73,8 +77,22 @@ def _num(x: Any) -> float | None:
     return float(x)
 
 
-def _akey(alpha: Any) -> float:
-    return round(float(alpha), 6)
+def _akey(alpha: Any) -> float | None:
+    return None if alpha is None else round(float(alpha), 6)
+
+
+def _alpha_label(alpha: Any) -> str:
+    """An alpha as the tables show it; a file of texts has none (``-``)."""
+    return "-" if alpha is None else f"{alpha:g}"
+
+
+def _alpha_order(alpha: Any) -> float:
+    return -1.0 if alpha is None else float(alpha)
+
+
+def _ci(per_prompt: dict | None) -> tuple[float, float, float] | None:
+    """The bootstrap interval of a mean over prompts, or None when there are fewer than MIN_CI_PROMPTS prompts."""
+    return mean_ci(per_prompt) if per_prompt and len(per_prompt) >= MIN_CI_PROMPTS else None
 
 
 def fmt(x: Any, nd: int = 3) -> str:
@@ -135,10 +153,12 @@ def _scorers_of(tag: str, path: Path, data: list[dict]) -> list[_Scorer]:
     return [s]
 
 
-GEN_KEYS = (("method", "method"), ("target_model", "target"), ("teacher_model", "teacher"), ("matrix_A", "matrix"),
-            ("data_path", "prompts"), ("num_samples", "samples/prompt"), ("max_new_tokens", "max_new_tokens"),
-            ("do_sample", "sampling"), ("seed", "seed"))
-METHOD_KEYS = {"teacher_model", "matrix_A"}  # only where the method used them (its own fields in the sidecar)
+GEN_KEYS = (("method", "method"), ("target_model", "target"), ("teacher_model", "teacher"),
+            ("anti_teacher_model", "anti-expert"), ("matrix_A", "matrix"), ("data_path", "prompts"),
+            ("num_samples", "samples/prompt"), ("max_new_tokens", "max_new_tokens"), ("do_sample", "sampling"),
+            ("seed", "seed"))
+# only where the method used them (its own fields in the sidecar): diff names both teachers, fusion one
+METHOD_KEYS = {"teacher_model", "anti_teacher_model", "matrix_A"}
 
 
 def _generation_models(gen: Path) -> list[str]:
@@ -173,11 +193,10 @@ def build_report(generations_path: str | Path, out_md: str | Path | None = None,
                  out_png: str | Path | None = None) -> str:
     """Write ``<stem>_report.md``, ``<stem>_report.png`` (when there is something to plot) and
     ``<stem>_report.meta.json``; return the markdown text."""
-    from .data import read_generations
     from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path
 
     gen = Path(generations_path)
-    blocks = read_generations(gen)
+    blocks, _ = read_run_input(gen)
     stem = output_stem(gen)
     paths = report_paths(gen, out_md, out_png)
     out_md, out_png = paths["markdown"], paths["png"]
@@ -218,23 +237,27 @@ def build_report(generations_path: str | Path, out_md: str | Path | None = None,
     for b in blocks:
         gen_n.setdefault(_akey(b["alpha"]), 0)
         gen_n[_akey(b["alpha"])] += len(b[PAIRS_KEY])
-    alphas = sorted(set(gen_n) | {a for s in scorers for a in s.by_alpha} | {a for _, _, ba in ppls for a in ba})
+    alphas = sorted(set(gen_n) | {a for s in scorers for a in s.by_alpha} | {a for _, _, ba in ppls for a in ba},
+                    key=_alpha_order)
 
     # columns: (header, function alpha -> cell)
-    run, ci = None, {}
+    run, ci, too_small = None, {}, set()
     if scorers:
         try:
             run = load_scored_run(gen)
-            ci = {_akey(a): mean_ci(per_prompt) for a, per_prompt in run.records.items() if a is not None}
+            ci = {_akey(a): _ci(per_prompt) for a, per_prompt in run.records.items()}
+            too_small = {a for a, v in ci.items() if v is None}
+            ci = {a: v for a, v in ci.items() if v is not None}
         except InputError as e:
             log.warning("no confidence intervals: %s", e)
-    cols: list[tuple[str, Any]] = [("alpha", lambda a: f"{a:g}")]
+    cols: list[tuple[str, Any]] = [("alpha", _alpha_label)]
     for s in scorers:
         for key, short in TOX_KEYS:
             if key == "toxicity_score" or s.defined(key):
                 cols.append((f"{short} ({s.label})", lambda a, s=s, key=key: fmt(s.by_alpha.get(a, {}).get(key), 4)))
-            if key == "toxicity_score" and s is scorers[0] and ci:
-                cols.append((f"95% CI ({s.label})", lambda a: f"{fmt(ci[a][1], 4)}–{fmt(ci[a][2], 4)}" if a in ci else NA))
+            if key == "toxicity_score" and s is scorers[0] and (ci or too_small):
+                cols.append((f"95% CI ({s.label})", lambda a: f"{fmt(ci[a][1], 4)}–{fmt(ci[a][2], 4)}" if a in ci
+                             else N_TOO_SMALL if a in too_small else NA))
     for lab, (_, _, ba) in zip(ppl_labels, ppls):
         cols.append((f"PPL paper ({lab})", lambda a, ba=ba: fmt(ba.get(a, {}).get("PPL"), 2)))
         cols.append((f"PPL token-w. ({lab})", lambda a, ba=ba: fmt(ba.get(a, {}).get("ppl_token_weighted"), 2)))
@@ -255,12 +278,14 @@ def build_report(generations_path: str | Path, out_md: str | Path | None = None,
     models = _generation_models(gen)
     n_records = sum(gen_n.values())
     header = [f"# Evaluation report: {gen.name}", "",
-              f"- generations: `{gen}` (sha256 {_sha256(gen)[:12]}, {len(blocks)} alpha blocks, {n_records} continuations)",
+              f"- {'generations' if gen.suffix == '.json' else 'texts'}: `{gen}` (sha256 {_sha256(gen)[:12]}, "
+              f"{len(blocks)} {'alpha blocks' if gen.suffix == '.json' else 'block'}, {n_records} continuations)",
               f"- generated by: {', '.join(models) if models else f'not recorded (no {generation_meta_path(gen).name} next to the generations file)'}",
               "- toxicity scorers: " + (", ".join(f"{s.label} (`{s.source.name}`)" for s in scorers) if scorers else NA),
               "- reference model (PPL): " + (", ".join(f"{lab} (`{p.name}`)" for lab, (_, p, _) in zip(ppl_labels, ppls)) if ppls else NA),
               "- direction: toxicity, EMT, P(tox) and PPL: lower is better; dist-n: higher = more diverse.",
-              "- tox = mean toxicity over continuations (the paper's), with a 95% percentile-bootstrap interval over prompts; "
+              f"- tox = mean toxicity over continuations (the paper's), with a 95% percentile-bootstrap interval over "
+              f"prompts (none below {MIN_CI_PROMPTS} prompts: {N_TOO_SMALL}); "
               "EMT = mean over prompts of the max over samples; "
               "P(tox) = share of prompts with a sample scoring >= 0.5; share≥0.5 = share of toxic continuations; "
               "PPL paper = exp(mean per-sample loss); PPL token-w. = exp(total NLL / total tokens).", ""]
@@ -273,7 +298,7 @@ def build_report(generations_path: str | Path, out_md: str | Path | None = None,
             y = _num(primary.by_alpha.get(a, {}).get("toxicity_score"))
             if x is not None and y is not None:
                 lo, hi = (ci[a][1], ci[a][2]) if a in ci else (None, None)
-                points.append((a, PlotPoint(f"{a:g}", x, y, lo, hi)))
+                points.append((a, PlotPoint("all texts" if a is None else f"{a:g}", x, y, lo, hi)))
     png_written = False
     if points:
         ref = next((p for a, p in points if a == 0), None)
@@ -375,11 +400,14 @@ def _place_labels(ax, fig, items: list[tuple[str, float, float, Any]]) -> list:
 
 
 def pareto_plot(series: list[PlotSeries], ref_ppl: float | None, ref_tox: float | None, budget: float | None,
-                title: str, xlabel: str, ylabel: str) -> tuple[bytes, dict]:
+                title: str, xlabel: str, ylabel: str, *, ref_label: str | None = None,
+                more_refs: list[tuple[str, float, float]] | None = None) -> tuple[bytes, dict]:
     """Mean toxicity against PPL on a log PPL axis: each series with its own marker (methods filled, baselines
     open), 95% CI whiskers where known, the target alone (alpha 0) as a reference star, a shaded band for the
     PPL budget (``budget`` x the reference PPL) and the Pareto frontier of all points. Labels are placed so
-    that none overlaps another. Returns the PNG bytes and a layout record (the label boxes, for checks)."""
+    that none overlaps another. ``more_refs`` are further reference stars ``(legend label, ppl, tox)``, e.g. the
+    alpha 0 of other runs; the budget band follows the first. Returns the PNG bytes and a layout record (the label
+    boxes, for checks)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -394,6 +422,7 @@ def pareto_plot(series: list[PlotSeries], ref_ppl: float | None, ref_tox: float 
     everything = [(pt.ppl, pt.tox) for s in series for pt in s.points]
     if ref_ppl is not None and ref_tox is not None:
         everything.append((ref_ppl, ref_tox))
+    everything += [(x, y) for _, x, y in more_refs or []]
     if not everything:
         raise InputError("nothing to plot: no point has both a toxicity and a PPL")
     xs = [x for x, _ in everything]
@@ -422,7 +451,11 @@ def pareto_plot(series: list[PlotSeries], ref_ppl: float | None, ref_tox: float 
             ax.errorbar(x, y, yerr=list(zip(*err)), fmt="none", ecolor=line.get_color(), elinewidth=0.8, capsize=2,
                         zorder=2)
     if ref_ppl is not None and ref_tox is not None:
-        ax.plot([ref_ppl], [ref_tox], "*", color="black", ms=11, zorder=4, label="the target alone (alpha 0)")
+        ax.plot([ref_ppl], [ref_tox], "*", color="black", ms=11, zorder=4,
+                label=ref_label or "the target alone (alpha 0)")
+    for k, (lab, x, y) in enumerate(more_refs or []):
+        ax.plot([x], [y], "*", color=("tab:gray", "tab:brown", "tab:olive", "tab:cyan")[k % 4], mec="black", mew=0.5,
+                ms=11, zorder=4, label=lab)
     front = pareto_front(everything)
     if len(front) > 1:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="0.3", lw=1.2, ls="--", zorder=1,
@@ -452,6 +485,9 @@ def pareto_plot(series: list[PlotSeries], ref_ppl: float | None, ref_tox: float 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue(), {"labels": [tx.get_text() for tx in texts], "label_boxes": boxes, "frontier": front,
+                            "references": ([[ref_label or "the target alone (alpha 0)", ref_ppl, ref_tox]]
+                                           if ref_ppl is not None and ref_tox is not None else [])
+                            + [[lab, x, y] for lab, x, y in more_refs or []],
                             "points": [[s.name, p.label, p.ppl, p.tox] for s in series for p in s.points],
                             "n_points": len(everything)}
 
@@ -473,7 +509,7 @@ class ScoredRun:
 
 
 def _rows_by_alpha(path: Path) -> dict[float, dict]:
-    return {float(r["alpha"]): r for r in read_score_file(path)} if path.is_file() else {}
+    return {(None if r["alpha"] is None else float(r["alpha"])): r for r in read_score_file(path)} if path.is_file() else {}
 
 
 def load_scored_run(generations_path: str | Path, scorer: str | None = None) -> ScoredRun:
@@ -588,38 +624,125 @@ def _run_names(paths: list[Path]) -> list[str]:
 
 def comparison_rows(runs: list[ScoredRun], names: list[str], scorer: str) -> list[dict]:
     """One row per (run, alpha): the run's method, ``scorer``'s mean toxicity with its bootstrap interval (from
-    the per-record file, when it holds that scorer), EMT and toxicity probability, both PPLs, dist-2, counts."""
+    the per-record file, when it holds that scorer and at least MIN_CI_PROMPTS prompts), EMT and toxicity
+    probability, both PPLs, dist-2, counts."""
     rows = []
     for run, name in zip(runs, names):
         ppl = run.ppl.get("", {})
         method = str(run.meta.get("method") or "?")
-        for a in sorted(set(run.tox) | set(ppl)):
+        for a in sorted(set(run.tox) | set(ppl), key=_alpha_order):
             t, p = run.tox.get(a, {}), ppl.get(a, {})
             by = (t.get("by_scorer") or {}).get(scorer) or (t if t.get("scorer") == scorer else {})
             tox = tox_of(t, scorer) if t else float("nan")
             lo = hi = None
+            n_ci = None
             if run.scorer == scorer and a in run.records:
-                _, lo, hi = mean_ci(run.records[a])
+                n_ci = len(run.records[a])
+                ci = _ci(run.records[a])
+                if ci is not None:
+                    _, lo, hi = ci
             rows.append({"run": name, "method": method, "baseline": _is_baseline(method), "alpha": a,
-                         "tox": _num(tox), "lo": lo, "hi": hi, "emt": _num(by.get("expected_max_toxicity")),
+                         "tox": _num(tox), "lo": lo, "hi": hi, "ci_prompts": n_ci,
+                         "emt": _num(by.get("expected_max_toxicity")),
                          "ptox": _num(by.get("toxicity_probability")), "ppl": _num(p.get("ppl_token_weighted")),
                          "ppl_paper": _num(p.get("PPL")), "dist_2": _num(p.get("dist_2")),
                          "n": t.get("n", p.get("n")), "reference_model": p.get("reference_model")})
     return rows
 
 
+def read_run_input(path: str | Path) -> tuple[list[dict], str]:
+    """A run's blocks and form: the paper's nested generations JSON, or a file of texts that eval_toxicity.py /
+    eval_ppl.py scored (``.txt``, ``{"text"}`` JSONL, DExperts JSONL; its summaries are ``<stem>_toxicity.json``
+    and ``<stem>_ppl.json`` beside it). A score file given by mistake is named as such."""
+    from .artifacts import parse_score_path
+    from .data import load_scoring_input
+
+    p = Path(path)
+    m = parse_score_path(p)
+    if m and p.is_file():
+        try:
+            rows = json.loads(p.read_text(encoding="utf-8"))
+            is_score = isinstance(rows, list) and rows and isinstance(rows[0], dict) and PAIRS_KEY not in rows[0]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            is_score = False
+        if is_score:
+            raise InputError(f"{p} is a score file; report.py reads the file that was scored (the generations JSON "
+                             f"or the .txt/.jsonl texts, e.g. {m[0]}.json) and finds its score files beside it")
+    return load_scoring_input(p)
+
+
+def setup_of(blocks: list[dict], run: ScoredRun, scorer: str) -> dict[str, str | None]:
+    """What must agree for two runs' numbers to compare: the prompt set (a hash of the distinct prompts), the token
+    budget, the decoding, the samples per prompt, and the judges (the toxicity scorer and its version; the PPL
+    reference model). None where the files do not record it."""
+    import hashlib
+
+    from .metrics import group_by_prompt
+
+    prompts = sorted({p["prompt"] for b in blocks for p in b[PAIRS_KEY]})
+    digest = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:12]
+    meta = run.meta if isinstance(run.meta, dict) else {}
+    args = meta.get("arguments") if isinstance(meta.get("arguments"), dict) else {}
+    fp = meta.get("fingerprint") if isinstance(meta.get("fingerprint"), dict) else {}
+
+    def get(k):
+        for src in (args, fp, meta):
+            if src.get(k) is not None:
+                return src[k]
+        return None
+
+    budget, sample = get("max_new_tokens"), get("do_sample")
+    decoding = None if sample is None else (f"nucleus sampling (top_p {get('top_p')}, temperature {get('temperature')})"
+                                            if sample else "greedy")
+    per_prompt = max((len(g) for b in blocks for g in group_by_prompt(b[PAIRS_KEY])), default=0)
+    versions = set()
+    for row in run.tox.values():
+        v = ((row.get("by_scorer") or {}).get(scorer) or {}).get("version")
+        if v is None and row.get("scorer") == scorer:
+            v = row.get("scorer_version")
+        if v is not None:
+            versions.add(str(v))
+    tox_judge = None
+    if any(_num(tox_of(r, scorer)) is not None for r in run.tox.values()):
+        tox_judge = scorer + (f" ({', '.join(sorted(versions))})" if versions else "")
+    refs = {str(r["reference_model"]) for r in run.ppl.get("", {}).values() if r.get("reference_model")}
+    return {"prompt set": f"{len(prompts)} prompts, sha256 {digest}",
+            "token budget": None if budget is None else f"{budget} new tokens",
+            "decoding": decoding,
+            "samples per prompt": str(per_prompt),
+            "toxicity judge": tox_judge,
+            "PPL judge": ", ".join(sorted(refs)) or None}
+
+
+def setup_mismatch(setups: list[dict], names: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """``(differences, agreed, unrecorded)``: one phrase per setting that differs between runs where recorded
+    (``token budget (a: 10 new tokens; b: 5 new tokens)``), the settings all runs share, and the settings some
+    run does not record."""
+    diffs, same, unknown = [], [], []
+    for key in setups[0]:
+        known = [(n, s[key]) for n, s in zip(names, setups) if s[key] is not None]
+        missing = [n for n, s in zip(names, setups) if s[key] is None]
+        if missing:
+            unknown.append(f"{key} ({', '.join(missing)})")
+        if len({v for _, v in known}) > 1:
+            diffs.append(f"{key} ({'; '.join(f'{n}: {v}' for n, v in known)})")
+        elif known:
+            same.append(f"{key}: {known[0][1]}")
+    return diffs, same, unknown
+
+
 def build_comparison(generations_paths, out_md: str | None = None, out_png: str | None = None,
-                     budget: float = PPL_BUDGET) -> str:
-    """Several runs (generations files, each with its score files) in one markdown table, one row per (run,
-    method, alpha), and one Pareto plot (methods and baselines as separate series). The first run's primary
-    scorer and PPL reference are the ones compared; a run that lacks them is listed and said so."""
+                     budget: float = PPL_BUDGET, allow_mismatch: bool = False) -> str:
+    """Several runs (generations files or scored files of texts, each with its score files) in one markdown table,
+    one row per (run, method, alpha), and one Pareto plot (methods and baselines as separate series, each run's
+    alpha 0 as its reference star). The first run's primary scorer and PPL reference are the ones compared. Runs
+    whose prompt set, token budget, decoding, samples per prompt or judges differ are refused unless
+    ``allow_mismatch`` (then the difference is stated in the header)."""
     from .artifacts import comparison_paths
-    from .data import read_generations
     from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_path, sha256_file
 
     paths = [Path(p) for p in generations_paths]
-    for p in paths:
-        read_generations(p)  # each one a generations file, checked before anything is written
+    inputs = [read_run_input(p)[0] for p in paths]  # each one checked before anything is written
     out = comparison_paths(paths[0], out_md, out_png)
     check_output_path(out["markdown"], "report")
     check_output_path(out["png"], "report plot")
@@ -629,23 +752,37 @@ def build_comparison(generations_paths, out_md: str | None = None, out_png: str 
     if missing:
         raise InputError(f"no score files beside {missing[0]} (run run_tox_score.sh and run_ppl_score.sh on it first)")
     scorer = runs[0].scorer or "toxicity"
+    setups = [setup_of(b, r, scorer) for b, r in zip(inputs, runs)]
+    diffs, same, unknown = setup_mismatch(setups, names)
+    if diffs and not allow_mismatch:
+        raise InputError(f"the runs differ in {' and '.join(diffs)}: their numbers do not compare; pass "
+                         f"--allow_mismatch to put them in one table anyway")
     rows = comparison_rows(runs, names, scorer)
     refs = {r["reference_model"] for r in rows if r["reference_model"]}
     notes = []
-    if len(refs) > 1:
-        notes.append(f"- **the runs' PPL were scored under different reference models ({', '.join(sorted(refs))}); "
-                     f"their PPLs do not compare.**")
+    if diffs:
+        notes.append(f"- **the runs differ in {' and '.join(diffs)}: their numbers do not compare directly "
+                     f"(--allow_mismatch).**")
+    if unknown:
+        notes.append(f"- not recorded, so not checked: {'; '.join(unknown)}.")
     unscored = sorted({r["run"] for r in rows if r["tox"] is None})
     if unscored:
         notes.append(f"- not scored by {scorer}: {', '.join(unscored)} (shown as n/a, not plotted).")
     table = ["| run | method | alpha | tox | 95% CI | EMT | P(tox) | PPL token-w. | PPL paper | dist-2 | n |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        ci = f"{fmt(r['lo'])}–{fmt(r['hi'])}" if r["lo"] is not None else NA
-        table.append(f"| {r['run']} | {r['method']}{' (baseline)' if r['baseline'] else ''} | {r['alpha']:g} | "
+        ci = (f"{fmt(r['lo'])}–{fmt(r['hi'])}" if r["lo"] is not None
+              else N_TOO_SMALL if r["ci_prompts"] is not None else NA)
+        table.append(f"| {r['run']} | {r['method']}{' (baseline)' if r['baseline'] else ''} | {_alpha_label(r['alpha'])} | "
                      f"{fmt(r['tox'])} | {ci} | {fmt(r['emt'])} | {fmt(r['ptox'])} | {fmt(r['ppl'], 2)} | "
                      f"{fmt(r['ppl_paper'], 2)} | {fmt(r['dist_2'])} | {_fmt_int(r['n'])} |")
-    ref = next((r for r in rows if r["alpha"] == 0 and r["tox"] is not None and r["ppl"] is not None), None)
+    # each run's alpha 0 (its target alone) is a reference star; runs whose stars coincide share one
+    stars: dict[tuple[float, float], list[str]] = {}
+    for r in rows:
+        if r["alpha"] == 0 and r["tox"] is not None and r["ppl"] is not None:
+            stars.setdefault((r["ppl"], r["tox"]), []).append(r["run"])
+    star_list = [(f"the target alone (alpha 0{' of ' + ', '.join(who) if len(runs) > 1 else ''})", x, y)
+                 for (x, y), who in stars.items()]
     series: dict[tuple[str, str], PlotSeries] = {}
     for r in rows:
         if r["alpha"] == 0 or r["tox"] is None or r["ppl"] is None:
@@ -653,31 +790,42 @@ def build_comparison(generations_paths, out_md: str | None = None, out_png: str 
         key = (r["run"], r["method"])
         s = series.setdefault(key, PlotSeries(f"{r['run']}: {r['method']}" if len(runs) > 1 else r["method"],
                                               "baseline" if r["baseline"] else "method", []))
-        s.points.append(PlotPoint(f"{r['alpha']:g}", r["ppl"], r["tox"], r["lo"], r["hi"]))
+        s.points.append(PlotPoint("all texts" if r["alpha"] is None else f"{r['alpha']:g}", r["ppl"], r["tox"],
+                                  r["lo"], r["hi"]))
     ref_label = next(iter(sorted(refs)), "the reference LM")
     png_written, layout = False, {}
-    if series or ref:
-        png, layout = pareto_plot(list(series.values()), ref["ppl"] if ref else None, ref["tox"] if ref else None,
+    first = star_list[0] if star_list else None
+    if series or first:
+        png, layout = pareto_plot(list(series.values()), first[1] if first else None, first[2] if first else None,
                                   budget, f"Toxicity vs fluency: {len(runs)} runs",
                                   f"token-weighted PPL under {ref_label}, log scale (lower is better)",
-                                  f"mean toxicity, {scorer}, 95% CI (lower is better)")
+                                  f"mean toxicity, {scorer}, 95% CI (lower is better)",
+                                  ref_label=first[0] if first else None, more_refs=star_list[1:])
         atomic_write_bytes(out["png"], png)
         png_written = True
+    star_runs = [who for who in stars.values()]
     header = [f"# Comparison of {len(runs)} runs", "",
               *[f"- {n}: `{p}` ({', '.join(_generation_models(p)[:-1]) or 'no generation sidecar'})" for n, p in zip(names, paths)],
-              f"- toxicity: {scorer} (lower is better); 95% CI: percentile bootstrap over prompts (2,000 resamples); "
-              f"EMT and P(tox) (share of prompts with a sample >= 0.5) where prompts have several samples.",
+              f"- the same for every run: {'; '.join(same) or NA}.",
+              f"- toxicity: {scorer} (lower is better); 95% CI: percentile bootstrap over prompts (2,000 resamples; "
+              f"none below {MIN_CI_PROMPTS} prompts: {N_TOO_SMALL}); EMT and P(tox) (share of prompts with a sample "
+              f">= 0.5) where prompts have several samples.",
               f"- PPL: token-weighted and the paper's (exp of the mean per-sample loss), under {', '.join(sorted(refs)) or NA}.",
-              f"- plot: the target alone (alpha 0 of {ref['run'] if ref else NA}) as the reference star; the band is PPL within "
-              f"{budget:g}x of it; the dashed line is the Pareto frontier.", *notes, ""]
+              f"- plot: each run's alpha 0 (its target alone) as a reference star "
+              f"({'; '.join(', '.join(w) for w in star_runs) or 'none: no run has alpha 0'}); the band is PPL within "
+              f"{budget:g}x of {('the first star (' + star_runs[0][0] + ')') if star_runs else NA}; the dashed line is "
+              f"the Pareto frontier.", *notes, ""]
     footer = ["", f"![toxicity vs perplexity]({out['png'].name})", ""] if png_written else [""]
     md = "\n".join(header + table + footer)
     atomic_write_text(out["markdown"], md)
     atomic_write_json(out["meta"], {
         "what": "comparison report (detox_pa.report.build_comparison)",
-        "runs": [{"name": n, "generations": str(p), "generations_sha256": sha256_file(p)} for n, p in zip(names, paths)],
+        "runs": [{"name": n, "generations": str(p), "generations_sha256": sha256_file(p), "setup": st}
+                 for n, p, st in zip(names, paths, setups)],
+        "setup_differences": diffs, "allow_mismatch": allow_mismatch,
         "scorer": scorer, "reference_models": sorted(refs), "budget": budget, "rows": rows,
-        "plot": {"labels": layout.get("labels"), "frontier": layout.get("frontier"), "points": layout.get("points")},
+        "plot": {"labels": layout.get("labels"), "frontier": layout.get("frontier"), "points": layout.get("points"),
+                 "references": [[lab, x, y] for lab, x, y in star_list]},
         "outputs": {"markdown": str(out["markdown"]), "png": str(out["png"]) if png_written else None},
     })
     log.info("wrote %s%s", out["markdown"], f" and {out['png']}" if png_written else "")
@@ -690,10 +838,15 @@ def build_comparison(generations_paths, out_md: str | None = None, out_png: str 
 @dataclass
 class ReportArguments:
     generations: list[str] = field(default_factory=list, metadata={
-        "help": "Generations JSON file(s) (the paper's nested format), each with its score files. One: the per-alpha "
-                "report; several: one table and one Pareto plot comparing them."})
+        "help": "Generations JSON file(s) (the paper's nested format), or files of texts eval_toxicity.py / "
+                "eval_ppl.py scored (.txt, {text} JSONL, DExperts JSONL), each with its score files "
+                "(<stem>_toxicity.json, <stem>_ppl.json beside it). One: the per-alpha report; several: one table "
+                "and one Pareto plot comparing them."})
     out_md: str = field(default="", metadata={"help": f"Markdown output (default {report_paths('<stem>.json')['markdown']})."})
     out_png: str = field(default="", metadata={"help": f"PNG output (default {report_paths('<stem>.json')['png']})."})
+    allow_mismatch: bool = field(default=False, metadata={
+        "help": "Compare runs whose prompt set, token budget, decoding, samples per prompt or judges (toxicity "
+                "scorer, PPL reference model) differ; without it such a comparison is refused."})
 
     def __post_init__(self):
         if not self.generations:
@@ -720,7 +873,8 @@ def run(args: ReportArguments) -> str:
     """Write the report files and print the markdown (report.py's body)."""
     log_args(args)
     if len(args.generations) > 1:
-        md = build_comparison(args.generations, args.out_md or None, args.out_png or None)
+        md = build_comparison(args.generations, args.out_md or None, args.out_png or None,
+                              allow_mismatch=args.allow_mismatch)
     else:
         md = build_report(args.generations[0], args.out_md or None, args.out_png or None)
     print(md)

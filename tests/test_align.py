@@ -174,7 +174,7 @@ def test_untied_config_without_lm_head_is_an_input_error(tmp_path):
 
 def _argv(folders, out, *extra):
     return ["--model1_name", str(folders["teacher"]), "--model2_name", str(folders["target"]),
-            "--output_dir", str(out), "--progress", "false", *extra]
+            "--output_dir", str(out), "--progress", "false", "--objective", "contrastive", "--text_path", "", *extra]
 
 
 def test_align_main_writes_matrix_and_sidecar(folders, tmp_path):
@@ -402,7 +402,8 @@ def test_align_logits_objective_transmits_where_contrastive_is_only_reported(rot
     assert m["top1"] >= 0.97 and m["top10"] >= 0.95 and m["pearson"] > 0.99 and m["kl"] < 0.01
     assert side["metrics"]["refine"]["steps"] == 20 and len(side["metrics"]["refine"]["loss_per_tenth"]) == 10
     # the paper's contrastive objective on the same pair: the same metric is recorded, whatever it gets
-    assert run(alignment.run, alignment.parse_args, base + ["--output_dir", str(tmp_path / "c"), "--epochs", "1"]) == 0
+    assert run(alignment.run, alignment.parse_args, base + ["--output_dir", str(tmp_path / "c"), "--epochs", "1",
+                                                     "--objective", "contrastive"]) == 0
     side_c = json.loads((tmp_path / "c" / "mapping_model.json").read_text())
     assert side_c["objective"] == "contrastive" and side_c["embedding_space"] == "input"
     mc = side_c["metrics"]["transmission"]["teacher"]["none"]

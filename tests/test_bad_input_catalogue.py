@@ -122,7 +122,7 @@ def ali(w, *extra):
 
 
 def gen(w, *extra):
-    return ["--teacher_model", w["base"], "--target_model", w["target"], "--matrix_A", w["A"],
+    return ["--method", "fusion", "--teacher_model", w["base"], "--target_model", w["target"], "--matrix_A", w["A"],
             "--data_path", w["prompts"], "--output_path", w["out"] / "gen.json", "--alphas", "0", "0.3", *extra]
 
 

@@ -118,7 +118,9 @@ def test_every_form_the_scorers_accept(tmp_path):
     assert [p["response"] for p in blocks[0]["prompt-response pairs"]] == ["first text", "second text"]
     (tmp_path / "t.jsonl").write_text('{"text": "a"}\n{"prompt": "P", "text": " b"}\n')
     blocks, form = load_scoring_input(tmp_path / "t.jsonl")
-    assert form == "texts" and [(p["prompt"], p["continuation"]) for p in blocks[0]["prompt-response pairs"]] == [("", "a"), ("P", " b")]
+    assert form == "texts" and [(p["prompt"], p["response"]) for p in blocks[0]["prompt-response pairs"]] == [("", "a"), ("P", " b")]
+    # the reader adds no 'continuation': only our generate.py's files hold one (eval_ppl.py's --join auto reads it)
+    assert not any("continuation" in p for p in blocks[0]["prompt-response pairs"])
     (tmp_path / "dx.jsonl").write_text(json.dumps({"prompt": {"text": "You are"}, "generations": [{"text": " nice"}, {"text": " bad"}]}) + "\n")
     blocks, form = load_scoring_input(tmp_path / "dx.jsonl")
     pairs = blocks[0]["prompt-response pairs"]

@@ -37,7 +37,7 @@ def stderr_lines(capsys):
 
 
 def argv(d, out, *extra, alphas=("0", "0.5")):
-    return ["--teacher_model", str(d / "teacher"), "--target_model", str(d / "target"), "--matrix_A", str(d / "A.pt"),
+    return ["--method", "fusion", "--teacher_model", str(d / "teacher"), "--target_model", str(d / "target"), "--matrix_A", str(d / "A.pt"),
             "--data_path", str(d / "p.jsonl"), "--output_path", str(out), "--max_new_tokens", "5", "--batch_size", "3",
             "--alphas", *alphas, *extra]
 

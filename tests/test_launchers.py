@@ -87,6 +87,8 @@ def test_generation_flags_pass_through(tmp_path, argv, expect):
     import os
 
     env = dict(os.environ, PYTHON=str(_stub(tmp_path)), OUT_DIR=str(tmp_path / "out"), HF_HUB_OFFLINE="1")
+    if argv[0] == "T":  # the teacher T is named: so must its anti-expert be (never the default run's)
+        env["ANTI_TEACHER_MODEL"] = "AT"
     (tmp_path / "out" / "data").mkdir(parents=True)
     for n in ("rtp_eval", "rtp_build", "rtp_dev"):
         (tmp_path / "out" / "data" / f"{n}.jsonl").write_text('{"prompt": "x"}\n')

@@ -235,6 +235,8 @@ def test_launcher_positional_args(tmp_path, ref_folder):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "gen_ppl.json").read_text())[0]["n_scored"] == 2
+    # a one-screen summary on stdout, like the toxicity step's
+    assert proc.stdout.startswith(f"perplexity of {gen} (nested: 3 texts, 3 prompts)"), proc.stdout
 
 
 # ------------------------------------------------------------------------------ both whitespace conventions
@@ -298,7 +300,7 @@ def test_our_files_read_by_the_papers_formula_agree_where_the_continuation_start
     gen = write_gen(tmp_path / "ours.json", ours)
     with caplog.at_level(logging.INFO):
         assert eval_ppl(["--model_path", str(ref_folder), "--input_json", str(gen)]) == 0
-    assert "join: exact (every pair has the exact 'continuation'" in caplog.text
+    assert "join: exact (every pair holds the exact 'continuation'" in caplog.text
     d = json.loads((tmp_path / "ours_ppl.json").read_text())[0]
     assert (d["join"], d["n_scored"], d["n_skipped_empty"]) == ("exact", 2, 1)  # the empty one is counted and skipped
     assert d["PPL"] == pytest.approx(paper_formula_ppl(ref_folder, ours[0]["prompt-response pairs"][:2]), rel=0.01)

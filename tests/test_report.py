@@ -130,7 +130,7 @@ def test_report_bad_input_exits_2(tmp_path, capsys, case):
 
 def make_scored(folder, name, method, tox: dict, ppl: dict, per_prompt=3):
     """A generations file of ``method`` with its score files as eval_toxicity.py and eval_ppl.py write them:
-    the per-record file holds ``per_prompt`` prompts whose bilstm scores are the alpha's mean -/+ 0.05."""
+    the per-record file holds ``per_prompt`` prompts whose bilstm scores are the alpha's mean -/+ 0.05 (in turn)."""
     import hashlib
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def make_scored(folder, name, method, tox: dict, ppl: dict, per_prompt=3):
     gen.write_text(json.dumps([{"alpha": a, "prompt-response pairs": [{"prompt": f"p{i}", "response": "x"}
                                                                      for i in range(per_prompt)]} for a in tox]))
     (folder / f"{name}.meta.json").write_text(json.dumps({"method": method, "target_model": "tiny"}))
-    recs = "".join(json.dumps({"alpha": a, "prompt_index": i, "scores": {"bilstm": t + 0.05 * (i - 1)}}) + "\n"
+    recs = "".join(json.dumps({"alpha": a, "prompt_index": i, "scores": {"bilstm": t + 0.05 * (i % 3 - 1)}}) + "\n"
                    for a, t in tox.items() for i in range(per_prompt))
     sha = hashlib.sha256(recs.encode()).hexdigest()
     (folder / f"{name}_toxicity_records.jsonl").write_text(recs)
@@ -154,9 +154,10 @@ def make_scored(folder, name, method, tox: dict, ppl: dict, per_prompt=3):
 def test_several_runs_in_one_table_and_one_pareto_plot(tmp_path, capsys):
     from detox_pa import report
 
-    diff = make_scored(tmp_path / "a", "diff", "diff", {0.0: 0.30, 0.2: 0.22, 0.4: 0.15}, {0.0: 4.0, 0.2: 4.3, 0.4: 5.2})
-    ban = make_scored(tmp_path / "b", "wordban", "wordban", {1.0: 0.20}, {1.0: 4.2})
-    steer = make_scored(tmp_path / "c", "steer", "steer", {0.1: 0.25, 0.2: 0.18}, {0.1: 4.1, 0.2: 4.8})
+    diff = make_scored(tmp_path / "a", "diff", "diff", {0.0: 0.30, 0.2: 0.22, 0.4: 0.15}, {0.0: 4.0, 0.2: 4.3, 0.4: 5.2},
+                       per_prompt=21)
+    ban = make_scored(tmp_path / "b", "wordban", "wordban", {1.0: 0.20}, {1.0: 4.2}, per_prompt=21)
+    steer = make_scored(tmp_path / "c", "steer", "steer", {0.1: 0.25, 0.2: 0.18}, {0.1: 4.1, 0.2: 4.8}, per_prompt=21)
     out = tmp_path / "cmp" / "compare.md"
     assert run(report.run, report.parse_args, [str(diff), str(ban), str(steer), "--out_md", str(out)]) == 0
     md = out.read_text()
