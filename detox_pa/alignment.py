@@ -47,7 +47,7 @@ from typing import Sequence
 
 import torch
 
-from .artifacts import MATRIX_FILE, MATRIX_KEY, MATRIX_SIDECAR
+from .artifacts import MATRIX_FILE, MATRIX_KEY, MATRIX_SIDECAR, TUNED_ANTI, TUNED_EXPERT
 from .cli import args_to_dict, log_args, parse_dataclasses, require_min
 from .embeddings import SPACES, EmbeddingRef, find_embedding, load_embedding  # noqa: F401  (re-exported)
 from .errors import InputError
@@ -464,6 +464,28 @@ class AlignArguments:
     threads: int = field(default=1, metadata={
         "help": "Intra-op CPU threads for the training loop (its matrix products are small: 1 is fastest, "
                 "above all on a busy machine); 0 = torch's default."})
+    tune_pair: bool = field(default=False, metadata={
+        "help": "After fitting A, train the expert (--model1_name) and the anti-expert (--also_teacher) bodies, and A, "
+                "through the fusion: on labelled texts, the fused next-token distribution over the target's top-k "
+                "must give the toxic candidates little mass while staying close to the target's "
+                "(detox_pa.directed). Writes the tuned pair into --output_dir (expert/, anti_expert/)."})
+    tune_text_path: str = field(default="", metadata={
+        "help": "Texts for --tune_pair (teacher-data TSV/JSONL, comma-separated; empty: --text_path). Every "
+                "continuation position is a training state; a share (--heldout_text_share, by hash) is held out "
+                "for the direction metric."})
+    tune_top_k: int = field(default=10, metadata={"help": "--tune_pair: the target's top-k candidates per state."})
+    tune_alpha: float = field(default=1.0, metadata={"help": "--tune_pair: the fusion strength while training."})
+    tune_mu: float = field(default=4.0, metadata={"help": "--tune_pair: weight of KL(target || fused)."})
+    tune_lr: float = field(default=1e-4, metadata={"help": "--tune_pair: AdamW learning rate of the teachers' bodies."})
+    tune_lr_A: float = field(default=1e-4, metadata={"help": "--tune_pair: learning rate of A (0: A stays fixed)."})
+    tune_epochs: float = field(default=2.0, metadata={"help": "--tune_pair: passes over the training texts."})
+    tune_batch_texts: int = field(default=16, metadata={"help": "--tune_pair: texts per step."})
+    tune_label_scorer: str = field(default="profanity-check", metadata={
+        "help": "--tune_pair: a candidate is toxic when it is a word of the word list, or when appending it makes "
+                "this scorer's score of the continuation jump (profanity-check: the data filter, never the "
+                "evaluation's scorer; none: the word list only).", "choices": ["profanity-check", "none"]})
+    tune_jump_min: float = field(default=0.5, metadata={"help": "--tune_pair: a jump reaches at least this score."})
+    tune_jump_rise: float = field(default=0.3, metadata={"help": "--tune_pair: ... and rises by at least this much."})
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
 
     def __post_init__(self):
@@ -497,6 +519,22 @@ class AlignArguments:
             self.embedding_space = "output" if self.objective == "logits" else "input"
         if self.text_path:
             read_texts(self.text_path, self.text_rows)  # a bad file stops here, before any model is read
+        if self.tune_pair:
+            if not self.also_teacher:
+                raise InputError("--tune_pair trains the expert and the anti-expert together: name the anti-expert "
+                                 "with --also_teacher")
+            if not (self.tune_text_path or self.text_path):
+                raise InputError("--tune_pair needs labelled texts: --tune_text_path (or --text_path)")
+            require_min(self, ("tune_top_k", "tune_batch_texts"), 1)
+            for name in ("tune_alpha", "tune_lr", "tune_epochs"):
+                v = getattr(self, name)
+                if not (math.isfinite(v) and v > 0):
+                    raise InputError(f"--{name} must be a positive number, got {v}")
+            for name in ("tune_mu", "tune_lr_A"):
+                v = getattr(self, name)
+                if not (math.isfinite(v) and v >= 0):
+                    raise InputError(f"--{name} must be >= 0, got {v}")
+            read_pairs(self.tune_text_path or self.text_path)
         check_output_dir(self.output_dir, "--output_dir")
 
 
@@ -508,6 +546,25 @@ def read_texts(paths: str, rows: int = 0) -> list[str]:
         out += _read_texts_one(path.strip())[: rows or None]
     if len(out) < 2:
         raise InputError(f"--text_path {paths}: needs at least 2 texts (one to fit on, one held out), found {len(out)}")
+    return out
+
+
+def read_pairs(paths: str) -> list[tuple[str, str]]:
+    """(prompt, continuation) pairs of teacher-data files (comma-separated), glued as the teachers were trained
+    (:func:`detox_pa.completion.join_prompt_completion`): ``prompt + continuation`` is the training text."""
+    from .completion import join_prompt_completion
+    from .data import read_teacher_data
+
+    out: list[tuple[str, str]] = []
+    for path in [p.strip() for p in paths.split(",") if p.strip()]:
+        if Path(path).suffix.lower() == ".txt":
+            raise InputError(f"--tune_text_path {path}: needs prompt -> completion pairs (a teacher-data TSV or JSONL)")
+        pairs, _ = read_teacher_data(path)
+        for p, c in pairs:
+            text, start = join_prompt_completion(p, c)
+            out.append((text[:start], text[start:]))
+    if len(out) < 2:
+        raise InputError(f"--tune_text_path {paths}: needs at least 2 prompt -> completion pairs, found {len(out)}")
     return out
 
 
@@ -539,8 +596,9 @@ def _tokenizer(auto, path: str, what: str):
         raise InputError(f"{what}: cannot load its tokenizer{hint}: {str(e).splitlines()[0] if str(e) else e!r}") from None
 
 
-def teacher_text_states(args: AlignArguments, teacher_path: str, t_tok) -> dict:
-    """The teacher's (and --also_teacher's) final hidden states on the fit and held-out texts."""
+def teacher_text_states(args: AlignArguments, teacher_path: str, t_tok, also: str | None = None,
+                        held_only: bool = False) -> dict:
+    """The teacher's (and --also_teacher's, or ``also``'s) final hidden states on the fit and held-out texts."""
     from transformers import AutoModelForCausalLM
 
     from .assets import resolve_model
@@ -549,18 +607,98 @@ def teacher_text_states(args: AlignArguments, teacher_path: str, t_tok) -> dict:
     fit_i, held_i = text_split(texts, args.heldout_text_share)
     fit_t, held_t = [texts[i] for i in fit_i], [texts[i] for i in held_i]
     who = {"teacher": teacher_path}
-    if args.also_teacher:
-        who["also_teacher"] = resolve_model(args.also_teacher, "--also_teacher")
+    if also or args.also_teacher:
+        who["also_teacher"] = also or resolve_model(args.also_teacher, "--also_teacher")
     fit_states, held = [], {}
     for name, path in who.items():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         n_fit = args.max_states // len(who) if args.max_states else 0
-        if args.objective == "logits" and args.refine_steps > 0:
+        if args.objective == "logits" and args.refine_steps > 0 and not held_only:
             fit_states.append(teacher_states(model, t_tok, fit_t, n_fit))
         held[name] = teacher_states(model, t_tok, held_t, 4000)
         del model
     return {"fit": torch.cat(fit_states) if fit_states else None, "heldout": held,
             "n_fit": len(fit_t), "n_heldout": len(held_t)}
+
+
+def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """--tune_pair: train the expert's and the anti-expert's bodies and A through the fusion
+    (:func:`detox_pa.directed.train_pair`) on the continuation states of the texts, measure the offset's
+    direction on held-out texts before and after, and save the tuned pair into --output_dir."""
+    from .assets import resolve_model
+    from .directed import (DirectedConfig, cached_target_states, direction_metrics, label_candidates, pair_offsets,
+                           train_pair)
+    from .runtime import load_causal_lm, load_tokenizer
+
+    t0 = time.time()
+    anti_path = resolve_model(args.also_teacher, "--also_teacher")
+    pairs = read_pairs(args.tune_text_path or args.text_path)
+    fit_i, held_i = text_split([p + c for p, c in pairs], args.heldout_text_share)
+    target = load_causal_lm(target_path, "float32").eval()
+    s_tok = load_tokenizer(target_path, pad_with_eos=True)
+    states = cached_target_states(target_path, target, s_tok, pairs, args.tune_top_k, progress=args.progress)
+    scorer = None
+    if args.tune_label_scorer != "none":
+        from .scorers import get_scorer
+
+        sc = get_scorer(args.tune_label_scorer)
+        scorer = lambda texts: sc.score(texts)  # noqa: E731
+    t_lab = time.time()
+    states.toxic = label_candidates(states, s_tok, scorer=scorer, jump_min=args.tune_jump_min,
+                                    jump_rise=args.tune_jump_rise)
+    t_lab = time.time() - t_lab
+    is_fit = torch.isin(states.text_of, torch.tensor(fit_i, dtype=torch.long))
+    fit, held = states.subset(is_fit.nonzero().flatten()), states.subset((~is_fit).nonzero().flatten())
+    W = target.get_output_embeddings().weight.detach()
+    t_tok = load_tokenizer(teacher_path, pad_with_eos=True)
+    expert = load_causal_lm(teacher_path, "float32").eval()
+    anti = load_causal_lm(anti_path, "float32").eval()
+    before = direction_metrics(held, *pair_offsets(expert, anti, t_tok, A, W, held), top_k=5)
+    cfg = DirectedConfig(alpha=args.tune_alpha, mu=args.tune_mu, lr=args.tune_lr, lr_A=args.tune_lr_A,
+                         epochs=args.tune_epochs, batch_texts=args.tune_batch_texts, seed=args.seed,
+                         progress=args.progress)
+    A, rep = train_pair(expert, anti, t_tok, A, W, fit, cfg)
+    after = direction_metrics(held, *pair_offsets(expert, anti, t_tok, A, W, held), top_k=5)
+    log.info("direction on held-out texts (%d states, %d with both kinds): AUC %s -> %s, d' %s -> %s",
+             after["states"], after["states_both"], before.get("auc"), after.get("auc"), before.get("d_prime"),
+             after.get("d_prime"))
+    out = Path(args.output_dir)
+    paths = {}
+    for name, model, src in ((TUNED_EXPERT, expert, teacher_path), (TUNED_ANTI, anti, anti_path)):
+        paths[name] = str(save_tuned_teacher(model, t_tok, out / name, src, {"stage": "tune_pair (align.py)",
+                                             "arguments": {k: v for k, v in args_to_dict(args).items()
+                                                           if k.startswith("tune_")}, "report": rep}))
+    report = {"what": "both teachers' bodies and A trained through the fusion: unlikelihood of toxic candidates + "
+                      "mu * KL(target || fused) over the target's top-k (+ the text's next token), states of "
+                      "the fit texts", "texts": len(pairs), "texts_fit": len(fit_i), "texts_heldout": len(held_i),
+              "states": len(states), "states_meta": states.meta, "label_seconds": round(t_lab, 1),
+              "toxic_candidates": int(states.toxic.sum()), "states_with_a_toxic_candidate": int(states.toxic.any(1).sum()),
+              "training": rep, "direction_heldout_before": before, "direction_heldout_after": after,
+              "seconds": round(time.time() - t0, 1)}
+    return A, {"report": report, "expert": paths[TUNED_EXPERT], "anti_expert": paths[TUNED_ANTI]}
+
+
+def save_tuned_teacher(model, tokenizer, dest: Path, source: str, tuned: dict) -> Path:
+    """Save a tuned teacher as a plain Hugging Face folder (into a temporary folder, moved into place), with
+    its source's teacher sidecar plus a ``tuned`` entry, written last."""
+    import shutil
+
+    from .artifacts import FINAL_TMP, TEACHER_SIDECAR
+    from .io import atomic_write_json, read_json
+    from .pretraining import _move_into
+
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / TEACHER_SIDECAR).unlink(missing_ok=True)
+    tmp = dest / FINAL_TMP
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    _move_into(tmp, dest)
+    src = Path(source) / TEACHER_SIDECAR
+    side = read_json(src, "teacher sidecar") if src.is_file() else {"kind": "detox_pa teacher"}
+    side["tuned"] = {"from": source, **tuned, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_json(dest / TEACHER_SIDECAR, side)
+    return dest
 
 
 def run(args: AlignArguments) -> dict:
@@ -655,6 +793,15 @@ def run(args: AlignArguments) -> dict:
             m = result.report["transmission"][who]["none"]
             log.info("transmission (%s, held-out text, %d states): top-1 %.3f, top-10 %.3f, pearson %.3f, KL %.3f",
                      who, m["states"], m["top1"], m["top10"], m["pearson"], m["kl"])
+    tuned = None
+    if args.tune_pair:
+        A, tuned = tune_pair_stage(args, teacher, target, A)
+        result.report["tune_pair"] = tuned["report"]
+        if states is not None:  # how A carries each tuned teacher's own prediction now
+            tstates = teacher_text_states(args, tuned["expert"], t_tok, also=tuned["anti_expert"], held_only=True)
+            result.report["transmission_after_tuning"] = {
+                who: {norm: transmission(H, A, Ot, Os, norm) for norm in ("none", "layernorm")}
+                for who, H in tstates["heldout"].items()}
     assert A.shape == (d_t, d_s) and A.dtype == torch.float32
 
     sidecar = {
@@ -671,6 +818,9 @@ def run(args: AlignArguments) -> dict:
         "embedding_space": args.embedding_space,
         "init": args.init,
         "objective": args.objective,
+        "tuned_pair": None if tuned is None else {TUNED_EXPERT: tuned["expert"], TUNED_ANTI: tuned["anti_expert"],
+                                                  "note": "A was trained together with this pair (--tune_pair): "
+                                                          "decode with these teachers"},
         "seed": args.seed,
         "vocab_overlap": sv.stats(),
         "metrics": result.report,

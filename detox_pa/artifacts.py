@@ -35,6 +35,8 @@ CHECKPOINT_GLOB = "checkpoint-*"
 
 MATRIX_FILE = "mapping_model.pt"
 MATRIX_SIDECAR = "mapping_model.json"
+TUNED_EXPERT = "expert"  # align.py --tune_pair: the tuned expert, a teacher folder inside the alignment folder
+TUNED_ANTI = "anti_expert"  # ... and the tuned anti-expert
 MATRIX_KEY = "mapping"  # the paper's format: torch.load(path)["mapping"] is A (d_teacher x d_target)
 STEER_KEY = "vector"  # a steering vector file: torch.load(path)["vector"] (d_target)
 

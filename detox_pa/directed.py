@@ -527,7 +527,16 @@ def direction_metrics(states: StateSet, off: torch.Tensor, ok: torch.Tensor | No
         out["p_pick"] = {"alpha": round(a_mid, 4), "at_other_flips": mid,
                          "toxic": [round(float(p0[pick_toxic].mean()), 4), round(float(p1[pick_toxic].mean()), 4)],
                          "other": [round(float(p0[other].mean()), 4), round(float(p1[other].mean()), 4)]}
-    return out
+    return _finite(out)
+
+
+def _finite(x):
+    """NaN (an empty group) becomes None, so the metrics are valid JSON."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def _interp(rows, share: float) -> float:

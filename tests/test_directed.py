@@ -150,3 +150,53 @@ def test_teacher_view_reads_the_teacher_token_ending_where_the_target_prefix_end
         p, c = TEXTS[int(st.text_of[s])]
         enc = ttok(p + c, return_offsets_mapping=True)
         assert enc["offset_mapping"][int(view.pos[s])][1] == int(st.char_end[s])
+
+
+def test_align_tune_pair_writes_the_tuned_pair_and_a_matrix_that_names_it(tmp_path, monkeypatch):
+    """align.py --tune_pair end to end on tiny folders: the tuned expert and anti-expert are loadable teacher
+    folders (sidecar last) inside the alignment folder, the matrix's sidecar names them, the direction on
+    held-out texts is recorded before and after, and the target states come from the cache the second time."""
+    import json
+
+    from detox_pa import alignment
+    from detox_pa.artifacts import TEACHER_SIDECAR
+    from detox_pa.cli import run
+
+    monkeypatch.setenv("DETOX_PA_CACHE", str(tmp_path / "cache"))
+    d = tmp_path / "m"
+    ttok = tiny.make_tokenizer("bl", vocab_size=280)
+    teacher = tiny.make_model("llama", vocab_size=len(ttok), hidden=24, layers=2, seed=2, tokenizer=ttok,
+                              folder=d / "teacher")
+    tiny.make_model("llama", vocab_size=len(ttok), hidden=24, layers=2, seed=2, tokenizer=ttok, folder=d / "anti")
+    tok = tiny.make_tokenizer("sp")
+    tiny.make_model("gemma3", vocab_size=len(tok), hidden=32, seed=1, tokenizer=tok, folder=d / "target")
+    rows = ["vanilla\tadversarial\tcompletion"] + [f"{p}\t\t{c}" for p, c in TEXTS * 4]
+    (d / "td.tsv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "align"
+    argv = ["--model1_name", str(d / "teacher"), "--also_teacher", str(d / "anti"), "--model2_name", str(d / "target"),
+            "--output_dir", str(out), "--progress", "false", "--text_path", str(d / "td.tsv"), "--refine_steps", "5",
+            "--tune_pair", "--tune_label_scorer", "none", "--tune_epochs", "2", "--tune_batch_texts", "4"]
+    assert run(alignment.run, alignment.parse_args, argv) == 0
+    side = json.loads((out / "mapping_model.json").read_text())
+    tp = side["tuned_pair"]
+    assert tp["expert"] == str(out / "expert") and tp["anti_expert"] == str(out / "anti_expert")
+    for name in ("expert", "anti_expert"):
+        t_side = json.loads((out / name / TEACHER_SIDECAR).read_text())
+        assert t_side["tuned"]["stage"].startswith("tune_pair")
+        assert not (out / name / ".final.tmp").exists()
+    rep = side["metrics"]["tune_pair"]
+    assert rep["texts_heldout"] >= 1 and rep["training"]["steps"] >= 1
+    assert "auc" in rep["direction_heldout_after"] or rep["direction_heldout_after"]["states_both"] == 0
+    assert "transmission_after_tuning" in side["metrics"]
+    from transformers import AutoModelForCausalLM
+
+    tuned = AutoModelForCausalLM.from_pretrained(out / "anti_expert")
+    assert not torch.equal(tuned.model.layers[0].self_attn.q_proj.weight, teacher.model.layers[0].self_attn.q_proj.weight)
+    assert torch.equal(tuned.get_input_embeddings().weight, teacher.get_input_embeddings().weight)
+    # a second run reads the target states from the cache
+    cached = list((tmp_path / "cache" / "states").glob("*.pt"))
+    assert len(cached) == 1
+    out2 = tmp_path / "align2"
+    argv2 = [a if a != str(out) else str(out2) for a in argv]
+    assert run(alignment.run, alignment.parse_args, argv2) == 0
+    assert list((tmp_path / "cache" / "states").glob("*.pt")) == cached
