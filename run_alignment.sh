@@ -46,6 +46,19 @@ ALIGN_SEED=${ALIGN_SEED:-42}
 INIT=${INIT:-random}                       # random (the paper) | lstsq (closed-form least squares)
 EMBEDDING_SPACE=${EMBEDDING_SPACE:-auto}   # auto (input for contrastive, output for logits) | input (the paper) | output
 ALIGN_TEMPERATURE=${ALIGN_TEMPERATURE:-1.0}  # contrastive logits / temperature (the paper: 1)
+# Tuning the pair through the fusion (the default recipe, whenever an anti-expert is given): both teachers' bodies
+# and A learn so that alpha * W_target((h_expert - h_anti) A) takes mass from toxic candidates among the target's
+# top-k while keeping its distribution (KL). Writes $ALIGN_OUTPUT_DIR/expert and anti_expert; step 3 uses them.
+TUNE_PAIR=${TUNE_PAIR:-auto}               # auto (on when ALSO_TEACHER is set) | true | false (fit A only, the paper)
+TUNE_TEXT_PATH=${TUNE_TEXT_PATH:-}         # labelled texts (teacher-data TSV/JSONL); empty = TEXT_PATH
+TUNE_TOP_K=${TUNE_TOP_K:-10}               # the target's top-k candidates of each state
+TUNE_ALPHA=${TUNE_ALPHA:-1.0}              # the fusion strength while training
+TUNE_MU=${TUNE_MU:-4.0}                    # weight of KL(target || fused)
+TUNE_LR=${TUNE_LR:-1e-4}                   # the teachers' bodies
+TUNE_LR_A=${TUNE_LR_A:-1e-4}               # A (0 = A stays as fitted)
+TUNE_EPOCHS=${TUNE_EPOCHS:-2.0}
+TUNE_BATCH_TEXTS=${TUNE_BATCH_TEXTS:-16}
+TUNE_LABEL_SCORER=${TUNE_LABEL_SCORER:-profanity-check}  # toxic = word list, or this scorer jumps (none = word list)
 # ----
 
 # your anti-expert is never paired with the default run's teacher (the default run's anti-expert is picked up only
@@ -78,4 +91,14 @@ exec "$PYTHON" "$REPO_DIR/align.py" \
   --refine_steps "$REFINE_STEPS" \
   --refine_lr "$REFINE_LR" \
   --also_teacher "$ALSO_TEACHER" \
+  --tune_pair "$TUNE_PAIR" \
+  --tune_text_path "$TUNE_TEXT_PATH" \
+  --tune_top_k "$TUNE_TOP_K" \
+  --tune_alpha "$TUNE_ALPHA" \
+  --tune_mu "$TUNE_MU" \
+  --tune_lr "$TUNE_LR" \
+  --tune_lr_A "$TUNE_LR_A" \
+  --tune_epochs "$TUNE_EPOCHS" \
+  --tune_batch_texts "$TUNE_BATCH_TEXTS" \
+  --tune_label_scorer "$TUNE_LABEL_SCORER" \
   "$@"

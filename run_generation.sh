@@ -26,7 +26,7 @@ retired_names BATCH_SIZE=GEN_BATCH_SIZE TEMPERATURE=GEN_TEMPERATURE SEED=GEN_SEE
 
 split_positionals 6 "TEACHER_MODEL TARGET_MODEL MATRIX_A DEVICE OUTPUT_PATH DATA_PATH" \
   "<teacher_model_path> <target_model_path> <matrix_A_path> <device> <output_path> <data_path>" "$@"
-TEACHER_MODEL=${POS[0]:-${TEACHER_MODEL:-$DEFAULT_TEACHER_DIR}}
+TEACHER_MODEL=${POS[0]:-${TEACHER_MODEL:-}}  # empty = the teacher(s) the matrix names (step 2's tuned pair)
 TARGET_MODEL=${POS[1]:-${TARGET_MODEL:-$DEFAULT_TARGET}}
 MATRIX_A=${POS[2]:-${MATRIX_A:-$DEFAULT_MATRIX}}
 DEVICE=${POS[3]:-${DEVICE:-auto}}  # auto = a CUDA GPU when one is visible, else the CPU
@@ -38,7 +38,7 @@ DATA_PATH=${POS[5]:-${DATA_PATH:-$DEFAULT_EVAL_PROMPTS}}  # rtp:eval = the embed
 # The field's protocol (DExperts): DO_SAMPLE=1 NUM_SAMPLES=25 TOP_P=0.9 MAX_NEW_TOKENS=20.
 METHOD=${METHOD:-diff}          # diff | fusion (the paper) | wordban | steer
 ALPHAS=${ALPHAS:-"0 0.1 0.2 0.3 0.4 0.5 0.6"}
-ANTI_TEACHER_MODEL=${ANTI_TEACHER_MODEL:-$DEFAULT_ANTI_TEACHER_DIR}  # diff: the anti-expert
+ANTI_TEACHER_MODEL=${ANTI_TEACHER_MODEL:-}  # diff: the anti-expert (empty = the one the matrix names; name both or neither)
 DIFF_SPACE=${DIFF_SPACE:-hidden}  # diff: hidden (through A, reaches every target token) | logits (shared tokens)
 TOP_K=${TOP_K:-5}               # diff: only the target's top-k tokens are eligible (0 = all; 5 measured best on dev)
 GATE=${GATE:-}                  # diff: act only where log p_anti(pick) - log p_expert(pick) >= GATE (empty = always)
@@ -62,17 +62,19 @@ GEN_OVERWRITE=${GEN_OVERWRITE:-0}   # 1 = replace an existing <output_path> (and
 
 # A teacher, anti-expert or target you name is never paired with the default run's artifacts (its anti-expert,
 # its matrix A, fitted for its own teachers and target): name those too, or use a method that does not need them.
+# With no teacher named, generate.py decodes with the teacher(s) the matrix's sidecar names (a matrix and its
+# teachers are one unit: step 2 tunes the pair together with A).
 if [[ "$METHOD" == diff || "$METHOD" == fusion ]] && [[ " $ALPHAS " =~ [[:space:]][0-9.]*[1-9] ]]; then
   mine() { [[ "$(realpath -m -- "$1")" != "$(realpath -m -- "$2")" ]]; }  # named by the user, not the default
-  if [[ "$METHOD" == diff ]] && mine "$TEACHER_MODEL" "$DEFAULT_TEACHER_DIR" && ! mine "$ANTI_TEACHER_MODEL" "$DEFAULT_ANTI_TEACHER_DIR"; then
-    echo "error: run_generation.sh: METHOD=diff pairs your teacher $TEACHER_MODEL with the default run's anti-expert $ANTI_TEACHER_MODEL; name yours with ANTI_TEACHER_MODEL=..., or use METHOD=fusion (one teacher, the paper's)" >&2; exit 2
+  if [[ "$METHOD" == diff && -n "$TEACHER_MODEL" && -z "$ANTI_TEACHER_MODEL" ]]; then
+    echo "error: run_generation.sh: METHOD=diff with your teacher $TEACHER_MODEL needs your anti-expert too (never the default run's): name yours with ANTI_TEACHER_MODEL=..., or use METHOD=fusion (one teacher, the paper's)" >&2; exit 2
   fi
-  if [[ "$METHOD" == diff ]] && mine "$ANTI_TEACHER_MODEL" "$DEFAULT_ANTI_TEACHER_DIR" && ! mine "$TEACHER_MODEL" "$DEFAULT_TEACHER_DIR"; then
-    echo "error: run_generation.sh: METHOD=diff pairs your anti-expert $ANTI_TEACHER_MODEL with the default run's teacher $TEACHER_MODEL; name the expert too (TEACHER_MODEL=..., or <teacher_model_path>)" >&2; exit 2
+  if [[ "$METHOD" == diff && -z "$TEACHER_MODEL" && -n "$ANTI_TEACHER_MODEL" ]]; then
+    echo "error: run_generation.sh: METHOD=diff with your anti-expert $ANTI_TEACHER_MODEL needs your expert too: name the expert too (TEACHER_MODEL=..., or <teacher_model_path>)" >&2; exit 2
   fi
   yours=""
   mine "$TARGET_MODEL" "$DEFAULT_TARGET" && yours="target $TARGET_MODEL"
-  mine "$TEACHER_MODEL" "$DEFAULT_TEACHER_DIR" && yours="teacher $TEACHER_MODEL"
+  [[ -n "$TEACHER_MODEL" ]] && yours="teacher $TEACHER_MODEL"
   if [[ -n "$yours" && ( "$METHOD" == fusion || "$DIFF_SPACE" == hidden ) ]] && ! mine "$MATRIX_A" "$DEFAULT_MATRIX"; then
     echo "error: run_generation.sh: your $yours would be paired with the default run's matrix $MATRIX_A (fitted for its own teacher and target); name the matrix step 2 fitted for yours (MATRIX_A=..., or <matrix_A_path>)" >&2; exit 2
   fi

@@ -464,11 +464,13 @@ class AlignArguments:
     threads: int = field(default=1, metadata={
         "help": "Intra-op CPU threads for the training loop (its matrix products are small: 1 is fastest, "
                 "above all on a busy machine); 0 = torch's default."})
-    tune_pair: bool = field(default=False, metadata={
+    tune_pair: str = field(default="auto", metadata={
         "help": "After fitting A, train the expert (--model1_name) and the anti-expert (--also_teacher) bodies, and A, "
                 "through the fusion: on labelled texts, the fused next-token distribution over the target's top-k "
                 "must give the toxic candidates little mass while staying close to the target's "
-                "(detox_pa.directed). Writes the tuned pair into --output_dir (expert/, anti_expert/)."})
+                "(detox_pa.directed). Writes the tuned pair into --output_dir (expert/, anti_expert/). auto (the "
+                "default recipe): whenever an anti-expert is given; true; false (fit A only, as the paper).",
+        "choices": ["auto", "true", "false"]})
     tune_text_path: str = field(default="", metadata={
         "help": "Texts for --tune_pair (teacher-data TSV/JSONL, comma-separated; empty: --text_path). Every "
                 "continuation position is a training state; a share (--heldout_text_share, by hash) is held out "
@@ -519,7 +521,10 @@ class AlignArguments:
             self.embedding_space = "output" if self.objective == "logits" else "input"
         if self.text_path:
             read_texts(self.text_path, self.text_rows)  # a bad file stops here, before any model is read
-        if self.tune_pair:
+        self.tune_pair = str(self.tune_pair).lower()
+        if self.tune_pair == "auto":
+            self.tune_pair = "true" if self.also_teacher else "false"
+        if self.tune_pair == "true":
             if not self.also_teacher:
                 raise InputError("--tune_pair trains the expert and the anti-expert together: name the anti-expert "
                                  "with --also_teacher")
@@ -794,7 +799,7 @@ def run(args: AlignArguments) -> dict:
             log.info("transmission (%s, held-out text, %d states): top-1 %.3f, top-10 %.3f, pearson %.3f, KL %.3f",
                      who, m["states"], m["top1"], m["top10"], m["pearson"], m["kl"])
     tuned = None
-    if args.tune_pair:
+    if args.tune_pair == "true":
         A, tuned = tune_pair_stage(args, teacher, target, A)
         result.report["tune_pair"] = tuned["report"]
         if states is not None:  # how A carries each tuned teacher's own prediction now
@@ -818,9 +823,9 @@ def run(args: AlignArguments) -> dict:
         "embedding_space": args.embedding_space,
         "init": args.init,
         "objective": args.objective,
-        "tuned_pair": None if tuned is None else {TUNED_EXPERT: tuned["expert"], TUNED_ANTI: tuned["anti_expert"],
-                                                  "note": "A was trained together with this pair (--tune_pair): "
-                                                          "decode with these teachers"},
+        "tuned_pair": None if tuned is None else {TUNED_EXPERT: TUNED_EXPERT, TUNED_ANTI: TUNED_ANTI,
+                                                  "note": "A was trained together with this pair (--tune_pair), "
+                                                          "folders next to this file: decode with these teachers"},
         "seed": args.seed,
         "vocab_overlap": sv.stats(),
         "metrics": result.report,

@@ -338,13 +338,21 @@ class DirectedConfig:
     batch_texts: int = 16
     seed: int = 42
     max_grad_norm: float = 1.0
+    train_layers: int = 0  # train only the top N decoder layers (and the final norm); 0 = every layer
     progress: bool = True
 
 
-def _trainable_body_params(model) -> list[torch.nn.Parameter]:
-    """The teacher's parameters except its input embeddings and output layer (shared and frozen)."""
+def _trainable_body_params(model, train_layers: int = 0) -> list[torch.nn.Parameter]:
+    """The teacher's parameters except its input embeddings and output layer (shared and frozen); with
+    ``train_layers`` > 0, also except every decoder layer below the top ``train_layers`` (no gradient flows
+    through frozen lower layers, so a step costs their forward only)."""
     frozen = {id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
               for p in m.parameters()}
+    if train_layers > 0:
+        from .teacher import find_decoder_layers, layer_count
+
+        _, layers = find_decoder_layers(model, layer_count(model.config))
+        frozen |= {id(p) for layer in list(layers)[:max(0, len(layers) - train_layers)] for p in layer.parameters()}
     return [p for p in model.parameters() if id(p) not in frozen]
 
 
@@ -364,13 +372,14 @@ def train_pair(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: torch
     device = next(expert.parameters()).device
     W = W_target.detach().float().to(device)
     A = torch.nn.Parameter(A.detach().clone().float().to(device), requires_grad=cfg.lr_A > 0)
-    params = [{"params": _trainable_body_params(expert) + _trainable_body_params(anti), "lr": cfg.lr}]
+    trainable = [_trainable_body_params(m, cfg.train_layers) for m in (expert, anti)]
+    params = [{"params": trainable[0] + trainable[1], "lr": cfg.lr}]
     if cfg.lr_A > 0:
         params.append({"params": [A], "lr": cfg.lr_A})
-    for m in (expert, anti):
+    for m, ps in zip((expert, anti), trainable):
         for p in m.parameters():
             p.requires_grad_(False)
-        for p in _trainable_body_params(m):
+        for p in ps:
             p.requires_grad_(True)
         m.train()
     opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)

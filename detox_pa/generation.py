@@ -42,7 +42,10 @@ JOURNAL_VERSION = 1
 
 @dataclass
 class GenerateArguments:
-    teacher_model: str = field(default="outputs/teacher", metadata={"help": "Teacher model folder (step 1), alias or hub id."})
+    teacher_model: str = field(default="", metadata={
+        "help": "Teacher model folder (steps 1-2), alias or hub id; for --method diff the expert. Empty (the default): "
+                "the teacher(s) the matrix's sidecar names, i.e. the pair step 2 tuned together with A "
+                "(align.py --tune_pair), else the teacher(s) it was fitted for."})
     target_model: str = field(default="gemma-3-270m", metadata={"help": "Target LLM: alias (gemma-3-270m), folder or hub id."})
     matrix_A: str = field(default=f"outputs/alignment/{MATRIX_FILE}", metadata={
         "help": f"Alignment matrix (step 2): torch.load(p)[{MATRIX_KEY!r}]."})
@@ -77,8 +80,9 @@ class GenerateArguments:
     method: str = field(default="diff", metadata={"help": "diff (the default recipe: expert minus anti-expert through A), "
                                                           "fusion (the paper), wordban or steer (baselines). Alpha is "
                                                           "the strength of each."})
-    anti_teacher_model: str = field(default="outputs/anti_teacher", metadata={
-        "help": "For --method diff: the anti-expert teacher (same base as the expert)."})
+    anti_teacher_model: str = field(default="", metadata={
+        "help": "For --method diff: the anti-expert teacher (same base as the expert). Empty (the default): the one "
+                "the matrix's sidecar names; name both teachers or neither."})
     diff_space: str = field(default="hidden", metadata={"help": "For --method diff: hidden ((h_e - h_a) A through the target's "
                                                                  "output layer) or logits (the teachers' own logits on shared tokens)."})
     top_k: int = field(default=5, metadata={"help": "For --method diff: only the target's top-k tokens can be chosen "

@@ -126,6 +126,80 @@ class Method:
             c[1] += fuser.rows_seen
 
 
+def matrix_teachers(matrix_path: str) -> dict:
+    """The teachers a matrix was fitted for, from its sidecar: ``{"expert", "anti_expert", "tuned"}``.
+
+    A matrix trained together with a tuned pair (``align.py --tune_pair``) names that pair; otherwise the sidecar's
+    teacher (``--model1_name``) and ``--also_teacher``. Relative paths in the sidecar are read as they were written
+    (relative to the working folder of align.py), then against the repository. Empty dict: no sidecar."""
+    import json
+    from pathlib import Path
+
+    from .artifacts import TUNED_ANTI, TUNED_EXPERT, matrix_sidecar_path
+
+    p = Path(matrix_path)
+    for side in (p.with_suffix(".json"), matrix_sidecar_path(p.parent)):
+        if side.is_file():
+            try:
+                d = json.loads(side.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                raise InputError(f"{side}: the matrix's sidecar is not valid JSON") from None
+            tuned = d.get("tuned_pair") or {}
+            if tuned.get(TUNED_EXPERT):  # folders next to the sidecar (the alignment folder moves as one)
+                return {"expert": str(side.parent / tuned[TUNED_EXPERT]),
+                        "anti_expert": str(side.parent / tuned[TUNED_ANTI]) if tuned.get(TUNED_ANTI) else "",
+                        "tuned": True, "sidecar": str(side)}
+            args = d.get("arguments") or {}
+            return {"expert": args.get("model1_name") or (d.get("teacher") or {}).get("name") or "",
+                    "anti_expert": args.get("also_teacher") or "", "tuned": False, "sidecar": str(side)}
+    return {}
+
+
+def resolve_teachers(args, need_anti: bool) -> tuple[str, str]:
+    """``--teacher_model`` and ``--anti_teacher_model``, or, when neither is named, the teachers the matrix names
+    (:func:`matrix_teachers`): a matrix and its teachers are one unit. Naming one teacher of a pair and not the
+    other is refused (it would pair yours with another run's); naming a pair that differs from the pair a tuned
+    matrix was trained with is allowed (an ablation) and logged."""
+    t, anti = args.teacher_model, args.anti_teacher_model if need_anti else ""
+    named = [bool(t), bool(anti)] if need_anti else [bool(t)]
+    if need_anti and any(named) and not all(named):
+        mine, other = ("--teacher_model", "--anti_teacher_model") if t else ("--anti_teacher_model", "--teacher_model")
+        raise InputError(f"{mine} is named but {other} is not: name both teachers of the pair (or neither: the "
+                         f"teachers the matrix {args.matrix_A} names), or use --method fusion (one teacher)")
+    from pathlib import Path
+
+    if not Path(args.matrix_A).is_file():
+        raise InputError(f"alignment matrix {args.matrix_A} does not exist (--matrix_A): run step 2 "
+                         f"(./run_alignment.sh) first, or name the matrix")
+    rec = matrix_teachers(args.matrix_A)
+    if not any(named):
+        if not rec or not rec["expert"] or (need_anti and not rec["anti_expert"]):
+            what = "the expert and the anti-expert" if need_anti else "the teacher"
+            raise InputError(f"no teacher named, and the matrix {args.matrix_A} has no sidecar naming {what}: name "
+                             f"--teacher_model{' and --anti_teacher_model' if need_anti else ''}")
+        log.info("teachers from the matrix's sidecar %s: %s%s", rec["sidecar"], rec["expert"],
+                 f" and {rec['anti_expert']}" if need_anti else "")
+        return _sidecar_path(rec["expert"], rec["sidecar"]), _sidecar_path(rec["anti_expert"], rec["sidecar"]) if need_anti else ""
+    if rec.get("tuned"):
+        log.warning("the matrix %s was trained together with the tuned pair %s / %s; decoding with %s%s instead is "
+                    "an ablation, not the recipe", args.matrix_A, rec["expert"], rec["anti_expert"], t,
+                    f" / {anti}" if need_anti else "")
+    return t, anti
+
+
+def _sidecar_path(name: str, sidecar: str) -> str:
+    """A model path recorded in a sidecar: as written when it exists from here (or is an alias/hub id), else
+    relative to the repository (the launchers' default folders are repository-relative)."""
+    from pathlib import Path
+
+    from .assets import EMBEDDED_MODELS
+
+    if not name or name in EMBEDDED_MODELS or Path(name).is_absolute() or Path(name).exists():
+        return name
+    repo = Path(__file__).resolve().parent.parent
+    return str(repo / name) if (repo / name).exists() else name
+
+
 def _load_teacher(path: str, device, dtype):
     from .runtime import load_causal_lm, load_tokenizer
 
@@ -158,7 +232,8 @@ class Fusion(Method):
 
         if not self.needs_models():
             return {}
-        self.teacher_path = resolve_model(self.args.teacher_model, "--teacher_model")
+        teacher, _ = resolve_teachers(self.args, need_anti=False)
+        self.teacher_path = resolve_model(teacher, "--teacher_model")
         self.A = load_matrix(self.args.matrix_A, model_hidden_size(self.teacher_path), model_hidden_size(target_path))
         self.note_matrix_objective(self.args.matrix_A)
         return {"teacher_model": self.args.teacher_model, "teacher_files": model_files_fingerprint(self.teacher_path),
@@ -214,9 +289,6 @@ class Diff(Method):
             raise InputError(f"--diff_space must be one of {', '.join(SPACES)}, got {a.diff_space!r}")
         if a.top_k < 0:
             raise InputError(f"--top_k must be >= 0 (0 = every token eligible), got {a.top_k}")
-        if self.needs_models() and not a.anti_teacher_model:
-            raise InputError("--method diff needs --anti_teacher_model (the anti-expert; ANTI_TEACHER_MODEL in "
-                             "run_generation.sh)")
 
     def needs_models(self) -> bool:
         return any(a > 0 for a in self.args.alphas)
@@ -230,12 +302,13 @@ class Diff(Method):
         if not self.needs_models():
             return {}
         a = self.args
-        self.expert_path = resolve_model(a.teacher_model, "--teacher_model")
-        self.anti_path = resolve_model(a.anti_teacher_model, "--anti_teacher_model")
+        expert, anti = resolve_teachers(a, need_anti=True)
+        self.expert_path = resolve_model(expert, "--teacher_model")
+        self.anti_path = resolve_model(anti, "--anti_teacher_model")
         d_e, d_a = model_hidden_size(self.expert_path), model_hidden_size(self.anti_path)
         if d_e != d_a:
-            raise InputError(f"--anti_teacher_model {a.anti_teacher_model} has hidden size {d_a}, the expert "
-                             f"{a.teacher_model} {d_e}: the two teachers must share one architecture and output layer")
+            raise InputError(f"--anti_teacher_model {anti} has hidden size {d_a}, the expert "
+                             f"{expert} {d_e}: the two teachers must share one architecture and output layer")
         fp = {"teacher_model": a.teacher_model, "teacher_files": model_files_fingerprint(self.expert_path),
               "anti_teacher_model": a.anti_teacher_model, "anti_teacher_files": model_files_fingerprint(self.anti_path)}
         self.A = None

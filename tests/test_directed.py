@@ -175,11 +175,19 @@ def test_align_tune_pair_writes_the_tuned_pair_and_a_matrix_that_names_it(tmp_pa
     out = tmp_path / "align"
     argv = ["--model1_name", str(d / "teacher"), "--also_teacher", str(d / "anti"), "--model2_name", str(d / "target"),
             "--output_dir", str(out), "--progress", "false", "--text_path", str(d / "td.tsv"), "--refine_steps", "5",
-            "--tune_pair", "--tune_label_scorer", "none", "--tune_epochs", "2", "--tune_batch_texts", "4"]
+            "--tune_pair", "true", "--tune_label_scorer", "none", "--tune_epochs", "2", "--tune_batch_texts", "4"]
     assert run(alignment.run, alignment.parse_args, argv) == 0
     side = json.loads((out / "mapping_model.json").read_text())
     tp = side["tuned_pair"]
-    assert tp["expert"] == str(out / "expert") and tp["anti_expert"] == str(out / "anti_expert")
+    assert tp["expert"] == "expert" and tp["anti_expert"] == "anti_expert"  # next to the matrix
+    from types import SimpleNamespace
+
+    from detox_pa.methods import resolve_teachers
+    ns = SimpleNamespace(teacher_model="", anti_teacher_model="", matrix_A=str(out / "mapping_model.pt"))
+    assert resolve_teachers(ns, need_anti=True) == (str(out / "expert"), str(out / "anti_expert"))
+    with pytest.raises(Exception, match="name both teachers"):
+        resolve_teachers(SimpleNamespace(teacher_model=str(d / "teacher"), anti_teacher_model="",
+                                         matrix_A=str(out / "mapping_model.pt")), need_anti=True)
     for name in ("expert", "anti_expert"):
         t_side = json.loads((out / name / TEACHER_SIDECAR).read_text())
         assert t_side["tuned"]["stage"].startswith("tune_pair")

@@ -168,8 +168,10 @@ while (( $# > 1 )); do [[ "$1" == --output_dir ]] && mkdir -p "$2"; shift; done
     gen = next(c for c in calls if "generate.py" in c)
     if method == "diff":
         assert len(pre) == 2 and "teacher_data_toxic.tsv" in pre[1] and all("--freeze_embeddings true" in c for c in pre)
-        assert "--objective logits" in al and "--also_teacher" in al
-        assert "--method diff" in gen and f"--anti_teacher_model {out}/anti_teacher" in gen and "--top_k 5" in gen
+        assert "--objective logits" in al and f"--also_teacher {out}/anti_teacher" in al and "--tune_pair auto" in al
+        # no teacher named: generate.py decodes with the pair the matrix names (step 2's tuned pair)
+        assert "--method diff" in gen and "--teacher_model  " in gen and "--anti_teacher_model  " in gen
+        assert "--top_k 5" in gen
     else:
         assert len(pre) == 1 and "--freeze_embeddings false" in pre[0] and "teacher_data.tsv" in pre[0]
         assert "--objective contrastive" in al
@@ -180,7 +182,8 @@ while (( $# > 1 )); do [[ "$1" == --output_dir ]] && mkdir -p "$2"; shift; done
 
 def test_generation_in_a_clean_out_dir_writes_nothing_before_its_inputs_check(tmp_path):
     """The default prompts are read in place (rtp:eval) and the output folder is made only when generation
-    starts writing: with no teacher yet, the step stops with one line and OUT_DIR stays as it was."""
+    starts writing: with no matrix (and so no teachers) yet, the step stops with one line and OUT_DIR stays as
+    it was."""
     import os
     import sys
 
@@ -191,7 +194,7 @@ def test_generation_in_a_clean_out_dir_writes_nothing_before_its_inputs_check(tm
                        text=True, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and f"{out}/teacher" in errors[0] and "does not exist" in errors[0], r.stderr[-1000:]
+    assert len(errors) == 1 and f"{out}/alignment" in errors[0] and "does not exist" in errors[0], r.stderr[-1000:]
     assert not out.exists()
 
 
