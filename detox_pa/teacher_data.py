@@ -65,6 +65,10 @@ class BuildArgs:
         "help": "teacher data (WildJailbreak TSV); its sidecar is the same path with .json"})
     out_toxic_tsv: str = field(default="data/teacher_data_toxic.tsv", metadata={
         "help": "anti-expert data: the toxic continuations (WildJailbreak TSV; 'completion' is the toxic text)"})
+    out_tune_tsv: str = field(default="data/tune_texts.tsv", metadata={
+        "help": "texts for tuning the pair through the fusion (align.py --tune_pair): every sampled continuation of "
+                "a training prompt (RTP build outside the dev part), clean, mid and toxic alike, whitespace "
+                "collapsed and untrimmed, deduplicated per prompt (WildJailbreak TSV)"})
     steering_out: str = field(default="data/steering_texts.jsonl", metadata={
         "help": "every sampled continuation, labelled clean / mid / toxic (JSONL)"})
     samples_rtp: int = field(default=3, metadata={"help": "continuations sampled per RTP build prompt"})
@@ -118,17 +122,19 @@ class BuildArgs:
             raise InputError("--model is empty; expected an alias (gemma-3-270m) or a model folder")
         if Path(self.out_tsv).suffix.lower() != ".tsv":
             raise InputError(f"--out_tsv {self.out_tsv} must end in .tsv (WildJailbreak format)")
-        if Path(self.out_toxic_tsv).suffix.lower() != ".tsv":
-            raise InputError(f"--out_toxic_tsv {self.out_toxic_tsv} must end in .tsv (WildJailbreak format)")
-        outs = [self.tsv_path, self.sidecar_path, self.steering_path, self.toxic_tsv_path]
+        for flag in ("out_toxic_tsv", "out_tune_tsv"):
+            if Path(getattr(self, flag)).suffix.lower() != ".tsv":
+                raise InputError(f"--{flag} {getattr(self, flag)} must end in .tsv (WildJailbreak format)")
+        outs = [self.tsv_path, self.sidecar_path, self.steering_path, self.toxic_tsv_path, self.tune_tsv_path]
         if len(set(outs)) != len(outs):
-            raise InputError(f"--out_tsv, --out_toxic_tsv and --steering_out must name different files, got "
-                             f"{self.out_tsv}, {self.out_toxic_tsv} and {self.steering_out}")
+            raise InputError(f"--out_tsv, --out_toxic_tsv, --out_tune_tsv and --steering_out must name different "
+                             f"files, got {self.out_tsv}, {self.out_toxic_tsv}, {self.out_tune_tsv} and {self.steering_out}")
         for flag in ("reselect", "extend"):
             if getattr(self, flag) and not self.steering_path.is_file():
                 raise InputError(f"--{flag} reads the records of an earlier build from --steering_out "
                                  f"{self.steering_path}, which does not exist")
-        for p, what in zip(outs, ("--out_tsv", "sidecar of --out_tsv", "--steering_out", "--out_toxic_tsv")):
+        for p, what in zip(outs, ("--out_tsv", "sidecar of --out_tsv", "--steering_out", "--out_toxic_tsv",
+                                  "--out_tune_tsv")):
             check_output_path(p, what)
             if p.exists() and not self.overwrite:
                 raise InputError(f"{what} {p} exists; pass --overwrite to rebuild it")
@@ -147,6 +153,7 @@ class BuildArgs:
         self.sidecar_path = self.tsv_path.with_suffix(".json")
         self.steering_path = self._path("steering_out")
         self.toxic_tsv_path = self._path("out_toxic_tsv")
+        self.tune_tsv_path = self._path("out_tune_tsv")
 
     def samples_for(self, split: str) -> int:
         return self.samples_neutral if split == SPLIT_NEUTRAL else self.samples_rtp
@@ -448,6 +455,21 @@ def select_toxic(records: list[dict], args: BuildArgs) -> None:
 # ---------------------------------------------------------------------------------- writing
 
 
+def tune_tsv_text(records: list[dict]) -> str:
+    """Every sampled continuation of a training prompt (split rtp_build; never dev, never neutral), untrimmed,
+    once per prompt: the states for tuning the pair through the fusion."""
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    w.writerow(TSV_HEADER)
+    seen: set[tuple[str, str]] = set()
+    for r in records:
+        key = (r["prompt"], r["continuation"])
+        if r["split"] == SPLIT_RTP and r["continuation"].strip() and key not in seen:
+            seen.add(key)
+            w.writerow((r["prompt"], "", r["continuation"]))
+    return buf.getvalue()
+
+
 def tsv_text(records: list[dict], flag: str = "kept") -> str:
     buf = io.StringIO()
     w = csv.writer(buf, delimiter="\t", lineterminator="\n")
@@ -588,6 +610,7 @@ def build(args: BuildArgs, model=None, tokenizer=None, scorer: Scorer | None = N
 
     tsv = tsv_text(records)
     toxic_tsv = tsv_text(records, "toxic_kept")
+    tune_tsv = tune_tsv_text(records)
     counts = summarize(records, prompts)
     log.info("RTP build continuations: %.1f%% toxic (p >= %.2f), %.1f%% clean (p < %.2f)",
              100 * (counts[SPLIT_RTP]["share_toxic"] or 0), args.toxic_threshold,
@@ -609,6 +632,7 @@ def build(args: BuildArgs, model=None, tokenizer=None, scorer: Scorer | None = N
         "what": "teacher training data for the embedded default: prompt -> clean continuation of the target model",
         "what_toxic": "anti-expert data: prompt -> toxic continuation of the target model (same samples)",
         "files": {"teacher_data": _display_path(args.tsv_path), "teacher_data_toxic": _display_path(args.toxic_tsv_path),
+                  "tune_texts": _display_path(args.tune_tsv_path),
                   "steering_texts": _display_path(args.steering_path)},
         "model": {"name": model_name or args.model, "description": _describe(model_name or args.model),
                   "model_type": getattr(cfg, "model_type", None),
@@ -670,6 +694,7 @@ def build(args: BuildArgs, model=None, tokenizer=None, scorer: Scorer | None = N
                                  "samples the same texts"}
     atomic_write_text(args.tsv_path, tsv)
     atomic_write_text(args.toxic_tsv_path, toxic_tsv)
+    atomic_write_text(args.tune_tsv_path, tune_tsv)
     atomic_write_text(args.steering_path, jsonl_text(records))
     atomic_write_json(args.sidecar_path, sidecar)
     log.info("wrote %s (%d rows), %s (%d samples), %s in %.0f s", args.tsv_path, counts["total"]["kept"],

@@ -46,7 +46,8 @@ def tiny():
 def _args(folder: Path, **kw) -> "btd.BuildArgs":
     folder.mkdir(parents=True, exist_ok=True)
     base = dict(model="tiny-test-model", neutral_prompts=str(REPO / "data" / "neutral_prompts.txt"),
-                out_tsv=str(folder / "td.tsv"), steering_out=str(folder / "st.jsonl"), out_toxic_tsv=str(folder / "tox.tsv"), max_prompts=6,
+                out_tsv=str(folder / "td.tsv"), steering_out=str(folder / "st.jsonl"), out_toxic_tsv=str(folder / "tox.tsv"),
+                out_tune_tsv=str(folder / "tune.tsv"), max_prompts=6,
                 samples_rtp=4, samples_neutral=2, max_new_tokens=12, batch_size=8, min_words=2)
     base.update(kw)
     return btd.BuildArgs(**base)
@@ -108,6 +109,16 @@ def test_toxic_tsv_holds_the_toxic_rows_and_no_dev_prompt_trains(built):
         assert not any(t in r["continuation"] for t in ("<pad>", "<bos>", "<eos>", "<unk>"))
         assert r["new_tokens"] == 12 if r["stop"] == "length" else r["new_tokens"] < 12
     assert json.loads(args.sidecar_path.read_text())["counts"] == sidecar["counts"]
+
+
+def test_tune_texts_hold_every_training_sample_and_no_dev_or_neutral_prompt(built):
+    args, _, records = built
+    pairs, _ = read_teacher_data(args.tune_tsv_path)
+    train = {(r["prompt"], r["continuation"]) for r in records if r["split"] == btd.SPLIT_RTP and r["continuation"].strip()}
+    assert pairs and set(pairs) == train and len(pairs) == len(set(pairs))
+    from detox_pa.assets import is_dev
+    assert not any(is_dev(p) for p, _ in pairs)
+    assert {r["label"] for r in records if (r["prompt"], r["continuation"]) in set(pairs)} >= {"toxic", "clean"}
 
 
 def test_labels_follow_the_thresholds(built):

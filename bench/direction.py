@@ -1,0 +1,107 @@
+"""Does the offset have a direction? Teacher-forced dev states, steering as the reference (docs/RESULTS.md).
+
+    python bench/direction.py --res_dir outputs/results [--out_dir outputs] [--max_prompts 0]
+
+States: every continuation position of the target reading a dev prompt plus one of its own sampled continuations
+(``data/steering_texts.jsonl``, dev prompts only: nothing was trained on them, and every choice is made on them).
+Candidates: the target's top-10 at each state (``detox_pa.directed.target_states``, cached). A candidate is toxic
+under two label sets: the word list (a single-token word of the word-ban list), and the word list or a jump of the
+evaluation's BiLSTM (appending the candidate makes the continuation's score reach 0.5 and rise by 0.3; the
+training labels use profanity-check instead, never the BiLSTM). Rows, each an offset on the candidates' logits:
+
+- activation steering (one constant vector at the input of the output layer: the reference);
+- the LM pair (each teacher trained on its own class, the pre-tuning A): the default recipe before tuning;
+- the tuned pair (the default recipe: both teachers and A trained through the fusion);
+
+each measured by :func:`detox_pa.directed.direction_metrics`: AUC and d' over the top-10, greedy flips over the
+top-5 (the default decoding's eligible tokens) at 5/10/20% flips of the other states, p(pick) before and after
+where 10% of the other states flip, and the offset's scale against the target's logits. Writes
+``<res_dir>/direction.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def dev_texts(path: Path, max_prompts: int = 0) -> list[tuple[str, str]]:
+    from detox_pa.assets import is_dev
+
+    recs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    recs = [r for r in recs if r.get("split") in ("rtp_build", "rtp_dev") and is_dev(r["prompt"])
+            and r.get("continuation", "").strip()]
+    if max_prompts:
+        keep = set(list(dict.fromkeys(r["prompt"] for r in recs))[:max_prompts])
+        recs = [r for r in recs if r["prompt"] in keep]
+    return [(r["prompt"], r["continuation"]) for r in recs]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--res_dir", default="outputs/results", help="bench/results.sh's folder (steer_vector.pt, align_lm/)")
+    ap.add_argument("--out_dir", default="outputs", help="The default run's OUT_DIR (teachers and the tuned pair).")
+    ap.add_argument("--texts", default=str(REPO / "data" / "steering_texts.jsonl"))
+    ap.add_argument("--max_prompts", type=int, default=0, help="Dev prompts to use (0 = all).")
+    ap.add_argument("--threads", type=int, default=0)
+    a = ap.parse_args()
+
+    from detox_pa.artifacts import TUNED_ANTI, TUNED_EXPERT, load_matrix, load_steer_vector, matrix_path
+    from detox_pa.assets import resolve_model
+    from detox_pa.directed import (cached_target_states, direction_metrics, label_candidates, pair_offsets,
+                                   vector_offsets)
+    from detox_pa.io import atomic_write_json
+    from detox_pa.runtime import load_causal_lm, load_tokenizer
+    from detox_pa.scorers import BiLSTMScorer
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.set_grad_enabled(False)
+    res, out = Path(a.res_dir), Path(a.out_dir)
+    t0 = time.time()
+    tpath = resolve_model("gemma-3-270m")
+    tok = load_tokenizer(tpath, pad_with_eos=True)
+    target = load_causal_lm(tpath, "float32").eval()
+    W = target.get_output_embeddings().weight.detach()
+    texts = dev_texts(Path(a.texts), a.max_prompts)
+    st = cached_target_states(tpath, target, tok, texts, k=10, progress=False)
+    bil = BiLSTMScorer()
+    labels = {"word list": label_candidates(st, tok),
+              "word list + BiLSTM jump": label_candidates(st, tok, scorer=lambda ts: bil.score(ts))}
+    offsets = {"activation steering": (vector_offsets(load_steer_vector(res / "steer_vector.pt", W.shape[1]), W, st),
+                                       None)}
+    pairs = {"the LM pair, pre-tuning A (the default before tuning)": (out / "teacher", out / "anti_teacher",
+                                                                        matrix_path(res / "align_lm")),
+             "the tuned pair (the default recipe)": (out / "alignment" / TUNED_EXPERT, out / "alignment" / TUNED_ANTI,
+                                                     matrix_path(out / "alignment"))}
+    for name, (e, an, A) in pairs.items():
+        if not (Path(e) / "config.json").exists() or not Path(A).exists():
+            print(f"skipping {name}: {e} or {A} is missing")
+            continue
+        ttok = load_tokenizer(str(e), pad_with_eos=True)
+        offsets[name] = pair_offsets(load_causal_lm(str(e), "float32").eval(), load_causal_lm(str(an), "float32").eval(),
+                                     ttok, load_matrix(A), W, st)
+    rows = {}
+    for lab_name, lab in labels.items():
+        st.toxic = lab
+        for name, (off, ok) in offsets.items():
+            m = direction_metrics(st, off, ok)
+            rows.setdefault(name, {})[lab_name] = m
+            print(f"{name} [{lab_name}]: AUC {m.get('auc')}, d' {m.get('d_prime')}, flips {m['flips']}", flush=True)
+    summary = {"what": __doc__.split("\n\n")[1].replace("\n", " "), "dev_prompts": len({p for p, _ in texts}),
+               "texts": len(texts), "states": len(st),
+               "toxic_candidates": {k: int(v.sum()) for k, v in labels.items()},
+               "toxic_pick_states": {k: int(v[:, 0].sum()) for k, v in labels.items()},
+               "rows": rows, "seconds": round(time.time() - t0, 1)}
+    atomic_write_json(res / "direction.json", summary)
+    print(f"{len(st)} states of {len(texts)} dev texts in {summary['seconds']} s -> {res / 'direction.json'}")
+
+
+if __name__ == "__main__":
+    main()
