@@ -404,3 +404,22 @@ class Steer(Method):
         from .baselines import steering
 
         return steering(self.target, self.vector, alpha)
+
+
+@register
+class TopK(Method):
+    """The target alone with only its own top-k tokens eligible (``--top_k``; alpha > 0: on): the truncation
+    control of ``diff``, whose plausibility constraint restricts decoding the same way. Under greedy decoding it
+    equals the target alone; under sampling it shows how much of a method's change the restriction alone makes."""
+
+    name = "topk"
+    baseline = True
+    alpha_meaning = "0 = off, > 0 = on"
+    uses = ("top_k",)
+
+    def check(self) -> None:
+        if self.args.top_k < 1:
+            raise InputError(f"--method topk needs --top_k >= 1 (the eligible tokens), got {self.args.top_k}")
+
+    def generate_kwargs(self, alpha: float) -> dict:
+        return {"top_k": self.args.top_k} if alpha > 0 else {}
