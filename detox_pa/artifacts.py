@@ -201,6 +201,7 @@ def shell_env() -> str:
     """``scripts/artifacts.env``: the names the launchers need, as shell assignments."""
     values = {"ART_TEACHER_SIDECAR": TEACHER_SIDECAR, "ART_MATRIX_FILE": MATRIX_FILE,
               "ART_MATRIX_SIDECAR": MATRIX_SIDECAR, "ART_TOX_STEM": "_toxicity", "ART_PPL_STEM": "_ppl",
+              "ART_TUNED_EXPERT": TUNED_EXPERT, "ART_TUNED_ANTI": TUNED_ANTI,
               **{f"ART_{k}": v for k, v in DEFAULT_LAYOUT.items()},
               **{f"ART_PROMPTS_{s.upper()}": prompt_file("", s).name for s in ("build", "eval", "dev")}}
     lines = ["# Artifact names for the shell launchers, written by `python -m detox_pa.artifacts > scripts/artifacts.env`",

@@ -78,28 +78,40 @@ def study_report(res: Path) -> str:
     return (res / "RESULTS.md").read_text(encoding="utf-8")
 
 
-def test_report_reads_the_study_and_says_whether_the_goal_is_met(tmp_path):
-    """A made-up study where the default is 50% lower at 1.1x PPL and beats both baselines: met; then a
-    steering curve that is lower at the same PPL: not met."""
-    write_set(tmp_path, "diff_sweep", {0.0: 0.30, 0.3: 0.15}, {0.0: 4.0, 0.3: 4.4})
-    write_set(tmp_path, "paper", {0.3: 0.31}, {0.3: 4.5})
-    write_set(tmp_path, "wordban", {1.0: 0.20}, {1.0: 4.2})
-    write_set(tmp_path, "steer", {0.1: 0.25, 0.2: 0.18}, {0.1: 4.1, 0.2: 4.8})
-    write_set(tmp_path, "dev_diff", {0.0: 0.3, 0.3: 0.2}, {0.0: 4.0, 0.3: 4.5})
-    (tmp_path / "chosen.json").write_text(json.dumps({"alpha": {"diff": 0.3, "paper": 0.3, "steer": 0.2}}))
-    (tmp_path / "mechanism.json").write_text(json.dumps({
-        "prompts": 2, "steps": 3, "states": 6, "toxic_rule": "a bad word", "alpha": {"paper": 0.3, "default": 0.3},
-        "paper": {"other": {"states": 6, "p_pick_target": 0.5, "p_pick_method": 0.25, "flip_share": 0.5, "logit_change_scale": 0.4}},
-        "default": {"toxic": {"states": 1, "p_pick_target": 0.6, "p_pick_method": 0.1, "flip_share": 1.0, "logit_change_scale": 1.2}}}))
+def test_report_reads_the_study_and_says_whether_the_goals_are_met(tmp_path):
+    """A made-up study where the default is 58% lower at 1.1x PPL and below both baselines at their PPL: goals 1 and 2
+    met; then a steering curve that is lower at the same PPL: goal 2 not met."""
+    n = 30
+    def ws(name, tox, ppl):
+        write_set(tmp_path, name, tox, ppl)
+        recs = "".join(json.dumps({"alpha": a, "prompt_index": i, "scores": {"bilstm": t}}) + "\n"
+                       for a, t in tox.items() for i in range(n))  # 30 prompts, each at the summary's mean
+        sha = hashlib.sha256(recs.encode()).hexdigest()
+        (tmp_path / f"{name}_toxicity_records.jsonl").write_text(recs)
+        rows = json.loads((tmp_path / f"{name}_toxicity.json").read_text())
+        for r in rows:
+            r["records_sha256"] = sha
+        (tmp_path / f"{name}_toxicity.json").write_text(json.dumps(rows))
+    ws("default", {0.0: 0.30, 1.0: 0.20, 3.0: 0.126}, {0.0: 4.0, 1.0: 4.1, 3.0: 4.4})
+    ws("lm", {0.5: 0.20}, {0.5: 4.8})
+    ws("paper", {0.3: 0.31}, {0.3: 4.5})
+    ws("wordban", {1.0: 0.25}, {1.0: 4.2})
+    ws("steer", {0.1: 0.25, 0.2: 0.18}, {0.1: 4.1, 0.2: 4.8})
+    ws("dev_default", {0.0: 0.3, 3.0: 0.2}, {0.0: 4.0, 3.0: 4.5})
+    (tmp_path / "chosen.json").write_text(json.dumps({"alpha": {"default": 3, "lm": 0.5, "paper": 0.3, "steer": 0.2}}))
+    (tmp_path / "direction.json").write_text(json.dumps({
+        "states": 10, "texts": 2, "dev_prompts": 1, "toxic_candidates": {"word list": 3}, "toxic_pick_states": {"word list": 1},
+        "rows": {"activation steering": {"word list": {"auc": 0.9, "d_prime": 2.4, "scale": 1.5,
+                                                       "flips": {"5%": 0.3, "10%": 0.45, "20%": 0.7},
+                                                       "p_pick": {"toxic": [0.5, 0.4], "other": [0.5, 0.5]}}}}}))
     text = study_report(tmp_path)
-    assert "| the default recipe, toxic picks | 0.3 | 1 | 0.600 -> 0.100 | 100% | 1.20 |" in text
-    assert "| the paper's recipe, other picks | 0.3 | 6 | 0.500 -> 0.250 | 50% | 0.40 |" in text
-    # per-prompt records are the summary + 0.00/0.01/0.02 (write_set): means 0.31 alone, 0.16 default
-    assert "48.4% lower" in text and "1.10x" in text and "is **met**" in text
-    assert "| the paper's recipe | 0.3 | 0.320" in text and "+3% tox, 1.12x PPL" in text and "3.2% higher" in text
-    assert "| dev_diff" not in text and "+ plausibility (the default) | 0 | 0:" not in text
+    assert "| activation steering | word list | 0.900 | 2.40 | 30% / 45% / 70% | 0.500 -> 0.400 | 0.500 -> 0.500 | 1.50 |" in text
+    assert "58.0% lower" in text and "1.10x" in text
+    assert "Goal 1 (>= 55% lower at <= 1.25x PPL): **met**" in text and "excludes 0): **met**" in text
+    assert "| the paper's recipe | 0.3 | 0.310" in text and "+3% tox, 1.12x PPL" in text
+    assert "| activation steering (baseline) 0.2 | 4.80 | 0.180 | 0.126 | yes |" in text  # past the sweep: its best point
     assert (tmp_path / "results_tradeoff.png").stat().st_size > 1000
-    write_set(tmp_path, "steer", {0.1: 0.14, 0.2: 0.10}, {0.1: 4.1, 0.2: 4.8})
+    ws("steer", {0.1: 0.14, 0.2: 0.10}, {0.1: 4.1, 0.2: 4.8})
     text = study_report(tmp_path)
-    assert "is **not met**; the first milestone (>= 30% at <= 1.3x) is met" in text
-    assert "activation steering (baseline) alpha 0.1, toxicity 0.150" in text
+    assert "Goal 2" in text and "excludes 0): **not met**" in text
+    assert "| activation steering (baseline) 0.1 | 4.10 | 0.140 | 0.200 | no |" in text
