@@ -632,16 +632,18 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
     direction on held-out texts before and after, and save the tuned pair into --output_dir."""
     from .assets import resolve_model
     from .directed import (DirectedConfig, cached_target_states, direction_metrics, label_candidates, pair_offsets,
-                           train_pair)
+                           shipped_states_path, train_pair)
     from .runtime import load_causal_lm, load_tokenizer
 
     t0 = time.time()
     anti_path = resolve_model(args.also_teacher, "--also_teacher")
-    pairs = read_pairs(args.tune_text_path or args.text_path)
+    paths = args.tune_text_path or args.text_path
+    pairs = read_pairs(paths)
     fit_i, held_i = text_split([p + c for p, c in pairs], args.heldout_text_share)
-    target = load_causal_lm(target_path, "float32").eval()
     s_tok = load_tokenizer(target_path, pad_with_eos=True)
-    states = cached_target_states(target_path, target, s_tok, pairs, args.tune_top_k, progress=args.progress)
+    shipped = [shipped_states_path(p.strip()) for p in paths.split(",") if p.strip()]
+    states = cached_target_states(target_path, lambda: load_causal_lm(target_path, "float32").eval(), s_tok, pairs,
+                                  args.tune_top_k, progress=args.progress, shipped=shipped if len(shipped) == 1 else ())
     scorer = None
     if args.tune_label_scorer != "none":
         from .scorers import get_scorer
@@ -654,7 +656,7 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
     t_lab = time.time() - t_lab
     is_fit = torch.isin(states.text_of, torch.tensor(fit_i, dtype=torch.long))
     fit, held = states.subset(is_fit.nonzero().flatten()), states.subset((~is_fit).nonzero().flatten())
-    W = target.get_output_embeddings().weight.detach()
+    W = load_embedding(find_embedding(target_path, "output", f"target {args.model2_name}"))[0]
     t_tok = load_tokenizer(teacher_path, pad_with_eos=True)
     expert = load_causal_lm(teacher_path, "float32").eval()
     anti = load_causal_lm(anti_path, "float32").eval()

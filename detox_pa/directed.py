@@ -30,6 +30,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -71,16 +72,19 @@ class StateSet:
         return StateSet(self.texts, self.text_of[idx], self.char_end[idx], self.cand[idx], self.z[idx],
                         self.next_col[idx], self.k, dict(self.meta), None if self.toxic is None else self.toxic[idx])
 
-    def to_dict(self) -> dict:
-        return {"version": STATES_VERSION, "texts": self.texts, "text_of": self.text_of, "char_end": self.char_end,
-                "cand": self.cand, "z": self.z.half(), "next_col": self.next_col, "k": self.k, "meta": self.meta}
+    def to_dict(self, key: str = "") -> dict:
+        """Compact (int32 ids, float16 logits: about 70 bytes a state) for the cache and the shipped states file."""
+        return {"version": STATES_VERSION, "key": key, "texts": self.texts, "text_of": self.text_of.int(),
+                "char_end": self.char_end.int(), "cand": self.cand.int(), "z": self.z.half(),
+                "next_col": self.next_col.to(torch.int8), "k": self.k, "meta": self.meta}
 
     @classmethod
     def from_dict(cls, d: dict) -> "StateSet":
         z = d["z"].float()
-        z[d["cand"] < 0] = float("-inf")
-        return cls([tuple(t) for t in d["texts"]], d["text_of"], d["char_end"], d["cand"], z, d["next_col"], d["k"],
-                   d.get("meta", {}))
+        cand = d["cand"].long()
+        z[cand < 0] = float("-inf")
+        return cls([tuple(t) for t in d["texts"]], d["text_of"].long(), d["char_end"].long(), cand, z,
+                   d["next_col"].long(), d["k"], d.get("meta", {}))
 
 
 def full_text(prompt: str, continuation: str) -> str:
@@ -161,30 +165,53 @@ def target_states(target, tokenizer, texts: Sequence[tuple[str, str]], k: int = 
                     torch.zeros(0, dtype=torch.long), k, {"states": S, "texts": len(texts)})
 
 
-def cached_target_states(target_path: str, target, tokenizer, texts: Sequence[tuple[str, str]], k: int,
-                         batch_size: int = 16, progress: bool = True) -> StateSet:
-    """:func:`target_states`, cached under ``<cache>/states/`` keyed by the target's files, the texts and k."""
-    from .assets import cache_dir
-    from .io import atomic_torch_save
+def states_key(target_path: str, texts: Sequence[tuple[str, str]], k: int) -> str:
+    """What a set of target states depends on: the target's files, the texts and k (and this code's version)."""
     from .runtime import model_files_fingerprint
 
-    key = hashlib.sha256(json.dumps({"target": model_files_fingerprint(target_path), "texts": texts_key(texts), "k": k,
-                                     "version": STATES_VERSION}).encode()).hexdigest()[:32]
+    return hashlib.sha256(json.dumps({"target": model_files_fingerprint(target_path), "texts": texts_key(texts), "k": k,
+                                      "version": STATES_VERSION}).encode()).hexdigest()[:32]
+
+
+def shipped_states_path(texts_path: str | Path) -> Path:
+    """Where the precomputed states of a texts file live: beside it, ``<file>.states.pt``."""
+    return Path(str(texts_path) + ".states.pt")
+
+
+def cached_target_states(target_path: str, target, tokenizer, texts: Sequence[tuple[str, str]], k: int,
+                         batch_size: int = 16, progress: bool = True, shipped: Sequence[str | Path] = ()) -> StateSet:
+    """:func:`target_states`, read from a file that holds exactly these states (``shipped``: e.g. the states the
+    repository ships beside its tune texts, used only when their key matches) or from the cache under
+    ``<cache>/states/``; otherwise computed and cached. ``target`` may be a callable that loads the model (it is only
+    called when the states must be computed)."""
+    from .assets import cache_dir
+    from .io import atomic_torch_save
+
+    key = states_key(target_path, texts, k)
     path = cache_dir() / "states" / f"{key}.pt"
-    if path.is_file():
+    for p in [Path(x) for x in shipped] + [path]:
+        if not p.is_file():
+            continue
         try:
-            st = StateSet.from_dict(torch.load(path, weights_only=False))
-            log.info("target states: %d states of %d texts from the cache %s", len(st), len(texts), path)
+            d = torch.load(p, weights_only=False)
+            if p != path and d.get("key") != key:
+                log.info("target states: %s holds other states (another target, texts or k); not used", p)
+                continue
+            st = StateSet.from_dict(d)
+            log.info("target states: %d states of %d texts from %s", len(st), len(texts), p)
             return st
-        except Exception as e:  # a damaged cache file is recomputed
-            log.warning("ignoring the damaged state cache %s (%s)", path, e)
+        except Exception as e:  # a damaged file is recomputed
+            log.warning("ignoring the damaged states file %s (%s)", p, e)
+    if callable(target) and not isinstance(target, torch.nn.Module):
+        target = target()
     t0 = time.time()
     st = target_states(target, tokenizer, texts, k, batch_size, progress)
     st.meta["seconds"] = round(time.time() - t0, 1)
     log.info("target states: %d states of %d texts in %.0f s (cached in %s)", len(st), len(texts), time.time() - t0, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(st.to_dict(), path)
-    return st
+    d = st.to_dict(key)
+    atomic_torch_save(d, path)
+    return StateSet.from_dict(d)  # exactly what a later run reads back (float16 logits), so both runs train alike
 
 
 # ----------------------------------------------------------------------------------------------- labels
@@ -573,3 +600,37 @@ def _alpha_at(rows, share: float) -> float | None:
             return prev[0] + w * (a - prev[0])
         prev = (a, fo, ft)
     return None
+
+
+def write_states(texts_path: str, target: str = "gemma-3-270m", k: int = 10, batch_size: int = 16) -> Path:
+    """Compute the target's states for a tune-texts file (prompt -> completion TSV/JSONL) and write them beside it
+    (:func:`shipped_states_path`), so that ``align.py --tune_pair`` on those texts and that target computes nothing."""
+    from .alignment import read_pairs
+    from .assets import resolve_model
+    from .io import atomic_torch_save
+    from .runtime import load_causal_lm, load_tokenizer
+
+    path = resolve_model(target, "--target")
+    pairs = read_pairs(texts_path)
+    tok = load_tokenizer(path, pad_with_eos=True)
+    t0 = time.time()
+    st = target_states(load_causal_lm(path, "float32").eval(), tok, pairs, k, batch_size, progress=True)
+    st.meta.update(seconds=round(time.time() - t0, 1), target=target, texts_file=Path(texts_path).name,
+                   torch_threads=torch.get_num_threads())
+    out = shipped_states_path(texts_path)
+    atomic_torch_save(st.to_dict(states_key(path, pairs, k)), out)
+    log.info("wrote %s: %d states of %d texts in %.0f s", out, len(st), len(pairs), time.time() - t0)
+    return out
+
+
+if __name__ == "__main__":  # python -m detox_pa.directed TEXTS.tsv [TARGET] [K]
+    import sys
+
+    from .cli import setup_logging
+
+    setup_logging()
+    argv = sys.argv[1:]
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m detox_pa.directed TEXTS.tsv [TARGET (gemma-3-270m)] [K (10)]\n" + write_states.__doc__)
+        sys.exit(0)
+    write_states(argv[0], *(argv[1:2] or ["gemma-3-270m"]), *(int(x) for x in argv[2:3]))

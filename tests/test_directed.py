@@ -208,3 +208,14 @@ def test_align_tune_pair_writes_the_tuned_pair_and_a_matrix_that_names_it(tmp_pa
     argv2 = [a if a != str(out) else str(out2) for a in argv]
     assert run(alignment.run, alignment.parse_args, argv2) == 0
     assert list((tmp_path / "cache" / "states").glob("*.pt")) == cached
+    # states shipped beside the texts (python -m detox_pa.directed TEXTS TARGET) are used when their key matches:
+    # with an empty cache nothing is computed, and the tuned pair is the same
+    from detox_pa.directed import shipped_states_path, write_states
+
+    write_states(str(d / "td.tsv"), str(d / "target"), 10)
+    assert shipped_states_path(d / "td.tsv").is_file()
+    monkeypatch.setenv("DETOX_PA_CACHE", str(tmp_path / "cache2"))
+    out3 = tmp_path / "align3"
+    assert run(alignment.run, alignment.parse_args, [a if a != str(out) else str(out3) for a in argv]) == 0
+    assert not (tmp_path / "cache2" / "states").exists()
+    assert torch.equal(torch.load(out3 / "mapping_model.pt")["mapping"], torch.load(out / "mapping_model.pt")["mapping"])
