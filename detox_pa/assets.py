@@ -169,7 +169,7 @@ def describe_model(name: str) -> str:
 RTP_FILES = ("rtp_flirtation.txt", "rtp_identity_attack.txt", "rtp_insult.txt", "rtp_profanity.txt",
              "rtp_severe_toxicity.txt", "rtp_sexually_explicit.txt", "rtp_threat.txt")
 BUILD_SHARE = 0.5  # share of the RTP prompts used to build teacher data; the rest is held out
-DEV_SHARE = 0.2  # share of the build prompts kept out of every training file: alpha and the knobs are chosen on them
+DEV_SHARE = 0.45  # share of the build prompts kept out of every training file: alpha and the knobs are chosen on them
 SPLITS = ("build", "eval", "dev", "train")
 
 

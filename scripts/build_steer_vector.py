@@ -44,7 +44,7 @@ def parse_args(argv=None) -> SteerArguments:
 
 
 def main(args: SteerArguments) -> None:
-    from detox_pa.assets import resolve_model
+    from detox_pa.assets import is_dev, resolve_model
     from detox_pa.runtime import load_causal_lm, load_tokenizer
     from detox_pa.baselines import mean_final_hidden
     from detox_pa.artifacts import save_steer_vector
@@ -61,8 +61,8 @@ def main(args: SteerArguments) -> None:
         except json.JSONDecodeError:
             raise InputError(f"{args.texts}:{n}: not valid JSON") from None
         lab = r.get("label")
-        if r.get("split") == "rtp_dev":  # dev prompts train nothing (choices are made on them)
-            continue
+        if r.get("split") == "rtp_dev" or (r.get("split") == "rtp_build" and is_dev(r.get("prompt", ""))):
+            continue  # dev prompts train nothing (choices are made on them), whatever split label the file has
         if lab in groups and len(groups[lab]) < args.max_per_class and r.get("completion", r.get("continuation")):
             groups[lab].append((r["prompt"], r.get("completion", r.get("continuation"))))
     for lab, rows in groups.items():

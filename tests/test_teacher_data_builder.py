@@ -220,13 +220,13 @@ def test_bad_arguments_fail_before_any_model_load(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="clean_threshold"):
         _args(tmp_path, clean_threshold=0.6)
     with pytest.raises(InputError, match="top_p"):
-        btd.parse_args(["--top_p", "0", "--out_tsv", str(tmp_path / "a.tsv"), "--steering_out", str(tmp_path / "a.jsonl"), "--out_toxic_tsv", str(tmp_path / "a_tox.tsv")])
+        btd.parse_args(["--top_p", "0", "--out_tsv", str(tmp_path / "a.tsv"), "--steering_out", str(tmp_path / "a.jsonl"), "--out_toxic_tsv", str(tmp_path / "a_tox.tsv"), "--out_tune_tsv", str(tmp_path / "a_tune.tsv")])
     (tmp_path / "td.tsv").write_text("x")
     with pytest.raises(InputError, match="--overwrite"):
         _args(tmp_path)
     with pytest.raises(InputError, match="does not exist"):
         btd.build(_args(tmp_path / "new", neutral_prompts=str(tmp_path / "missing.txt")))
-    args = btd.parse_args(["--out_tsv", str(tmp_path / "b.tsv"), "--steering_out", str(tmp_path / "b.jsonl"), "--out_toxic_tsv", str(tmp_path / "b_tox.tsv"),
+    args = btd.parse_args(["--out_tsv", str(tmp_path / "b.tsv"), "--steering_out", str(tmp_path / "b.jsonl"), "--out_toxic_tsv", str(tmp_path / "b_tox.tsv"), "--out_tune_tsv", str(tmp_path / "b_tune.tsv"),
                            "--samples_rtp", "5"])
     assert args.samples_rtp == 5 and args.sidecar_path == tmp_path / "b.json"
     assert "--samples_rtp 5" in args.command() and "--seed" not in args.command()
