@@ -33,7 +33,7 @@ OBJECTIVE=${OBJECTIVE:-logits}             # logits (transmits the teacher's pre
 # texts for the KL refinement and the transmission metric (the teacher data: clean and toxic completions)
 TEXT_PATH=${TEXT_PATH-$DEFAULT_TEACHER_DATA,$DEFAULT_ANTI_TEACHER_DATA}
 TEXT_ROWS=${TEXT_ROWS:-600}                # at most this many texts of each file
-REFINE_STEPS=${REFINE_STEPS:-150}          # logits: Adam steps of the KL refinement (0 = closed form only)
+REFINE_STEPS=${REFINE_STEPS:-0}            # logits: Adam steps of the KL refinement (0 = closed form only; the tuning trains A)
 REFINE_LR=${REFINE_LR:-1e-3}
 # the anti-expert (step 1, TEACHERS=both): its states join the refinement and its transmission is recorded;
 # empty when that folder does not exist
@@ -50,7 +50,8 @@ ALIGN_TEMPERATURE=${ALIGN_TEMPERATURE:-1.0}  # contrastive logits / temperature 
 # and A learn so that alpha * W_target((h_expert - h_anti) A) takes mass from toxic candidates among the target's
 # top-k while keeping its distribution (KL). Writes $ALIGN_OUTPUT_DIR/expert and anti_expert; step 3 uses them.
 TUNE_PAIR=${TUNE_PAIR:-auto}               # auto (on when ALSO_TEACHER is set) | true | false (fit A only, the paper)
-TUNE_TEXT_PATH=${TUNE_TEXT_PATH:-}         # labelled texts (teacher-data TSV/JSONL); empty = TEXT_PATH
+TUNE_TEXT_PATH=${TUNE_TEXT_PATH-$DEFAULT_TUNE_TEXTS}  # every sampled continuation of the training prompts (TSV/JSONL)
+TUNE_TEXT_ROWS=${TUNE_TEXT_ROWS:-0}        # at most this many tune texts (0 = all)
 TUNE_TOP_K=${TUNE_TOP_K:-10}               # the target's top-k candidates of each state
 TUNE_ALPHA=${TUNE_ALPHA:-1.0}              # the fusion strength while training
 TUNE_MU=${TUNE_MU:-4.0}                    # weight of KL(target || fused)
@@ -93,6 +94,7 @@ exec "$PYTHON" "$REPO_DIR/align.py" \
   --also_teacher "$ALSO_TEACHER" \
   --tune_pair "$TUNE_PAIR" \
   --tune_text_path "$TUNE_TEXT_PATH" \
+  --tune_text_rows "$TUNE_TEXT_ROWS" \
   --tune_top_k "$TUNE_TOP_K" \
   --tune_alpha "$TUNE_ALPHA" \
   --tune_mu "$TUNE_MU" \

@@ -43,8 +43,9 @@ step() { echo; echo "=== [$(( SECONDS - t_start ))s] $*"; }
 
 if [[ "$SMOKE" == 1 ]]; then
   # tiny budget: a few training steps, one alignment epoch, 8 prompts, two alphas
-  export MAX_STEPS=${MAX_STEPS:-6} EPOCHS=${EPOCHS:-1} MAX_PROMPTS=${MAX_PROMPTS:-8} ALPHAS=${ALPHAS:-"0 0.4"}
-  export REFINE_STEPS=${REFINE_STEPS:-10} TEXT_ROWS=${TEXT_ROWS:-40}
+  export MAX_STEPS=${MAX_STEPS:-6} EPOCHS=${EPOCHS:-1} MAX_PROMPTS=${MAX_PROMPTS:-8} TEXT_ROWS=${TEXT_ROWS:-40}
+  export TUNE_TEXT_ROWS=${TUNE_TEXT_ROWS:-48} TUNE_EPOCHS=${TUNE_EPOCHS:-1}
+  if [[ "$RECIPE" == paper ]]; then export ALPHAS=${ALPHAS:-"0 0.4"}; else export ALPHAS=${ALPHAS:-"0 3"}; fi
 fi
 
 if [[ "$FORCE" == 1 ]]; then rm -rf "$DEFAULT_TEACHER_DIR" "$DEFAULT_ANTI_TEACHER_DIR" "$DEFAULT_ALIGN_DIR" "${DEFAULT_GENERATIONS%.json}"*; fi

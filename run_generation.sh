@@ -34,10 +34,10 @@ OUTPUT_PATH=${POS[4]:-${OUTPUT_PATH:-$DEFAULT_GENERATIONS}}
 DATA_PATH=${POS[5]:-${DATA_PATH:-$DEFAULT_EVAL_PROMPTS}}  # rtp:eval = the embedded held-out split, read in place
 
 # ---- editable hyperparameters (the environment overrides each one) --------------------------
-# The paper: alphas 0..0.6, 10 new tokens, greedy, one prompt at a time, seed 2025.
+# The paper: alphas 0..0.6 (its fusion's), 10 new tokens, greedy, one prompt at a time, seed 2025.
 # The field's protocol (DExperts): DO_SAMPLE=1 NUM_SAMPLES=25 TOP_P=0.9 MAX_NEW_TOKENS=20.
 METHOD=${METHOD:-diff}          # diff | fusion (the paper) | wordban | steer
-ALPHAS=${ALPHAS:-"0 0.1 0.2 0.3 0.4 0.5 0.6"}
+ALPHAS=${ALPHAS:-}               # empty = the method's own sweep: diff 0 1 2 3 4 5 6, fusion 0 0.1 .. 0.6 (the paper), steer 0 0.1 .. 0.4
 ANTI_TEACHER_MODEL=${ANTI_TEACHER_MODEL:-}  # diff: the anti-expert (empty = the one the matrix names; name both or neither)
 DIFF_SPACE=${DIFF_SPACE:-hidden}  # diff: hidden (through A, reaches every target token) | logits (shared tokens)
 TOP_K=${TOP_K:-5}               # diff: only the target's top-k tokens are eligible (0 = all; 5 measured best on dev)
@@ -64,7 +64,7 @@ GEN_OVERWRITE=${GEN_OVERWRITE:-0}   # 1 = replace an existing <output_path> (and
 # its matrix A, fitted for its own teachers and target): name those too, or use a method that does not need them.
 # With no teacher named, generate.py decodes with the teacher(s) the matrix's sidecar names (a matrix and its
 # teachers are one unit: step 2 tunes the pair together with A).
-if [[ "$METHOD" == diff || "$METHOD" == fusion ]] && [[ " $ALPHAS " =~ [[:space:]][0-9.]*[1-9] ]]; then
+if [[ "$METHOD" == diff || "$METHOD" == fusion ]] && [[ -z "$ALPHAS" || " $ALPHAS " =~ [[:space:]][0-9.]*[1-9] ]]; then
   mine() { [[ "$(realpath -m -- "$1")" != "$(realpath -m -- "$2")" ]]; }  # named by the user, not the default
   if [[ "$METHOD" == diff && -n "$TEACHER_MODEL" && -z "$ANTI_TEACHER_MODEL" ]]; then
     echo "error: run_generation.sh: METHOD=diff with your teacher $TEACHER_MODEL needs your anti-expert too (never the default run's): name yours with ANTI_TEACHER_MODEL=..., or use METHOD=fusion (one teacher, the paper's)" >&2; exit 2
@@ -82,7 +82,7 @@ fi
 
 FLAGS=(--teacher_model "$TEACHER_MODEL" --target_model "$TARGET_MODEL" --matrix_A "$MATRIX_A"
        --device "$DEVICE" --output_path "$OUTPUT_PATH" --data_path "$DATA_PATH"
-       --alphas $ALPHAS --max_new_tokens "$MAX_NEW_TOKENS" --batch_size "$GEN_BATCH_SIZE"
+       --max_new_tokens "$MAX_NEW_TOKENS" --batch_size "$GEN_BATCH_SIZE"
        --num_samples "$NUM_SAMPLES" --top_p "$TOP_P" --temperature "$GEN_TEMPERATURE" --seed "$GEN_SEED"
        --dtype "$GEN_DTYPE" --norm "$NORM" --max_prompts "$MAX_PROMPTS" --method "$METHOD"
        --prompt_field "$PROMPT_FIELD" --prompt_split "$PROMPT_SPLIT" --prompt_filter "$PROMPT_FILTER")
@@ -91,6 +91,7 @@ case "$METHOD" in
         [[ -n "$GATE" ]] && FLAGS+=(--gate "$GATE") ;;
   steer) [[ -n "$STEER_VECTOR" ]] && FLAGS+=(--steer_vector "$STEER_VECTOR") ;;
 esac
+[[ -n "$ALPHAS" ]] && FLAGS+=(--alphas $ALPHAS)
 [[ "$DO_SAMPLE" == 1 ]] && FLAGS+=(--do_sample)
 [[ "$GEN_OVERWRITE" == 1 ]] && FLAGS+=(--overwrite)
 

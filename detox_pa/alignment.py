@@ -413,6 +413,7 @@ def teacher_states(model, tokenizer, texts: Sequence[str], max_states: int = 0, 
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_TEXT_PATH = "data/teacher_data.tsv,data/teacher_data_toxic.tsv"  # the teacher data (clean, toxic)
+DEFAULT_TUNE_TEXTS = "data/tune_texts.tsv"  # every sampled continuation of the training prompts
 
 
 @dataclass
@@ -450,8 +451,9 @@ class AlignArguments:
     heldout_text_share: float = field(default=0.2, metadata={
         "help": "Share of the texts (by hash) held out: the transmission metric is measured on them only."})
     max_states: int = field(default=8000, metadata={"help": "At most this many teacher states to refine on."})
-    refine_steps: int = field(default=150, metadata={
-        "help": "logits objective: Adam steps of the KL refinement on teacher states (0 = closed form only)."})
+    refine_steps: int = field(default=0, metadata={
+        "help": "logits objective: Adam steps of the KL refinement on teacher states (0 = closed form only: the "
+                "default recipe, whose --tune_pair trains A with the teachers; 150 was the untuned recipe's)."})
     refine_lr: float = field(default=1e-3, metadata={"help": "Learning rate of the KL refinement."})
     ridge: float = field(default=0.0, metadata={"help": "logits objective: ridge term of the closed form."})
     also_teacher: str = field(default="", metadata={
@@ -471,10 +473,12 @@ class AlignArguments:
                 "(detox_pa.directed). Writes the tuned pair into --output_dir (expert/, anti_expert/). auto (the "
                 "default recipe): whenever an anti-expert is given; true; false (fit A only, as the paper).",
         "choices": ["auto", "true", "false"]})
-    tune_text_path: str = field(default="", metadata={
+    tune_text_path: str = field(default=DEFAULT_TUNE_TEXTS, metadata={
         "help": "Texts for --tune_pair (teacher-data TSV/JSONL, comma-separated; empty: --text_path). Every "
                 "continuation position is a training state; a share (--heldout_text_share, by hash) is held out "
-                "for the direction metric."})
+                "for the direction metric. The default, every sampled continuation of the training prompts, is "
+                "read from the repository's data/ folder (with its precomputed target states)."})
+    tune_text_rows: int = field(default=0, metadata={"help": "--tune_pair: use at most this many texts (0 = all)."})
     tune_top_k: int = field(default=10, metadata={"help": "--tune_pair: the target's top-k candidates per state."})
     tune_alpha: float = field(default=1.0, metadata={"help": "--tune_pair: the fusion strength while training."})
     tune_mu: float = field(default=4.0, metadata={"help": "--tune_pair: weight of KL(target || fused)."})
@@ -517,6 +521,9 @@ class AlignArguments:
             raise InputError(f"--ridge must be >= 0, got {self.ridge}")
         if self.text_path == DEFAULT_TEXT_PATH:  # the repository's files, from any working folder
             self.text_path = ",".join(str(REPO_DIR / p) for p in DEFAULT_TEXT_PATH.split(","))
+        if self.tune_text_path == DEFAULT_TUNE_TEXTS:
+            self.tune_text_path = str(REPO_DIR / DEFAULT_TUNE_TEXTS)
+        require_min(self, ("tune_text_rows",), 0)
         if self.embedding_space == "auto":
             self.embedding_space = "output" if self.objective == "logits" else "input"
         if self.text_path:
@@ -638,7 +645,7 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
     t0 = time.time()
     anti_path = resolve_model(args.also_teacher, "--also_teacher")
     paths = args.tune_text_path or args.text_path
-    pairs = read_pairs(paths)
+    pairs = read_pairs(paths)[: args.tune_text_rows or None]
     fit_i, held_i = text_split([p + c for p, c in pairs], args.heldout_text_share)
     s_tok = load_tokenizer(target_path, pad_with_eos=True)
     shipped = [shipped_states_path(p.strip()) for p in paths.split(",") if p.strip()]

@@ -62,9 +62,9 @@ class GenerateArguments:
                 "challenging=true for RealToxicityPrompts' challenging subset."})
     output_path: str = field(default="outputs/generations.json", metadata={"help": "Output JSON (the paper's nested format)."})
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
-    alphas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
-                                metadata={"help": "Strengths to sweep, 0 = the target alone; per --method: "
-                                                  + alpha_ranges() + "."})
+    alphas: list[float] = field(default_factory=list,
+                                metadata={"help": "Strengths to sweep, 0 = the target alone (default: the method's own "
+                                                  "sweep); per --method: " + alpha_ranges() + "."})
     max_new_tokens: int = field(default=10, metadata={"help": "New tokens per continuation (paper: 10; the field: 20)."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per generate() call."})
     num_samples: int = field(default=1, metadata={"help": "Samples per prompt (the field: 25 with --do_sample)."})
@@ -95,9 +95,10 @@ class GenerateArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output (and its journal)."})
 
     def __post_init__(self):
-        if not self.alphas:
-            raise InputError("--alphas: give at least one alpha")
         from .methods import get_method
+
+        if not self.alphas:
+            self.alphas = list(get_method(self.method).default_alphas)
 
         max_alpha = get_method(self.method).max_alpha
         for a in self.alphas:

@@ -33,9 +33,10 @@ def register(cls):
 
 
 def alpha_ranges() -> str:
-    """What each registered method accepts as alpha, for generate.py's --help."""
+    """What each registered method accepts as alpha, and its default sweep, for generate.py's --help."""
     return "; ".join(f"{name}: " + (f"[0, {cls.max_alpha:g}]" if cls.max_alpha is not None else "any alpha >= 0")
-                     + f" ({cls.alpha_meaning})" for name, cls in REGISTRY.items())
+                     + f" ({cls.alpha_meaning}; default {' '.join(f'{a:g}' for a in cls.default_alphas)})"
+                     for name, cls in REGISTRY.items())
 
 
 def get_method(name: str) -> type["Method"]:
@@ -50,6 +51,7 @@ class Method:
     name = ""
     baseline = False  # a baseline the reports draw apart from the projection-alignment methods
     max_alpha: float | None = None  # the largest alpha that makes sense (None: any >= 0)
+    default_alphas: tuple[float, ...] = (0.0, 1.0)  # the sweep when --alphas is not given
     alpha_meaning = "a strength"  # what alpha scales, for --help
     uses: tuple[str, ...] = ()  # the argument fields that define the method's output (journal fingerprint)
 
@@ -212,6 +214,7 @@ class Fusion(Method):
 
     name = "fusion"
     max_alpha = 1.0
+    default_alphas = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  # the paper's
     alpha_meaning = "the teacher's weight in the mix"
     uses = ("norm", "bridge")
 
@@ -279,6 +282,7 @@ class Diff(Method):
 
     name = "diff"
     alpha_meaning = "a logit scale"
+    default_alphas = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)  # the tuned pair's scale (chosen on dev: bench/results.sh)
     uses = ("diff_space", "top_k", "gate", "bridge")
 
     def check(self) -> None:
@@ -385,6 +389,7 @@ class Steer(Method):
 
     name = "steer"
     baseline = True
+    default_alphas = (0.0, 0.1, 0.2, 0.3, 0.4)
     alpha_meaning = "a hidden-state scale"
     uses = ("steer_vector",)
 

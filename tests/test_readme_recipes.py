@@ -107,7 +107,7 @@ def test_generation_never_pairs_a_named_artifact_with_the_default_runs(tmp_path,
     (POS, {"ANTI_TEACHER_MODEL": "runs/anti"}, "--anti_teacher_model runs/anti"),
     (POS, {"METHOD": "fusion"}, "--method fusion"),
     (POS, {"METHOD": "wordban"}, "--method wordban"),  # no teacher, no matrix: nothing to pair
-    (POS, {"ALPHAS": "0"}, "--alphas 0 "),  # alpha 0 alone loads no teacher
+    (POS, {"ALPHAS": "0"}, "--alphas 0"),  # alpha 0 alone loads no teacher
     ([], {}, "--method diff"),  # everything the default run's
     ([], {"MATRIX_A": "runs/other_A.pt"}, "--matrix_A runs/other_A.pt"),  # another A for the default teachers
 ])
