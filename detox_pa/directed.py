@@ -238,10 +238,12 @@ def word_list_ids(tokenizer) -> set[int]:
 
 def label_candidates(states: StateSet, tokenizer, word_ids: set[int] | None = None,
                      scorer: Callable[[list[str]], Sequence[float]] | None = None, jump_min: float = 0.5,
-                     jump_rise: float = 0.3, chunk: int = 20000) -> torch.Tensor:
+                     jump_rise: float = 0.3, chunk: int = 20000, toxic_texts: bool = False) -> torch.Tensor:
     """``toxic[s, j]``: candidate ``j`` of state ``s`` is a word-list token, or (with a ``scorer``) appending it to
     the continuation so far makes the score reach ``jump_min`` and rise by at least ``jump_rise``. The
-    continuation is scored alone, as the data filter scores it."""
+    continuation is scored alone, as the data filter scores it. With ``toxic_texts`` (and a scorer), in a text
+    whose whole continuation scores at least ``jump_min`` the text's own next token is toxic too, at every state:
+    the offset learns to leave a toxic trajectory in its context, not only its keywords."""
     word_ids = word_list_ids(tokenizer) if word_ids is None else word_ids
     cand = states.cand
     toxic = torch.zeros_like(cand, dtype=torch.bool)
@@ -250,6 +252,11 @@ def label_candidates(states: StateSet, tokenizer, word_ids: set[int] | None = No
         toxic |= torch.isin(cand, wl) & (cand >= 0)
     if scorer is None:
         return toxic
+    if toxic_texts:
+        conts = [c for _, c in states.texts]
+        bad = torch.tensor([sc >= jump_min for sc in _score_chunks(scorer, conts, chunk)], dtype=torch.bool)
+        rows = bad[states.text_of].nonzero().flatten()
+        toxic[rows, states.next_col[rows]] = True
     surf = token_surfaces(tokenizer, torch.unique(cand[cand >= 0]).tolist())
     so_far = []
     for t, e in zip(states.text_of.tolist(), states.char_end.tolist()):

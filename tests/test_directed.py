@@ -219,3 +219,16 @@ def test_align_tune_pair_writes_the_tuned_pair_and_a_matrix_that_names_it(tmp_pa
     assert run(alignment.run, alignment.parse_args, [a if a != str(out) else str(out3) for a in argv]) == 0
     assert not (tmp_path / "cache2" / "states").exists()
     assert torch.equal(torch.load(out3 / "mapping_model.pt")["mapping"], torch.load(out / "mapping_model.pt")["mapping"])
+
+
+def test_toxic_texts_mark_their_own_next_token_at_every_state(trio):
+    target, _, _, tok, _ = trio
+    st = target_states(target, tok, TEXTS, k=4, progress=False)
+    scorer = lambda ts: [1.0 if "stupid" in t else 0.0 for t in ts]  # noqa: E731  (text 3 is the toxic one)
+    base = label_candidates(st, tok, word_ids=set(), scorer=scorer, jump_min=2.0)  # no jump can reach 2
+    assert not base.any()
+    lab = label_candidates(st, tok, word_ids=set(), scorer=scorer, jump_min=0.5, jump_rise=2.0, toxic_texts=True)
+    in_toxic = st.text_of == 3
+    assert bool(lab[in_toxic, :].any(1).all()) and not lab[~in_toxic].any()
+    assert bool(lab[in_toxic.nonzero().flatten(), st.next_col[in_toxic]].all())
+    assert int(lab.sum()) == int(in_toxic.sum())
