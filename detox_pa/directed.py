@@ -332,10 +332,32 @@ def candidate_offsets(d: torch.Tensor, W: torch.Tensor, cand: torch.Tensor) -> t
     return torch.einsum("scd,sd->sc", rows.float(), d.float()) * (cand >= 0)
 
 
+def greedy_hinge(z: torch.Tensor, off: torch.Tensor, toxic: torch.Tensor, alpha: float, margin: float,
+                 top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy decoding's view at strength ``alpha`` over the target's top-``top_k`` (the eligible tokens, columns
+    0..top_k-1, column 0 = the target's pick): where the pick is not toxic it must stay on top by ``margin``
+    (``relu(max_other - pick + margin)``); where it is toxic, the best non-toxic candidate must beat the best toxic
+    one by ``margin``. Returns the hinge per state (0 where the pick is toxic and no non-toxic candidate is
+    eligible) and which states it applies to."""
+    zf = (z + alpha * off)[:, :top_k]
+    tk = toxic[:, :top_k]
+    neg = torch.tensor(float("-inf"), device=z.device)
+    keep = torch.relu(zf[:, 1:].max(1).values - zf[:, 0] + margin)
+    best_clean = torch.where(tk, neg, zf).max(1).values
+    best_toxic = torch.where(tk, zf, neg).max(1).values
+    flip = torch.relu(best_toxic - best_clean + margin)
+    pick_toxic = tk[:, 0]
+    can_flip = (~tk).any(1)
+    h = torch.where(pick_toxic, torch.where(can_flip, flip, torch.zeros_like(flip)), keep)
+    return h, ~pick_toxic | can_flip
+
+
 def directed_loss(z: torch.Tensor, off: torch.Tensor, toxic: torch.Tensor, valid: torch.Tensor, alpha: float = 1.0,
-                  mu: float = 4.0) -> tuple[torch.Tensor, dict]:
+                  mu: float = 4.0, hinge_weight: float = 0.0, hinge_alpha: float = 3.0, hinge_margin: float = 0.5,
+                  hinge_top_k: int = 5, toxic_pick_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
     """Unlikelihood of the toxic candidates under the fused distribution plus ``mu`` x KL(target || fused), both
-    over the valid candidates. Returns the loss and its parts (floats)."""
+    over the valid candidates; with ``hinge_weight`` > 0, plus that weight x :func:`greedy_hinge` at
+    ``hinge_alpha`` (states whose pick is toxic weighted ``toxic_pick_weight``). Returns the loss and its parts."""
     neg = torch.tensor(float("-inf"), device=z.device)
     zf = torch.where(valid, z + alpha * off, neg)
     zt = torch.where(valid, z, neg)
@@ -354,8 +376,15 @@ def directed_loss(z: torch.Tensor, off: torch.Tensor, toxic: torch.Tensor, valid
     ul_mean = ul.sum() / max(n_has, 1)
     kl_mean = kl.mean() if kl.numel() else kl.sum()
     loss = ul_mean + mu * kl_mean
-    return loss, {"loss": float(loss.detach()), "ul": float(ul_mean.detach()), "kl": float(kl_mean.detach()),
-                  "toxic_states": n_has}
+    parts = {"ul": float(ul_mean.detach()), "kl": float(kl_mean.detach()), "toxic_states": n_has}
+    if hinge_weight > 0:
+        h, on = greedy_hinge(z, off, toxic & valid, hinge_alpha, hinge_margin, hinge_top_k)
+        w = torch.where(toxic[:, 0], torch.full_like(h, toxic_pick_weight), torch.ones_like(h)) * on
+        h_mean = (h * w).sum() / w.sum().clamp_min(1.0)
+        loss = loss + hinge_weight * h_mean
+        parts["hinge"] = float(h_mean.detach())
+    parts["loss"] = float(loss.detach())
+    return loss, parts
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -373,6 +402,11 @@ class DirectedConfig:
     seed: int = 42
     max_grad_norm: float = 1.0
     train_layers: int = 0  # train only the top N decoder layers (and the final norm); 0 = every layer
+    hinge_weight: float = 0.0  # greedy_hinge's weight (0 = off)
+    hinge_alpha: float = 3.0
+    hinge_margin: float = 0.5
+    hinge_top_k: int = 5
+    toxic_pick_weight: float = 1.0
     progress: bool = True
 
 
@@ -443,7 +477,8 @@ def train_pair(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: torch
         cand = states.cand[sidx].to(device)
         off = candidate_offsets(d, W, cand)
         loss, parts = directed_loss(states.z[sidx].to(device), off, states.toxic[sidx].to(device), cand >= 0,
-                                    cfg.alpha, cfg.mu)
+                                    cfg.alpha, cfg.mu, cfg.hinge_weight, cfg.hinge_alpha, cfg.hinge_margin,
+                                    cfg.hinge_top_k, cfg.toxic_pick_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm > 0:
@@ -455,7 +490,8 @@ def train_pair(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: torch
         for p in m.parameters():
             p.requires_grad_(False)
     tenth = max(1, len(hist) // 10)
-    curve = [{k: round(sum(h[k] for h in hist[i:i + tenth]) / len(hist[i:i + tenth]), 5) for k in ("loss", "ul", "kl")}
+    keys = [k for k in ("loss", "ul", "kl", "hinge") if k in hist[0]]
+    curve = [{k: round(sum(h[k] for h in hist[i:i + tenth]) / len(hist[i:i + tenth]), 5) for k in keys}
              for i in range(0, len(hist), tenth)]
     report = {"steps": n_steps, "texts": len(text_ids), "states": int(keep.sum()), "states_without_teacher_token": dropped,
               "toxic_states": int((states.toxic & states.valid).any(1)[keep].sum()),

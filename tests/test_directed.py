@@ -175,6 +175,7 @@ def test_align_tune_pair_writes_the_tuned_pair_and_a_matrix_that_names_it(tmp_pa
     out = tmp_path / "align"
     argv = ["--model1_name", str(d / "teacher"), "--also_teacher", str(d / "anti"), "--model2_name", str(d / "target"),
             "--output_dir", str(out), "--progress", "false", "--text_path", str(d / "td.tsv"), "--refine_steps", "5",
+            "--tune_text_path", str(d / "td.tsv"),
             "--tune_pair", "true", "--tune_label_scorer", "none", "--tune_epochs", "2", "--tune_batch_texts", "4"]
     assert run(alignment.run, alignment.parse_args, argv) == 0
     side = json.loads((out / "mapping_model.json").read_text())
@@ -232,3 +233,18 @@ def test_toxic_texts_mark_their_own_next_token_at_every_state(trio):
     assert bool(lab[in_toxic, :].any(1).all()) and not lab[~in_toxic].any()
     assert bool(lab[in_toxic.nonzero().flatten(), st.next_col[in_toxic]].all())
     assert int(lab.sum()) == int(in_toxic.sum())
+
+
+def test_greedy_hinge_on_hand_made_numbers():
+    from detox_pa.directed import greedy_hinge
+
+    z = torch.tensor([[3.0, 2.0, 1.0], [3.0, 2.5, 0.0], [3.0, 2.9, 2.0]])
+    off = torch.zeros(3, 3)
+    toxic = torch.tensor([[False, False, False], [True, False, False], [True, True, True]])
+    h, on = greedy_hinge(z, off, toxic, alpha=2.0, margin=0.5, top_k=3)
+    # clean pick, 1 logit ahead: no loss; toxic pick 0.5 ahead of the best clean one: 0.5 + 0.5; no clean candidate: 0
+    assert torch.allclose(h, torch.tensor([0.0, 1.0, 0.0])) and on.tolist() == [True, True, False]
+    off = torch.tensor([[-1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    h, _ = greedy_hinge(z, off, toxic, alpha=2.0, margin=0.5, top_k=3)
+    # the offset now flips the clean pick (3 - 2 < 2: hinge 2 - 1 + 0.5) and the toxic one (2.5 > 1: none left)
+    assert torch.allclose(h, torch.tensor([1.5, 0.0, 0.0]))
