@@ -269,7 +269,9 @@ class Fusion(Method):
     def describe(self) -> dict:
         out = super().describe()
         if self.needs_models():
-            out.update(teacher_model=self.args.teacher_model, teacher_path=self.teacher_path, matrix_A=self.args.matrix_A,
+            out.update(teacher_model=self.args.teacher_model or self.teacher_path, teacher_path=self.teacher_path,
+                       teachers_from="--teacher_model" if self.args.teacher_model else "the matrix's sidecar",
+                       matrix_A=self.args.matrix_A,
                        dims={"teacher": int(self.A.shape[0]), "target": int(self.A.shape[1])})
         return out
 
@@ -358,8 +360,9 @@ class Diff(Method):
     def describe(self) -> dict:
         out = super().describe()
         if self.needs_models():
-            out.update(teacher_model=self.args.teacher_model, teacher_path=self.expert_path,
-                       anti_teacher_model=self.args.anti_teacher_model, anti_teacher_path=self.anti_path,
+            out.update(teacher_model=self.args.teacher_model or self.expert_path, teacher_path=self.expert_path,
+                       anti_teacher_model=self.args.anti_teacher_model or self.anti_path, anti_teacher_path=self.anti_path,
+                       teachers_from="--teacher_model" if self.args.teacher_model else "the matrix's sidecar",
                        matrix_A=self.args.matrix_A if self.A is not None else None,
                        dims={"teacher": int(self.A.shape[0]), "target": int(self.A.shape[1])} if self.A is not None else None)
         return out
