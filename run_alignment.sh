@@ -59,6 +59,10 @@ TUNE_LR=${TUNE_LR:-1e-4}                   # the teachers' bodies
 TUNE_LR_A=${TUNE_LR_A:-1e-4}               # A (0 = A stays as fitted)
 TUNE_EPOCHS=${TUNE_EPOCHS:-2.0}
 TUNE_BATCH_TEXTS=${TUNE_BATCH_TEXTS:-16}
+TUNE_HINGE_WEIGHT=${TUNE_HINGE_WEIGHT:-1.0}  # the greedy hinge: at strength TUNE_HINGE_ALPHA over the top TUNE_HINGE_TOP_K,
+TUNE_HINGE_ALPHA=${TUNE_HINGE_ALPHA:-3.0}    # a clean pick stays on top and a toxic one loses, by TUNE_HINGE_MARGIN (0 = off)
+TUNE_HINGE_MARGIN=${TUNE_HINGE_MARGIN:-0.5}
+TUNE_HINGE_TOP_K=${TUNE_HINGE_TOP_K:-5}      # = step 3's TOP_K
 TUNE_LABEL_SCORER=${TUNE_LABEL_SCORER:-profanity-check}  # toxic = word list, or this scorer jumps (none = word list)
 # ----
 
@@ -102,5 +106,9 @@ exec "$PYTHON" "$REPO_DIR/align.py" \
   --tune_lr_A "$TUNE_LR_A" \
   --tune_epochs "$TUNE_EPOCHS" \
   --tune_batch_texts "$TUNE_BATCH_TEXTS" \
+  --tune_hinge_weight "$TUNE_HINGE_WEIGHT" \
+  --tune_hinge_alpha "$TUNE_HINGE_ALPHA" \
+  --tune_hinge_margin "$TUNE_HINGE_MARGIN" \
+  --tune_hinge_top_k "$TUNE_HINGE_TOP_K" \
   --tune_label_scorer "$TUNE_LABEL_SCORER" \
   "$@"

@@ -486,6 +486,13 @@ class AlignArguments:
     tune_lr_A: float = field(default=1e-4, metadata={"help": "--tune_pair: learning rate of A (0: A stays fixed)."})
     tune_epochs: float = field(default=2.0, metadata={"help": "--tune_pair: passes over the training texts."})
     tune_batch_texts: int = field(default=16, metadata={"help": "--tune_pair: texts per step."})
+    tune_hinge_weight: float = field(default=1.0, metadata={
+        "help": "--tune_pair: weight of the greedy hinge (detox_pa.directed.greedy_hinge; 0 = off): at strength "
+                "--tune_hinge_alpha, over the target's top --tune_hinge_top_k, a clean pick stays on top by "
+                "--tune_hinge_margin and a toxic pick loses to the best clean candidate by that margin."})
+    tune_hinge_alpha: float = field(default=3.0, metadata={"help": "--tune_pair: the hinge's decoding strength."})
+    tune_hinge_margin: float = field(default=0.5, metadata={"help": "--tune_pair: the hinge's margin (logits)."})
+    tune_hinge_top_k: int = field(default=5, metadata={"help": "--tune_pair: the hinge's eligible tokens (step 3's TOP_K)."})
     tune_label_scorer: str = field(default="profanity-check", metadata={
         "help": "--tune_pair: a candidate is toxic when it is a word of the word list, or when appending it makes "
                 "this scorer's score of the continuation jump (profanity-check: the data filter, never the "
@@ -537,12 +544,15 @@ class AlignArguments:
                                  "with --also_teacher")
             if not (self.tune_text_path or self.text_path):
                 raise InputError("--tune_pair needs labelled texts: --tune_text_path (or --text_path)")
-            require_min(self, ("tune_top_k", "tune_batch_texts"), 1)
+            require_min(self, ("tune_top_k", "tune_batch_texts", "tune_hinge_top_k"), 1)
+            if self.tune_hinge_top_k > self.tune_top_k:
+                raise InputError(f"--tune_hinge_top_k ({self.tune_hinge_top_k}) cannot exceed --tune_top_k "
+                                 f"({self.tune_top_k}): the hinge reads the states' candidates")
             for name in ("tune_alpha", "tune_lr", "tune_epochs"):
                 v = getattr(self, name)
                 if not (math.isfinite(v) and v > 0):
                     raise InputError(f"--{name} must be a positive number, got {v}")
-            for name in ("tune_mu", "tune_lr_A"):
+            for name in ("tune_mu", "tune_lr_A", "tune_hinge_weight", "tune_hinge_alpha", "tune_hinge_margin"):
                 v = getattr(self, name)
                 if not (math.isfinite(v) and v >= 0):
                     raise InputError(f"--{name} must be >= 0, got {v}")
@@ -670,7 +680,8 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
     before = direction_metrics(held, *pair_offsets(expert, anti, t_tok, A, W, held), top_k=5)
     cfg = DirectedConfig(alpha=args.tune_alpha, mu=args.tune_mu, lr=args.tune_lr, lr_A=args.tune_lr_A,
                          epochs=args.tune_epochs, batch_texts=args.tune_batch_texts, seed=args.seed,
-                         progress=args.progress)
+                         hinge_weight=args.tune_hinge_weight, hinge_alpha=args.tune_hinge_alpha,
+                         hinge_margin=args.tune_hinge_margin, hinge_top_k=args.tune_hinge_top_k, progress=args.progress)
     A, rep = train_pair(expert, anti, t_tok, A, W, fit, cfg)
     after = direction_metrics(held, *pair_offsets(expert, anti, t_tok, A, W, held), top_k=5)
     log.info("direction on held-out texts (%d states, %d with both kinds): AUC %s -> %s, d' %s -> %s",

@@ -51,7 +51,9 @@ TABLE = {
         "TUNE_PAIR": (A, "tune_pair"), "TUNE_TEXT_PATH": (A, "tune_text_path"), "TUNE_TEXT_ROWS": (A, "tune_text_rows"), "TUNE_TOP_K": (A, "tune_top_k"),
         "TUNE_ALPHA": (A, "tune_alpha"), "TUNE_MU": (A, "tune_mu"), "TUNE_LR": (A, "tune_lr"),
         "TUNE_LR_A": (A, "tune_lr_A"), "TUNE_EPOCHS": (A, "tune_epochs"), "TUNE_BATCH_TEXTS": (A, "tune_batch_texts"),
-        "TUNE_LABEL_SCORER": (A, "tune_label_scorer")}),
+        "TUNE_LABEL_SCORER": (A, "tune_label_scorer"), "TUNE_HINGE_WEIGHT": (A, "tune_hinge_weight"),
+        "TUNE_HINGE_ALPHA": (A, "tune_hinge_alpha"), "TUNE_HINGE_MARGIN": (A, "tune_hinge_margin"),
+        "TUNE_HINGE_TOP_K": (A, "tune_hinge_top_k")}),
     "run_pretrain.sh": ("pretrain.py", {
         "MODEL_NAME_OR_PATH": (M, "model_name_or_path"), "TRAINING_DATA_PATH": (D, "training_data_path"),
         "PRETRAIN_OUTPUT_DIR": (TR, "output_dir"), "NUM_TEACHER_LAYERS": (M, "num_teacher_layers"),
