@@ -45,10 +45,14 @@ class Method:
     baseline = False  # a baseline the reports draw apart from the projection-alignment methods
     max_alpha: float | None = None  # the largest alpha that makes sense (None: any >= 0)
     uses: tuple[str, ...] = ()  # the argument fields that define the method's output (journal fingerprint)
+    # True when the method leaves the target's (and its teachers') states of the prompt as alpha 0 computes them
+    # (it acts at the output layer only): a sweep then computes each batch's prompt once (fusion.PromptMemo)
+    keeps_prompt_state = False
 
     def __init__(self, args):
         self.args = args
         self.acted: dict[float, list[int]] = {}  # alpha -> [rows acted on, rows seen] (methods that count)
+        self.memo = None  # the batch's fusion.PromptMemo, set by the harness (methods that keep the prompt state)
 
     # -- before any model is loaded
     def check(self) -> None:
@@ -70,6 +74,11 @@ class Method:
 
     def generate_kwargs(self, alpha: float) -> dict:
         return {}
+
+    def records_nll(self, alpha: float) -> bool:
+        """Whether the target's output layer itself still yields the unsteered target's logits at this alpha (no
+        hook edits its input), so each pick's unsteered NLL, what the PPL judge measures, can be recorded."""
+        return alpha == 0
 
     def fingerprint(self) -> dict:
         return {k: getattr(self.args, k) for k in self.uses}
@@ -102,6 +111,7 @@ class Fusion(Method):
     name = "fusion"
     max_alpha = 1.0
     uses = ("norm", "bridge")
+    keeps_prompt_state = True
 
     def check(self) -> None:
         from .fusion import NORMS
@@ -138,7 +148,7 @@ class Fusion(Method):
             yield None
             return
         with fusion(self.target, self.teacher, self.A, alpha, self.tokenizer, self.teacher_tok, norm=self.args.norm,
-                    bridge=self.args.bridge) as f:
+                    bridge=self.args.bridge, memo=self.memo) as f:
             yield f
 
     def describe(self) -> dict:
@@ -157,6 +167,7 @@ class Diff(Method):
 
     name = "diff"
     uses = ("diff_space", "top_k", "gate", "bridge")
+    keeps_prompt_state = True
 
     def check(self) -> None:
         from .fusion import SPACES
@@ -222,9 +233,15 @@ class Diff(Method):
         a = self.args
         cfg = DiffConfig(alpha=alpha, space=a.diff_space, top_k=a.top_k, gate=a.gate)
         with difference_fusion(self.target, self.expert, self.anti, cfg, self.A, self.tokenizer, self.teacher_tok,
-                               bridge=a.bridge, index=self.index) as f:
+                               bridge=a.bridge, index=self.index, memo=self.memo) as f:
             yield f
             self._count(alpha, f)
+
+    def records_nll(self, alpha: float) -> bool:
+        from .fusion import DiffConfig
+
+        a = self.args
+        return alpha == 0 or not DiffConfig(alpha=alpha, space=a.diff_space, top_k=a.top_k, gate=a.gate).edits_hidden
 
     def describe(self) -> dict:
         out = super().describe()
@@ -242,6 +259,7 @@ class WordBan(Method):
 
     name = "wordban"
     baseline = True
+    keeps_prompt_state = True
 
     def load(self, target, tokenizer, device, dtype) -> None:
         from .baselines import bad_words_ids
@@ -252,6 +270,9 @@ class WordBan(Method):
     def generate_kwargs(self, alpha: float) -> dict:
         return {"bad_words_ids": self.bad} if alpha > 0 else {}
 
+    def records_nll(self, alpha: float) -> bool:
+        return True  # a logits processor after the output layer: the layer's output is the target's own
+
 
 @register
 class Steer(Method):
@@ -260,6 +281,7 @@ class Steer(Method):
     name = "steer"
     baseline = True
     uses = ("steer_vector",)
+    keeps_prompt_state = True
 
     def check(self) -> None:
         if not self.args.steer_vector:
