@@ -223,7 +223,7 @@ class PromptMemo:
         self.clear()
 
     def clear(self) -> None:
-        self.target: tuple | None = None  # (inputs, output, cache copy)
+        self.target: tuple | None = None  # (inputs, (output class, its fields but the cache), cache copy)
         self.teachers: dict[tuple, tuple] = {}
         self.replays = 0  # prefills (target or teacher) served from the memo
         self.computed = 0  # prefills computed (and recorded)
@@ -240,15 +240,16 @@ class PromptMemo:
     def replay_target(self, kwargs: dict):
         if self.target is None or not self._same(self.target[0], self._inputs(kwargs)):
             return None
-        _, out, cache = self.target
-        fresh = type(out)(**{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in out.items()})
+        _, (cls, fields), cache = self.target
+        fresh = cls(**{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in fields.items()})
         fresh.past_key_values = _copy_state(cache)
         self.replays += 1
         return fresh
 
     def record_target(self, kwargs: dict, out) -> None:
         inputs = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in self._inputs(kwargs))
-        self.target = (inputs, out, _copy_state(out.past_key_values))
+        fields = {k: v for k, v in out.items() if k != "past_key_values"}  # the live cache grows: kept as a copy
+        self.target = (inputs, (type(out), fields), _copy_state(out.past_key_values))
         self.computed += 1
 
     def restore_teacher(self, key: tuple, stepper: "TeacherStepper") -> bool:
@@ -279,8 +280,9 @@ def shared_prefill(target, memo: PromptMemo | None) -> Iterator[None]:
     inner = body.forward
 
     def forward(*args, **kwargs):
-        if args or not _empty_cache(kwargs.get("past_key_values")) or kwargs.get("input_ids") is None:
-            return inner(*args, **kwargs)
+        if args or not _empty_cache(kwargs.get("past_key_values")) or kwargs.get("input_ids") is None or \
+                kwargs.get("output_hidden_states") or kwargs.get("output_attentions"):
+            return inner(*args, **kwargs)  # not a plain prefill: computed as usual
         out = memo.replay_target(kwargs)
         if out is None:
             out = inner(*args, **kwargs)

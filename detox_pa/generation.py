@@ -278,6 +278,28 @@ def decode_batch(target, tokenizer, prompts: list[str], gen_config, context_fact
     return Decoded(texts, kept, reasons, nlls if nll is not None else None)
 
 
+def sweep_batch(method, target, tokenizer, prompts: list[str], alphas: list[float], seed_of: Callable[[float], int],
+                gen_config, device, memo=None, nll_postprocess: Callable | None = None):
+    """Every alpha of one batch in turn, as :func:`run` does: yields ``(alpha, seed, Decoded, seconds)`` as each
+    alpha finishes. ``memo`` (a :class:`detox_pa.fusion.PromptMemo`, for a method that keeps the prompt's
+    states) is cleared first, so the batch's prompt is computed by its first alpha and replayed for the others.
+    ``nll_postprocess``: record the unsteered NLL at the alphas where the method allows it."""
+    if memo is not None:
+        memo.clear()
+    method.memo = memo
+    try:
+        for a in alphas:
+            seed = seed_of(a)
+            torch.manual_seed(seed)
+            t0 = time.time()
+            d = decode_batch(target, tokenizer, prompts, gen_config, lambda: method.context(a), device,
+                             method.generate_kwargs(a), memo=memo,
+                             nll_postprocess=nll_postprocess if method.records_nll(a) else None)
+            yield a, seed, d, time.time() - t0
+    finally:
+        method.memo = None
+
+
 def _float32_list(x: torch.Tensor) -> list[float]:
     """Float32 values as the shortest decimals that give them back exactly (compact JSON, no precision lost)."""
     return [float(str(v)) for v in x.float().numpy()]
@@ -437,18 +459,10 @@ def run(args: GenerateArguments) -> list[dict] | None:
         alphas = [a for a in args.alphas if (a, k) in todo]
         if not alphas:
             continue
-        if memo is not None:
-            memo.clear()
-        method.memo = memo
         batch_prompts = [prompts[it.prompt_index] for it in batch]
-        for a in alphas:
-            seed = batch_seed(args.seed, a, k)
-            torch.manual_seed(seed)
-            t0 = time.time()
-            d = decode_batch(target, tok, batch_prompts, gen_config, lambda: method.context(a), device,
-                             method.generate_kwargs(a), memo=memo,
-                             nll_postprocess=postprocess if method.records_nll(a) else None)
-            dt = time.time() - t0
+        for a, seed, d, dt in sweep_batch(method, target, tok, batch_prompts, alphas,
+                                          lambda a, k=k: batch_seed(args.seed, a, k), gen_config, device, memo,
+                                          postprocess):
             recs = [{"alpha": a, "batch": k, "batch_size": len(batch), "prompt_index": it.prompt_index,
                      "sample": it.sample, "prompt": prompts[it.prompt_index], "response": txt.strip(),
                      "continuation": txt, "seed": seed, "n_new_tokens": len(ids), "batch_seconds": round(dt, 4)}
@@ -462,7 +476,6 @@ def run(args: GenerateArguments) -> list[dict] | None:
             bar.update(1)
         if memo is not None:
             memo_counts = (memo_counts[0] + memo.computed, memo_counts[1] + memo.replays)
-    method.memo = None
     bar.close()
     if memo is not None:
         log.info("prompt prefills (target and teachers): %d computed, %d replayed for other alphas", *memo_counts)
