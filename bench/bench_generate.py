@@ -1,129 +1,345 @@
 """Generation speed on the embedded default pair, measured side by side in one run.
 
-    python bench/bench_generate.py [--prompts 32] [--rounds 2]
+    python bench/bench_generate.py [--prompts 32] [--rounds 2] [--teacher T --anti_teacher T2 --matrix A.pt]
 
-Compares, at batch 16 and 20 new tokens (greedy, forced to exactly 20 tokens):
-  1. plain target generation (no fusion);
-  2. the paper's fusion at alpha 0.3 (one teacher in lock-step with its own KV cache, text bridge);
-  3. the default recipe, --method diff at alpha 0.3 with top-5 (expert and anti-expert, each in
-     lock-step with its own KV cache, one shared re-tokenisation), and its cheap path (top_k 0: a
-     pre-hook on the output layer, no top-k scoring);
-  4. the paper's fusion one prompt at a time, the paper's loop shape.
-Prints wall times, the ratios to plain (targets: fusion <= 1.25x, diff <= 1.3x for 3-layer teachers),
-the FLOP ratio of the diff step (target + 2 teachers, per token) against plain, loop/batched per prompt
-(target >= 4x) and the peak RSS (target <= 3 GB). Each configuration is timed ``--rounds`` times,
-interleaved, and the fastest round is kept (the machine is shared and noisy).
+1. **Profile** (torch.profiler, with labelled ranges): where the seconds of the default method's decode step go
+   (``--method diff --top_k 5``, batch 16, 10 new tokens): the target's layers, its 262k-row output layer, the two
+   teachers' forwards, the text bridge (re-tokenising for the teachers), the teachers' cache bookkeeping, the top-k
+   scoring, recording the unsteered NLL, and the rest (generate()'s loop, Python). The prompt's prefill is shown
+   apart, per batch.
+2. **The alpha sweep** as generate.py runs it (:func:`detox_pa.generation.sweep_batch`: batch by batch, every alpha
+   in turn, the prompt computed once per batch, the NLL recorded) against plain ``generate()`` over the same sweep
+   (one call per alpha and batch, prefill included), for a 1-alpha and the default 7-alpha sweep, interleaved batch
+   by batch (target: 7-alpha sweep <= 1.15x plain). Also against the strict floor, plain ``generate()`` with the
+   prompt computed once per batch too, and how the sweep grows with alphas (by decode work only).
+3. **Single alphas** at 20 forced tokens (as before): the paper's fusion, diff top-5, diff top_k 0 (pre-hook
+   path), the fusion one prompt at a time; ratios to plain; the FLOP ratio of the diff step; peak RSS (<= 3 GB).
+
+Clock: by default the process's CPU time with one torch thread (``--clock cpu --threads 1``): on a shared machine
+whose other jobs take the cores (and a helper's jobs run niced), wall time measures the queue, CPU time the work.
+``--clock wall`` measures wall time instead. Each figure is the fastest of ``--rounds`` interleaved rounds. The
+profile's parts are torch.profiler ranges (``--trace FILE`` writes the Chrome trace), timed with the same clock.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import resource
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DEFAULT_SWEEP = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+clock = time.process_time  # set in main(): time.process_time (CPU) or time.perf_counter (wall)
+
+
+def load_models(a):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from detox_pa.artifacts import load_matrix
+    from detox_pa.assets import resolve_model
+    from detox_pa.teacher import build_teacher
+
+    tpath = resolve_model("gemma-3-270m")
+    tok = AutoTokenizer.from_pretrained(tpath)
+    tok.padding_side = "left"
+    target = AutoModelForCausalLM.from_pretrained(tpath, dtype=torch.float32).eval()
+    teachers, descs, teacher_tok = [], [], None
+    for path in (a.teacher, a.anti_teacher):
+        if Path(path, "config.json").exists():
+            teachers.append(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval())
+            teacher_tok = teacher_tok or AutoTokenizer.from_pretrained(path)
+            descs.append(path)
+        else:
+            model, t = build_teacher("smollm2-135m", 3)
+            teachers.append(model.eval())
+            teacher_tok = teacher_tok or t
+            descs.append("smollm2-135m first 3 layers (untrained; same cost)")
+    d_t, d_g = teachers[0].config.hidden_size, target.config.hidden_size
+    if Path(a.matrix).exists():
+        A, adesc = load_matrix(a.matrix), a.matrix
+    else:
+        A, adesc = torch.randn(d_t, d_g) / d_t ** 0.5, "random (same cost)"
+    return tpath, target, tok, teachers, teacher_tok, A, descs, adesc
+
+
+def diff_method(a, target, tok, teachers, teacher_tok, A):
+    """generate.py's Diff method object, its models handed over (the bench loads each model once)."""
+    from detox_pa.generation import GenerateArguments
+    from detox_pa.methods import get_method
+
+    args = GenerateArguments(method="diff", top_k=5, anti_teacher_model="x", teacher_model="x", alphas=DEFAULT_SWEEP)
+    m = get_method("diff")(args)
+    m.target, m.tokenizer, m.expert, m.anti, m.teacher_tok, m.A, m.index = target, tok, *teachers, teacher_tok, A, None
+    return m
+
+
+# ---------------------------------------------------------------------------------------- 1. profile
+
+
+@contextlib.contextmanager
+def labelled(target, teachers, spent: dict):
+    """torch.profiler ranges around the parts of a decode step (module hooks and method wrappers), each also timed
+    with ``clock`` into ``spent[label]`` (inclusive of nested parts); removed after."""
+    from torch.profiler import record_function
+
+    from detox_pa import fusion as F
+
+    handles, saved = [], []
+
+    def enter(label):
+        r = record_function(label)
+        r.__enter__()
+        return label, clock(), r
+
+    def leave(token):
+        label, t0, r = token
+        spent[label] += clock() - t0
+        r.__exit__(None, None, None)
+
+    def around(module, name_of):
+        stack = []
+
+        def pre(m, args, kwargs):
+            stack.append(enter(name_of(kwargs)))
+
+        def post(m, args, kwargs, out):
+            leave(stack.pop())
+
+        handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(module.register_forward_hook(post, with_kwargs=True))
+
+    def phase(kwargs):
+        c = kwargs.get("past_key_values")
+        return "prefill" if c is None or c.get_seq_length() == 0 else "decode"
+
+    around(target.base_model, lambda kw: f"target layers ({phase(kw)})")
+    around(target.get_output_embeddings(), lambda kw: "target output layer")  # first forward hook: before any method's
+    for t in teachers:
+        around(t.base_model, lambda kw: f"teacher forwards ({phase(kw)})")
+    for cls, name, label in ((F.TeacherStepper, "teacher_ids", "bridge re-tokenisation"),
+                             (F.TeacherStepper, "step", "teacher step"),
+                             (F.DiffFuser, "fuse_logits", "top-k scoring"),
+                             (F.DiffFuser, "_on_output_layer", "fusion hook"),
+                             (F.NLLRecorder, "_on_output", "NLL recording"),
+                             (F.NLLRecorder, "_settle", "NLL recording"),
+                             (F._InputTracker, "_on_target_forward", "input tracker")):
+        orig = getattr(cls, name)
+        saved.append((cls, name, orig))
+
+        def wrapped(*args, __orig=orig, __label=label, **kw):
+            token = enter(__label)
+            try:
+                return __orig(*args, **kw)
+            finally:
+                leave(token)
+
+        setattr(cls, name, functools.wraps(orig)(wrapped))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for cls, name, orig in saved:
+            setattr(cls, name, orig)
+
+
+def profile_decode(method, target, tok, teachers, prompts, gc, post, trace: str = "") -> list[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    from detox_pa.fusion import PromptMemo
+    from detox_pa.generation import sweep_batch
+
+    memo = PromptMemo()
+    alphas = [0.3]
+    tot: dict = defaultdict(float)
+    prof = profile(activities=[ProfilerActivity.CPU]) if trace else contextlib.nullcontext()
+    with labelled(target, teachers, tot), prof:
+        t0 = clock()
+        for _ in sweep_batch(method, target, tok, prompts, alphas, lambda a: 1, gc, torch.device("cpu"), memo, post):
+            pass
+        wall = clock() - t0
+    if trace:
+        prof.export_chrome_trace(trace)
+    steps = gc.max_new_tokens
+    # exclusive times: nested ranges are taken out of their parents
+    rows = {
+        "target layers, prompt (prefill)": tot["target layers (prefill)"],
+        "target layers, decode": tot["target layers (decode)"],
+        "target output layer (262k rows)": tot["target output layer"],
+        "teacher forwards, prompt (2 teachers)": tot["teacher forwards (prefill)"],
+        "teacher forwards, decode (2 teachers)": tot["teacher forwards (decode)"],
+        "bridge re-tokenisation": tot["bridge re-tokenisation"],
+        "teacher cache bookkeeping": tot["teacher step"] - tot["teacher forwards (prefill)"] - tot["teacher forwards (decode)"],
+        "top-k scoring (fuse_logits)": tot["top-k scoring"],
+        "fusion hook, rest": tot["fusion hook"] - tot["teacher step"] - tot["bridge re-tokenisation"] - tot["top-k scoring"],
+        "NLL recording (logsumexp, gather)": tot["NLL recording"],
+        "input tracker": tot["input tracker"],
+    }
+    rows["generate() loop, Python, rest"] = wall - sum(rows.values())
+    lines = [f"profile: diff top-5 alpha 0.3, {len(prompts)} prompts, {steps} new tokens, 1 batch, "
+             f"{torch.get_num_threads()} thread(s), {'CPU' if clock is time.process_time else 'wall'} time {wall:.2f} s",
+             f"  {'part':40s} {'s/batch':>8s} {'ms/step':>8s} {'share':>6s}"]
+    for k, v in rows.items():
+        per_step = "" if "prefill" in k or "prompt" in k else f"{1000 * v / steps:8.1f}"
+        lines.append(f"  {k:40s} {v:8.3f} {per_step:>8s} {100 * v / wall:5.1f}%")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------ 2. sweep
+
 
 def main() -> None:
-    from detox_pa.artifacts import load_matrix, matrix_path
+    from detox_pa.artifacts import matrix_path
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--loop_prompts", type=int, default=8, help="prompts for the one-at-a-time loop")
     ap.add_argument("--batch_size", type=int, default=16)
-    ap.add_argument("--max_new_tokens", type=int, default=20)
+    ap.add_argument("--max_new_tokens", type=int, default=20, help="section 3's forced length")
+    ap.add_argument("--sweep_new_tokens", type=int, default=10, help="sections 1-2 (the default run's length)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--skip_single", action="store_true", help="leave out section 3")
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="process CPU time (default) or wall time")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU time is the work only with 1)")
+    ap.add_argument("--trace", default="", help="write the profile's torch.profiler Chrome trace here")
     ap.add_argument("--teacher", default="outputs/teacher")
     ap.add_argument("--anti_teacher", default="outputs/anti_teacher")
     ap.add_argument("--matrix", default=str(matrix_path("outputs/alignment")))
     a = ap.parse_args()
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import GenerationConfig
 
-    from detox_pa.assets import resolve_model, rtp_split
-    from detox_pa.fusion import DiffConfig, difference_fusion, fusion
-    from detox_pa.generation import generate_batch
-    from detox_pa.teacher import build_teacher
+    from detox_pa.assets import rtp_split
+    from detox_pa.fusion import DiffConfig, PromptMemo, difference_fusion, fusion
+    from detox_pa.generation import batch_seed, decode_batch, generate_batch, make_batches, sweep_batch
+    from detox_pa.ppl import judge_postprocess
 
+    global clock
+    clock = time.process_time if a.clock == "cpu" else time.perf_counter
+    torch.set_num_threads(a.threads)
     torch.set_grad_enabled(False)
-    tpath = resolve_model("gemma-3-270m")
-    tok = AutoTokenizer.from_pretrained(tpath)
-    tok.padding_side = "left"
-    target = AutoModelForCausalLM.from_pretrained(tpath, dtype=torch.float32).eval()
-    if Path(a.teacher, "config.json").exists():
-        teacher = AutoModelForCausalLM.from_pretrained(a.teacher, dtype=torch.float32).eval()
-        teacher_tok = AutoTokenizer.from_pretrained(a.teacher)
-        tdesc = a.teacher
-    else:
-        teacher, teacher_tok = build_teacher("smollm2-135m", 3)
-        teacher.eval()
-        tdesc = "smollm2-135m first 3 layers (untrained; same cost)"
-    if Path(a.anti_teacher, "config.json").exists():
-        anti = AutoModelForCausalLM.from_pretrained(a.anti_teacher, dtype=torch.float32).eval()
-    else:
-        anti, _ = build_teacher("smollm2-135m", teacher.config.num_hidden_layers)
-        anti.eval()
+    tpath, target, tok, teachers, teacher_tok, A, tdescs, adesc = load_models(a)
+    teacher, anti = teachers
     d_t, d_g = teacher.config.hidden_size, target.config.hidden_size
-    if Path(a.matrix).exists():
-        A = load_matrix(a.matrix)
-        adesc = a.matrix
-    else:
-        A = torch.randn(d_t, d_g) / d_t ** 0.5
-        adesc = "random (same cost)"
+    cpu = torch.device("cpu")
     prompts = rtp_split("eval")[: a.prompts]
-    gc = GenerationConfig(max_new_tokens=a.max_new_tokens, min_new_tokens=a.max_new_tokens, do_sample=False,
-                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    lengths = [len(x) for x in tok(prompts)["input_ids"]]
+    batches = [[prompts[it.prompt_index] for it in b] for b in make_batches(lengths, 1, a.batch_size)]
+    gc10 = GenerationConfig(max_new_tokens=a.sweep_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                            eos_token_id=tok.eos_token_id)
+    method = diff_method(a, target, tok, teachers, teacher_tok, A)
+    post = judge_postprocess(target)
+    print(f"target gemma-3-270m, teachers {tdescs[0]} + {tdescs[1]}, A {adesc}; {torch.get_num_threads()} thread(s), "
+          f"{a.clock} time")
 
-    def run(alpha: float, batch_size: int, items: list[str], diff_top_k: int | None = None) -> float:
-        if alpha == 0:
-            factory = contextlib.nullcontext
-        elif diff_top_k is None:
-            factory = lambda: fusion(target, teacher, A, alpha, tok, teacher_tok)  # noqa: E731
-        else:
-            cfg = DiffConfig(alpha=alpha, space="hidden", top_k=diff_top_k)
-            factory = lambda: difference_fusion(target, teacher, anti, cfg, A, tok, teacher_tok)  # noqa: E731
-        t0 = time.perf_counter()
-        for s in range(0, len(items), batch_size):
-            generate_batch(target, tok, items[s:s + batch_size], gc, factory, torch.device("cpu"))
-        return time.perf_counter() - t0
+    # warm-up (first-call allocations), then the profile
+    for _ in sweep_batch(method, target, tok, batches[0], [0.0, 0.3], lambda x: 0, gc10, cpu, PromptMemo(), post):
+        pass
+    print("\n".join(profile_decode(method, target, tok, teachers, batches[0], gc10, post, a.trace)), flush=True)
 
-    run(0.3, a.batch_size, prompts[: a.batch_size])  # warm-up
-    run(0.3, a.batch_size, prompts[: a.batch_size], diff_top_k=5)
-    best = {"plain": float("inf"), "fused": float("inf"), "diff": float("inf"), "diff_cheap": float("inf"),
-            "loop": float("inf")}
+    def ours(alphas, k, b):
+        per = []
+        t0 = t = clock()
+        for _ in sweep_batch(method, target, tok, b, alphas, lambda x: batch_seed(2025, x, k), gc10, cpu, PromptMemo(),
+                             post):
+            per.append(clock() - t)
+            t = clock()
+        return clock() - t0, per
+
+    def plain(alphas, k, b, memo=None):
+        t0 = clock()
+        for x in alphas:
+            torch.manual_seed(batch_seed(2025, x, k))
+            decode_batch(target, tok, b, gc10, contextlib.nullcontext, cpu, memo=memo)
+        return clock() - t0
+
+    sweeps = {"1-alpha (0.3)": [0.3], "7-alpha (0..0.6)": DEFAULT_SWEEP}
+    best: dict[str, float] = defaultdict(lambda: float("inf"))
+    first_share = []
     for r in range(a.rounds):
-        best["plain"] = min(best["plain"], run(0.0, a.batch_size, prompts))
-        best["fused"] = min(best["fused"], run(0.3, a.batch_size, prompts))
-        best["diff"] = min(best["diff"], run(0.3, a.batch_size, prompts, diff_top_k=5))
-        best["diff_cheap"] = min(best["diff_cheap"], run(0.3, a.batch_size, prompts, diff_top_k=0))
-        best["loop"] = min(best["loop"], run(0.3, 1, prompts[: a.loop_prompts]))
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f}s" for k, v in best.items()), flush=True)
+        tot: dict[str, float] = defaultdict(float)
+        for k, b in enumerate(batches):  # interleaved batch by batch, the order alternating
+            for name, alphas in sweeps.items():
+                jobs = [("plain", lambda: plain(alphas, k, b)), ("plain, prompt once", lambda: plain(alphas, k, b, PromptMemo())),
+                        ("ours", lambda: ours(alphas, k, b))]
+                for label, job in (jobs if (k + r) % 2 == 0 else jobs[::-1]):
+                    res = job()
+                    if label == "ours":
+                        res, per = res
+                        if len(per) > 1:
+                            first_share.append((per[0], sum(per[1:]) / (len(per) - 1)))
+                    tot[(name, label)] += res
+        for key, v in tot.items():
+            best[key] = min(best[key], v)
+        print(f"round {r + 1}: " + ", ".join(f"{n} {lab} {v:.1f}s" for (n, lab), v in tot.items()), flush=True)
+    n_tok = len(prompts) * a.sweep_new_tokens
+    print(f"\nsweep: {len(prompts)} prompts in {len(batches)} batches of {a.batch_size}, {a.sweep_new_tokens} new tokens, "
+          f"greedy, diff top-5 (generate.py's loop: prompt once per batch, NLL recorded); fastest of {a.rounds} rounds")
+    for name, alphas in sweeps.items():
+        p, p1, o = best[(name, "plain")], best[(name, "plain, prompt once")], best[(name, "ours")]
+        print(f"  {name:17s}: plain generate() {p:6.2f} s, plain with the prompt once {p1:6.2f} s, ours {o:6.2f} s "
+              f"({len(alphas) * n_tok / o:.0f} tok/s)")
+        print(f"  {'':17s}  ratio ours / plain {o / p:.3f}x (target <= 1.15x), ours / plain-with-prompt-once {o / p1:.3f}x")
+    g_o = best[("7-alpha (0..0.6)", "ours")] - best[("1-alpha (0.3)", "ours")]
+    g_p = best[("7-alpha (0..0.6)", "plain")] - best[("1-alpha (0.3)", "plain")]
+    f0 = sum(x for x, _ in first_share) / max(len(first_share), 1)
+    f1 = sum(y for _, y in first_share) / max(len(first_share), 1)
+    print(f"  growth 1 -> 7 alphas: ours +{g_o:.2f} s, plain +{g_p:.2f} s; within our 7-alpha sweep a batch's first "
+          f"alpha (prompt computed) takes {f0:.2f} s, each later one (prompt replayed) {f1:.2f} s", flush=True)
+
+    # ------------------------------------------------------------------------------- 3. single alphas
+    if not a.skip_single:
+        gc = GenerationConfig(max_new_tokens=a.max_new_tokens, min_new_tokens=a.max_new_tokens, do_sample=False,
+                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+
+        def run(alpha: float, batch_size: int, items: list[str], diff_top_k: int | None = None) -> float:
+            if alpha == 0:
+                factory = contextlib.nullcontext
+            elif diff_top_k is None:
+                factory = lambda: fusion(target, teacher, A, alpha, tok, teacher_tok)  # noqa: E731
+            else:
+                cfg = DiffConfig(alpha=alpha, space="hidden", top_k=diff_top_k)
+                factory = lambda: difference_fusion(target, teacher, anti, cfg, A, tok, teacher_tok)  # noqa: E731
+            t0 = clock()
+            for s in range(0, len(items), batch_size):
+                generate_batch(target, tok, items[s:s + batch_size], gc, factory, cpu)
+            return clock() - t0
+
+        single = {k: float("inf") for k in ("plain", "fused", "diff", "diff_cheap", "loop")}
+        for r in range(a.rounds):
+            single["plain"] = min(single["plain"], run(0.0, a.batch_size, prompts))
+            single["fused"] = min(single["fused"], run(0.3, a.batch_size, prompts))
+            single["diff"] = min(single["diff"], run(0.3, a.batch_size, prompts, diff_top_k=5))
+            single["diff_cheap"] = min(single["diff_cheap"], run(0.3, a.batch_size, prompts, diff_top_k=0))
+            single["loop"] = min(single["loop"], run(0.3, 1, prompts[: a.loop_prompts]))
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f}s" for k, v in single.items()), flush=True)
+
+        def flops(m) -> float:  # forward FLOPs per token ~ 2 x (non-embedding parameters + the output layer)
+            emb = m.get_input_embeddings().weight
+            return 2.0 * (sum(p.numel() for n, p in m.named_parameters() if p is not emb) + emb.numel())
+        f_t, f_e = flops(target), flops(teacher)
+        f_teacher_body = f_e - 2.0 * teacher.get_input_embeddings().weight.numel()
+        flop_ratio = (f_t + 2 * f_teacher_body + 2.0 * d_t * d_g) / f_t
+        per_prompt_batched, per_prompt_loop = single["fused"] / len(prompts), single["loop"] / a.loop_prompts
+        print(f"\nsingle alphas: {len(prompts)} prompts, batch {a.batch_size}, {a.max_new_tokens} forced new tokens, greedy")
+        print(f"plain generation          : {single['plain']:.2f} s  ({len(prompts) * a.max_new_tokens / single['plain']:.0f} tok/s)")
+        print(f"fused alpha=0.3           : {single['fused']:.2f} s")
+        print(f"diff alpha=0.3, top-5     : {single['diff']:.2f} s")
+        print(f"diff alpha=0.3, top_k 0   : {single['diff_cheap']:.2f} s  (pre-hook path)")
+        print(f"ratio fused / plain       : {single['fused'] / single['plain']:.3f}x   (target <= 1.25x)")
+        print(f"ratio diff / plain        : {single['diff'] / single['plain']:.3f}x   (target <= 1.3x; FLOP ratio "
+              f"{flop_ratio:.3f}x, {single['diff'] / single['plain'] / flop_ratio:.2f}x of it)")
+        print(f"ratio diff top_k 0 / plain: {single['diff_cheap'] / single['plain']:.3f}x")
+        print(f"ratio loop / batched      : {per_prompt_loop / per_prompt_batched:.2f}x per prompt   (target >= 4x)")
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
-    per_prompt_batched = best["fused"] / len(prompts)
-    per_prompt_loop = best["loop"] / a.loop_prompts
-    # forward FLOPs per generated token ~ 2 x (non-embedding parameters + the output layer's rows x d)
-    def flops(m) -> float:
-        emb = m.get_input_embeddings().weight
-        body = sum(p.numel() for n, p in m.named_parameters() if p is not emb)
-        return 2.0 * (body + emb.numel())  # the tied output layer is one matmul over the whole vocabulary
-    f_t, f_e = flops(target), flops(teacher)
-    f_teacher_body = f_e - 2.0 * teacher.get_input_embeddings().weight.numel()  # teachers never run their output layer
-    flop_ratio = (f_t + 2 * f_teacher_body + 2.0 * d_t * d_g) / f_t
-    print(f"\ntarget gemma-3-270m, teachers {tdesc} + anti-expert, A {adesc}; {torch.get_num_threads()} threads")
-    print(f"{len(prompts)} prompts, batch {a.batch_size}, {a.max_new_tokens} new tokens, greedy")
-    print(f"plain generation          : {best['plain']:.2f} s  ({len(prompts) * a.max_new_tokens / best['plain']:.0f} tok/s)")
-    print(f"fused alpha=0.3           : {best['fused']:.2f} s  ({len(prompts) * a.max_new_tokens / best['fused']:.0f} tok/s)")
-    print(f"diff alpha=0.3, top-5     : {best['diff']:.2f} s  ({len(prompts) * a.max_new_tokens / best['diff']:.0f} tok/s)")
-    print(f"diff alpha=0.3, top_k 0   : {best['diff_cheap']:.2f} s  (pre-hook path)")
-    print(f"fused, one prompt a time  : {per_prompt_loop:.3f} s/prompt over {a.loop_prompts} prompts")
-    print(f"ratio fused / plain       : {best['fused'] / best['plain']:.3f}x   (target <= 1.25x)")
-    print(f"ratio diff / plain        : {best['diff'] / best['plain']:.3f}x   (target <= 1.3x for 3-layer teachers; "
-          f"FLOP ratio {flop_ratio:.3f}x, {best['diff'] / best['plain'] / flop_ratio:.2f}x of it)")
-    print(f"ratio diff top_k 0 / plain: {best['diff_cheap'] / best['plain']:.3f}x")
-    print(f"ratio loop / batched      : {per_prompt_loop / per_prompt_batched:.2f}x per prompt   (target >= 4x)")
     print(f"peak RSS                  : {rss_gb:.2f} GB   (target <= 3 GB)")
 
 

@@ -11,10 +11,18 @@ a deterministic 10-20 word "response" made of the words of the following prompts
   length of a separately tokenised prompt (BOS included, i.e. the paper's off-by-one fixed);
 - optional ablation: our batching but full-vocabulary logits at every position (--ablation).
 
+Throughput (tokens per second, every token through the model counted once, padding not): ours against a plain
+forward of the same model on the same batches (``model(input_ids, attention_mask)``, target >= 0.9), and against
+the floor of any scorer (the backbone over every token plus the output layer at the scored positions only).
+
+The reuse path (``--generations FILE``, a generations file whose NLL generate.py recorded, with its meta file):
+:func:`detox_pa.ppl.recorded_records` (judge identity and per-pair token check) against recomputing the same
+records with the scorer; records per second, and how many pairs it takes or leaves to recompute.
+
 Prints both wall times, the ratio, the max |difference| of per-sample mean NLL where both methods
 put the boundary at the same token, how many samples have a different boundary, and (--check64) how
-far each method is from a float64 log-softmax of the same logits. Timings are noisy on a shared
-machine; run it alone for clean numbers.
+far each method is from a float64 log-softmax of the same logits. Times are the process's CPU time with one torch
+thread by default (``--clock cpu``: the work, whatever else shares the machine); ``--clock wall`` for wall time.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+clock = time.process_time  # set in main(): time.process_time (CPU) or time.perf_counter (wall)
 
 
 def make_pairs(n: int) -> tuple[list[str], list[str]]:
@@ -71,7 +80,11 @@ def main() -> int:
     ap.add_argument("--ablation", action="store_true", help="also time batched full-logits scoring")
     ap.add_argument("--check64", type=int, default=16,
                     help="on this many samples, compare both methods with a float64 log-softmax of the full logits")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = 1 with --clock cpu, else torch's default)")
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                    help="process CPU time (default: the work, whatever else runs on a shared machine) or wall time")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of the throughput comparison (fastest kept)")
+    ap.add_argument("--generations", default="", help="a generations file with recorded NLL: time the reuse path")
     a = ap.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -82,12 +95,14 @@ def main() -> int:
     from detox_pa.ppl import PPLScorer, encode_pair, load_reference
 
     setup_logging()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    global clock
+    clock = time.process_time if a.clock == "cpu" else time.perf_counter
+    if a.threads or a.clock == "cpu":
+        torch.set_num_threads(a.threads or 1)
     prompts, responses = make_pairs(a.n)
     model, tok, dev = load_reference(resolve_model(a.model), "float32", "cpu")
     print(f"model {a.model} ({type(model).__name__}, vocab {model.config.vocab_size}), {len(prompts)} pairs, "
-          f"torch threads {torch.get_num_threads()}, batch {a.batch_size}")
+          f"torch threads {torch.get_num_threads()}, batch {a.batch_size}, {a.clock} time")
     lens = [len(tok(p + r).input_ids) for p, r in zip(prompts, responses)]
     print(f"tokens per text: mean {statistics.mean(lens):.1f}, max {max(lens)}")
 
@@ -96,21 +111,21 @@ def main() -> int:
     scorer = PPLScorer(model, tok, batch_size=a.batch_size, device=dev)
     scorer.score(prompts[:4], responses[:4])
 
-    t0 = time.perf_counter()
+    t0 = clock()
     paper_means, paper_bounds = paper_loop(model, tok, prompts, responses)
-    t_paper = time.perf_counter() - t0
+    t_paper = clock() - t0
 
-    t0 = time.perf_counter()
+    t0 = clock()
     ours = scorer.score(prompts, responses)
-    t_ours = time.perf_counter() - t0
+    t_ours = clock() - t0
 
     t_full = None
     if a.ablation:
         full = PPLScorer(model, tok, batch_size=a.batch_size, device=dev, probe=False)
         full.fast = False
-        t0 = time.perf_counter()
+        t0 = clock()
         full_recs = full.score(prompts, responses)
-        t_full = time.perf_counter() - t0
+        t_full = clock() - t0
         d_full = max(abs(x["mean_nll"] - y["mean_nll"]) for x, y in zip(ours, full_recs))
 
     our_bounds = [encode_pair(tok, p, r)[0].start for p, r in zip(prompts, responses)]
@@ -140,7 +155,80 @@ def main() -> int:
                 d_paper.append(abs(paper_means[i] - ref))
         print(f"vs a float64 log-softmax on {len(d_ours)} samples: max |diff| ours {max(d_ours):.2e}, "
               f"paper loop (fp32 cross_entropy) {max(d_paper):.2e}")
+    throughput(model, tok, scorer, prompts, responses, a)
+    if a.generations:
+        reuse_path(a.generations, a.model, model, tok, scorer, a.n)
     return 0
+
+
+def throughput(model, tok, scorer, prompts, responses, a) -> None:
+    """Tokens per second: ours, a plain forward of the same model on the same batches, the floor of any scorer."""
+    import torch
+
+    from detox_pa.ppl import encode_pair
+
+    encoded = [e for e in (encode_pair(tok, p, r, scorer.max_length)[0] for p, r in zip(prompts, responses)) if e]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))  # the scorer's own batches
+    batches = [[encoded[i] for i in order[b: b + a.batch_size]] for b in range(0, len(order), a.batch_size)]
+    n_tok = sum(len(e.ids) for e in encoded)
+
+    @torch.inference_mode()
+    def plain():
+        for batch in batches:
+            ids, mask, *_ = scorer._batch_tensors(batch)
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
+
+    @torch.inference_mode()
+    def floor():
+        for batch in batches:
+            ids, mask, rows, cols, _ = scorer._batch_tensors(batch)
+            hidden = scorer.backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            scorer.head(hidden[rows, cols])
+
+    best = {"ours": float("inf"), "plain forward": float("inf"), "floor": float("inf")}
+    for r in range(a.rounds):
+        jobs = [("ours", lambda: scorer.score_encoded(encoded)), ("plain forward", plain), ("floor", floor)]
+        for name, job in (jobs if r % 2 == 0 else jobs[::-1]):
+            t0 = clock()
+            job()
+            best[name] = min(best[name], clock() - t0)
+    print(f"\nthroughput on {len(encoded)} texts, {n_tok} tokens (batch {a.batch_size}, fastest of {a.rounds} rounds):")
+    for name, t in best.items():
+        print(f"  {name:14s}: {t:7.2f} s  {n_tok / t:8.0f} tok/s")
+    print(f"  ours / plain forward: {best['plain forward'] / best['ours']:.2f}x the tokens per second (target >= 0.9); "
+          f"ours / floor (backbone + output layer at scored positions): {best['floor'] / best['ours']:.2f}x")
+
+
+def reuse_path(path, model_name, model, tok, scorer, n) -> None:
+    """eval_ppl.py's reading of the recorded NLL against recomputing the same records."""
+    import json as _json
+
+    from detox_pa.artifacts import PAIRS_KEY
+    from detox_pa.assets import resolve_model
+    from detox_pa.io import sha256_file
+    from detox_pa.ppl import choose_join, joined_continuation, recorded_records
+
+    blocks = _json.loads(Path(path).read_text(encoding="utf-8"))
+    pairs = [p for b in blocks for p in b[PAIRS_KEY]]
+    join, _ = choose_join(pairs, "auto")
+    conts = [joined_continuation(p, join) for p in pairs]
+    dtype = next(model.parameters()).dtype
+    t0 = clock()
+    sha = sha256_file(path)
+    recs, info = recorded_records(path, sha, pairs, conts, resolve_model(model_name), dtype, tok, scorer.max_length)
+    t_reuse = clock() - t0
+    sub = list(range(min(n, len(pairs))))
+    t0 = clock()
+    again = scorer.score([pairs[i]["prompt"] for i in sub], [conts[i] for i in sub])
+    t_score = clock() - t0
+    worst = max((abs(recs[i]["sum_nll"] - again[j]["sum_nll"]) / again[j]["sum_nll"] for j, i in enumerate(sub)
+                 if recs[i] is not None and recs[i]["sum_nll"]), default=float("nan"))
+    print(f"\nreuse path on {path}: {len(pairs)} records, {info['used']} taken, {info['recomputed']} to recompute "
+          f"({info.get('recomputed_because') or info['reason']})")
+    print(f"  recorded_records (identity incl. weights sha256, token check): {t_reuse:.2f} s, "
+          f"{len(pairs) / t_reuse:.0f} records/s")
+    print(f"  recomputing the first {len(sub)} records: {t_score:.2f} s, {len(sub) / t_score:.1f} records/s "
+          f"({scorer.n_distinct} distinct); max relative |sum NLL| difference where taken: {worst:.1e}")
 
 
 if __name__ == "__main__":

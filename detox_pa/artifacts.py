@@ -93,6 +93,11 @@ def load_steer_vector(path: str | os.PathLike, d_target: int):
 # ----------------------------------------------------------------------------- step 3: generations
 
 PAIRS_KEY = "prompt-response pairs"  # the paper's generation JSON: [{"alpha", PAIRS_KEY: [{prompt, response}]}]
+# extra per-pair fields where generation recorded the unsteered target's NLL (eval_ppl.py reads them), and the
+# generations meta file's key that says which target, dtype and file they belong to
+CONT_IDS_KEY = "continuation_ids"
+CONT_NLL_KEY = "continuation_nll"
+RECORDED_NLL_KEY = "recorded_nll"
 _JOURNAL = ".journal"
 
 

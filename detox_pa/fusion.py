@@ -32,13 +32,20 @@ The fused state uses the teacher's hidden state at its last token. Each model ad
 
 At ``alpha == 0`` no hook is installed and the teacher is never run, so the output is exactly
 plain ``generate()``.
+
+An alpha sweep computes each batch's prompt once (:class:`PromptMemo`): no method changes the target's
+or a teacher's states of the prompt, so the target's prefill (:func:`shared_prefill`) and each teacher's
+(:meth:`TeacherStepper.step`) are recorded by the first alpha and replayed, bit for bit, by the others.
+:class:`NLLRecorder` keeps, at every step, the unsteered target's NLL of the token picked (the PPL judge's
+number when the judge is the target itself).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -88,8 +95,10 @@ class TeacherStepper:
     (positions are reused), so the result always equals a from-scratch run on the full text.
     """
 
-    def __init__(self, teacher, teacher_tokenizer=None, target_tokenizer=None, bridge_text: bool = False):
+    def __init__(self, teacher, teacher_tokenizer=None, target_tokenizer=None, bridge_text: bool = False,
+                 memo: "PromptMemo | None" = None):
         self.teacher = teacher
+        self.memo = memo
         self.body = backbone(teacher)
         self.teacher_tok = teacher_tokenizer
         self.target_tok = target_tokenizer
@@ -123,6 +132,11 @@ class TeacherStepper:
         B = len(want)
         if len(self.ids) != B:
             self.reset(B)
+        key = None
+        if self.memo is not None and self.mask is None:  # a fresh batch: its prompt may be computed already
+            key = (id(self.teacher), tuple(map(tuple, want)))
+            if self.memo.restore_teacher(key, self):
+                return self._last_hidden()
         device = next(self.teacher.parameters()).device
         keep, new = [], []
         for i in range(B):
@@ -165,8 +179,180 @@ class TeacherStepper:
             h = out.last_hidden_state
             self.hidden = h if self.hidden is None else torch.cat([self.hidden, h], dim=1)
             self.n_forward_tokens += int(bmask.sum())
+        if key is not None:
+            self.memo.record_teacher(key, self)
+        return self._last_hidden()
+
+    def _last_hidden(self) -> torch.Tensor:
         last = torch.tensor([c[-1] if c else 0 for c in self.cols], device=self.hidden.device)
-        return self.hidden[torch.arange(B, device=self.hidden.device), last]
+        return self.hidden[torch.arange(len(self.cols), device=self.hidden.device), last]
+
+    def state(self) -> tuple:
+        """A copy of everything :meth:`step` carries between calls (the cache, ids, columns, mask, states)."""
+        return (_copy_state(self.cache), [list(x) for x in self.ids], [list(c) for c in self.cols],
+                None if self.mask is None else self.mask.clone(), self.hidden, self.n_forward_tokens)
+
+    def set_state(self, state: tuple) -> None:
+        cache, ids, cols, mask, hidden, n = state
+        self.cache, self.ids, self.cols = _copy_state(cache), [list(x) for x in ids], [list(c) for c in cols]
+        self.mask = None if mask is None else mask.clone()
+        self.hidden, self.n_forward_tokens = hidden, n  # hidden is only ever concatenated to, never written
+
+
+def _copy_state(obj):
+    """A deep copy of a KV cache (or None): later steps append to a cache object in place."""
+    with torch.no_grad():
+        return copy.deepcopy(obj)
+
+
+def _empty_cache(cache) -> bool:
+    return cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() == 0
+
+
+class PromptMemo:
+    """One batch's prompt states, computed by the first alpha of a sweep and replayed by the others.
+
+    Every method leaves the target's and the teachers' states of the prompt as they are (the fusion acts at
+    the output layer only), so the prompt's KV caches are the same for every alpha: the target's prefill
+    (see :func:`shared_prefill`) and each teacher's first step are recorded once and later handed out as
+    fresh copies. A replay is taken only for the very same input (ids, mask and position ids compared
+    exactly), so its result is bit for bit the one a recomputation gives. Call :meth:`clear` between
+    batches (it holds one batch's caches)."""
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self.target: tuple | None = None  # (inputs, (output class, its fields but the cache), cache copy)
+        self.teachers: dict[tuple, tuple] = {}
+        self.replays = 0  # prefills (target or teacher) served from the memo
+        self.computed = 0  # prefills computed (and recorded)
+
+    @staticmethod
+    def _inputs(kwargs: dict) -> tuple:
+        return tuple(kwargs.get(k) for k in ("input_ids", "attention_mask", "position_ids"))
+
+    @staticmethod
+    def _same(a: tuple, b: tuple) -> bool:
+        return all((x is None and y is None) or (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)
+                                                 and x.shape == y.shape and torch.equal(x, y)) for x, y in zip(a, b))
+
+    def replay_target(self, kwargs: dict):
+        if self.target is None or not self._same(self.target[0], self._inputs(kwargs)):
+            return None
+        _, (cls, fields), cache = self.target
+        fresh = cls(**{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in fields.items()})
+        fresh.past_key_values = _copy_state(cache)
+        self.replays += 1
+        return fresh
+
+    def record_target(self, kwargs: dict, out) -> None:
+        inputs = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in self._inputs(kwargs))
+        fields = {k: v for k, v in out.items() if k != "past_key_values"}  # the live cache grows: kept as a copy
+        self.target = (inputs, (type(out), fields), _copy_state(out.past_key_values))
+        self.computed += 1
+
+    def restore_teacher(self, key: tuple, stepper: "TeacherStepper") -> bool:
+        state = self.teachers.get(key)
+        if state is None:
+            return False
+        stepper.set_state(state)
+        self.replays += 1
+        return True
+
+    def record_teacher(self, key: tuple, stepper: "TeacherStepper") -> None:
+        self.teachers[key] = stepper.state()
+        self.computed += 1
+
+
+@contextlib.contextmanager
+def shared_prefill(target, memo: PromptMemo | None) -> Iterator[None]:
+    """While the block runs, the target's backbone computes a prompt (a forward into an empty KV cache) only
+    once per ``memo``: a later prefill on the same ids, mask and positions returns the recorded output with
+    a fresh copy of its cache, and the model's own output layer (with any hooks on it) runs as usual on it.
+    Works whatever wraps the backbone's ``forward`` (accelerate's ``device_map`` hooks): that wrapper is
+    called for a real forward and put back afterwards. ``memo=None``: nothing is installed."""
+    if memo is None:
+        yield
+        return
+    body = backbone(target)
+    own = body.__dict__.get("forward")  # an instance-level wrapper (accelerate) or None
+    inner = body.forward
+
+    def forward(*args, **kwargs):
+        if args or not _empty_cache(kwargs.get("past_key_values")) or kwargs.get("input_ids") is None or \
+                kwargs.get("output_hidden_states") or kwargs.get("output_attentions"):
+            return inner(*args, **kwargs)  # not a plain prefill: computed as usual
+        out = memo.replay_target(kwargs)
+        if out is None:
+            out = inner(*args, **kwargs)
+            memo.record_target(kwargs, out)
+        return out
+
+    body.forward = forward
+    try:
+        yield
+    finally:
+        if own is None:
+            del body.forward
+        else:
+            body.forward = own
+
+
+class NLLRecorder:
+    """Records, at every decoding step, the unsteered target's NLL of the token the step picked.
+
+    A forward hook on the output layer reads the target's own next-token logits ``z`` (registered before
+    any method's hooks, so a method that edits the logits afterwards does not change what is read), turns
+    them into the judge's logits with ``postprocess`` (soft-capping and scalings, as the PPL scorer does) and
+    keeps ``logsumexp(z)``; a forward pre-hook on the target sees the pick when it is fed back and keeps
+    ``logsumexp(z) - z[pick]``. :meth:`finish` settles the last step from ``generate()``'s output. Valid only
+    where the output layer's own output is the unsteered target's (no pre-hook edits its input): the
+    methods say when (``Method.records_nll``)."""
+
+    def __init__(self, target, postprocess: Callable[[torch.Tensor], torch.Tensor]):
+        self.target = target
+        self.out_layer = target.get_output_embeddings()
+        if self.out_layer is None:
+            raise TypeError(f"{type(target).__name__} has no output embedding layer")
+        self.postprocess = postprocess
+        self.nll: list[torch.Tensor] = []
+        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _on_target_forward(self, module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is None and args:
+            ids = args[0]
+        cache = kwargs.get("past_key_values")
+        if cache is None or _empty_cache(cache):
+            self.nll, self.pending = [], None
+        elif self.pending is not None and ids is not None:
+            self._settle(ids[:, -1])
+        return None
+
+    def _on_output(self, module, args, output):
+        z = self.postprocess(output[:, -1, :])
+        self.pending = (torch.logsumexp(z, dim=-1), z)
+        return None
+
+    def _settle(self, picks: torch.Tensor) -> None:
+        lse, z = self.pending
+        self.nll.append(lse - z.gather(1, picks.to(z.device)[:, None]).squeeze(1))
+        self.pending = None
+
+    def finish(self, new_ids: torch.Tensor) -> torch.Tensor:
+        """``[B, n]`` float32 NLL of ``new_ids`` (``generate()``'s new tokens), step by step."""
+        n = new_ids.shape[1]
+        if self.pending is not None and len(self.nll) < n:
+            self._settle(new_ids[:, len(self.nll)])
+        self.pending = None
+        if len(self.nll) < n:
+            raise RuntimeError(f"recorded {len(self.nll)} steps for {n} new tokens")
+        return torch.stack([x.cpu() for x in self.nll[:n]], dim=1) if n else torch.zeros(new_ids.shape[0], 0)
+
+    def hooks(self):
+        return [self.target.register_forward_pre_hook(self._on_target_forward, with_kwargs=True),
+                self.out_layer.register_forward_hook(self._on_output)]
 
 
 @dataclass
@@ -276,11 +462,12 @@ def hooks(handles_factory) -> Iterator[None]:
 
 @contextlib.contextmanager
 def fusion(target, teacher, A: torch.Tensor, alpha: float, target_tokenizer=None, teacher_tokenizer=None,
-           norm: str = "layernorm", bridge: str = "auto") -> Iterator[Fuser | None]:
+           norm: str = "layernorm", bridge: str = "auto", memo: PromptMemo | None = None) -> Iterator[Fuser | None]:
     """Install the fusion hooks on ``target`` for the duration of the block.
 
     ``bridge`` is ``"ids"`` (same tokenizer: feed ids straight), ``"text"`` (re-tokenise the text),
-    or ``"auto"`` (``ids`` when the tokenizers are identical). At ``alpha == 0`` nothing is installed
+    or ``"auto"`` (``ids`` when the tokenizers are identical). ``memo``: the batch's :class:`PromptMemo`
+    (the teacher's prompt state is then computed once per batch). At ``alpha == 0`` nothing is installed
     and ``None`` is yielded."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -291,7 +478,7 @@ def fusion(target, teacher, A: torch.Tensor, alpha: float, target_tokenizer=None
         return
     _check_matrix(A, teacher, target)
     bridge = _bridge_of(bridge, teacher_tokenizer, target_tokenizer)
-    stepper = TeacherStepper(teacher, teacher_tokenizer, target_tokenizer, bridge_text=(bridge == "text"))
+    stepper = TeacherStepper(teacher, teacher_tokenizer, target_tokenizer, bridge_text=(bridge == "text"), memo=memo)
     fuser = Fuser(target, stepper, A, FusionConfig(alpha=alpha, norm=norm))
     with hooks(lambda: [target.register_forward_pre_hook(fuser._on_target_forward, with_kwargs=True),
                          fuser.out_layer.register_forward_pre_hook(fuser._on_output_layer)]):
@@ -321,6 +508,12 @@ class DiffConfig:
     top_k: int = 10
     gate: float | None = None
     gate_top_k: int = 10
+
+    @property
+    def edits_hidden(self) -> bool:
+        """The cheap path (hidden space, no top-k, no gate): a pre-hook adds ``alpha (h_e - h_a) A`` to the output
+        layer's input, so the layer's own output is no longer the unsteered target's logits."""
+        return self.space == "hidden" and self.top_k == 0 and self.gate is None
 
 
 class DiffFuser(_InputTracker):
@@ -397,10 +590,12 @@ class DiffFuser(_InputTracker):
     # -- hooks
     def _on_output_layer(self, module, args, output):
         h_e, h_a = self.teacher_states()
-        z = output[:, -1, :]
-        out = output.clone()
-        out[:, -1, :] = self.fuse_logits(z, h_e, h_a).to(output.dtype)
+        fused = self.fuse_logits(output[:, -1, :], h_e, h_a).to(output.dtype)
         self.steps += 1
+        if output.shape[1] == 1:  # generate() asks for the last position only: no copy of the whole output
+            return fused[:, None, :]
+        out = output.clone()
+        out[:, -1, :] = fused
         return out
 
     def _on_output_input(self, module, args):
@@ -438,14 +633,15 @@ def check_diff_config(cfg: DiffConfig) -> None:
 
 @contextlib.contextmanager
 def difference_fusion(target, expert, anti, cfg: DiffConfig, A: torch.Tensor | None = None, target_tokenizer=None,
-                      teacher_tokenizer=None, bridge: str = "auto",
-                      index: torch.Tensor | None = None) -> Iterator[DiffFuser | None]:
+                      teacher_tokenizer=None, bridge: str = "auto", index: torch.Tensor | None = None,
+                      memo: PromptMemo | None = None) -> Iterator[DiffFuser | None]:
     """Install the expert-minus-anti-expert hooks on ``target`` for the block (see :class:`DiffConfig`).
 
     Both teachers step in lock-step with the target, each with its own KV cache; when they share a
     tokenizer the text is re-tokenised once for both. ``A`` is needed for ``space="hidden"``;
     ``space="logits"`` needs the target -> teacher token ``index`` (built from the tokenizers when not
-    given). At ``alpha == 0`` nothing is installed and ``None`` is yielded (plain ``generate()``)."""
+    given). ``memo``: the batch's :class:`PromptMemo` (each teacher's prompt state is then computed once per
+    batch). At ``alpha == 0`` nothing is installed and ``None`` is yielded (plain ``generate()``)."""
     check_diff_config(cfg)
     if cfg.alpha == 0.0:
         yield None
@@ -462,10 +658,10 @@ def difference_fusion(target, expert, anti, cfg: DiffConfig, A: torch.Tensor | N
             index = torch.arange(V)
         else:
             index = teacher_index(target_tokenizer, teacher_tokenizer, V)
-    steppers = [TeacherStepper(t, teacher_tokenizer, target_tokenizer, bridge_text=(bridge == "text")) for t in (expert, anti)]
+    steppers = [TeacherStepper(t, teacher_tokenizer, target_tokenizer, bridge_text=(bridge == "text"), memo=memo)
+                for t in (expert, anti)]
     fuser = DiffFuser(target, steppers[0], steppers[1], cfg, A, index)
-    cheap = cfg.space == "hidden" and cfg.top_k == 0 and cfg.gate is None
-    out_hook = (lambda: fuser.out_layer.register_forward_pre_hook(fuser._on_output_input)) if cheap else \
+    out_hook = (lambda: fuser.out_layer.register_forward_pre_hook(fuser._on_output_input)) if cfg.edits_hidden else \
         (lambda: fuser.out_layer.register_forward_hook(fuser._on_output_layer))
     with hooks(lambda: [target.register_forward_pre_hook(fuser._on_target_forward, with_kwargs=True), out_hook()]):
         yield fuser

@@ -4,7 +4,9 @@
 ``generate.py`` parses :class:`GenerateArguments` and calls :func:`run`. The work list is every (prompt,
 sample) pair, sorted by prompt length so batches pad little, and cut into fixed batches. Batch ``k`` of
 alpha ``a`` is seeded with ``batch_seed(seed, a, k)``, so an alpha's output does not depend on which other
-alphas ran, nor on resuming, nor on how batches are spread over ranks. Finished batches are appended to a
+alphas ran, nor on resuming, nor on how batches are spread over ranks. The sweep runs batch by batch, every
+alpha of a batch in turn: no method changes the prompt's states, so the target's and the teachers' prefill of
+a batch is computed once and replayed, bit for bit, for its other alphas (:class:`detox_pa.fusion.PromptMemo`). Finished batches are appended to a
 journal (:func:`detox_pa.artifacts.journal_path`, one JSON line per record, fsync'ed per batch); a rerun of
 the same command resumes from it, a rerun with different arguments is refused. Under torchrun each rank
 takes every ``world``-th batch and rank 0 merges the journals. The final file (the paper's nested JSON) is
@@ -12,7 +14,12 @@ written atomically at the end, then the journals are removed.
 
 Each pair holds ``response`` = the continuation stripped of surrounding whitespace, as the paper's
 generation stores it (so the paper's scorers read our files as they read theirs), and ``continuation`` =
-the exact text the target produced (what our PPL scorer scores after the prompt).
+the exact text the target produced (what our PPL scorer scores after the prompt). Where the target's own
+logits are at hand at every step (alpha 0, and methods that edit the logits after the output layer, such as
+``diff`` with ``--top_k``), a pair also holds ``continuation_ids`` (the target's ids of the continuation) and
+``continuation_nll`` (the unsteered target's NLL of each, at the run's dtype): ``eval_ppl.py`` reads them
+instead of recomputing when its judge is verifiably this target (see :func:`detox_pa.ppl.recorded_records`);
+the meta file's ``recorded_nll`` says which model, dtype and file they belong to.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
-from .artifacts import MATRIX_FILE, MATRIX_KEY, PAIRS_KEY, generation_meta_path, journal_path, journal_paths
+from .artifacts import (CONT_IDS_KEY, CONT_NLL_KEY, MATRIX_FILE, MATRIX_KEY, PAIRS_KEY, RECORDED_NLL_KEY,
+                        generation_meta_path, journal_path, journal_paths)
 from .cli import args_to_dict, log_args, parse_dataclasses, require_min
 from .errors import InputError
 from .methods import alpha_ranges
@@ -229,21 +237,44 @@ def continuation_text(tokenizer, prompt_ids: list[int], new_ids: list[int]) -> s
     return tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
-def generate_batch(target, tokenizer, prompts: list[str], gen_config, context_factory: Callable[[], Any],
-                   device: torch.device, extra_generate_kwargs: dict | None = None, stop_ids: set[int] | None = None,
-                   eos_ids: set[int] | None = None) -> tuple[list[str], list[int], list[str]]:
+@dataclass
+class Decoded:
+    """One batch's continuations: exact texts, kept token ids, stop reasons (``eos``, ``control``, ``length``)
+    and, when recorded, the unsteered target's NLL of every kept token."""
+
+    texts: list[str]
+    ids: list[list[int]]
+    reasons: list[str]
+    nll: list[list[float]] | None = None
+
+    @property
+    def counts(self) -> list[int]:
+        return [len(x) for x in self.ids]
+
+
+def decode_batch(target, tokenizer, prompts: list[str], gen_config, context_factory: Callable[[], Any],
+                 device: torch.device, extra_generate_kwargs: dict | None = None, stop_ids: set[int] | None = None,
+                 eos_ids: set[int] | None = None, memo=None, nll_postprocess: Callable | None = None) -> Decoded:
     """One ``generate()`` call on a left-padded batch, inside ``context_factory()`` (a method's hooks).
     Each continuation is cut at its first stop token (default: pad or EOS) and decoded as the exact text it
-    adds after its prompt. Returns ``(texts, token counts, stop reasons)``: ``eos`` (an ``eos_ids`` token,
-    default the config's EOS), ``control`` (another stop token) or ``length``."""
+    adds after its prompt; its stop reason is ``eos`` (an ``eos_ids`` token, default the config's EOS),
+    ``control`` (another stop token) or ``length``. ``memo``: the batch's :class:`detox_pa.fusion.PromptMemo`
+    (the prompt's prefill is computed once for all the alphas that share it). ``nll_postprocess``: record the
+    NLL of each pick under the target's own logits made the judge's by this function
+    (:func:`detox_pa.ppl.judge_postprocess`); only valid where no hook edits the output layer's input."""
+    from .fusion import NLLRecorder, hooks, shared_prefill
+
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
     enc = {k: v.to(device) for k, v in enc.items()}
     P = enc["input_ids"].shape[1]
-    with torch.no_grad(), context_factory():
+    recorder = NLLRecorder(target, nll_postprocess) if nll_postprocess is not None else None
+    # the recorder's hooks go first: a method's hook that edits the logits runs after it has read them
+    with torch.no_grad(), hooks(recorder.hooks if recorder else list), shared_prefill(target, memo), context_factory():
         out = target.generate(**enc, generation_config=gen_config, **(extra_generate_kwargs or {}))
+    nll = recorder.finish(out[:, P:]) if recorder is not None else None
     eos = set(_as_list(gen_config.eos_token_id)) - {None} if eos_ids is None else eos_ids
     stop = ({gen_config.pad_token_id} - {None}) | eos if stop_ids is None else stop_ids
-    texts, counts, reasons = [], [], []
+    texts, kept, reasons, nlls = [], [], [], []
     for i in range(len(prompts)):
         prompt_ids = enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist()
         new = out[i, P:].tolist()
@@ -251,8 +282,46 @@ def generate_batch(target, tokenizer, prompts: list[str], gen_config, context_fa
         reasons.append("length" if cut == len(new) else "eos" if new[cut] in eos else "control")
         new = new[:cut]
         texts.append(continuation_text(tokenizer, prompt_ids, new))
-        counts.append(len(new))
-    return texts, counts, reasons
+        kept.append(new)
+        if nll is not None:
+            nlls.append(_float32_list(nll[i, :cut]))
+    return Decoded(texts, kept, reasons, nlls if nll is not None else None)
+
+
+def sweep_batch(method, target, tokenizer, prompts: list[str], alphas: list[float], seed_of: Callable[[float], int],
+                gen_config, device, memo=None, nll_postprocess: Callable | None = None):
+    """Every alpha of one batch in turn, as :func:`run` does: yields ``(alpha, seed, Decoded, seconds)`` as each
+    alpha finishes. ``memo`` (a :class:`detox_pa.fusion.PromptMemo`, for a method that keeps the prompt's
+    states) is cleared first, so the batch's prompt is computed by its first alpha and replayed for the others.
+    ``nll_postprocess``: record the unsteered NLL at the alphas where the method allows it."""
+    if memo is not None:
+        memo.clear()
+    method.memo = memo
+    try:
+        for a in alphas:
+            seed = seed_of(a)
+            torch.manual_seed(seed)
+            t0 = time.time()
+            d = decode_batch(target, tokenizer, prompts, gen_config, lambda: method.context(a), device,
+                             method.generate_kwargs(a), memo=memo,
+                             nll_postprocess=nll_postprocess if method.records_nll(a) else None)
+            yield a, seed, d, time.time() - t0
+    finally:
+        method.memo = None
+
+
+def _float32_list(x: torch.Tensor) -> list[float]:
+    """Float32 values as the shortest decimals that give them back exactly (compact JSON, no precision lost)."""
+    return [float(str(v)) for v in x.float().numpy()]
+
+
+def generate_batch(target, tokenizer, prompts: list[str], gen_config, context_factory: Callable[[], Any],
+                   device: torch.device, extra_generate_kwargs: dict | None = None, stop_ids: set[int] | None = None,
+                   eos_ids: set[int] | None = None) -> tuple[list[str], list[int], list[str]]:
+    """:func:`decode_batch` as ``(texts, token counts, stop reasons)``."""
+    d = decode_batch(target, tokenizer, prompts, gen_config, context_factory, device, extra_generate_kwargs, stop_ids,
+                     eos_ids)
+    return d.texts, d.counts, d.reasons
 
 
 def _as_list(x) -> list:
@@ -263,7 +332,7 @@ def _as_list(x) -> list:
 
 def assemble(alphas: list[float], done: dict[tuple[float, int], list[dict]], n_batches: int,
              keep_fields: Iterable[str] = ("prompt", "response", "continuation", "prompt_index", "sample", "seed",
-                                           "n_new_tokens")) -> list[dict]:
+                                           "n_new_tokens", CONT_IDS_KEY, CONT_NLL_KEY)) -> list[dict]:
     """The paper's nested JSON, records ordered by (prompt_index, sample)."""
     out = []
     keep = list(keep_fields)
@@ -326,6 +395,24 @@ def generation_config(args: GenerateArguments, target, tok):
         bos_token_id=tok.bos_token_id)
 
 
+def recorded_nll_meta(result: list[dict], out_path: Path, target_path: str, dtype, device) -> dict | None:
+    """What the recorded NLL belongs to (the meta file's ``recorded_nll``): the target by its files and weights,
+    the dtype, and the generations file by its sha256, so that ``eval_ppl.py`` takes it only for this very
+    file and a judge verifiably the same (see :func:`detox_pa.ppl.recorded_records`). None when nothing was
+    recorded."""
+    from .io import sha256_file
+    from .ppl import judge_identity
+
+    alphas = [blk["alpha"] for blk in result if any(CONT_NLL_KEY in p for p in blk[PAIRS_KEY])]
+    if not alphas:
+        return None
+    return {"fields": [CONT_IDS_KEY, CONT_NLL_KEY], "alphas": alphas, "output_sha256": sha256_file(out_path),
+            "device": str(device), **judge_identity(target_path, dtype),
+            "note": "per pair, the target's ids of the continuation (cut at its first stop token) and the unsteered "
+                    "target's NLL of each (nats, float32 of the run's dtype), given the prompt as tokenised with "
+                    "the tokenizer's special tokens and the ids before it"}
+
+
 def run(args: GenerateArguments) -> list[dict] | None:
     """Generate for every alpha (resuming from the journals), write the paper's JSON and its sidecar.
     Returns the nested result (None on ranks other than 0)."""
@@ -368,30 +455,40 @@ def run(args: GenerateArguments) -> list[dict] | None:
              len(mine) - len(todo), len(mine))
     out_path.parent.mkdir(parents=True, exist_ok=True)  # the inputs and models are checked: now we write
     journals[0].start()
+    memo_counts = (0, 0)
 
     bar = progress(len(todo), f"generate rank {rank}" if world > 1 else "generate", "batch",
                    disable=rank != 0 and world > 1)
-    for a in args.alphas:
-        factory = lambda a=a: method.context(a)  # noqa: E731
-        extra = method.generate_kwargs(a)
-        for k, batch in enumerate(batches):
-            if (a, k) not in todo:
-                continue
-            seed = batch_seed(args.seed, a, k)
-            torch.manual_seed(seed)
-            t0 = time.time()
-            texts, counts, _ = generate_batch(target, tok, [prompts[it.prompt_index] for it in batch], gen_config,
-                                              factory, device, extra)
-            dt = time.time() - t0
+    from .fusion import PromptMemo
+    from .ppl import judge_postprocess
+
+    # batch by batch, every alpha in turn: the prompt's prefill (target and teachers) is computed once per batch
+    memo = PromptMemo() if method.keeps_prompt_state else None
+    postprocess = judge_postprocess(target)
+    for k, batch in enumerate(batches):
+        alphas = [a for a in args.alphas if (a, k) in todo]
+        if not alphas:
+            continue
+        batch_prompts = [prompts[it.prompt_index] for it in batch]
+        for a, seed, d, dt in sweep_batch(method, target, tok, batch_prompts, alphas,
+                                          lambda a, k=k: batch_seed(args.seed, a, k), gen_config, device, memo,
+                                          postprocess):
             recs = [{"alpha": a, "batch": k, "batch_size": len(batch), "prompt_index": it.prompt_index,
                      "sample": it.sample, "prompt": prompts[it.prompt_index], "response": txt.strip(),
-                     "continuation": txt, "seed": seed,
-                     "n_new_tokens": n, "batch_seconds": round(dt, 4)} for it, txt, n in zip(batch, texts, counts)]
+                     "continuation": txt, "seed": seed, "n_new_tokens": len(ids), "batch_seconds": round(dt, 4)}
+                    for it, txt, ids in zip(batch, d.texts, d.ids)]
+            if d.nll is not None:
+                for r, ids, nll in zip(recs, d.ids, d.nll):
+                    r[CONT_IDS_KEY], r[CONT_NLL_KEY] = ids, nll
             journals[0].append(recs)
             done[(a, k)] = recs
             bar.set_postfix(alpha=a)
             bar.update(1)
+        if memo is not None:
+            memo_counts = (memo_counts[0] + memo.computed, memo_counts[1] + memo.replays)
     bar.close()
+    if memo is not None:
+        log.info("prompt prefills (target and teachers): %d computed, %d replayed for other alphas", *memo_counts)
 
     if world > 1:  # rank 0 merges what every rank journalled
         barrier(world)
@@ -406,6 +503,7 @@ def run(args: GenerateArguments) -> list[dict] | None:
         raise RuntimeError(f"{len(missing)} batches missing after generation (first: alpha {missing[0][0]}, batch {missing[0][1]})")
     result = assemble(args.alphas, done, len(batches))
     atomic_write_json(out_path, result)
+    recorded = recorded_nll_meta(result, out_path, target_path, dtype, device)
     gen_seconds = {str(a): round(sum(r["batch_seconds"] for k in range(len(batches)) for r in done[(a, k)][:1]), 3)
                    for a in args.alphas}
     meta_path = generation_meta_path(out_path)
@@ -416,7 +514,9 @@ def run(args: GenerateArguments) -> list[dict] | None:
         "n_batches_per_alpha": len(batches), "world_size": world,
         "generation_seconds_per_alpha": gen_seconds, "fingerprint": fingerprint, "arguments": args_to_dict(args),
         "versions": library_versions(("torch", "transformers")),
-        "note": "generation_seconds_per_alpha sums the batches' wall times, including those of resumed earlier runs",
+        "note": "generation_seconds_per_alpha sums the batches' wall times, including those of resumed earlier runs; "
+                "a batch's prompt prefill is computed once, in its first alpha's time",
+        **({RECORDED_NLL_KEY: recorded} if recorded else {}),
     })
     for p in journal_paths(out_path):
         p.unlink()

@@ -54,10 +54,14 @@ class Method:
     default_alphas: tuple[float, ...] = (0.0, 1.0)  # the sweep when --alphas is not given
     alpha_meaning = "a strength"  # what alpha scales, for --help
     uses: tuple[str, ...] = ()  # the argument fields that define the method's output (journal fingerprint)
+    # True when the method leaves the target's (and its teachers') states of the prompt as alpha 0 computes them
+    # (it acts at the output layer only): a sweep then computes each batch's prompt once (fusion.PromptMemo)
+    keeps_prompt_state = False
 
     def __init__(self, args):
         self.args = args
         self.acted: dict[float, list[int]] = {}  # alpha -> [rows acted on, rows seen] (methods that count)
+        self.memo = None  # the batch's fusion.PromptMemo, set by the harness (methods that keep the prompt state)
 
     # -- before any model is loaded
     def check(self) -> None:
@@ -79,6 +83,11 @@ class Method:
 
     def generate_kwargs(self, alpha: float) -> dict:
         return {}
+
+    def records_nll(self, alpha: float) -> bool:
+        """Whether the target's output layer itself still yields the unsteered target's logits at this alpha (no
+        hook edits its input), so each pick's unsteered NLL, what the PPL judge measures, can be recorded."""
+        return alpha == 0
 
     def fingerprint(self) -> dict:
         return {k: getattr(self.args, k) for k in self.uses}
@@ -217,6 +226,7 @@ class Fusion(Method):
     default_alphas = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  # the paper's
     alpha_meaning = "the teacher's weight in the mix"
     uses = ("norm", "bridge")
+    keeps_prompt_state = True
 
     def check(self) -> None:
         from .fusion import NORMS
@@ -263,7 +273,7 @@ class Fusion(Method):
             yield None
             return
         with fusion(self.target, self.teacher, self.A, alpha, self.tokenizer, self.teacher_tok, norm=self.args.norm,
-                    bridge=self.args.bridge) as f:
+                    bridge=self.args.bridge, memo=self.memo) as f:
             yield f
 
     def describe(self) -> dict:
@@ -286,6 +296,7 @@ class Diff(Method):
     alpha_meaning = "a logit scale"
     default_alphas = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)  # the tuned pair's scale (chosen on dev: bench/results.sh)
     uses = ("diff_space", "top_k", "gate", "bridge")
+    keeps_prompt_state = True
 
     def check(self) -> None:
         from .fusion import SPACES
@@ -353,9 +364,15 @@ class Diff(Method):
         a = self.args
         cfg = DiffConfig(alpha=alpha, space=a.diff_space, top_k=a.top_k, gate=a.gate)
         with difference_fusion(self.target, self.expert, self.anti, cfg, self.A, self.tokenizer, self.teacher_tok,
-                               bridge=a.bridge, index=self.index) as f:
+                               bridge=a.bridge, index=self.index, memo=self.memo) as f:
             yield f
             self._count(alpha, f)
+
+    def records_nll(self, alpha: float) -> bool:
+        from .fusion import DiffConfig
+
+        a = self.args
+        return alpha == 0 or not DiffConfig(alpha=alpha, space=a.diff_space, top_k=a.top_k, gate=a.gate).edits_hidden
 
     def describe(self) -> dict:
         out = super().describe()
@@ -375,6 +392,7 @@ class WordBan(Method):
     name = "wordban"
     baseline = True
     alpha_meaning = "0 = off, > 0 = on"
+    keeps_prompt_state = True
 
     def load(self, target, tokenizer, device, dtype) -> None:
         from .baselines import bad_words_ids
@@ -384,6 +402,9 @@ class WordBan(Method):
 
     def generate_kwargs(self, alpha: float) -> dict:
         return {"bad_words_ids": self.bad} if alpha > 0 else {}
+
+    def records_nll(self, alpha: float) -> bool:
+        return True  # a logits processor after the output layer: the layer's output is the target's own
 
 
 @register
@@ -395,6 +416,7 @@ class Steer(Method):
     default_alphas = (0.0, 0.1, 0.2, 0.3, 0.4)
     alpha_meaning = "a hidden-state scale"
     uses = ("steer_vector",)
+    keeps_prompt_state = True
 
     def check(self) -> None:
         if not self.args.steer_vector:

@@ -152,6 +152,28 @@ def _text_config(model):
     return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
 
+def postprocess_logits(logits: torch.Tensor, softcap=None, logit_scale=None, logits_scaling=None) -> torch.Tensor:
+    """The output layer's raw logits made the model's own, in float32: Cohere's ``logit_scale`` multiplies,
+    Granite's ``logits_scaling`` divides, Gemma-2's ``final_logit_softcapping`` caps."""
+    logits = logits.float()
+    if logit_scale is not None:
+        logits = logits * float(logit_scale)
+    if logits_scaling is not None:
+        logits = logits / float(logits_scaling)
+    if softcap is not None:
+        cap = float(softcap)
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def judge_postprocess(model):
+    """``f(raw output-layer logits) -> the logits this scorer scores with`` for ``model`` (see :class:`PPLScorer`)."""
+    cfg = _text_config(model)
+    knobs = (getattr(cfg, "final_logit_softcapping", None), getattr(cfg, "logit_scale", None),
+             getattr(cfg, "logits_scaling", None))
+    return lambda logits: postprocess_logits(logits, *knobs)
+
+
 def _backbone(model):
     """The module that returns the final hidden states (final norm included), or None."""
     base = getattr(model, "base_model", None)
@@ -193,15 +215,7 @@ class PPLScorer:
     # -- logits only where they are needed
 
     def _postprocess(self, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        if self.logit_scale is not None:
-            logits = logits * float(self.logit_scale)
-        if self.logits_scaling is not None:
-            logits = logits / float(self.logits_scaling)
-        if self.softcap is not None:
-            cap = float(self.softcap)
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        return postprocess_logits(logits, self.softcap, self.logit_scale, self.logits_scaling)
 
     def _nll_rows(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-row NLL of ``targets`` given final hidden states ``hidden`` ([n, d]), in row chunks."""
@@ -321,6 +335,122 @@ def model_info(model, tokenizer) -> dict:
             if tokenizer.bos_token_id is not None else False}
 
 
+# ----------------------------------------------------------- the NLL recorded at generation time
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def model_weights_sha256(path: str) -> str | None:
+    """sha256 over a model's weight files, by content: a single file's own sha256, or for a folder each weight
+    file's name, size and sha256 in name order. None when there are no local weight files (a hub id)."""
+    import hashlib
+
+    from .io import sha256_file
+
+    p = Path(path)
+    if p.is_file():
+        return sha256_file(p)
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES)) if p.is_dir() else []
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}:{f.stat().st_size}:{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def judge_identity(path: str, dtype) -> dict:
+    """What makes a model's NLL the same as another run's: its files (config, tokenizer and the weight files'
+    names and sizes: :func:`detox_pa.runtime.model_files_fingerprint`), its weights by content, and the dtype."""
+    from .runtime import model_files_fingerprint
+
+    return {"model_path": str(path), "model_files": model_files_fingerprint(path),
+            "model_weights_sha256": model_weights_sha256(path), "dtype": str(dtype).replace("torch.", "")}
+
+
+def recorded_records(input_json: str, input_sha256: str, pairs: Sequence[dict], continuations: Sequence[str],
+                     judge_path: str, dtype, tokenizer, max_length: int | None) -> tuple[list[dict | None], dict]:
+    """Per pair, the record :meth:`PPLScorer.score` would give, built from the NLL that generation recorded, or
+    None where it must be recomputed; and a summary for the sidecar (``used``, ``recomputed``, the reasons).
+
+    The recorded numbers are taken only when all of these hold, so that they are the judge's own:
+    - the generations meta file's ``recorded_nll`` belongs to this very file (its sha256);
+    - the judge is verifiably the generation's target: the same files (config, tokenizer, weight names and
+      sizes) and the same weights by content (sha256), at the same dtype;
+    and, pair by pair, the text scored after the prompt is the exact continuation generation wrote, and
+    tokenising ``prompt + continuation`` once, as the scorer does, gives the prompt's ids (as generation fed
+    them) followed by exactly the generated ids, within ``max_length``. Otherwise (a token straddles the
+    boundary, the target produced a tokenisation the tokenizer would not, a special token was dropped from the
+    text) the pair is recomputed."""
+    from .artifacts import CONT_IDS_KEY, CONT_NLL_KEY, RECORDED_NLL_KEY, generation_meta_path
+
+    n = len(pairs)
+    out: list[dict | None] = [None] * n
+    info: dict = {"used": 0, "recomputed": n}
+    if not any(CONT_NLL_KEY in p for p in pairs):
+        info["reason"] = "the input carries no recorded NLL"
+        return out, info
+    meta_p = generation_meta_path(input_json)
+    try:
+        rec = json.loads(meta_p.read_text(encoding="utf-8")).get(RECORDED_NLL_KEY)
+    except (OSError, ValueError, AttributeError):
+        rec = None
+    if not isinstance(rec, dict):
+        info["reason"] = f"no {RECORDED_NLL_KEY!r} in {meta_p} (the generations' meta file)"
+        return out, info
+    if rec.get("output_sha256") != input_sha256:
+        info["reason"] = f"{input_json} is not the file its meta file {meta_p} describes (sha256 differs)"
+        return out, info
+    want_dtype = str(dtype).replace("torch.", "")
+    if rec.get("dtype") != want_dtype:
+        info["reason"] = f"recorded at dtype {rec.get('dtype')}, the judge runs at {want_dtype}"
+        return out, info
+    from .runtime import model_files_fingerprint
+
+    if rec.get("model_files") != model_files_fingerprint(judge_path):
+        info["reason"] = f"the judge {judge_path} is not the generation's target {rec.get('model_path')} (files differ)"
+        return out, info
+    digest = rec.get("model_weights_sha256")
+    if digest is None or digest != model_weights_sha256(judge_path):
+        info["reason"] = (f"the judge {judge_path}'s weights are not verifiably the generation's target's "
+                          f"{rec.get('model_path')} (weights sha256 {'missing' if digest is None else 'differs'})")
+        return out, info
+    info["reason"] = "the judge is the generation's target (same files, weights sha256 and dtype)"
+    why: dict[str, int] = {}
+    prompt_ids: dict[str, list[int]] = {}
+    for i, (pair, cont) in enumerate(zip(pairs, continuations)):
+        ids_rec, nll = pair.get(CONT_IDS_KEY), pair.get(CONT_NLL_KEY)
+        if ids_rec is None or nll is None:
+            miss = "no recorded NLL (an alpha whose hooks edit the output layer's input)"
+        elif cont != pair.get("continuation"):
+            miss = "the text scored is not the exact continuation (--join)"
+        elif cont == "":
+            out[i] = {"status": STATUS_EMPTY, "sum_nll": None, "n_tokens": 0, "mean_nll": None,
+                      "n_context_tokens": None, "truncated": False}
+            continue
+        else:
+            p = pair["prompt"]
+            if p not in prompt_ids:
+                prompt_ids[p] = list(tokenizer(p, add_special_tokens=True)["input_ids"])
+            ids, _, boundary = split_at_boundary(tokenizer, p, cont)
+            if not (0 < len(nll) == len(ids_rec) and ids[:boundary] == prompt_ids[p] and ids[boundary:] == list(ids_rec)):
+                miss = "re-tokenising prompt + continuation does not give the generated ids"
+            elif boundary < 1 or (max_length is not None and len(ids) > max_length):
+                miss = "no BOS and no prompt, or longer than --max_length"
+            elif not all(isinstance(x, (int, float)) and math.isfinite(x) for x in nll):
+                miss = "a recorded NLL is not a finite number"
+            else:
+                total = float(sum(float(x) for x in nll))
+                out[i] = {"status": STATUS_OK, "sum_nll": total, "n_tokens": len(nll), "mean_nll": total / len(nll),
+                          "n_context_tokens": boundary, "truncated": False}
+                continue
+        why[miss] = why.get(miss, 0) + 1
+    info["used"] = sum(1 for r in out if r is not None)
+    info["recomputed"] = n - info["used"]
+    info["recomputed_because"] = why
+    return out, info
+
+
 # --------------------------------------------------------------------------------- aggregation
 
 PPL_NOTE = ("PPL (the paper's) = exp(mean over scored samples of each sample's mean continuation-token NLL); "
@@ -401,6 +531,11 @@ class PPLArguments:
                 "'response'); for every other file paper when no response starts with whitespace, else exact. A text "
                 "without a prompt is scored from its start. The choice and its reason are logged and recorded.",
         "choices": ["auto", "exact", "paper"]})
+    recorded_nll: str = field(default="auto", metadata={
+        "help": "auto: where generate.py recorded the unsteered target's NLL and this judge is verifiably that target "
+                "(same files, weights sha256 and dtype), take it instead of recomputing, pair by pair where re-tokenising "
+                "the text gives the generated ids (the others are recomputed); off: recompute everything.",
+        "choices": ["auto", "off"]})
 
     def __post_init__(self):
         if not self.input_json:
@@ -464,7 +599,7 @@ def run(args: PPLArguments) -> list[dict]:
     from .assets import describe_model, resolve_model
     from .data import load_scoring_input
     from .io import atomic_write_json, atomic_write_text, check_output_path, sha256_file, sha256_text
-    from .runtime import library_versions, resolve_device
+    from .runtime import library_versions, load_causal_lm, resolve_device, resolve_dtype
 
     log_args(args)
     # everything that can be wrong with the input is checked before the model is loaded
@@ -472,26 +607,38 @@ def run(args: PPLArguments) -> list[dict]:
     paths = output_paths(args.input_json, args.output_tag)
     for p in paths.values():
         check_output_path(p)
-    resolve_device(args.device)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     model_dir = resolve_model(args.model_path, "reference model")
     input_sha = sha256_file(args.input_json)
-
-    t0 = time.time()
-    model, tok, device = load_reference(model_dir, args.dtype, args.device)
-    log.info("reference model %s loaded in %.1f s (%s, %s)", describe_model(args.model_path), time.time() - t0,
-             device, next(model.parameters()).dtype)
-    scorer = PPLScorer(model, tok, batch_size=args.batch_size, max_length=args.max_length, device=device)
 
     pairs_all = [p for b in blocks for p in b[PAIRS_KEY]]
     join, why = choose_join(pairs_all, args.join, form)
     log.info("join: %s (%s)", join, why)
     prompts = [p["prompt"] for p in pairs_all]
     responses = [joined_continuation(p, join) for p in pairs_all]
+    tok = load_tokenizer(model_dir)
     t1 = time.time()
-    records = scorer.score(prompts, responses, desc="ppl")
+    if args.recorded_nll == "auto":
+        records, reuse = recorded_records(args.input_json, input_sha, pairs_all, responses, model_dir, dtype, tok,
+                                          args.max_length)
+    else:
+        records, reuse = [None] * len(pairs_all), {"used": 0, "recomputed": len(pairs_all), "reason": "--recorded_nll off"}
+    log.info("recorded NLL: %d of %d records taken from generation, %d recomputed (%s)", reuse["used"],
+             len(records), reuse["recomputed"], reuse["reason"])
+    todo = [i for i, r in enumerate(records) if r is None]
+    model = scorer = None
+    if todo:
+        t0 = time.time()
+        model = load_causal_lm(model_dir, dtype, device)
+        log.info("reference model %s loaded in %.1f s (%s, %s)", describe_model(args.model_path), time.time() - t0,
+                 device, next(model.parameters()).dtype)
+        scorer = PPLScorer(model, tok, batch_size=args.batch_size, max_length=args.max_length, device=device)
+        for i, r in zip(todo, scorer.score([prompts[i] for i in todo], [responses[i] for i in todo], desc="ppl")):
+            records[i] = r
+        log.info("scored %d distinct (prompt, continuation) pairs for %d records (identical pairs are scored once)",
+                 scorer.n_distinct, len(todo))
     seconds = time.time() - t1
-    log.info("scored %d distinct (prompt, continuation) pairs for %d records (identical pairs are scored once)",
-             scorer.n_distinct, len(records))
 
     extra = {"reference_model": args.model_path, "input": str(args.input_json), "input_sha256": input_sha,
              "join": join}
@@ -515,11 +662,11 @@ def run(args: PPLArguments) -> list[dict]:
         "input": str(args.input_json), "input_form": form, "input_sha256": input_sha,
         "reference_model": args.model_path, "reference_model_resolved": model_dir,
         "reference_model_description": describe_model(args.model_path),
-        "model": model_info(model, tok), "device": str(device),
-        "output_layer_only_at_continuation_positions": scorer.fast,
-        "join": join, "join_reason": why,
+        "model": model_info(model, tok) if model is not None else None, "device": str(device),
+        "output_layer_only_at_continuation_positions": scorer.fast if scorer is not None else None,
+        "join": join, "join_reason": why, "recorded_nll": reuse,
         "n_records": len(records), "n_texts_scored": sum(1 for r in records if r["status"] == "ok"),
-        "n_distinct_pairs": scorer.n_distinct,
+        "n_distinct_pairs": scorer.n_distinct if scorer is not None else 0,
         "seconds_scoring": round(seconds, 3),
         "versions": library_versions(("torch", "transformers")),
         "arguments": args_to_dict(args), "note": results[0]["note"] if results else None,

@@ -90,7 +90,9 @@ def test_resume_after_interruption_equals_uninterrupted(assets, tmp_path, monkey
     assert gen(assets, out, "--do_sample") == 130
     assert not out.exists()
     journal = tmp_path / "out.json.journal.jsonl"
-    assert len(journal.read_text().splitlines()) == 1 + 3 + 3 + 1  # header + 3 finished batches (3, 3, 1 records)
+    # header + 3 finished batches: batch 0 at both alphas, then batch 1 at alpha 0 (3 records each; the sweep runs
+    # batch by batch, every alpha in turn, so that a batch's prompt is computed once)
+    assert len(journal.read_text().splitlines()) == 1 + 3 + 3 + 3
     monkeypatch.setattr(G.Journal, "append", real_append)
     assert gen(assets, out, "--do_sample") == 0
     assert out.read_bytes() == ref.read_bytes()
