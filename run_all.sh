@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The main job: the whole pipeline on the embedded default, offline on CPU, ending with a per-alpha table.
 #
-#   ./run_all.sh                # full run (<= 20 minutes on 2 CPU cores)
+#   ./run_all.sh                # full run (its measured time on 2 CPU cores: README.md, "Costs and timings")
 #   RECIPE=paper ./run_all.sh   # the paper's exact recipe instead (one teacher, contrastive A, LayerNorm fusion)
-#   SMOKE=1 ./run_all.sh        # a few prompts, two alphas, a few training steps (~3 minutes)
+#   SMOKE=1 ./run_all.sh        # a few prompts, two alphas, a few training steps
 #   PROTOCOL=dexperts ./run_all.sh  # the field's protocol (25 samples per prompt, top-p 0.9, 20 new tokens; EMT and
 #                               # toxicity probability) instead of the paper's (greedy, 10 tokens): the same teachers and
 #                               # A, its generations and scores under OUT_DIR/dexperts/ (see the README for its cost)
