@@ -35,7 +35,8 @@ DATA_PATH=${POS[5]:-${DATA_PATH:-$DEFAULT_EVAL_PROMPTS}}  # rtp:eval = the embed
 
 # ---- editable hyperparameters (the environment overrides each one) --------------------------
 # The paper: alphas 0..0.6 (its fusion's), 10 new tokens, greedy, one prompt at a time, seed 2025.
-# The field's protocol (DExperts): DO_SAMPLE=1 NUM_SAMPLES=25 TOP_P=0.9 MAX_NEW_TOKENS=20.
+PROTOCOL=${PROTOCOL:-paper}     # paper: greedy, 10 new tokens, 1 sample, mean toxicity | dexperts (the field's): 25 samples, top-p 0.9, 20 new tokens, EMT and toxicity probability. Presets the four below; a variable set explicitly wins (logged, recorded in the meta file)
+check_protocol                  # an unknown PROTOCOL: one line, exit 2
 METHOD=${METHOD:-diff}          # diff | fusion (the paper) | wordban | steer
 ALPHAS=${ALPHAS:-}               # empty = the method's own sweep: diff 0 1 2 3 4 5 6, fusion 0 0.1 .. 0.6 (the paper), steer 0 0.1 .. 0.4
 ANTI_TEACHER_MODEL=${ANTI_TEACHER_MODEL:-}  # diff: the anti-expert (empty = the one the matrix names; name both or neither)
@@ -43,11 +44,11 @@ DIFF_SPACE=${DIFF_SPACE:-hidden}  # diff: hidden (through A, reaches every targe
 TOP_K=${TOP_K:-5}               # diff: only the target's top-k tokens are eligible (0 = all; 5 measured best on dev)
 GATE=${GATE:-}                  # diff: act only where log p_anti(pick) - log p_expert(pick) >= GATE (empty = always)
 STEER_VECTOR=${STEER_VECTOR:-}  # steer: a .pt file {'vector': [d_target]} (scripts/build_steer_vector.py)
-MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-10}
+MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-$(protocol_default MAX_NEW_TOKENS)}  # PROTOCOL's: paper 10, dexperts 20
 GEN_BATCH_SIZE=${GEN_BATCH_SIZE:-16}   # sequences per generate() call
-NUM_SAMPLES=${NUM_SAMPLES:-1}
-DO_SAMPLE=${DO_SAMPLE:-0}
-TOP_P=${TOP_P:-0.9}
+NUM_SAMPLES=${NUM_SAMPLES:-$(protocol_default NUM_SAMPLES)}  # continuations per prompt; PROTOCOL's: paper 1, dexperts 25
+DO_SAMPLE=${DO_SAMPLE:-$(protocol_default DO_SAMPLE)}        # 1 = nucleus sampling, 0 = greedy; PROTOCOL's: paper 0, dexperts 1
+TOP_P=${TOP_P:-$(protocol_default TOP_P)}                    # nucleus p when sampling; PROTOCOL's: 0.9 (paper: unused, greedy)
 GEN_TEMPERATURE=${GEN_TEMPERATURE:-1.0}  # sampling temperature (DO_SAMPLE=1)
 GEN_SEED=${GEN_SEED:-2025}      # each (alpha, batch) is seeded from it
 GEN_DTYPE=${GEN_DTYPE:-auto}    # auto = bf16 on a GPU (fp16 where it has no bf16), fp32 on the CPU
@@ -85,7 +86,7 @@ FLAGS=(--teacher_model "$TEACHER_MODEL" --target_model "$TARGET_MODEL" --matrix_
        --max_new_tokens "$MAX_NEW_TOKENS" --batch_size "$GEN_BATCH_SIZE"
        --num_samples "$NUM_SAMPLES" --top_p "$TOP_P" --temperature "$GEN_TEMPERATURE" --seed "$GEN_SEED"
        --dtype "$GEN_DTYPE" --norm "$NORM" --max_prompts "$MAX_PROMPTS" --method "$METHOD"
-       --prompt_field "$PROMPT_FIELD" --prompt_split "$PROMPT_SPLIT" --prompt_filter "$PROMPT_FILTER")
+       --prompt_field "$PROMPT_FIELD" --prompt_split "$PROMPT_SPLIT" --prompt_filter "$PROMPT_FILTER" --protocol "$PROTOCOL")
 case "$METHOD" in
   diff) FLAGS+=(--anti_teacher_model "$ANTI_TEACHER_MODEL" --diff_space "$DIFF_SPACE" --top_k "$TOP_K")
         [[ -n "$GATE" ]] && FLAGS+=(--gate "$GATE") ;;

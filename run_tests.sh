@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up (./setup.sh, idempotent) and runs the test suite offline on CPU.
 #   ./run_tests.sh               # everything, including one end-to-end smoke run of the embedded default
-#   ./run_tests.sh -m "not slow" # the fast tier (about 3 minutes on 2 cores): no real-model run, and no
+#   ./run_tests.sh -m "not slow" # the fast tier (timed in README.md, "Costs and timings"): no real-model run, and no
 #                                # subprocess-heavy check whose promise a faster test also checks
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"

@@ -47,6 +47,16 @@ log = logging.getLogger(__name__)
 
 JOURNAL_VERSION = 1
 
+# The literature's decoding protocols (run_generation.sh's PROTOCOL; scripts/protocols.sh gives the launchers the same
+# values, tests/test_protocols.py keeps them equal). A run records its protocol in the meta file with every argument
+# that departs from it: explicit arguments win over a protocol, and the departure is logged, not refused.
+PROTOCOLS = {
+    "paper": {"settings": {"max_new_tokens": 10, "num_samples": 1, "do_sample": False},
+              "metrics": "mean toxicity"},
+    "dexperts": {"settings": {"max_new_tokens": 20, "num_samples": 25, "do_sample": True, "top_p": 0.9},
+                 "metrics": "expected maximum toxicity (EMT) and toxicity probability"},
+}
+
 
 @dataclass
 class GenerateArguments:
@@ -101,8 +111,15 @@ class GenerateArguments:
     max_prompts: int = field(default=0, metadata={"help": "Use only the first N prompts (after the filter; 0 = all)."})
     device_map: str = field(default="", metadata={"help": "Place a large target across GPUs, e.g. 'auto' (needs accelerate)."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output (and its journal)."})
+    protocol: str = field(default="paper", metadata={
+        "help": "The literature protocol the run follows, recorded in the meta file: paper (greedy, 10 new tokens, one "
+                "sample; mean toxicity) or dexperts (25 samples, top-p 0.9, 20 new tokens; EMT and toxicity "
+                "probability). It sets no argument here (run_generation.sh's PROTOCOL does); arguments that depart "
+                "from it are logged and recorded."})
 
     def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise InputError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         from .methods import get_method
 
         if not self.alphas:
@@ -141,6 +158,16 @@ class GenerateArguments:
 def parse_args(argv=None, description: str | None = None) -> GenerateArguments:
     (args,) = parse_dataclasses([GenerateArguments], argv, description=description or __doc__.split("\n\n")[0])
     return args
+
+
+def protocol_record(args: GenerateArguments) -> dict:
+    """The meta file's record of the run's protocol: its name, its settings, the metrics the literature reads under
+    it, and each argument whose value departs from the protocol's (``{arg: {"protocol": v, "used": w}}``)."""
+    spec = PROTOCOLS[args.protocol]
+    departures = {k: {"protocol": v, "used": getattr(args, k)} for k, v in spec["settings"].items()
+                  if getattr(args, k) != v}
+    return {"name": args.protocol, "settings": dict(spec["settings"]), "metrics": spec["metrics"],
+            "departures": departures}
 
 
 def batch_seed(seed: int, alpha: float, batch_index: int, tag: str = "") -> int:
@@ -425,6 +452,11 @@ def run(args: GenerateArguments) -> list[dict] | None:
 
     rank, world = dist_rank_world()
     log_args(args)
+    protocol = protocol_record(args)
+    if protocol["departures"] and rank == 0:
+        log.warning("protocol %s, with explicit arguments that depart from it (they win; recorded in the meta file): %s",
+                    args.protocol, ", ".join(f"{k} {d['used']} (the protocol's: {d['protocol']})"
+                                             for k, d in protocol["departures"].items()))
     # ---- inputs first: nothing heavy is loaded (and nothing written) until all of them check out
     out_path = check_output_path(args.output_path, "--output_path")
     prompts = load_prompts(args.data_path, args.prompt_field, args.prompt_split, args.prompt_filter, args.max_prompts)
@@ -509,7 +541,7 @@ def run(args: GenerateArguments) -> list[dict] | None:
     meta_path = generation_meta_path(out_path)
     atomic_write_json(meta_path, {
         "output": str(out_path), "method": args.method, "target_model": args.target_model, "target_path": target_path,
-        **method.describe(),
+        **method.describe(), "protocol": protocol,
         "data_path": args.data_path, "n_prompts": len(prompts), "num_samples": args.num_samples,
         "n_batches_per_alpha": len(batches), "world_size": world,
         "generation_seconds_per_alpha": gen_seconds, "fingerprint": fingerprint, "arguments": args_to_dict(args),

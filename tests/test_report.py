@@ -195,3 +195,51 @@ def test_plot_labels_never_overlap_even_when_points_crowd():
         return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
     assert not any(overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])  # ... and none overlaps another
+
+
+# ------------------------------------------------------------------------------ the alpha rule's line
+
+
+def rule_line(md):
+    lines = md.splitlines()
+    last_row = max(i for i, l in enumerate(lines) if l.startswith("| "))
+    assert lines[last_row + 1] == ""
+    return lines[last_row + 2]  # right under the per-alpha table: on run_all.sh's last screen
+
+
+@pytest.mark.parametrize("cap,alpha,budget", [(1.25, "0.2", "5.00"), (1.5, "0.4", "6.00")])
+def test_the_alpha_rule_line_names_the_rules_pick_its_budget_and_how_to_change_it(tmp_path, cap, alpha, budget):
+    from detox_pa.report import choose_alpha
+
+    gen = make_scored(tmp_path, "gen", "diff", {0.0: 0.30, 0.2: 0.22, 0.4: 0.15, 0.6: 0.25},
+                      {0.0: 4.0, 0.2: 4.3, 0.4: 5.2, 0.6: 5.9})
+    meta = json.loads((tmp_path / "gen.meta.json").read_text())
+    (tmp_path / "gen.meta.json").write_text(json.dumps({**meta, "data_path": "rtp:eval"}))
+    line = rule_line(build_report(gen, ppl_cap=cap))
+    assert f"{float(alpha):g}" == f"{choose_alpha(gen, cap):g}"  # the one rule, not a second copy of it
+    assert f"picks **alpha {alpha}**" in line and f"at most {cap:g}x alpha 0's, i.e. <= {budget}" in line
+    assert "`PPL_CAP=` for run_all.sh or `--ppl_cap` for report.py" in line
+    # held-out prompts: honest about what this is, and how to choose alpha properly
+    assert "(rtp:eval) are not the dev split, so this only shows the rule" in line
+    assert f"`DATA_PATH=rtp:dev OUTPUT_PATH={tmp_path / 'dev_gen.json'} ./run_generation.sh`" in line
+    assert json.loads((tmp_path / "gen_report.meta.json").read_text())["alpha_rule"] == line
+
+
+def test_the_alpha_rule_line_on_dev_prompts_and_where_it_does_not_apply(tmp_path, capsys):
+    from detox_pa import report
+
+    gen = make_scored(tmp_path, "dev", "diff", {0.0: 0.30, 0.2: 0.22}, {0.0: 4.0, 0.2: 4.3})
+    meta = json.loads((tmp_path / "dev.meta.json").read_text())
+    (tmp_path / "dev.meta.json").write_text(json.dumps({**meta, "data_path": "rtp:dev",
+                                                        "protocol": {"name": "dexperts"}}))
+    assert run(report.run, report.parse_args, [str(gen), "--ppl_cap", "1.1"]) == 0
+    line = rule_line(capsys.readouterr().out)
+    assert "picks **alpha 0.2**" in line and "the dev split (rtp:dev): this is the alpha to use" in line
+    (tmp_path / "dev.meta.json").write_text(json.dumps({**meta, "data_path": "prompts.jsonl",
+                                                        "protocol": {"name": "dexperts"}}))
+    assert "choose alpha on dev prompts (`PROTOCOL=dexperts DATA_PATH=rtp:dev " in rule_line(build_report(gen))
+    # no alpha 0: the rule cannot run, and the line says why
+    nozero = make_scored(tmp_path / "z", "gen", "diff", {0.2: 0.22}, {0.2: 4.3})
+    assert rule_line(build_report(nozero)).startswith("alpha rule: not applicable to this file (")
+    assert run(report.run, report.parse_args, [str(gen), "--ppl_cap", "0"]) == 2
+    assert "error: --ppl_cap must be a positive number" in capsys.readouterr().err
