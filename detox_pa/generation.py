@@ -81,7 +81,7 @@ class GenerateArguments:
     output_path: str = field(default="outputs/generations.json", metadata={"help": "Output JSON (the paper's nested format)."})
     device: str = field(default="auto", metadata={"help": DEVICE_HELP})
     alphas: list[float] = field(default_factory=list,
-                                metadata={"help": "Strengths to sweep, 0 = the target alone (default: the method's own "
+                                metadata={"help": "Strengths to sweep, 0 = the target alone (none given: the method's own "
                                                   "sweep); per --method: " + alpha_ranges() + "."})
     max_new_tokens: int = field(default=10, metadata={"help": "New tokens per continuation (paper: 10; the field: 20)."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per generate() call."})

@@ -168,6 +168,29 @@ def tell_deepspeed_the_accelerator() -> None:
     visible we say so up front (``DS_ACCELERATOR=cpu``, unless the user set it), so the log stays clean."""
     if "DS_ACCELERATOR" not in os.environ and not gpu_visible():
         os.environ["DS_ACCELERATOR"] = "cpu"
+    prepare_extension_cache()
+
+
+STALE_LOCK_SECONDS = 300  # DeepSpeed's CPU op compiles in about 20 s; a lock this old belongs to a killed build
+
+
+def prepare_extension_cache() -> None:
+    """DeepSpeed on CPU JIT-compiles a small op (shm comm) into torch's extension cache. Two things there can hang a
+    run for ever, and did: a build killed midway leaves its ``lock`` file, and torch waits on it without a timeout;
+    and one cache shared by several checkouts (a CI copy of the repository) rebuilds each time its paths change,
+    so a kill is likelier. Each environment gets its own cache (``TORCH_EXTENSIONS_DIR`` = ``<venv>/torch_extensions``
+    unless the user set it), and a lock older than STALE_LOCK_SECONDS is removed with a warning."""
+    from pathlib import Path
+
+    root = os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    for lock in Path(root).glob("*/*/lock"):
+        try:
+            age = time.time() - lock.stat().st_mtime
+            if age > STALE_LOCK_SECONDS:
+                lock.unlink()
+                log.warning("removed a stale build lock %s (%.0f s old: a killed compile left it)", lock, age)
+        except OSError:
+            pass
 
 
 # ------------------------------------------------------------------------------------ the hub

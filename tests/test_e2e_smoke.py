@@ -32,13 +32,16 @@ def test_run_all_smoke_on_the_embedded_default(tmp_path):
     tr = side["metrics"]["transmission"]
     assert set(tr) >= {"teacher", "also_teacher"} and tr["teacher"]["none"]["states"] > 100
     meta = json.loads((out / "generations.meta.json").read_text())
-    assert meta["method"] == "diff" and meta["anti_teacher_path"].endswith("anti_teacher")
+    # step 2 tuned the pair through the fusion; step 3 decoded with the pair the matrix's sidecar names
+    assert side["tuned_pair"] and (out / "alignment" / "expert").is_dir() and (out / "alignment" / "anti_expert").is_dir()
+    assert meta["method"] == "diff" and meta["teachers_from"] == "the matrix's sidecar"
+    assert meta["anti_teacher_path"].endswith("anti_expert") and meta["teacher_path"].endswith("expert")
     gens = json.loads((out / "generations.json").read_text())
-    assert [b["alpha"] for b in gens] == [0.0, 0.4]
+    assert [b["alpha"] for b in gens] == [0.0, 3.0]
     assert all(len(b["prompt-response pairs"]) == 8 for b in gens)
     assert gens[0]["prompt-response pairs"] != gens[1]["prompt-response pairs"]
     tox = json.loads((out / "generations_toxicity.json").read_text())
-    assert [t["alpha"] for t in tox] == [0.0, 0.4]
+    assert [t["alpha"] for t in tox] == [0.0, 3.0]
     assert all(0.0 <= t["toxicity_score"] <= 1.0 for t in tox)
     assert tox[0]["scorer"].startswith(("bilstm", "detoxify"))
     ppl = json.loads((out / "generations_ppl.json").read_text())

@@ -182,3 +182,36 @@ def test_a_training_log_is_clean(tmp_path):
     assert "\r" not in log and "\x1b" not in log
     losses = re.findall(r"\bloss (\d\S*?)[,;\s]", log)
     assert losses and all(re.fullmatch(r"\d+(\.\d{1,4})?", x) for x in losses), losses
+
+
+def test_a_killed_extension_build_does_not_hang_deepspeed_for_ever(tmp_path, monkeypatch):
+    """A compile killed midway leaves torch's build lock, on which DeepSpeed's CPU op waits without a timeout (a CI
+    run hung 600 s on one): a lock older than a build could take is removed, a fresh one (a build running now) stays."""
+    import os
+    import time
+
+    from detox_pa import runtime
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    stale, fresh = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock", tmp_path / "py311_cpu" / "other_op" / "lock"
+    for p in (stale, fresh):
+        p.parent.mkdir(parents=True)
+        p.touch()
+    old = time.time() - runtime.STALE_LOCK_SECONDS - 5
+    os.utime(stale, (old, old))
+    runtime.prepare_extension_cache()
+    assert not stale.exists() and fresh.exists()
+
+
+def test_each_environment_has_its_own_extension_cache(monkeypatch):
+    import sys
+    from pathlib import Path
+
+    from detox_pa import runtime
+
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    runtime.prepare_extension_cache()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(Path(sys.prefix) / "torch_extensions")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "/somewhere/else")
+    runtime.prepare_extension_cache()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == "/somewhere/else"  # the user's choice wins
