@@ -51,13 +51,13 @@ ALIGN_TEMPERATURE=${ALIGN_TEMPERATURE:-1.0}  # contrastive logits / temperature 
 # top-k while keeping its distribution (KL). Writes $ALIGN_OUTPUT_DIR/expert and anti_expert; step 3 uses them.
 TUNE_PAIR=${TUNE_PAIR:-auto}               # auto (on when ALSO_TEACHER is set) | true | false (fit A only, the paper)
 TUNE_TEXT_PATH=${TUNE_TEXT_PATH-$DEFAULT_TUNE_TEXTS}  # every sampled continuation of the training prompts (TSV/JSONL)
-TUNE_TEXT_ROWS=${TUNE_TEXT_ROWS:-0}        # at most this many tune texts (0 = all)
+TUNE_TEXT_ROWS=${TUNE_TEXT_ROWS:-1269}     # the first this many tune texts (0 = all; 1269 = the first sampling round, sharper on dev)
 TUNE_TOP_K=${TUNE_TOP_K:-10}               # the target's top-k candidates of each state
 TUNE_ALPHA=${TUNE_ALPHA:-1.0}              # the fusion strength while training
 TUNE_MU=${TUNE_MU:-4.0}                    # weight of KL(target || fused)
 TUNE_LR=${TUNE_LR:-1e-4}                   # the teachers' bodies
 TUNE_LR_A=${TUNE_LR_A:-1e-4}               # A (0 = A stays as fitted)
-TUNE_EPOCHS=${TUNE_EPOCHS:-2.0}
+TUNE_EPOCHS=${TUNE_EPOCHS:-2.5}
 TUNE_BATCH_TEXTS=${TUNE_BATCH_TEXTS:-16}
 TUNE_HINGE_WEIGHT=${TUNE_HINGE_WEIGHT:-1.0}  # the greedy hinge: at strength TUNE_HINGE_ALPHA over the top TUNE_HINGE_TOP_K,
 TUNE_HINGE_ALPHA=${TUNE_HINGE_ALPHA:-3.0}    # a clean pick stays on top and a toxic one loses, by TUNE_HINGE_MARGIN (0 = off)

@@ -478,13 +478,17 @@ class AlignArguments:
                 "continuation position is a training state; a share (--heldout_text_share, by hash) is held out "
                 "for the direction metric. The default, every sampled continuation of the training prompts, is "
                 "read from the repository's data/ folder (with its precomputed target states)."})
-    tune_text_rows: int = field(default=0, metadata={"help": "--tune_pair: use at most this many texts (0 = all)."})
+    tune_text_rows: int = field(default=1269, metadata={
+        "help": "--tune_pair: use the first this many texts (0 = all). 1269 = the default file's first sampling round "
+                "(samples 0-7 of each training prompt): on dev states it gave a sharper direction than all 3,809 "
+                "texts for the same steps (AUC .970 vs .949), and it keeps step 2 short."})
     tune_top_k: int = field(default=10, metadata={"help": "--tune_pair: the target's top-k candidates per state."})
     tune_alpha: float = field(default=1.0, metadata={"help": "--tune_pair: the fusion strength while training."})
     tune_mu: float = field(default=4.0, metadata={"help": "--tune_pair: weight of KL(target || fused)."})
     tune_lr: float = field(default=1e-4, metadata={"help": "--tune_pair: AdamW learning rate of the teachers' bodies."})
     tune_lr_A: float = field(default=1e-4, metadata={"help": "--tune_pair: learning rate of A (0: A stays fixed)."})
-    tune_epochs: float = field(default=2.0, metadata={"help": "--tune_pair: passes over the training texts."})
+    tune_epochs: float = field(default=2.5, metadata={
+        "help": "--tune_pair: passes over the fit texts (2.5 over the default's ~1,015: about 160 steps, as measured)."})
     tune_batch_texts: int = field(default=16, metadata={"help": "--tune_pair: texts per step."})
     tune_hinge_weight: float = field(default=1.0, metadata={
         "help": "--tune_pair: weight of the greedy hinge (detox_pa.directed.greedy_hinge; 0 = off): at strength "
@@ -648,19 +652,29 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
     (:func:`detox_pa.directed.train_pair`) on the continuation states of the texts, measure the offset's
     direction on held-out texts before and after, and save the tuned pair into --output_dir."""
     from .assets import resolve_model
-    from .directed import (DirectedConfig, cached_target_states, direction_metrics, label_candidates, pair_offsets,
-                           shipped_states_path, train_pair)
+    from .directed import (DirectedConfig, cached_target_states, direction_metrics, label_candidates, load_states,
+                           pair_offsets, shipped_states_path, states_key, train_pair)
     from .runtime import load_causal_lm, load_tokenizer
 
     t0 = time.time()
     anti_path = resolve_model(args.also_teacher, "--also_teacher")
     paths = args.tune_text_path or args.text_path
-    pairs = read_pairs(paths)[: args.tune_text_rows or None]
+    all_pairs = read_pairs(paths)
+    shipped = [shipped_states_path(p.strip()) for p in paths.split(",") if p.strip()]
+    shipped = [p for p in shipped if p.is_file()] if len(shipped) == 1 else []
+    if shipped and load_states(shipped[0]).get("key") != states_key(target_path, all_pairs, args.tune_top_k):
+        log.info("target states: %s holds other states (another target, texts or k); computing them", shipped[0])
+        shipped = []
+    # --tune_text_rows takes the first rows; the states of a shipped file (all its rows) are read and cut to them,
+    # so a row cap costs no target forward either
+    pairs = all_pairs[: args.tune_text_rows or None]
     fit_i, held_i = text_split([p + c for p, c in pairs], args.heldout_text_share)
     s_tok = load_tokenizer(target_path, pad_with_eos=True)
-    shipped = [shipped_states_path(p.strip()) for p in paths.split(",") if p.strip()]
-    states = cached_target_states(target_path, lambda: load_causal_lm(target_path, "float32").eval(), s_tok, pairs,
-                                  args.tune_top_k, progress=args.progress, shipped=shipped if len(shipped) == 1 else ())
+    states = cached_target_states(target_path, lambda: load_causal_lm(target_path, "float32").eval(), s_tok,
+                                  all_pairs if shipped else pairs, args.tune_top_k, progress=args.progress,
+                                  shipped=shipped)
+    if len(states.texts) > len(pairs):
+        states = states.subset((states.text_of < len(pairs)).nonzero().flatten())
     scorer = None
     if args.tune_label_scorer != "none":
         from .scorers import get_scorer

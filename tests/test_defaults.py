@@ -41,7 +41,7 @@ TABLE = {
         "TOP_P": (G, "top_p"), "GEN_TEMPERATURE": (G, "temperature"), "GEN_SEED": (G, "seed"),
         "GEN_DTYPE": (G, "dtype"), "NORM": (G, "norm"), "MAX_PROMPTS": (G, "max_prompts"),
         "PROMPT_FIELD": (G, "prompt_field"), "PROMPT_SPLIT": (G, "prompt_split"),
-        "PROMPT_FILTER": (G, "prompt_filter"), "GEN_OVERWRITE": (G, "overwrite")}),
+        "PROMPT_FILTER": (G, "prompt_filter"), "GEN_OVERWRITE": (G, "overwrite"), "PROTOCOL": (G, "protocol")}),
     "run_alignment.sh": ("align.py", {
         "MODEL1_NAME": (A, "model1_name"), "MODEL2_NAME": (A, "model2_name"), "ALIGN_OUTPUT_DIR": (A, "output_dir"),
         "OBJECTIVE": (A, "objective"), "TEXT_PATH": (A, "text_path"), "TEXT_ROWS": (A, "text_rows"),

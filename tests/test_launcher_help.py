@@ -14,7 +14,8 @@ ASSIGNED = re.compile(r"^([A-Z][A-Z0-9_]*)=\$\{", re.M)
 # launcher -> (environment to set, lines the help must hold: `{out}` is OUT_DIR, `{repo}` the repository)
 CASES = {
     "run_generation.sh": ({"DEVICE": "cpu", "PROTOCOL": "dexperts", "MAX_NEW_TOKENS": "12"}, [
-        "  TEACHER_MODEL={out}/teacher  [positional 1 <teacher_model_path>]",
+        '  TEACHER_MODEL=""  [positional 1 <teacher_model_path>]',
+        "      empty = the teacher(s) the matrix names (step 2's tuned pair)",
         "  MATRIX_A={out}/alignment/mapping_model.pt  [positional 3 <matrix_A_path>]",
         "  DEVICE=auto  [positional 4 <device>]  [environment: cpu]",
         "      auto = a CUDA GPU when one is visible, else the CPU",
@@ -23,8 +24,9 @@ CASES = {
         "  PROTOCOL=paper  [environment: dexperts]",
         "  MAX_NEW_TOKENS=10  [environment: 12]",            # the environment wins over the protocol's 20
         "  NUM_SAMPLES=1  [now: 25, from the variables above]",  # follows PROTOCOL
-        '  ALPHAS="0 0.1 0.2 0.3 0.4 0.5 0.6"',
-        "      (passed as --alphas)",                          # no comment: the flag it becomes
+        '  ALPHAS=""',
+        "      empty = the method's own sweep: diff 0 1 2 3 4 5 6, fusion 0 0.1 .. 0.6 (the paper), steer 0 0.1 .. 0.4",
+        "      (passed as --target_model)",                    # no comment: the flag it becomes
         '  GATE=""',
     ]),
     "run_pretrain.sh": ({"FREEZE_EMBEDDINGS": "0"}, [
@@ -100,5 +102,5 @@ def test_help_evaluates_no_python_and_checks_no_path(tmp_path):
     r = subprocess.run(["bash", str(REPO / "run_generation.sh"), "-h"], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 0, r.stderr
-    assert "  TEACHER_MODEL=/nonexistent/out/teacher  [positional 1 <teacher_model_path>]" in r.stdout.splitlines()
+    assert "  MATRIX_A=/nonexistent/out/alignment/mapping_model.pt  [positional 3 <matrix_A_path>]" in r.stdout.splitlines()
     assert "  PROTOCOL=paper  [environment: nonsense]" in r.stdout.splitlines()  # --help checks nothing

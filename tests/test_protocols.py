@@ -158,7 +158,7 @@ def test_generation_records_the_protocol_and_logs_a_departure(assets, tmp_path, 
     out = tmp_path / "g.json"
     argv = ["--teacher_model", str(assets / "teacher"), "--target_model", str(assets / "target"),
             "--matrix_A", str(assets / "A.pt"), "--data_path", str(assets / "p.jsonl"), "--output_path", str(out),
-            "--alphas", "0", "0.5", "--protocol", "dexperts", "--do_sample", "--num_samples", "25",
+            "--method", "fusion", "--alphas", "0", "0.5", "--protocol", "dexperts", "--do_sample", "--num_samples", "25",
             "--max_new_tokens", "3", "--batch_size", "25"]
     assert run(generation.run, generation.parse_args, argv) == 0
     err = capsys.readouterr().err
