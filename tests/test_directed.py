@@ -220,6 +220,26 @@ def test_align_tune_pair_writes_the_tuned_pair_and_a_matrix_that_names_it(tmp_pa
     assert run(alignment.run, alignment.parse_args, [a if a != str(out) else str(out3) for a in argv]) == 0
     assert not (tmp_path / "cache2" / "states").exists()
     assert torch.equal(torch.load(out3 / "mapping_model.pt")["mapping"], torch.load(out / "mapping_model.pt")["mapping"])
+    # a row cap reads the shipped states of the whole file and cuts them to its rows: still no target forward, and
+    # exactly the states the first rows have on their own
+    out4 = tmp_path / "align4"
+    n = len(TEXTS) * 2
+    assert run(alignment.run, alignment.parse_args,
+               [a if a != str(out) else str(out4) for a in argv] + ["--tune_text_rows", str(n)]) == 0
+    assert not (tmp_path / "cache2" / "states").exists()
+    rep4 = json.loads((out4 / "mapping_model.json").read_text())["metrics"]["tune_pair"]
+    from detox_pa.alignment import read_pairs
+    from detox_pa.runtime import load_tokenizer
+
+    alone = target_states(tiny_target(d / "target"), load_tokenizer(str(d / "target"), pad_with_eos=True),
+                          read_pairs(str(d / "td.tsv"))[:n], k=10, progress=False)
+    assert rep4["texts"] == n and rep4["states"] == len(alone) < rep["states"]
+
+
+def tiny_target(folder):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
 def test_toxic_texts_mark_their_own_next_token_at_every_state(trio):
