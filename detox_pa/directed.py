@@ -490,14 +490,8 @@ def train_pair(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: torch
         if len(order) < cfg.batch_texts:
             order += [text_ids[i] for i in torch.randperm(len(text_ids), generator=g).tolist()]
         batch, order = order[:cfg.batch_texts], order[cfg.batch_texts:]
-        sidx = [s for t in batch for s in by_text[t]]
-        row_of = {t: i for i, t in enumerate(batch)}
-        rows = torch.tensor([row_of[int(states.text_of[s])] for s in sidx])
-        cols = view.pos[sidx]
-        ids = [view.ids[t] for t in batch]
-        h_e = teacher_hidden(bodies[0], ids, pad, device)[rows, cols]
-        h_a = teacher_hidden(bodies[1], ids, pad, device)[rows, cols]
-        d = (h_e.float() - h_a.float()) @ A
+        sidx, h_diff = pair_difference(bodies, view, states, by_text, batch, pad, device)
+        d = h_diff @ A
         cand = states.cand[sidx].to(device)
         off = candidate_offsets(d, W, cand)
         loss, parts = directed_loss(states.z[sidx].to(device), off, states.toxic[sidx].to(device), cand >= 0,
@@ -523,6 +517,20 @@ def train_pair(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: torch
     return A.detach().float().cpu().contiguous(), report
 
 
+def pair_difference(bodies, view, states: StateSet, by_text: dict[int, list[int]], batch: list[int], pad: int,
+                    device) -> tuple[list[int], torch.Tensor]:
+    """The states of the texts ``batch`` (their ids, in order) and, at each, the expert's minus the anti-expert's
+    final hidden state (float32; one teacher forward per body over the batch's texts)."""
+    sidx = [s for t in batch for s in by_text[t]]
+    row_of = {t: i for i, t in enumerate(batch)}
+    rows = torch.tensor([row_of[int(states.text_of[s])] for s in sidx])
+    cols = view.pos[sidx]
+    ids = [view.ids[t] for t in batch]
+    h_e = teacher_hidden(bodies[0], ids, pad, device)[rows, cols]
+    h_a = teacher_hidden(bodies[1], ids, pad, device)[rows, cols]
+    return sidx, h_e.float() - h_a.float()
+
+
 # ------------------------------------------------------------------------------------ the direction metric
 
 
@@ -544,15 +552,8 @@ def pair_offsets(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: tor
         by_text.setdefault(int(states.text_of[s]), []).append(s)
     text_ids = sorted(by_text)
     for b in range(0, len(text_ids), batch_texts):
-        batch = text_ids[b:b + batch_texts]
-        sidx = [s for t in batch for s in by_text[t]]
-        row_of = {t: i for i, t in enumerate(batch)}
-        rows = torch.tensor([row_of[int(states.text_of[s])] for s in sidx])
-        cols = view.pos[sidx]
-        ids = [view.ids[t] for t in batch]
-        h_e = teacher_hidden(bodies[0], ids, pad, device)[rows, cols]
-        h_a = teacher_hidden(bodies[1], ids, pad, device)[rows, cols]
-        off[sidx] = candidate_offsets((h_e.float() - h_a.float()) @ A, W, states.cand[sidx].to(device)).cpu()
+        sidx, h_diff = pair_difference(bodies, view, states, by_text, text_ids[b:b + batch_texts], pad, device)
+        off[sidx] = candidate_offsets(h_diff @ A, W, states.cand[sidx].to(device)).cpu()
     return off, view.pos >= 0
 
 
