@@ -746,11 +746,12 @@ def run(args: AlignArguments) -> dict:
 
     from .artifacts import save_matrix
     from .assets import describe_model, resolve_model
-    from .runtime import library_versions
+    from .runtime import library_versions, tell_deepspeed_the_accelerator
     from .vocab import shared_vocab
 
     t0 = time.time()
     log_args(args)
+    tell_deepspeed_the_accelerator()  # saving the tuned pair imports accelerate, which probes for an accelerator
     teacher = resolve_model(args.model1_name, "teacher (--model1_name)", need_tokenizer=True)
     target = resolve_model(args.model2_name, "target (--model2_name)", need_tokenizer=True)
     t_ref = find_embedding(teacher, args.embedding_space, f"teacher {args.model1_name}")
