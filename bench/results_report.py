@@ -188,10 +188,13 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
               "the anti-expert on `data/teacher_data_toxic.tsv`: clean and toxic continuations the target itself wrote "
               "for the training prompts).",
               "- Step 2 fits A (576 x 640) in closed form (the target's output layer reads `h_teacher @ A` as the teacher's "
-              "reads `h_teacher`), then trains both teachers' bodies and A *through the fusion* on `data/tune_texts.tsv` "
-              "(every sampled continuation of the training prompts): at each continuation position, over the target's "
-              "top-10 and the text's own next token, the unlikelihood of the toxic candidates under "
-              "`softmax(z + W_target((h_e - h_a) A))` plus 4 x KL(target || fused). A candidate is toxic when it is a "
+              "reads `h_teacher`), then trains both teachers' bodies and A *through the fusion* on the first 1,269 rows "
+              "of `data/tune_texts.tsv` (the first sampling round's continuations of the training prompts; 80% fit, 20% "
+              "held out for the direction metric; 159 steps of 16 texts): at each continuation position, over the "
+              "target's top-10 and the text's own next token, the unlikelihood of the toxic candidates under "
+              "`softmax(z + W_target((h_e - h_a) A))` plus 4 x KL(target || fused), plus a hinge at the deployment "
+              "strength (alpha 3 over the top 5: a clean pick stays on top, a toxic pick loses to the best clean "
+              "candidate, by a margin of 0.5). A candidate is toxic when it is a "
               "single-token word of the word list, or when appending it makes profanity-check (the data filter, never "
               "the evaluation's BiLSTM) jump to >= 0.5 by >= 0.3.",
               "- Decoding: `z + alpha * W_target((h_e - h_a) A)` on the target's top-5 tokens (the others cannot be chosen); "
