@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import tiny
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHERS = ["run_pretrain.sh", "run_alignment.sh", "run_generation.sh", "run_tox_score.sh", "run_ppl_score.sh",
              "run_all.sh", "run_tests.sh", "setup.sh", ".ci/run"]
@@ -73,10 +75,7 @@ def test_help_prints_usage_and_writes_nothing(name, flag, tmp_path):
 
 
 def _stub(tmp_path):
-    stub = tmp_path / "python"
-    stub.write_text("#!/usr/bin/env bash\necho \"ARGS $*\"\n")
-    stub.chmod(0o755)
-    return stub
+    return tiny.stub_python(tmp_path)
 
 
 @pytest.mark.parametrize("argv,expect", [
@@ -147,15 +146,8 @@ def test_run_all_wires_each_recipe_through_the_five_steps(tmp_path, method):
     fits the logits A and generates with --method diff; RECIPE=paper trains one teacher with every weight,
     the contrastive A and the paper's LayerNorm fusion, under outputs/paper."""
     import os
-    import sys
 
-    stub = tmp_path / "python"
-    stub.write_text(f"""#!/usr/bin/env bash
-if [[ "${{1:-}}" == "-c" || "${{1:-}}" == "-" || "${{1:-}}" == "-m" ]]; then exec {sys.executable} "$@"; fi
-echo "ARGS $*"
-while (( $# > 1 )); do [[ "$1" == --output_dir ]] && mkdir -p "$2"; shift; done
-""")
-    stub.chmod(0o755)
+    stub = tiny.stub_python(tmp_path, pipeline=True)
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=str(stub), OUT_DIR=str(out), NUM_GPUS="0", NPROC="1", RECIPE=method,
                HF_HUB_OFFLINE="1")

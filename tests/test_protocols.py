@@ -6,7 +6,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,10 +25,7 @@ PRESET_VARS = ("PROTOCOL", "MAX_NEW_TOKENS", "NUM_SAMPLES", "DO_SAMPLE", "TOP_P"
 
 def stub_python(tmp_path):
     """A PYTHON that prints its command line (the effective arguments) and runs nothing."""
-    stub = tmp_path / "python"
-    stub.write_text("#!/usr/bin/env bash\necho \"ARGS $*\"\n")
-    stub.chmod(0o755)
-    return stub
+    return tiny.stub_python(tmp_path)
 
 
 def launch(tmp_path, **env_extra):
@@ -115,13 +111,7 @@ def test_an_unknown_protocol_is_one_line_and_exit_2(script, tmp_path):
 def test_run_all_generates_each_protocol_into_its_own_files(tmp_path):
     """PROTOCOL=dexperts in run_all.sh: the same teachers and A, generations (and so their scores and report)
     under OUT_DIR/dexperts, with the preset's arguments; the report gets the alpha rule's PPL cap."""
-    stub = tmp_path / "python"
-    stub.write_text(f"""#!/usr/bin/env bash
-if [[ "${{1:-}}" == "-c" || "${{1:-}}" == "-" || "${{1:-}}" == "-m" ]]; then exec {sys.executable} "$@"; fi
-echo "ARGS $*"
-while (( $# > 1 )); do [[ "$1" == --output_dir ]] && mkdir -p "$2"; shift; done
-""")
-    stub.chmod(0o755)
+    stub = tiny.stub_python(tmp_path, pipeline=True)
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k not in PRESET_VARS}
     env.update(PYTHON=str(stub), OUT_DIR=str(out), NUM_GPUS="0", NPROC="1", PROTOCOL="dexperts", PPL_CAP="1.5",

@@ -106,3 +106,21 @@ def make_model_folder(tmp_path: Path, name: str, arch: str = "llama", kind: str 
     tok = make_tokenizer(kind)
     make_model(arch, vocab_size=len(tok), folder=folder, tokenizer=tok, **kw)
     return folder
+
+
+def stub_python(tmp_path: Path, pipeline: bool = False) -> Path:
+    """A fake ``python`` for the launchers (PYTHON=...): it prints ``ARGS <argv>`` instead of running a step. With
+    ``pipeline``, ``-c`` / ``-`` / ``-m`` calls (the launchers' own checks) run the real interpreter, and an
+    ``--output_dir`` is created, so run_all.sh can go through every step."""
+    import sys
+
+    stub = Path(tmp_path) / "python"
+    body = "#!/usr/bin/env bash\n"
+    if pipeline:
+        body += (f'if [[ "${{1:-}}" == "-c" || "${{1:-}}" == "-" || "${{1:-}}" == "-m" ]]; then exec {sys.executable} "$@"; fi\n')
+    body += 'echo "ARGS $*"\n'
+    if pipeline:
+        body += 'while (( $# > 1 )); do [[ "$1" == --output_dir ]] && mkdir -p "$2"; shift; done\n'
+    stub.write_text(body)
+    stub.chmod(0o755)
+    return stub
