@@ -49,6 +49,7 @@ import torch
 
 from .artifacts import MATRIX_FILE, MATRIX_KEY, MATRIX_SIDECAR, TUNED_ANTI, TUNED_EXPERT
 from .cli import args_to_dict, log_args, parse_dataclasses, require_min
+from .directed import read_pairs  # noqa: F401  (the tune texts' reader; re-exported)
 from .embeddings import SPACES, EmbeddingRef, find_embedding, load_embedding  # noqa: F401  (re-exported)
 from .errors import InputError
 from .io import check_output_dir
@@ -572,25 +573,6 @@ def read_texts(paths: str, rows: int = 0) -> list[str]:
         out += _read_texts_one(path.strip())[: rows or None]
     if len(out) < 2:
         raise InputError(f"--text_path {paths}: needs at least 2 texts (one to fit on, one held out), found {len(out)}")
-    return out
-
-
-def read_pairs(paths: str) -> list[tuple[str, str]]:
-    """(prompt, continuation) pairs of teacher-data files (comma-separated), glued as the teachers were trained
-    (:func:`detox_pa.completion.join_prompt_completion`): ``prompt + continuation`` is the training text."""
-    from .completion import join_prompt_completion
-    from .data import read_teacher_data
-
-    out: list[tuple[str, str]] = []
-    for path in [p.strip() for p in paths.split(",") if p.strip()]:
-        if Path(path).suffix.lower() == ".txt":
-            raise InputError(f"--tune_text_path {path}: needs prompt -> completion pairs (a teacher-data TSV or JSONL)")
-        pairs, _ = read_teacher_data(path)
-        for p, c in pairs:
-            text, start = join_prompt_completion(p, c)
-            out.append((text[:start], text[start:]))
-    if len(out) < 2:
-        raise InputError(f"--tune_text_path {paths}: needs at least 2 prompt -> completion pairs, found {len(out)}")
     return out
 
 

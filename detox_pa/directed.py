@@ -35,6 +35,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from .errors import InputError
+
 log = logging.getLogger(__name__)
 
 STATES_VERSION = 1  # bump when target_states' content changes (its cache key)
@@ -196,6 +198,25 @@ def states_key(target_path: str, texts: Sequence[tuple[str, str]], k: int) -> st
 
     return hashlib.sha256(json.dumps({"target": model_files_fingerprint(target_path), "texts": texts_key(texts), "k": k,
                                       "version": STATES_VERSION}).encode()).hexdigest()[:32]
+
+
+def read_pairs(paths: str) -> list[tuple[str, str]]:
+    """(prompt, continuation) pairs of teacher-data files (comma-separated), glued as the teachers were trained
+    (:func:`detox_pa.completion.join_prompt_completion`): ``prompt + continuation`` is the training text."""
+    from .completion import join_prompt_completion
+    from .data import read_teacher_data
+
+    out: list[tuple[str, str]] = []
+    for path in [p.strip() for p in paths.split(",") if p.strip()]:
+        if Path(path).suffix.lower() == ".txt":
+            raise InputError(f"--tune_text_path {path}: needs prompt -> completion pairs (a teacher-data TSV or JSONL)")
+        pairs, _ = read_teacher_data(path)
+        for p, c in pairs:
+            text, start = join_prompt_completion(p, c)
+            out.append((text[:start], text[start:]))
+    if len(out) < 2:
+        raise InputError(f"--tune_text_path {paths}: needs at least 2 prompt -> completion pairs, found {len(out)}")
+    return out
 
 
 def shipped_states_path(texts_path: str | Path) -> Path:
@@ -673,7 +694,6 @@ def _alpha_at(rows, share: float) -> float | None:
 def write_states(texts_path: str, target: str = "gemma-3-270m", k: int = 10, batch_size: int = 16) -> Path:
     """Compute the target's states for a tune-texts file (prompt -> completion TSV/JSONL) and write them beside it
     (:func:`shipped_states_path`), so that ``align.py --tune_pair`` on those texts and that target computes nothing."""
-    from .alignment import read_pairs
     from .assets import resolve_model
     from .runtime import load_causal_lm, load_tokenizer
 
