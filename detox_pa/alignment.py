@@ -634,8 +634,8 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
     (:func:`detox_pa.directed.train_pair`) on the continuation states of the texts, measure the offset's
     direction on held-out texts before and after, and save the tuned pair into --output_dir."""
     from .assets import resolve_model
-    from .directed import (DirectedConfig, cached_target_states, direction_metrics, label_candidates, load_states,
-                           pair_offsets, shipped_states_path, states_key, train_pair)
+    from .directed import (DirectedConfig, cached_target_states, direction_metrics, label_candidates, pair_offsets,
+                           shipped_states_path, train_pair)
     from .runtime import load_causal_lm, load_tokenizer
 
     t0 = time.time()
@@ -643,20 +643,14 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
     paths = args.tune_text_path or args.text_path
     all_pairs = read_pairs(paths)
     shipped = [shipped_states_path(p.strip()) for p in paths.split(",") if p.strip()]
-    shipped = [p for p in shipped if p.is_file()] if len(shipped) == 1 else []
-    if shipped and load_states(shipped[0]).get("key") != states_key(target_path, all_pairs, args.tune_top_k):
-        log.info("target states: %s holds other states (another target, texts or k); computing them", shipped[0])
-        shipped = []
-    # --tune_text_rows takes the first rows; the states of a shipped file (all its rows) are read and cut to them,
-    # so a row cap costs no target forward either
+    # --tune_text_rows takes the first rows; the states a file ships for all its rows are cut to them, so a row cap
+    # costs no target forward either
     pairs = all_pairs[: args.tune_text_rows or None]
     fit_i, held_i = text_split([p + c for p, c in pairs], args.heldout_text_share)
     s_tok = load_tokenizer(target_path, pad_with_eos=True)
     states = cached_target_states(target_path, lambda: load_causal_lm(target_path, "float32").eval(), s_tok,
-                                  all_pairs if shipped else pairs, args.tune_top_k, progress=args.progress,
-                                  shipped=shipped)
-    if len(states.texts) > len(pairs):
-        states = states.subset((states.text_of < len(pairs)).nonzero().flatten())
+                                  all_pairs, args.tune_top_k, progress=args.progress,
+                                  shipped=shipped if len(shipped) == 1 else (), rows=len(pairs))
     scorer = None
     if args.tune_label_scorer != "none":
         from .scorers import get_scorer

@@ -225,28 +225,36 @@ def shipped_states_path(texts_path: str | Path) -> Path:
 
 
 def cached_target_states(target_path: str, target, tokenizer, texts: Sequence[tuple[str, str]], k: int,
-                         batch_size: int = 16, progress: bool = True, shipped: Sequence[str | Path] = ()) -> StateSet:
-    """:func:`target_states`, read from a file that holds exactly these states (``shipped``: e.g. the states the
-    repository ships beside its tune texts, used only when their key matches) or from the cache under
-    ``<cache>/states/``; otherwise computed and cached. ``target`` may be a callable that loads the model (it is only
-    called when the states must be computed)."""
+                         batch_size: int = 16, progress: bool = True, shipped: Sequence[str | Path] = (),
+                         rows: int = 0) -> StateSet:
+    """:func:`target_states` of ``texts[:rows]`` (``rows`` 0: all), read from a file that holds the states of all
+    ``texts`` (``shipped``: e.g. the states the repository ships beside its tune texts, used only when their key
+    matches) and cut to the first rows, or from the cache under ``<cache>/states/``; otherwise computed (for the
+    first rows only) and cached. ``target`` may be a callable that loads the model (it is only called when the
+    states must be computed)."""
     from .assets import cache_dir
 
-    key = states_key(target_path, texts, k)
+    rows = min(rows or len(texts), len(texts))
+    use = list(texts[:rows])
+    full_key, key = states_key(target_path, texts, k), states_key(target_path, use, k)
     path = cache_dir() / "states" / f"{key}.pt"
-    for p in [Path(x) for x in shipped] + [path]:
+    for p, want in [(Path(x), full_key) for x in shipped] + [(path, key)]:
         if not p.is_file():
             continue
         try:
             d = load_states(p)
-            if d.get("key") != key:
+            if d.get("key") != want:
                 log.info("target states: %s holds other states (another target, texts or k); not used", p)
                 continue
-            st = StateSet.from_dict(d, texts)
-            log.info("target states: %d states of %d texts from %s", len(st), len(texts), p)
+            st = StateSet.from_dict(d, texts if want == full_key else use)
+            if len(st.texts) > rows:  # the shipped states of every text, cut to the first rows
+                st = st.subset((st.text_of < rows).nonzero().flatten())
+                st.texts = use
+            log.info("target states: %d states of %d texts from %s", len(st), rows, p)
             return st
         except Exception as e:  # a damaged file is recomputed
             log.warning("ignoring the damaged states file %s (%s)", p, e)
+    texts = use
     if callable(target) and not isinstance(target, torch.nn.Module):
         target = target()
     t0 = time.time()

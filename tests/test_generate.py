@@ -21,13 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    d = tmp_path_factory.mktemp("gen")
-    tiny.make_model_folder(d, "target", "gemma3", "sp", seed=1)
-    tiny.make_model_folder(d, "teacher", "llama", "bl", seed=2, hidden=24, layers=2)
-    torch.save({"mapping": torch.randn(24, 32, generator=torch.Generator().manual_seed(0)) * 0.3}, d / "A.pt")
     prompts = [" ".join(s.split()[:k]) for k, s in zip([2, 5, 3, 7, 4, 6, 3], tiny.corpus(7, seed=9))]
-    (d / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    return d
+    return tiny.make_generation_assets(tmp_path_factory.mktemp("gen"), prompts)
 
 
 def stderr_lines(capsys):

@@ -136,12 +136,7 @@ def test_run_all_generates_each_protocol_into_its_own_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    d = tmp_path_factory.mktemp("proto")
-    tiny.make_model_folder(d, "target", "gemma3", "sp", seed=1)
-    tiny.make_model_folder(d, "teacher", "llama", "bl", seed=2, hidden=24, layers=2)
-    torch.save({"mapping": torch.randn(24, 32, generator=torch.Generator().manual_seed(0)) * 0.3}, d / "A.pt")
-    (d / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in tiny.corpus(3, seed=9)))
-    return d
+    return tiny.make_generation_assets(tmp_path_factory.mktemp("proto"), tiny.corpus(3, seed=9))
 
 
 def test_generation_records_the_protocol_and_logs_a_departure(assets, tmp_path, capsys):

@@ -124,3 +124,17 @@ def stub_python(tmp_path: Path, pipeline: bool = False) -> Path:
     stub.write_text(body)
     stub.chmod(0o755)
     return stub
+
+
+def make_generation_assets(d: Path, prompts: list[str]) -> Path:
+    """A tiny target (gemma3, sp), a teacher (llama, bl, hidden 24), a random A between them and a prompts file
+    ``p.jsonl`` in folder ``d``: what generate.py needs."""
+    import json
+
+    import torch
+
+    make_model_folder(d, "target", "gemma3", "sp", seed=1)
+    make_model_folder(d, "teacher", "llama", "bl", seed=2, hidden=24, layers=2)
+    torch.save({"mapping": torch.randn(24, 32, generator=torch.Generator().manual_seed(0)) * 0.3}, Path(d) / "A.pt")
+    (Path(d) / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return Path(d)
