@@ -64,6 +64,7 @@ TUNE_HINGE_ALPHA=${TUNE_HINGE_ALPHA:-3.0}    # a clean pick stays on top and a t
 TUNE_HINGE_MARGIN=${TUNE_HINGE_MARGIN:-0.5}
 TUNE_HINGE_TOP_K=${TUNE_HINGE_TOP_K:-5}      # = step 3's TOP_K
 TUNE_LABEL_SCORER=${TUNE_LABEL_SCORER:-profanity-check}  # toxic = word list, or this scorer jumps (none = word list)
+ALIGN_OVERWRITE=${ALIGN_OVERWRITE:-0}      # 1 = replace an existing matrix (and tuned pair) in ALIGN_OUTPUT_DIR
 # ----
 
 # your anti-expert is never paired with the default run's teacher (the default run's anti-expert is picked up only
@@ -78,6 +79,8 @@ if [[ "$MODEL1_NAME" == "$DEFAULT_TEACHER_DIR" && ! -d "$MODEL1_NAME" ]]; then
   exit 2
 fi
 
+FLAGS=()
+[[ "$ALIGN_OVERWRITE" == 1 ]] && FLAGS+=(--overwrite)
 exec "$PYTHON" "$REPO_DIR/align.py" \
   --model1_name "$MODEL1_NAME" \
   --model2_name "$MODEL2_NAME" \
@@ -111,4 +114,4 @@ exec "$PYTHON" "$REPO_DIR/align.py" \
   --tune_hinge_margin "$TUNE_HINGE_MARGIN" \
   --tune_hinge_top_k "$TUNE_HINGE_TOP_K" \
   --tune_label_scorer "$TUNE_LABEL_SCORER" \
-  "$@"
+  ${FLAGS[@]+"${FLAGS[@]}"} "$@"

@@ -505,6 +505,9 @@ class AlignArguments:
     tune_jump_min: float = field(default=0.5, metadata={"help": "--tune_pair: a jump reaches at least this score."})
     tune_jump_rise: float = field(default=0.3, metadata={"help": "--tune_pair: ... and rises by at least this much."})
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
+    overwrite: bool = field(default=False, metadata={
+        "help": f"Replace an existing {MATRIX_FILE} in --output_dir (and the tuned pair next to it); without it, an "
+                "existing matrix stops the run before anything is read or written."})
 
     def __post_init__(self):
         for name in ("model1_name", "model2_name", "output_dir"):
@@ -563,6 +566,9 @@ class AlignArguments:
                     raise InputError(f"--{name} must be >= 0, got {v}")
             read_pairs(self.tune_text_path or self.text_path)
         check_output_dir(self.output_dir, "--output_dir")
+        if (Path(self.output_dir) / MATRIX_FILE).exists() and not self.overwrite:
+            raise InputError(f"{Path(self.output_dir) / MATRIX_FILE} already exists: pass --overwrite "
+                             "(ALIGN_OVERWRITE=1 in run_alignment.sh) to replace it, or choose another --output_dir")
 
 
 def read_texts(paths: str, rows: int = 0) -> list[str]:

@@ -198,6 +198,21 @@ def test_align_main_writes_matrix_and_sidecar(folders, tmp_path):
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+def test_existing_matrix_is_refused_unless_overwrite(folders, tmp_path, capsys):
+    out = tmp_path / "align"
+    assert run(alignment.run, alignment.parse_args, _argv(folders, out, "--epochs", "1")) == 0
+    before = (out / "mapping_model.pt").read_bytes(), (out / "mapping_model.json").read_bytes()
+    capsys.readouterr()
+    # a second run into the same folder stops before reading a model: the earlier matrix and sidecar are untouched
+    assert run(alignment.run, alignment.parse_args, _argv(folders, out, "--epochs", "1", "--seed", "7")) != 0
+    err = capsys.readouterr().err
+    assert f"{out / 'mapping_model.pt'} already exists" in err and "--overwrite" in err
+    assert ((out / "mapping_model.pt").read_bytes(), (out / "mapping_model.json").read_bytes()) == before
+    assert run(alignment.run, alignment.parse_args,
+               _argv(folders, out, "--epochs", "1", "--seed", "7", "--overwrite", "true")) == 0
+    assert (out / "mapping_model.pt").read_bytes() != before[0]
+
+
 def test_same_seed_same_matrix_other_seed_other_matrix(folders, tmp_path):
     mats = []
     for name, seed in (("a", 42), ("b", 42), ("c", 7)):

@@ -67,7 +67,7 @@ def make_workspace(root: Path) -> dict[str, Path]:
 
 def put(w, name: str, data: bytes | str) -> Path:
     p = w["root"] / "bad" / name
-    p.parent.mkdir(exist_ok=True)
+    p.parent.mkdir(parents=True, exist_ok=True)
     p.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return p
 
@@ -196,6 +196,9 @@ CASES = [
     Case("align", "negative learning rate", lambda w: ali(w, "--lr=-0.001"), r"--lr must be a positive number"),
     Case("align", "output folder inside a read-only folder",
          with_flag(ali, "--output_dir", lambda w: readonly_folder(w) / "alignment"), r"not writable"),
+    Case("align", "output folder that already holds a matrix",
+         with_flag(ali, "--output_dir", lambda w: put(w, "old_alignment/mapping_model.pt", b"earlier result").parent),
+         r"old_alignment/mapping_model\.pt already exists: pass --overwrite"),
     # ---- generate.py
     Case("generate", "alpha -0.1", lambda w: gen(w)[:-2] + ["-0.1"], r"-0\.1.*outside \[0, 1\]"),
     Case("generate", "alpha 1.5", lambda w: gen(w)[:-2] + ["1.5"], r"1\.5.*outside \[0, 1\]"),
