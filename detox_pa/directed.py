@@ -718,6 +718,62 @@ def write_states(texts_path: str, target: str = "gemma-3-270m", k: int = 10, bat
     return out
 
 
+def soup_pairs(align_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
+    """Average tuned pairs (align.py --tune_pair output folders of the same teachers, e.g. several seeds): each
+    teacher's weights and A are the mean over the folders, written as one alignment folder that decodes like any
+    other (the first folder's sidecar and teacher files, plus a ``soup`` entry naming the folders). Refuses folders
+    whose tensors differ in name or shape, and an existing ``out_dir``."""
+    import shutil
+
+    from .artifacts import MATRIX_FILE, MATRIX_SIDECAR, TUNED_ANTI, TUNED_EXPERT
+
+    dirs = [Path(d) for d in align_dirs]
+    out = Path(out_dir)
+    if not dirs:
+        raise InputError("soup_pairs: no folders")
+    if out.exists():
+        raise InputError(f"{out} already exists")
+    for d in dirs:
+        for need in (d / MATRIX_FILE, d / MATRIX_SIDECAR, d / TUNED_EXPERT / "model.safetensors",
+                     d / TUNED_ANTI / "model.safetensors"):
+            if not need.is_file():
+                raise InputError(f"{need} does not exist: not a tuned pair (align.py --tune_pair)")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _soup_into(dirs, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.rename(out)
+    return out
+
+
+def _soup_into(dirs: list[Path], tmp: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from .artifacts import MATRIX_FILE, MATRIX_SIDECAR, TUNED_ANTI, TUNED_EXPERT, load_matrix, save_matrix
+
+    for sub in (TUNED_EXPERT, TUNED_ANTI):
+        sds = [load_file(str(d / sub / "model.safetensors")) for d in dirs]
+        for d, sd in zip(dirs[1:], sds[1:]):
+            if {k: v.shape for k, v in sd.items()} != {k: v.shape for k, v in sds[0].items()}:
+                raise InputError(f"{d / sub}: its tensors differ from {dirs[0] / sub}'s; only pairs of the same "
+                                 "teachers can be averaged")
+        shutil.copytree(dirs[0] / sub, tmp / sub)
+        avg = {k: (sum(sd[k].double() for sd in sds) / len(sds)).to(sds[0][k].dtype).contiguous() for k in sds[0]}
+        save_file(avg, str(tmp / sub / "model.safetensors"), metadata={"format": "pt"})
+    As = [load_matrix(d / MATRIX_FILE) for d in dirs]
+    if len({tuple(A.shape) for A in As}) != 1:
+        raise InputError("soup_pairs: the matrices' shapes differ")
+    side = json.loads((dirs[0] / MATRIX_SIDECAR).read_text(encoding="utf-8"))
+    side.pop("artifact", None)
+    side["soup"] = {"of": [str(d) for d in dirs], "what": "the mean of these tuned pairs' teacher weights and of their A"}
+    save_matrix(tmp, sum(A.double() for A in As).float() / len(As), side)
+
+
 if __name__ == "__main__":  # python -m detox_pa.directed TEXTS.tsv [TARGET] [K]
     import sys
 

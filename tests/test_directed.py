@@ -268,3 +268,49 @@ def test_greedy_hinge_on_hand_made_numbers():
     h, _ = greedy_hinge(z, off, toxic, alpha=2.0, margin=0.5, top_k=3)
     # the offset now flips the clean pick (3 - 2 < 2: hinge 2 - 1 + 0.5) and the toxic one (2.5 > 1: none left)
     assert torch.allclose(h, torch.tensor([1.5, 0.0, 0.0]))
+
+
+def _fake_tuned_dir(root, seed, hidden=24):
+    """An alignment folder as align.py --tune_pair writes it (matrix, sidecar naming the pair, two teacher folders)."""
+    from detox_pa.artifacts import save_matrix
+
+    ttok = tiny.make_tokenizer("bl", vocab_size=280)
+    for sub, s in (("expert", seed), ("anti_expert", seed + 100)):
+        tiny.make_model("llama", vocab_size=len(ttok), hidden=hidden, layers=2, seed=s, tokenizer=ttok, folder=root / sub)
+    A = torch.randn(hidden, 32, generator=torch.Generator().manual_seed(seed))
+    save_matrix(root, A, {"tuned_pair": {"expert": "expert", "anti_expert": "anti_expert"}, "seed": seed})
+    return A
+
+
+def test_soup_pairs_averages_weights_and_matrix_and_decodes_like_a_tuned_pair(tmp_path):
+    """The soup of two tuned pairs: every teacher tensor and A are the means of the two, the folder names its own
+    pair for generate.py, the sidecar says what it is; a second soup into the same folder and pairs of different
+    shapes are refused."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from types import SimpleNamespace
+
+    from detox_pa.directed import soup_pairs
+    from detox_pa.errors import InputError
+    from detox_pa.methods import resolve_teachers
+
+    A1, A2 = _fake_tuned_dir(tmp_path / "a", 1), _fake_tuned_dir(tmp_path / "b", 2)
+    out = soup_pairs([tmp_path / "a", tmp_path / "b"], tmp_path / "soup")
+    assert torch.allclose(torch.load(out / "mapping_model.pt")["mapping"], (A1 + A2) / 2, atol=1e-6)
+    for sub in ("expert", "anti_expert"):
+        sa, sb, ss = (load_file(str(p / sub / "model.safetensors")) for p in (tmp_path / "a", tmp_path / "b", out))
+        assert set(ss) == set(sa) and any(not torch.equal(sa[k], sb[k]) for k in sa)
+        for k in sa:
+            assert torch.allclose(ss[k], (sa[k] + sb[k]) / 2, atol=1e-6), k
+    side = json.loads((out / "mapping_model.json").read_text())
+    assert side["soup"]["of"] == [str(tmp_path / "a"), str(tmp_path / "b")] and side["artifact"] == "mapping_model.pt"
+    ns = SimpleNamespace(teacher_model="", anti_teacher_model="", matrix_A=str(out / "mapping_model.pt"))
+    assert resolve_teachers(ns, need_anti=True) == (str(out / "expert"), str(out / "anti_expert"))
+    with pytest.raises(InputError, match="already exists"):
+        soup_pairs([tmp_path / "a", tmp_path / "b"], out)
+    _fake_tuned_dir(tmp_path / "c", 3, hidden=16)
+    with pytest.raises(InputError, match="differ"):
+        soup_pairs([tmp_path / "a", tmp_path / "c"], tmp_path / "soup2")
+    assert not (tmp_path / "soup2").exists() and not (tmp_path / "soup2.tmp").exists()

@@ -1,0 +1,73 @@
+"""Seed study helpers for bench/seeds.sh (issue 21).
+
+    python bench/seeds.py soup OUT ALIGN_DIR...      # average tuned pairs (detox_pa.directed.soup_pairs)
+    python bench/seeds.py table SEEDS_DIR NAME... [--ppl_cap 1.25] [--ref NAME] [--at 4]
+
+The table: for each dev run ``SEEDS_DIR/dev_<NAME>.json`` (scored), each alpha's mean BiLSTM toxicity (change vs
+alpha 0) and token-weighted PPL ratio, the alpha the dev rule picks, and the paired bootstrap difference of each
+run against ``--ref`` at alpha ``--at`` (the same dev prompts; negative = less toxic than the reference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detox_pa.metrics import paired_difference  # noqa: E402
+from detox_pa.report import alpha_rule, load_scored_run, tox_of  # noqa: E402
+
+
+def table(seeds_dir: Path, names: list[str], cap: float, ref: str, at: float) -> str:
+    runs = {n: load_scored_run(seeds_dir / f"dev_{n}.json") for n in names}
+    alphas = sorted({a for r in runs.values() for a in r.tox if a is not None})
+    head = "| run | " + " | ".join(f"alpha {a:g}" for a in alphas) + f" | rule (PPL <= {cap:g}x) | vs {ref} at alpha {at:g} |"
+    lines = [head, "|" + "---|" * (len(alphas) + 3)]
+    for n, r in runs.items():
+        t0 = tox_of(r.tox[0.0], r.scorer)
+        p0 = r.ppl[""][0.0]["ppl_token_weighted"]
+        cells = []
+        for a in alphas:
+            if a not in r.tox:
+                cells.append("")
+                continue
+            t = tox_of(r.tox[a], r.scorer)
+            cells.append(f"{t:.3f} ({100 * (t / t0 - 1):+.1f}%), {r.ppl[''][a]['ppl_token_weighted'] / p0:.3f}x")
+        pick, _ = alpha_rule(r, cap)
+        tp = tox_of(r.tox[pick], r.scorer)
+        rule = f"alpha {pick:g}: {100 * (tp / t0 - 1):+.1f}% at {r.ppl[''][pick]['ppl_token_weighted'] / p0:.3f}x"
+        if n == ref:
+            diff = "reference"
+        else:
+            d, lo, hi, k = paired_difference(r.records[at], runs[ref].records[at])
+            diff = f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}] (n={k})"
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {rule} | {diff} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("soup")
+    s.add_argument("out")
+    s.add_argument("dirs", nargs="+")
+    t = sub.add_parser("table")
+    t.add_argument("seeds_dir")
+    t.add_argument("names", nargs="+")
+    t.add_argument("--ppl_cap", type=float, default=1.25)
+    t.add_argument("--ref", default=None)
+    t.add_argument("--at", type=float, default=4.0)
+    a = ap.parse_args(argv)
+    if a.cmd == "soup":
+        from detox_pa.directed import soup_pairs
+
+        print(soup_pairs(a.dirs, a.out))
+    else:
+        print(table(Path(a.seeds_dir), a.names, a.ppl_cap, a.ref or a.names[0], a.at))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Seed study of step 2 (issue 21): how much the default recipe's outcome moves with ALIGN_SEED alone, and whether
+# averaging the tuned pairs of several seeds (a "soup": the mean of their weights and of their A, one pair to decode
+# with, so generation costs the same) removes the spread. Everything on the DEV prompts (rtp:dev, 160), never
+# held out; greedy 10 tokens, the target's top-5, BiLSTM toxicity, token-weighted PPL under Gemma.
+#
+#   ./run_all.sh && bench/seeds.sh          # SEEDS="1 2 3" by default; the default run (seed 42) is the reference
+#
+# Reads  $OUT_DIR/{teacher,anti_teacher} (step 1's LM pair) and $OUT_DIR/alignment (seed 42, the default run).
+# Writes $SEEDS_DIR/align_s<seed> (align.py --seed <seed>, every other argument the launcher's), $SEEDS_DIR/soup
+# (the average of all the seeds' tuned pairs), $SEEDS_DIR/dev_<name>.json with both score files, and
+# $SEEDS_DIR/seeds.md (the table). Reruns skip what exists. About 7 min of 2 cores per seed.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/common.sh
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+SEEDS_DIR=${SEEDS_DIR:-$OUT_DIR/seeds}
+SEEDS=${SEEDS:-"1 2 3"}
+ALPHAS=${ALPHAS:-"0 3 4"}
+PPL_CAP=${PPL_CAP:-1.25}
+TGT="$DEFAULT_TARGET"
+[[ -f "$DEFAULT_ALIGN_DIR/$ART_TUNED_EXPERT/config.json" ]] || { echo "error: run ./run_all.sh first (needs $DEFAULT_ALIGN_DIR)" >&2; exit 2; }
+mkdir -p "$SEEDS_DIR"
+
+dev() {  # dev NAME ALIGN_DIR: the dev sweep of one tuned pair (its matrix's sidecar names the pair), both scores
+  local out="$SEEDS_DIR/dev_$1.json"
+  [[ -f "$out" ]] || "$PYTHON" generate.py --target_model "$TGT" --data_path rtp:dev --output_path "$out" --device cpu \
+    --method diff --matrix_A "$2/$ART_MATRIX_FILE" --top_k 5 --alphas $ALPHAS > "$SEEDS_DIR/dev_$1.log" 2>&1
+  [[ -f "${out%.json}$ART_TOX_STEM.json" ]] || "$PYTHON" eval_toxicity.py --input_json "$out" --scorer bilstm,profanity-check >> "$SEEDS_DIR/dev_$1.log" 2>&1
+  [[ -f "${out%.json}$ART_PPL_STEM.json" ]] || "$PYTHON" eval_ppl.py --model_path "$TGT" --input_json "$out" --device cpu >> "$SEEDS_DIR/dev_$1.log" 2>&1
+  echo "  dev_$1 done"
+}
+
+DIRS=("$DEFAULT_ALIGN_DIR")
+for s in $SEEDS; do
+  d="$SEEDS_DIR/align_s$s"; DIRS+=("$d")
+  if [[ ! -f "$d/$ART_MATRIX_FILE" ]]; then
+    echo "align.py --seed $s"
+    ALIGN_OUTPUT_DIR="$d" ALIGN_SEED=$s ./run_alignment.sh --progress false > "$SEEDS_DIR/align_s$s.log" 2>&1
+  fi
+done
+[[ -f "$SEEDS_DIR/soup/$ART_MATRIX_FILE" ]] || "$PYTHON" bench/seeds.py soup "$SEEDS_DIR/soup" "${DIRS[@]}"
+
+dev s42 "$DEFAULT_ALIGN_DIR"
+for s in $SEEDS; do dev "s$s" "$SEEDS_DIR/align_s$s"; done
+dev soup "$SEEDS_DIR/soup"
+"$PYTHON" bench/seeds.py table "$SEEDS_DIR" s42 $(for s in $SEEDS; do echo "s$s"; done) soup --ppl_cap "$PPL_CAP" \
+  | tee "$SEEDS_DIR/seeds.md"
