@@ -64,6 +64,7 @@ TUNE_HINGE_ALPHA=${TUNE_HINGE_ALPHA:-3.0}    # a clean pick stays on top and a t
 TUNE_HINGE_MARGIN=${TUNE_HINGE_MARGIN:-0.5}
 TUNE_HINGE_TOP_K=${TUNE_HINGE_TOP_K:-5}      # = step 3's TOP_K
 TUNE_LABEL_SCORER=${TUNE_LABEL_SCORER:-profanity-check}  # toxic = word list, or this scorer jumps (none = word list)
+TUNE_LABEL_TEXTS=${TUNE_LABEL_TEXTS:-false}  # true = in a continuation the scorer rates toxic, its own next tokens are toxic too
 ALIGN_OVERWRITE=${ALIGN_OVERWRITE:-0}      # 1 = replace an existing matrix (and tuned pair) in ALIGN_OUTPUT_DIR
 # ----
 
@@ -114,4 +115,5 @@ exec "$PYTHON" "$REPO_DIR/align.py" \
   --tune_hinge_margin "$TUNE_HINGE_MARGIN" \
   --tune_hinge_top_k "$TUNE_HINGE_TOP_K" \
   --tune_label_scorer "$TUNE_LABEL_SCORER" \
+  --tune_label_texts "$TUNE_LABEL_TEXTS" \
   ${FLAGS[@]+"${FLAGS[@]}"} "$@"

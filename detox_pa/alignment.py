@@ -504,6 +504,10 @@ class AlignArguments:
                 "evaluation's scorer; none: the word list only).", "choices": ["profanity-check", "none"]})
     tune_jump_min: float = field(default=0.5, metadata={"help": "--tune_pair: a jump reaches at least this score."})
     tune_jump_rise: float = field(default=0.3, metadata={"help": "--tune_pair: ... and rises by at least this much."})
+    tune_label_texts: bool = field(default=False, metadata={
+        "help": "--tune_pair: also, in a continuation the scorer rates >= --tune_jump_min as a whole, the text's own "
+                "next token is toxic at every state (the offset learns to leave a toxic trajectory, not only its "
+                "keywords; needs a --tune_label_scorer)."})
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
     overwrite: bool = field(default=False, metadata={
         "help": f"Replace an existing {MATRIX_FILE} in --output_dir (and the tuned pair next to it); without it, an "
@@ -564,6 +568,9 @@ class AlignArguments:
                 v = getattr(self, name)
                 if not (math.isfinite(v) and v >= 0):
                     raise InputError(f"--{name} must be >= 0, got {v}")
+            if self.tune_label_texts and self.tune_label_scorer == "none":
+                raise InputError("--tune_label_texts labels whole continuations with the scorer: set "
+                                 "--tune_label_scorer (profanity-check), not none")
             read_pairs(self.tune_text_path or self.text_path)
         check_output_dir(self.output_dir, "--output_dir")
         if (Path(self.output_dir) / MATRIX_FILE).exists() and not self.overwrite:
@@ -665,7 +672,7 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
         scorer = lambda texts: sc.score(texts)  # noqa: E731
     t_lab = time.time()
     states.toxic = label_candidates(states, s_tok, scorer=scorer, jump_min=args.tune_jump_min,
-                                    jump_rise=args.tune_jump_rise)
+                                    jump_rise=args.tune_jump_rise, toxic_texts=args.tune_label_texts)
     t_lab = time.time() - t_lab
     is_fit = torch.isin(states.text_of, torch.tensor(fit_i, dtype=torch.long))
     fit, held = states.subset(is_fit.nonzero().flatten()), states.subset((~is_fit).nonzero().flatten())

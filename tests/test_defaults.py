@@ -48,7 +48,7 @@ TABLE = {
         "REFINE_STEPS": (A, "refine_steps"), "REFINE_LR": (A, "refine_lr"), "ALIGN_BATCH_SIZE": (A, "batch_size"),
         "EPOCHS": (A, "epochs"), "LR": (A, "lr"), "N_NEGATIVES": (A, "n_negatives"), "ALIGN_SEED": (A, "seed"),
         "INIT": (A, "init"), "EMBEDDING_SPACE": (A, "embedding_space"), "ALIGN_TEMPERATURE": (A, "temperature"),
-        "ALIGN_OVERWRITE": (A, "overwrite"),
+        "ALIGN_OVERWRITE": (A, "overwrite"), "TUNE_LABEL_TEXTS": (A, "tune_label_texts"),
         "TUNE_PAIR": (A, "tune_pair"), "TUNE_TEXT_PATH": (A, "tune_text_path"), "TUNE_TEXT_ROWS": (A, "tune_text_rows"), "TUNE_TOP_K": (A, "tune_top_k"),
         "TUNE_ALPHA": (A, "tune_alpha"), "TUNE_MU": (A, "tune_mu"), "TUNE_LR": (A, "tune_lr"),
         "TUNE_LR_A": (A, "tune_lr_A"), "TUNE_EPOCHS": (A, "tune_epochs"), "TUNE_BATCH_TEXTS": (A, "tune_batch_texts"),

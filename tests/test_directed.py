@@ -152,16 +152,8 @@ def test_teacher_view_reads_the_teacher_token_ending_where_the_target_prefix_end
         assert enc["offset_mapping"][int(view.pos[s])][1] == int(st.char_end[s])
 
 
-def test_align_tune_pair_writes_the_tuned_pair_and_a_matrix_that_names_it(tmp_path, monkeypatch):
-    """align.py --tune_pair end to end on tiny folders: the tuned expert and anti-expert are loadable teacher
-    folders (sidecar last) inside the alignment folder, the matrix's sidecar names them, the direction on
-    held-out texts is recorded before and after, and the target states come from the cache the second time."""
-    import json
-
-    from detox_pa import alignment
-    from detox_pa.artifacts import TEACHER_SIDECAR
-    from detox_pa.cli import run
-
+def _tiny_tune_setup(tmp_path, monkeypatch):
+    """Tiny teacher, anti-expert and target folders, a teacher-data TSV, and align.py --tune_pair arguments."""
     monkeypatch.setenv("DETOX_PA_CACHE", str(tmp_path / "cache"))
     d = tmp_path / "m"
     ttok = tiny.make_tokenizer("bl", vocab_size=280)
@@ -177,6 +169,46 @@ def test_align_tune_pair_writes_the_tuned_pair_and_a_matrix_that_names_it(tmp_pa
             "--output_dir", str(out), "--progress", "false", "--text_path", str(d / "td.tsv"), "--refine_steps", "5",
             "--tune_text_path", str(d / "td.tsv"),
             "--tune_pair", "true", "--tune_label_scorer", "none", "--tune_epochs", "2", "--tune_batch_texts", "4"]
+    return d, out, argv, teacher
+
+
+def test_tune_label_texts_reaches_the_labels_and_needs_a_scorer(tmp_path, monkeypatch):
+    """--tune_label_texts true is passed to label_candidates as toxic_texts (the default passes False); without a
+    scorer it stops at the arguments."""
+    from detox_pa import alignment, directed
+    from detox_pa.cli import run
+
+    d, out, argv, _ = _tiny_tune_setup(tmp_path, monkeypatch)
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(*a, **kw):
+        seen.append(kw.get("toxic_texts"))
+        raise Stop
+
+    monkeypatch.setattr(directed, "label_candidates", spy)
+    argv = [x if x != "none" else "profanity-check" for x in argv]
+    for flag, want in (([], False), (["--tune_label_texts", "true"], True)):
+        with pytest.raises(Stop):
+            alignment.run(alignment.parse_args(argv + flag))
+        assert seen[-1] is want
+    assert run(alignment.run, alignment.parse_args,
+               [x if x != "profanity-check" else "none" for x in argv] + ["--tune_label_texts", "true"]) == 2
+
+
+def test_align_tune_pair_writes_the_tuned_pair_and_a_matrix_that_names_it(tmp_path, monkeypatch):
+    """align.py --tune_pair end to end on tiny folders: the tuned expert and anti-expert are loadable teacher
+    folders (sidecar last) inside the alignment folder, the matrix's sidecar names them, the direction on
+    held-out texts is recorded before and after, and the target states come from the cache the second time."""
+    import json
+
+    from detox_pa import alignment
+    from detox_pa.artifacts import TEACHER_SIDECAR
+    from detox_pa.cli import run
+
+    d, out, argv, teacher = _tiny_tune_setup(tmp_path, monkeypatch)
     assert run(alignment.run, alignment.parse_args, argv) == 0
     side = json.loads((out / "mapping_model.json").read_text())
     tp = side["tuned_pair"]
