@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -326,16 +327,18 @@ class NLLRecorder:
     keeps ``logsumexp(z)``; a forward pre-hook on the target sees the pick when it is fed back and keeps
     ``logsumexp(z) - z[pick]``. :meth:`finish` settles the last step from ``generate()``'s output. Valid only
     where the output layer's own output is the unsteered target's (no pre-hook edits its input): the
-    methods say when (``Method.records_nll``)."""
+    methods say when (``Method.records_nll``). ``share``: the :class:`RowShare` of a sweep decoded as one batch;
+    where the output layer ran once per distinct row, ``logsumexp`` is taken once per distinct row too."""
 
-    def __init__(self, target, postprocess: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, target, postprocess: Callable[[torch.Tensor], torch.Tensor], share: "RowShare | None" = None):
         self.target = target
         self.out_layer = target.get_output_embeddings()
         if self.out_layer is None:
             raise TypeError(f"{type(target).__name__} has no output embedding layer")
         self.postprocess = postprocess
+        self.share = share
         self.nll: list[torch.Tensor] = []
-        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.pending: tuple | None = None
 
     def _on_target_forward(self, module, args, kwargs):
         ids = kwargs.get("input_ids")
@@ -349,13 +352,23 @@ class NLLRecorder:
         return None
 
     def _on_output(self, module, args, output):
-        z = self.postprocess(output[:, -1, :])
-        self.pending = (torch.logsumexp(z, dim=-1), z)
+        rows = self.share.head_rows_of(output) if self.share is not None else None
+        if rows is None:
+            z = self.postprocess(output[:, -1, :])
+            self.pending = (torch.logsumexp(z, dim=-1), z, None)
+        else:  # every row is a copy of its distinct row's: each distinct row once
+            distinct, group = rows
+            z = self.postprocess(distinct[:, -1, :])
+            self.pending = (torch.logsumexp(z, dim=-1), z, group.to(z.device))
         return None
 
     def _settle(self, picks: torch.Tensor) -> None:
-        lse, z = self.pending
-        self.nll.append(lse - z.gather(1, picks.to(z.device)[:, None]).squeeze(1))
+        lse, z, group = self.pending
+        picks = picks.to(z.device)
+        if group is None:
+            self.nll.append(lse - z.gather(1, picks[:, None]).squeeze(1))
+        else:
+            self.nll.append(lse[group] - z[group, picks])
         self.pending = None
 
     def finish(self, new_ids: torch.Tensor) -> torch.Tensor:
@@ -731,6 +744,7 @@ class RowShare:
         self.computed = self.rows = 0  # decode steps: distinct rows computed, rows generate() asked for
         self.prefill_computed = self.prefill_rows = 0
         self.head_computed = self.head_rows = 0  # output-layer rows computed, rows asked for
+        self.head_out: tuple | None = None  # the output layer's last output per distinct row, and expanded
         self.disabled = ""  # why the harness stopped sharing rows (RowShareUnsupported), if it did
 
     @property
@@ -814,12 +828,20 @@ class RowShare:
     def on_head(self, x: torch.Tensor):
         """The output layer's input for the distinct rows, when every row is still its distinct row's copy (no hook
         edited it); else None (the layer then runs on every row)."""
+        self.head_out = None
         if self.group is None or self.identity or x.shape[0] != self.group.shape[0]:
             return None
         rep = x.index_select(0, self.first.to(x.device))
         if not torch.equal(self.expand(rep), x):
             return None
         return rep
+
+    def head_rows_of(self, output: torch.Tensor):
+        """``(distinct, group)`` when ``output`` is the output layer's last output computed per distinct row
+        (``distinct``, its rows; row ``i`` of ``output`` is row ``group[i]`` of ``distinct``); else None."""
+        if self.head_out is None or self.head_out[1]() is not output:
+            return None
+        return self.head_out[0], self.group
 
 
 @contextlib.contextmanager
@@ -850,7 +872,10 @@ def shared_rows(target, share: RowShare) -> Iterator[RowShare]:
             share.head_computed += x.shape[0]
             return inner_head(x, *args, **kwargs)
         share.head_computed += rep.shape[0]
-        return share.expand(inner_head(rep))
+        distinct = inner_head(rep)
+        out = share.expand(distinct)
+        share.head_out = (distinct, weakref.ref(out))  # the expanded output is not kept alive past its step
+        return out
 
     body.forward, head.forward = body_forward, head_forward
     share.group = share.first = None

@@ -359,7 +359,7 @@ def decode_sweep(method, target, tokenizer, prompts: list[str], alphas: list[flo
     ids = enc["input_ids"].repeat(n, 1).to(device)
     mask = enc["attention_mask"].repeat(n, 1).to(device)
     record = nll_postprocess is not None and any(method.records_nll(a) for a in alphas)
-    recorder = NLLRecorder(target, nll_postprocess) if record else None
+    recorder = NLLRecorder(target, nll_postprocess, share) if record else None
     with torch.no_grad(), hooks(recorder.hooks if recorder else list), shared_rows(target, share), \
             method.sweep_context(alphas, B, _eos_ids(gen_config)):
         out = target.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
