@@ -240,3 +240,72 @@ def test_a_dispatched_target_shares_rows_and_gets_its_wrappers_back(trio):
                                          share)]
     assert [d.ids for d in got] == [d.ids for d in want] and share.computed < share.rows
     assert (moved.model.__dict__.get("forward"), moved.lm_head.__dict__.get("forward")) == wrappers
+
+
+# ------------------------------------------------------------------------------ generate.py end to end
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    prompts = [" ".join(s.split()[:k]) for k, s in zip([2, 5, 3, 7, 4, 6, 3], tiny.corpus(7, seed=9))]
+    d = tiny.make_generation_assets(tmp_path_factory.mktemp("share"), prompts)
+    tiny.make_model_folder(d, "anti", "llama", "bl", seed=5, hidden=24, layers=2)
+    return d
+
+
+def _gen(d, out, *extra):
+    from detox_pa import generation
+    from detox_pa.cli import run
+
+    argv = ["--method", "diff", "--top_k", "5", "--teacher_model", str(d / "teacher"), "--anti_teacher_model",
+            str(d / "anti"), "--target_model", str(d / "target"), "--matrix_A", str(d / "A.pt"), "--data_path",
+            str(d / "p.jsonl"), "--output_path", str(out), "--max_new_tokens", "6", "--batch_size", "3", "--alphas",
+            "0", "1", "3", "9", *extra]
+    return run(generation.run, generation.parse_args, argv)
+
+
+def test_generate_writes_with_prefix_sharing_what_it_writes_alpha_by_alpha(assets, tmp_path):
+    import json
+
+    shared, alone = tmp_path / "shared.json", tmp_path / "alone.json"
+    assert _gen(assets, shared) == 0
+    assert _gen(assets, alone, "--no_prefix_sharing") == 0
+    a, b = json.loads(shared.read_text()), json.loads(alone.read_text())
+    assert [x["alpha"] for x in a] == [x["alpha"] for x in b] == [0.0, 1.0, 3.0, 9.0]
+    for x, y in zip(a, b):
+        for p, q in zip(x["prompt-response pairs"], y["prompt-response pairs"]):
+            assert {k: v for k, v in p.items() if k != "continuation_nll"} == \
+                {k: v for k, v in q.items() if k != "continuation_nll"}
+            assert p["continuation_nll"] == pytest.approx(q["continuation_nll"], rel=1e-5)
+    assert a[0]["prompt-response pairs"] != a[-1]["prompt-response pairs"]  # the alphas did part
+    meta = json.loads((tmp_path / "shared.meta.json").read_text())
+    rec = meta["prefix_sharing"]
+    assert 0 < rec["rows_computed"] < rec["rows_asked"] and rec["share"] < 1 and "disabled" not in rec
+    assert rec["prompt_rows_computed"] * 4 == rec["prompt_rows_asked"] == 4 * 7  # each prompt once for 4 alphas
+    assert "prefix_sharing" not in json.loads((tmp_path / "alone.meta.json").read_text())
+    assert meta["recorded_nll"]["alphas"] == [0.0, 1.0, 3.0, 9.0]
+
+
+def test_a_resumed_shared_sweep_writes_what_an_uninterrupted_one_writes(assets, tmp_path, monkeypatch):
+    """Killed between two alphas of a batch (the journal holds some of its alphas), the rerun decodes that batch
+    with all its alphas again (the same rows, so the same floats) and writes only the missing ones: the file is
+    byte for byte the uninterrupted run's."""
+    from detox_pa import generation as G
+
+    ref, out = tmp_path / "ref.json", tmp_path / "out.json"
+    assert _gen(assets, ref) == 0
+    real_append, calls = G.Journal.append, []
+
+    def flaky(self, records):
+        calls.append(1)
+        if len(calls) == 7:  # batch 0's four alphas, then two of batch 1's
+            raise KeyboardInterrupt
+        return real_append(self, records)
+
+    monkeypatch.setattr(G.Journal, "append", flaky)
+    assert _gen(assets, out) == 130
+    journal = tmp_path / "out.json.journal.jsonl"
+    assert len(journal.read_text().splitlines()) == 1 + 6 * 3
+    monkeypatch.setattr(G.Journal, "append", real_append)
+    assert _gen(assets, out) == 0
+    assert out.read_bytes() == ref.read_bytes()
