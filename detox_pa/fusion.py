@@ -38,6 +38,12 @@ or a teacher's states of the prompt, so the target's prefill (:func:`shared_pref
 (:meth:`TeacherStepper.step`) are recorded by the first alpha and replayed, bit for bit, by the others.
 :class:`NLLRecorder` keeps, at every step, the unsteered target's NLL of the token picked (the PPL judge's
 number when the judge is the target itself).
+
+A greedy sweep goes further (:func:`shared_rows`, :func:`alpha_sweep`): all alphas of a batch decode in one
+``generate()`` call, rows ``[j * B, (j + 1) * B)`` being alpha ``j``'s. Rows that hold the same tokens (one
+prompt's rows until the alphas' picks part) are computed once by the target (:class:`RowShare`, the KV-cache row
+duplicated with ``Cache.reorder_cache`` where they part) and by the teachers (:meth:`TeacherStepper.select`), and
+each alpha's own :class:`Fuser` or :class:`DiffFuser` edits its own rows (:class:`SweepFuser`).
 """
 
 from __future__ import annotations

@@ -6,11 +6,22 @@ sample) pair, sorted by prompt length so batches pad little, and cut into fixed 
 alpha ``a`` is seeded with ``batch_seed(seed, a, k)``, so an alpha's output does not depend on which other
 alphas ran, nor on resuming, nor on how batches are spread over ranks. The sweep runs batch by batch, every
 alpha of a batch in turn: no method changes the prompt's states, so the target's and the teachers' prefill of
-a batch is computed once and replayed, bit for bit, for its other alphas (:class:`detox_pa.fusion.PromptMemo`). Finished batches are appended to a
-journal (:func:`detox_pa.artifacts.journal_path`, one JSON line per record, fsync'ed per batch); a rerun of
-the same command resumes from it, a rerun with different arguments is refused. Under torchrun each rank
-takes every ``world``-th batch and rank 0 merges the journals. The final file (the paper's nested JSON) is
-written atomically at the end, then the journals are removed.
+a batch is computed once and replayed, bit for bit, for its other alphas (:class:`detox_pa.fusion.PromptMemo`).
+
+Greedy sweeps of a method that acts at the output layer only (``diff``, ``fusion``, ``steer``; alpha 0 is the
+target alone) share more (**prefix sharing**, on unless ``--no_prefix_sharing``): greedy rows of one prompt at
+different alphas hold the same tokens until the first step where the alphas' picks part, so all alphas of a batch
+are decoded in one ``generate()`` call whose target and teachers compute each distinct (prompt, prefix) once and
+duplicate its KV-cache rows where the picks part (:func:`decode_sweep`). Each alpha gets the continuations, stop
+reasons and recorded NLL that decoding it alone gives, up to the rounding of batched kernels: a row computed in a
+batch of another shape may differ in the last bits of a float, so the recorded NLL can differ in its last digit and,
+where two candidates tie to that precision, a pick could differ (a resumed batch is therefore decoded with all its
+alphas again, as the uninterrupted run decoded it). Sampling and the other methods decode each alpha on its own.
+
+Finished batches are appended to a journal (:func:`detox_pa.artifacts.journal_path`, one JSON line per record,
+fsync'ed per batch); a rerun of the same command resumes from it, a rerun with different arguments is refused.
+Under torchrun each rank takes every ``world``-th batch and rank 0 merges the journals. The final file (the
+paper's nested JSON) is written atomically at the end, then the journals are removed.
 
 Each pair holds ``response`` = the continuation stripped of surrounding whitespace, as the paper's
 generation stores it (so the paper's scorers read our files as they read theirs), and ``continuation`` =
