@@ -299,7 +299,8 @@ def main() -> None:
                     res, _, got["new"] = ours(alphas, k, b, share)
                     return res
 
-                jobs = [("plain", lambda: plain(alphas, k, b)), ("plain, prompt once", lambda: plain(alphas, k, b, PromptMemo())),
+                jobs = [("plain", lambda: plain(alphas, k, b)),
+                        ("plain, prompt once", lambda: plain(alphas, k, b, PromptMemo())),
                         ("ours, per alpha", per_alpha), ("ours, prefix sharing", shared)]
                 for label, job in (jobs if (k + r) % 2 == 0 else jobs[::-1]):
                     tot[(name, label)] += job()

@@ -679,7 +679,8 @@ def check_diff_config(cfg: DiffConfig) -> None:
 
 
 def _diff_parts(target, expert, anti, cfg: DiffConfig, A, target_tokenizer, teacher_tokenizer, bridge: str,
-                index: torch.Tensor | None, memo: PromptMemo | None = None) -> tuple[list[TeacherStepper], torch.Tensor | None]:
+                index: torch.Tensor | None,
+                memo: PromptMemo | None = None) -> tuple[list[TeacherStepper], torch.Tensor | None]:
     """The checks of :func:`difference_fusion`, the teachers' steppers and the token index (``space="logits"``)."""
     if cfg.space == "hidden":
         if A is None:
@@ -713,7 +714,8 @@ def difference_fusion(target, expert, anti, cfg: DiffConfig, A: torch.Tensor | N
     if cfg.alpha == 0.0:
         yield None
         return
-    steppers, index = _diff_parts(target, expert, anti, cfg, A, target_tokenizer, teacher_tokenizer, bridge, index, memo)
+    steppers, index = _diff_parts(target, expert, anti, cfg, A, target_tokenizer, teacher_tokenizer, bridge, index,
+                                  memo)
     fuser = DiffFuser(target, steppers[0], steppers[1], cfg, A, index)
     out_hook = (lambda: fuser.out_layer.register_forward_pre_hook(fuser._on_output_input)) if cfg.edits_hidden else \
         (lambda: fuser.out_layer.register_forward_hook(fuser._on_output_layer))
@@ -793,7 +795,7 @@ class RowShare:
             raise RowShareUnsupported("row sharing needs input_ids (inputs_embeds is not supported)")
         mask = kwargs.get("attention_mask")
         if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
-            raise RowShareUnsupported("row sharing needs a 2D attention mask (a compiled or static cache prepares 4D ones)")
+            raise RowShareUnsupported("row sharing needs a 2D attention mask (a static cache prepares 4D ones)")
         cache = kwargs.get("past_key_values")
         if getattr(cache, "is_compileable", False):
             raise RowShareUnsupported(f"row sharing does not resize a static cache ({type(cache).__name__})")
@@ -905,9 +907,11 @@ class SweepFuser(_InputTracker):
     picks part. An alpha whose rows have all ended (an EOS) is left alone, as its own ``generate()`` would
     have stopped there."""
 
-    def __init__(self, steppers: list[TeacherStepper], editors: list, rows: int, edits_hidden: bool, eos_ids):
+    def __init__(self, steppers: list[TeacherStepper], editors: list, rows: int, edits_hidden: bool, eos_ids,
+                 share: RowShare | None = None):
         super().__init__(steppers)
         self.editors = editors
+        self.share = share
         self.rows_per_alpha = rows
         self.edits_hidden = edits_hidden
         self.eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long)
@@ -982,6 +986,14 @@ class SweepFuser(_InputTracker):
             return None
         states = self.sweep_states(active)
         R = self.rows_per_alpha
+        self.steps += 1
+        if not hidden and self.share is not None and self.share.head_rows_of(x) is not None:
+            # the output layer's rows expanded from the distinct rows': a copy of ours, edited in place (no second
+            # copy of a [rows, vocabulary] tensor); each alpha's edit reads its rows before they are written
+            for j in active:
+                sl = slice(j * R, (j + 1) * R)
+                x[sl] = self.editors[j].edit_logits(x[sl], *(s[sl] for s in states))
+            return x
         pieces = []
         for j in range(len(self.editors)):
             sl = slice(j * R, (j + 1) * R)
@@ -991,7 +1003,6 @@ class SweepFuser(_InputTracker):
                 pieces.append(self.editors[j].edit_hidden(x[sl], *(s[sl] for s in states)))
             else:
                 pieces.append(self.editors[j].edit_logits(x[sl], *(s[sl] for s in states)))
-        self.steps += 1
         return torch.cat(pieces, dim=0)
 
     def _on_output_layer(self, module, args, output):
@@ -1005,14 +1016,15 @@ class SweepFuser(_InputTracker):
 
 @contextlib.contextmanager
 def alpha_sweep(target, steppers: list[TeacherStepper], editors: list, rows: int, edits_hidden: bool,
-                eos_ids=()) -> Iterator[SweepFuser | None]:
+                eos_ids=(), share: RowShare | None = None) -> Iterator[SweepFuser | None]:
     """Install :class:`SweepFuser`'s hooks on ``target`` for the block: ``editors[j]`` edits rows
-    ``[j * rows, (j + 1) * rows)`` at the output layer's input (``edits_hidden``) or output. No editor at all
-    (every alpha 0): nothing is installed and None is yielded."""
+    ``[j * rows, (j + 1) * rows)`` at the output layer's input (``edits_hidden``) or output. ``share``: the
+    batch's :class:`RowShare` (an output it expanded is edited in place). No editor at all (every alpha 0):
+    nothing is installed and None is yielded."""
     if all(e is None for e in editors):
         yield None
         return
-    sweep = SweepFuser(steppers, editors, rows, edits_hidden, eos_ids)
+    sweep = SweepFuser(steppers, editors, rows, edits_hidden, eos_ids, share)
     out_layer = target.get_output_embeddings()
     out_hook = (lambda: out_layer.register_forward_pre_hook(sweep._on_output_input)) if edits_hidden else \
         (lambda: out_layer.register_forward_hook(sweep._on_output_layer))
@@ -1023,7 +1035,8 @@ def alpha_sweep(target, steppers: list[TeacherStepper], editors: list, rows: int
 @contextlib.contextmanager
 def difference_sweep(target, expert, anti, cfgs: list[DiffConfig], rows: int, A: torch.Tensor | None = None,
                      target_tokenizer=None, teacher_tokenizer=None, bridge: str = "auto",
-                     index: torch.Tensor | None = None, eos_ids=()) -> Iterator[list[DiffFuser | None]]:
+                     index: torch.Tensor | None = None, eos_ids=(),
+                     share: RowShare | None = None) -> Iterator[list[DiffFuser | None]]:
     """:func:`difference_fusion` for several alphas at once, on one batch holding ``rows`` rows per alpha (alpha
     ``j``'s are rows ``[j * rows, (j + 1) * rows)``): yields each alpha's :class:`DiffFuser` (None at alpha 0)."""
     for cfg in cfgs:
@@ -1034,14 +1047,14 @@ def difference_sweep(target, expert, anti, cfgs: list[DiffConfig], rows: int, A:
         return
     steppers, index = _diff_parts(target, expert, anti, live[0], A, target_tokenizer, teacher_tokenizer, bridge, index)
     fusers = [None if c.alpha == 0.0 else DiffFuser(target, steppers[0], steppers[1], c, A, index) for c in cfgs]
-    with alpha_sweep(target, steppers, fusers, rows, live[0].edits_hidden, eos_ids):
+    with alpha_sweep(target, steppers, fusers, rows, live[0].edits_hidden, eos_ids, share):
         yield fusers
 
 
 @contextlib.contextmanager
 def fusion_sweep(target, teacher, A: torch.Tensor, alphas: list[float], rows: int, target_tokenizer=None,
                  teacher_tokenizer=None, norm: str = "layernorm", bridge: str = "auto",
-                 eos_ids=()) -> Iterator[list[Fuser | None]]:
+                 eos_ids=(), share: RowShare | None = None) -> Iterator[list[Fuser | None]]:
     """:func:`fusion` for several alphas at once (see :func:`difference_sweep`): yields each alpha's :class:`Fuser`
     (None at alpha 0)."""
     for alpha in alphas:
@@ -1056,7 +1069,7 @@ def fusion_sweep(target, teacher, A: torch.Tensor, alphas: list[float], rows: in
     bridge = _bridge_of(bridge, teacher_tokenizer, target_tokenizer)
     stepper = TeacherStepper(teacher, teacher_tokenizer, target_tokenizer, bridge_text=(bridge == "text"))
     fusers = [None if a == 0.0 else Fuser(target, stepper, A, FusionConfig(alpha=a, norm=norm)) for a in alphas]
-    with alpha_sweep(target, [stepper], fusers, rows, True, eos_ids):
+    with alpha_sweep(target, [stepper], fusers, rows, True, eos_ids, share):
         yield fusers
 
 

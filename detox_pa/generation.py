@@ -372,7 +372,7 @@ def decode_sweep(method, target, tokenizer, prompts: list[str], alphas: list[flo
     record = nll_postprocess is not None and any(method.records_nll(a) for a in alphas)
     recorder = NLLRecorder(target, nll_postprocess, share) if record else None
     with torch.no_grad(), hooks(recorder.hooks if recorder else list), shared_rows(target, share), \
-            method.sweep_context(alphas, B, _eos_ids(gen_config)):
+            method.sweep_context(alphas, B, _eos_ids(gen_config), share=share):
         out = target.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
     nll = recorder.finish(out[:, P:]) if recorder is not None else None
     res = []

@@ -88,10 +88,11 @@ class Method:
     def generate_kwargs(self, alpha: float) -> dict:
         return {}
 
-    def sweep_context(self, alphas: list[float], rows: int, eos_ids=()):
+    def sweep_context(self, alphas: list[float], rows: int, eos_ids=(), share=None):
         """The hooks of every alpha at once, on a batch whose rows ``[j * rows, (j + 1) * rows)`` are alpha ``j``'s
         (methods with ``shares_prefixes``); yields each alpha's fuser (None where it has none). ``eos_ids``: the
-        tokens that end a row (an alpha whose rows have all ended is left alone)."""
+        tokens that end a row (an alpha whose rows have all ended is left alone); ``share``: the batch's
+        :class:`detox_pa.fusion.RowShare`."""
         raise NotImplementedError(f"--method {self.name} decodes each alpha on its own")
 
     def records_nll(self, alpha: float) -> bool:
@@ -288,14 +289,14 @@ class Fusion(Method):
             yield f
 
     @contextlib.contextmanager
-    def sweep_context(self, alphas: list[float], rows: int, eos_ids=()):
+    def sweep_context(self, alphas: list[float], rows: int, eos_ids=(), share=None):
         from .fusion import fusion_sweep
 
         if not any(alphas):
             yield [None] * len(alphas)
             return
         with fusion_sweep(self.target, self.teacher, self.A, alphas, rows, self.tokenizer, self.teacher_tok,
-                          norm=self.args.norm, bridge=self.args.bridge, eos_ids=eos_ids) as fusers:
+                          norm=self.args.norm, bridge=self.args.bridge, eos_ids=eos_ids, share=share) as fusers:
             yield fusers
 
     def describe(self) -> dict:
@@ -392,7 +393,7 @@ class Diff(Method):
             self._count(alpha, f)
 
     @contextlib.contextmanager
-    def sweep_context(self, alphas: list[float], rows: int, eos_ids=()):
+    def sweep_context(self, alphas: list[float], rows: int, eos_ids=(), share=None):
         from .fusion import DiffConfig, difference_sweep
 
         if not any(alphas):
@@ -401,7 +402,7 @@ class Diff(Method):
         a = self.args
         cfgs = [DiffConfig(alpha=x, space=a.diff_space, top_k=a.top_k, gate=a.gate) for x in alphas]
         with difference_sweep(self.target, self.expert, self.anti, cfgs, rows, self.A, self.tokenizer, self.teacher_tok,
-                              bridge=a.bridge, index=self.index, eos_ids=eos_ids) as fusers:
+                              bridge=a.bridge, index=self.index, eos_ids=eos_ids, share=share) as fusers:
             yield fusers
             for x, f in zip(alphas, fusers):
                 self._count(x, f)
@@ -474,13 +475,13 @@ class Steer(Method):
 
         return steering(self.target, self.vector, alpha)
 
-    def sweep_context(self, alphas: list[float], rows: int, eos_ids=()):
+    def sweep_context(self, alphas: list[float], rows: int, eos_ids=(), share=None):
         from .baselines import SteerEdit
         from .fusion import alpha_sweep
 
         layer = self.target.get_output_embeddings()
         editors = [SteerEdit(self.vector.to(device=layer.weight.device), a) if a else None for a in alphas]
-        return alpha_sweep(self.target, [], editors, rows, True, eos_ids)
+        return alpha_sweep(self.target, [], editors, rows, True, eos_ids, share)
 
 
 @register

@@ -36,8 +36,9 @@ def trio():
 
 
 def _gc(tok, n=7, **kw):
-    return GenerationConfig(max_new_tokens=n, do_sample=kw.pop("do_sample", False), pad_token_id=kw.pop("pad", tok.pad_token_id),
-                            eos_token_id=kw.pop("eos", tok.eos_token_id), **kw)
+    return GenerationConfig(max_new_tokens=n, do_sample=kw.pop("do_sample", False),
+                            pad_token_id=kw.pop("pad", tok.pad_token_id), eos_token_id=kw.pop("eos", tok.eos_token_id),
+                            **kw)
 
 
 def _method(name, trio, alphas, dtype=torch.float32, **opts):
