@@ -167,7 +167,7 @@ def profile_decode(method, target, tok, teachers, prompts, gc, post, trace: str 
     from detox_pa.generation import sweep_batch
 
     memo = PromptMemo()
-    alphas = [0.3]
+    alphas = [3.0]
     tot: dict = defaultdict(float)
     prof = profile(activities=[ProfilerActivity.CPU]) if trace else contextlib.nullcontext()
     with labelled(target, teachers, tot), prof:
@@ -193,7 +193,7 @@ def profile_decode(method, target, tok, teachers, prompts, gc, post, trace: str 
         "input tracker": tot["input tracker"],
     }
     rows["generate() loop, Python, rest"] = wall - sum(rows.values())
-    lines = [f"profile: diff top-5 alpha 0.3, {len(prompts)} prompts, {steps} new tokens, 1 batch, "
+    lines = [f"profile: diff top-5 alpha 3, {len(prompts)} prompts, {steps} new tokens, 1 batch, "
              f"{torch.get_num_threads()} thread(s), {'CPU' if clock is time.process_time else 'wall'} time {wall:.2f} s",
              f"  {'part':40s} {'s/batch':>8s} {'ms/step':>8s} {'share':>6s}"]
     for k, v in rows.items():
