@@ -755,11 +755,6 @@ class RowShare:
         self.head_out: tuple | None = None  # the output layer's last output per distinct row, and expanded
         self.disabled = ""  # why the harness stopped sharing rows (RowShareUnsupported), if it did
 
-    @property
-    def share(self) -> float:
-        """Distinct rows computed per row asked for, decode steps and prefill together."""
-        return (self.computed + self.prefill_computed) / max(self.rows + self.prefill_rows, 1)
-
     def _assign(self, keys: list) -> list[int]:
         index: dict = {}
         group = [index.setdefault(k, len(index)) for k in keys]

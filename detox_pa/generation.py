@@ -354,7 +354,7 @@ def decode_sweep(method, target, tokenizer, prompts: list[str], alphas: list[flo
 
     The batch holds the prompts once per alpha (alpha ``j``'s rows are ``[j * B, (j + 1) * B)``); the method's
     :meth:`~detox_pa.methods.Method.sweep_context` edits each alpha's rows at the output layer exactly as that
-    alpha's own hooks do, and :class:`detox_pa.fusion.RowShare` makes the target (and the context the teachers)
+    alpha's own hooks do, and the target (:class:`detox_pa.fusion.RowShare`) and the teachers (that context)
     compute the rows that hold the same tokens once: greedy rows of one prompt share their continuation until the
     first step where the alphas' picks part, and there the row is duplicated. ``generate()`` itself is unchanged
     (its stopping, its padding of ended rows), so each alpha's :class:`Decoded` is the one :func:`decode_batch`
