@@ -2,16 +2,24 @@
 
     python bench/bench_generate.py [--prompts 32] [--rounds 2] [--teacher T --anti_teacher T2 --matrix A.pt]
 
+The models default to the embedded default run's (``outputs/alignment/``: the tuned pair and its A, what
+``generate.py`` decodes with); where they are missing, untrained teachers and a random A of the same sizes stand
+in (the same cost per row, but not the default run's picks, so not its share of rows that prefix sharing computes).
+
 1. **Profile** (torch.profiler, with labelled ranges): where the seconds of the default method's decode step go
    (``--method diff --top_k 5``, batch 16, 10 new tokens): the target's layers, its 262k-row output layer, the two
    teachers' forwards, the text bridge (re-tokenising for the teachers), the teachers' cache bookkeeping, the top-k
    scoring, recording the unsteered NLL, and the rest (generate()'s loop, Python). The prompt's prefill is shown
    apart, per batch.
-2. **The alpha sweep** as generate.py runs it (:func:`detox_pa.generation.sweep_batch`: batch by batch, every alpha
-   in turn, the prompt computed once per batch, the NLL recorded) against plain ``generate()`` over the same sweep
-   (one call per alpha and batch, prefill included), for a 1-alpha and the default 7-alpha sweep, interleaved batch
-   by batch (target: 7-alpha sweep <= 1.15x plain). Also against the strict floor, plain ``generate()`` with the
-   prompt computed once per batch too, and how the sweep grows with alphas (by decode work only).
+2. **The alpha sweep** as generate.py runs it, greedy: with **prefix sharing** (its default since issue 22:
+   :func:`detox_pa.generation.decode_sweep`, all alphas of a batch in one ``generate()``, each distinct (prompt,
+   prefix) computed once until the alphas' picks part) and the per-alpha path before it (``--no_prefix_sharing``:
+   :func:`detox_pa.generation.sweep_batch` batch by batch, every alpha in turn, the prompt computed once per
+   batch), both recording the NLL, against plain ``generate()`` over the same sweep (one call per alpha and batch,
+   prefill included), for a 1-alpha and diff's default 7-alpha sweep (0..6), interleaved batch by batch. Also
+   against the strict floor, plain ``generate()`` with the prompt computed once per batch too, how the sweep grows
+   with alphas (by decode work only), and the share of the target's rows that prefix sharing computed (decode steps;
+   the output layer's rows too), measured in the same run.
 3. **Single alphas** at 20 forced tokens (as before): the paper's fusion, diff top-5, diff top_k 0 (pre-hook
    path), the fusion one prompt at a time; ratios to plain; the FLOP ratio of the diff step; peak RSS (<= 3 GB).
 
@@ -34,9 +42,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-DEFAULT_SWEEP = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+DEFAULT_SWEEP = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]  # diff's default sweep (the tuned pair's scale)
 clock = time.process_time  # set in main(): time.process_time (CPU) or time.perf_counter (wall)
 
 
@@ -158,7 +167,7 @@ def profile_decode(method, target, tok, teachers, prompts, gc, post, trace: str 
     from detox_pa.generation import sweep_batch
 
     memo = PromptMemo()
-    alphas = [0.3]
+    alphas = [3.0]
     tot: dict = defaultdict(float)
     prof = profile(activities=[ProfilerActivity.CPU]) if trace else contextlib.nullcontext()
     with labelled(target, teachers, tot), prof:
@@ -184,7 +193,7 @@ def profile_decode(method, target, tok, teachers, prompts, gc, post, trace: str 
         "input tracker": tot["input tracker"],
     }
     rows["generate() loop, Python, rest"] = wall - sum(rows.values())
-    lines = [f"profile: diff top-5 alpha 0.3, {len(prompts)} prompts, {steps} new tokens, 1 batch, "
+    lines = [f"profile: diff top-5 alpha 3, {len(prompts)} prompts, {steps} new tokens, 1 batch, "
              f"{torch.get_num_threads()} thread(s), {'CPU' if clock is time.process_time else 'wall'} time {wall:.2f} s",
              f"  {'part':40s} {'s/batch':>8s} {'ms/step':>8s} {'share':>6s}"]
     for k, v in rows.items():
@@ -197,7 +206,7 @@ def profile_decode(method, target, tok, teachers, prompts, gc, post, trace: str 
 
 
 def main() -> None:
-    from detox_pa.artifacts import matrix_path
+    from detox_pa.artifacts import TUNED_ANTI, TUNED_EXPERT, matrix_path
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=32)
@@ -210,15 +219,15 @@ def main() -> None:
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="process CPU time (default) or wall time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (CPU time is the work only with 1)")
     ap.add_argument("--trace", default="", help="write the profile's torch.profiler Chrome trace here")
-    ap.add_argument("--teacher", default="outputs/teacher")
-    ap.add_argument("--anti_teacher", default="outputs/anti_teacher")
-    ap.add_argument("--matrix", default=str(matrix_path("outputs/alignment")))
+    ap.add_argument("--teacher", default=str(REPO / "outputs" / "alignment" / TUNED_EXPERT))
+    ap.add_argument("--anti_teacher", default=str(REPO / "outputs" / "alignment" / TUNED_ANTI))
+    ap.add_argument("--matrix", default=str(matrix_path(REPO / "outputs" / "alignment")))
     a = ap.parse_args()
 
     from transformers import GenerationConfig
 
     from detox_pa.assets import rtp_split
-    from detox_pa.fusion import DiffConfig, PromptMemo, difference_fusion, fusion
+    from detox_pa.fusion import DiffConfig, PromptMemo, RowShare, difference_fusion, fusion
     from detox_pa.generation import batch_seed, decode_batch, generate_batch, make_batches, sweep_batch
     from detox_pa.ppl import judge_postprocess
 
@@ -239,20 +248,26 @@ def main() -> None:
     post = judge_postprocess(target)
     print(f"target gemma-3-270m, teachers {tdescs[0]} + {tdescs[1]}, A {adesc}; {torch.get_num_threads()} thread(s), "
           f"{a.clock} time")
+    if "same cost" in " ".join(tdescs + [adesc]):
+        print("note: stand-in teachers or A: the costs per row hold, the share of rows prefix sharing computes is not "
+              "the default run's (its picks part elsewhere)")
 
-    # warm-up (first-call allocations), then the profile
-    for _ in sweep_batch(method, target, tok, batches[0], [0.0, 0.3], lambda x: 0, gc10, cpu, PromptMemo(), post):
-        pass
+    # warm-up (first-call allocations), both paths, then the profile
+    for share in (None, RowShare()):
+        for _ in sweep_batch(method, target, tok, batches[0], [0.0, 3.0], lambda x: 0, gc10, cpu, PromptMemo(), post,
+                             share):
+            pass
     print("\n".join(profile_decode(method, target, tok, teachers, batches[0], gc10, post, a.trace)), flush=True)
 
-    def ours(alphas, k, b):
-        per = []
+    def ours(alphas, k, b, share=None):
+        per, ids = [], []
         t0 = t = clock()
-        for _ in sweep_batch(method, target, tok, b, alphas, lambda x: batch_seed(2025, x, k), gc10, cpu, PromptMemo(),
-                             post):
+        for _, _, d, _ in sweep_batch(method, target, tok, b, alphas, lambda x: batch_seed(2025, x, k), gc10, cpu,
+                                      PromptMemo(), post, share):
             per.append(clock() - t)
+            ids.append(d.ids)
             t = clock()
-        return clock() - t0, per
+        return clock() - t0, per, ids
 
     def plain(alphas, k, b, memo=None):
         t0 = clock()
@@ -261,39 +276,62 @@ def main() -> None:
             decode_batch(target, tok, b, gc10, contextlib.nullcontext, cpu, memo=memo)
         return clock() - t0
 
-    sweeps = {"1-alpha (0.3)": [0.3], "7-alpha (0..0.6)": DEFAULT_SWEEP}
+    one, seven = "1-alpha (3)", "7-alpha (0..6)"
+    sweeps = {one: [3.0], seven: DEFAULT_SWEEP}
     best: dict[str, float] = defaultdict(lambda: float("inf"))
     first_share = []
+    shares = {name: RowShare() for name in sweeps}  # rows computed by prefix sharing (the last round's)
+    same = {name: True for name in sweeps}  # the shared sweep's continuations are the per-alpha path's
     for r in range(a.rounds):
         tot: dict[str, float] = defaultdict(float)
         for k, b in enumerate(batches):  # interleaved batch by batch, the order alternating
             for name, alphas in sweeps.items():
-                jobs = [("plain", lambda: plain(alphas, k, b)), ("plain, prompt once", lambda: plain(alphas, k, b, PromptMemo())),
-                        ("ours", lambda: ours(alphas, k, b))]
+                got = {}
+
+                def per_alpha(alphas=alphas, b=b, k=k):
+                    res, per, got["old"] = ours(alphas, k, b)
+                    if len(per) > 1:
+                        first_share.append((per[0], sum(per[1:]) / (len(per) - 1)))
+                    return res
+
+                def shared(alphas=alphas, b=b, k=k, name=name):
+                    share = shares[name] = RowShare() if k == 0 else shares[name]
+                    res, _, got["new"] = ours(alphas, k, b, share)
+                    return res
+
+                jobs = [("plain", lambda: plain(alphas, k, b)),
+                        ("plain, prompt once", lambda: plain(alphas, k, b, PromptMemo())),
+                        ("ours, per alpha", per_alpha), ("ours, prefix sharing", shared)]
                 for label, job in (jobs if (k + r) % 2 == 0 else jobs[::-1]):
-                    res = job()
-                    if label == "ours":
-                        res, per = res
-                        if len(per) > 1:
-                            first_share.append((per[0], sum(per[1:]) / (len(per) - 1)))
-                    tot[(name, label)] += res
+                    tot[(name, label)] += job()
+                same[name] &= got["old"] == got["new"]  # the same continuations both ways
         for key, v in tot.items():
             best[key] = min(best[key], v)
         print(f"round {r + 1}: " + ", ".join(f"{n} {lab} {v:.1f}s" for (n, lab), v in tot.items()), flush=True)
     n_tok = len(prompts) * a.sweep_new_tokens
     print(f"\nsweep: {len(prompts)} prompts in {len(batches)} batches of {a.batch_size}, {a.sweep_new_tokens} new tokens, "
-          f"greedy, diff top-5 (generate.py's loop: prompt once per batch, NLL recorded); fastest of {a.rounds} rounds")
+          f"greedy, diff top-5, NLL recorded (generate.py's loop: with prefix sharing, its default, and per alpha with the "
+          f"prompt once per batch, --no_prefix_sharing); fastest of {a.rounds} rounds")
     for name, alphas in sweeps.items():
-        p, p1, o = best[(name, "plain")], best[(name, "plain, prompt once")], best[(name, "ours")]
-        print(f"  {name:17s}: plain generate() {p:6.2f} s, plain with the prompt once {p1:6.2f} s, ours {o:6.2f} s "
-              f"({len(alphas) * n_tok / o:.0f} tok/s)")
-        print(f"  {'':17s}  ratio ours / plain {o / p:.3f}x (target <= 1.15x), ours / plain-with-prompt-once {o / p1:.3f}x")
-    g_o = best[("7-alpha (0..0.6)", "ours")] - best[("1-alpha (0.3)", "ours")]
-    g_p = best[("7-alpha (0..0.6)", "plain")] - best[("1-alpha (0.3)", "plain")]
+        p, p1 = best[(name, "plain")], best[(name, "plain, prompt once")]
+        o, s = best[(name, "ours, per alpha")], best[(name, "ours, prefix sharing")]
+        sh = shares[name]
+        print(f"  {name:15s}: plain generate() {p:6.2f} s, plain with the prompt once {p1:6.2f} s, ours per alpha "
+              f"{o:6.2f} s, ours with prefix sharing {s:6.2f} s ({len(alphas) * n_tok / s:.0f} tok/s)")
+        print(f"  {'':15s}  ratios: prefix sharing / per alpha {s / o:.3f}x, prefix sharing / plain {s / p:.3f}x, "
+              f"per alpha / plain {o / p:.3f}x, per alpha / plain-with-prompt-once {o / p1:.3f}x")
+        print(f"  {'':15s}  prefix sharing computed {sh.computed} of {sh.rows} target rows at the decode steps "
+              f"({100 * sh.computed / max(sh.rows, 1):.1f}%), {sh.head_computed} of {sh.head_rows} output-layer rows "
+              f"({100 * sh.head_computed / max(sh.head_rows, 1):.1f}%); continuations identical to the per-alpha path: "
+              f"{'yes' if same[name] else 'NO'}")
+    g_o = best[(seven, "ours, per alpha")] - best[(one, "ours, per alpha")]
+    g_s = best[(seven, "ours, prefix sharing")] - best[(one, "ours, prefix sharing")]
+    g_p = best[(seven, "plain")] - best[(one, "plain")]
     f0 = sum(x for x, _ in first_share) / max(len(first_share), 1)
     f1 = sum(y for _, y in first_share) / max(len(first_share), 1)
-    print(f"  growth 1 -> 7 alphas: ours +{g_o:.2f} s, plain +{g_p:.2f} s; within our 7-alpha sweep a batch's first "
-          f"alpha (prompt computed) takes {f0:.2f} s, each later one (prompt replayed) {f1:.2f} s", flush=True)
+    print(f"  growth 1 -> 7 alphas: prefix sharing +{g_s:.2f} s, per alpha +{g_o:.2f} s, plain +{g_p:.2f} s; within the "
+          f"per-alpha 7-alpha sweep a batch's first alpha (prompt computed) takes {f0:.2f} s, each later one (prompt "
+          f"replayed) {f1:.2f} s", flush=True)
 
     # ------------------------------------------------------------------------------- 3. single alphas
     if not a.skip_single:

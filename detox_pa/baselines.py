@@ -38,14 +38,24 @@ def steering(target, vector: torch.Tensor, alpha: float):
         yield None
         return
     layer = target.get_output_embeddings()
-    v = vector.to(device=layer.weight.device)
+    edit = SteerEdit(vector.to(device=layer.weight.device), alpha)
 
     def hook(module, args):
         (h,) = args
-        return ((h.float() + alpha * v).to(h.dtype),)
+        return (edit.edit_hidden(h),)
 
     with hooks(lambda: [layer.register_forward_pre_hook(hook)]):
         yield layer
+
+
+class SteerEdit:
+    """``h + alpha * v`` on the output layer's input (one alpha's edit, alone or in a sweep)."""
+
+    def __init__(self, vector: torch.Tensor, alpha: float):
+        self.v, self.alpha = vector, alpha
+
+    def edit_hidden(self, h: torch.Tensor) -> torch.Tensor:
+        return (h.float() + self.alpha * self.v).to(h.dtype)
 
 
 @torch.no_grad()

@@ -38,12 +38,19 @@ or a teacher's states of the prompt, so the target's prefill (:func:`shared_pref
 (:meth:`TeacherStepper.step`) are recorded by the first alpha and replayed, bit for bit, by the others.
 :class:`NLLRecorder` keeps, at every step, the unsteered target's NLL of the token picked (the PPL judge's
 number when the judge is the target itself).
+
+A greedy sweep goes further (:func:`shared_rows`, :func:`alpha_sweep`): all alphas of a batch decode in one
+``generate()`` call, rows ``[j * B, (j + 1) * B)`` being alpha ``j``'s. Rows that hold the same tokens (one
+prompt's rows until the alphas' picks part) are computed once by the target (:class:`RowShare`, the KV-cache row
+duplicated with ``Cache.reorder_cache`` where they part) and by the teachers (:meth:`TeacherStepper.select`), and
+each alpha's own :class:`Fuser` or :class:`DiffFuser` edits its own rows (:class:`SweepFuser`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -198,6 +205,24 @@ class TeacherStepper:
         self.mask = None if mask is None else mask.clone()
         self.hidden, self.n_forward_tokens = hidden, n  # hidden is only ever concatenated to, never written
 
+    def select(self, index: list[int]) -> None:
+        """Keep the rows ``index`` (in that order; a row may be repeated): row ``i`` becomes what row ``index[i]``
+        was, its KV cache rows included (``Cache.reorder_cache``, as beam search reorders). A branch of a greedy
+        sweep duplicates the row it leaves, so each copy then steps on its own text."""
+        if index == list(range(len(self.ids))):
+            return
+        if self.mask is None:  # nothing computed yet
+            self.reset(len(index))
+            return
+        if not hasattr(self.cache, "reorder_cache"):
+            raise RowShareUnsupported(f"the teacher's cache ({type(self.cache).__name__}) cannot select rows")
+        idx = torch.tensor(index, dtype=torch.long)
+        self.cache.reorder_cache(idx)
+        self.ids = [list(self.ids[i]) for i in index]
+        self.cols = [list(self.cols[i]) for i in index]
+        self.mask = self.mask.index_select(0, idx)
+        self.hidden = self.hidden.index_select(0, idx.to(self.hidden.device))
+
 
 def _copy_state(obj):
     """A deep copy of a KV cache (or None): later steps append to a cache object in place."""
@@ -308,16 +333,18 @@ class NLLRecorder:
     keeps ``logsumexp(z)``; a forward pre-hook on the target sees the pick when it is fed back and keeps
     ``logsumexp(z) - z[pick]``. :meth:`finish` settles the last step from ``generate()``'s output. Valid only
     where the output layer's own output is the unsteered target's (no pre-hook edits its input): the
-    methods say when (``Method.records_nll``)."""
+    methods say when (``Method.records_nll``). ``share``: the :class:`RowShare` of a sweep decoded as one batch;
+    where the output layer ran once per distinct row, ``logsumexp`` is taken once per distinct row too."""
 
-    def __init__(self, target, postprocess: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, target, postprocess: Callable[[torch.Tensor], torch.Tensor], share: "RowShare | None" = None):
         self.target = target
         self.out_layer = target.get_output_embeddings()
         if self.out_layer is None:
             raise TypeError(f"{type(target).__name__} has no output embedding layer")
         self.postprocess = postprocess
+        self.share = share
         self.nll: list[torch.Tensor] = []
-        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.pending: tuple | None = None
 
     def _on_target_forward(self, module, args, kwargs):
         ids = kwargs.get("input_ids")
@@ -331,13 +358,23 @@ class NLLRecorder:
         return None
 
     def _on_output(self, module, args, output):
-        z = self.postprocess(output[:, -1, :])
-        self.pending = (torch.logsumexp(z, dim=-1), z)
+        rows = self.share.head_rows_of(output) if self.share is not None else None
+        if rows is None:
+            z = self.postprocess(output[:, -1, :])
+            self.pending = (torch.logsumexp(z, dim=-1), z, None)
+        else:  # every row is a copy of its distinct row's: each distinct row once
+            distinct, group = rows
+            z = self.postprocess(distinct[:, -1, :])
+            self.pending = (torch.logsumexp(z, dim=-1), z, group.to(z.device))
         return None
 
     def _settle(self, picks: torch.Tensor) -> None:
-        lse, z = self.pending
-        self.nll.append(lse - z.gather(1, picks.to(z.device)[:, None]).squeeze(1))
+        lse, z, group = self.pending
+        picks = picks.to(z.device)
+        if group is None:
+            self.nll.append(lse - z.gather(1, picks[:, None]).squeeze(1))
+        else:
+            self.nll.append(lse[group] - z[group, picks])
         self.pending = None
 
     def finish(self, new_ids: torch.Tensor) -> torch.Tensor:
@@ -426,13 +463,16 @@ class Fuser(_InputTracker):
 
     def _on_output_layer(self, module, args):
         (hidden,) = args
-        (h_teacher,) = self.teacher_states()
+        return (self.edit_hidden(hidden, *self.teacher_states()),)
+
+    def edit_hidden(self, hidden: torch.Tensor, h_teacher: torch.Tensor) -> torch.Tensor:
+        """The output layer's input ``hidden`` [B, T, d] with its last position fused."""
         fused = fuse_hidden(hidden[:, -1, :], h_teacher.to(hidden.device), self.A, self.cfg.alpha, self.cfg.norm,
                             self.cfg.eps)
         out = hidden.clone()
         out[:, -1, :] = fused
         self.steps += 1
-        return (out,)
+        return out
 
 
 def _check_matrix(A: torch.Tensor, teacher, target) -> None:
@@ -589,7 +629,15 @@ class DiffFuser(_InputTracker):
 
     # -- hooks
     def _on_output_layer(self, module, args, output):
-        h_e, h_a = self.teacher_states()
+        return self.edit_logits(output, *self.teacher_states())
+
+    def _on_output_input(self, module, args):
+        """The cheap path (hidden space, no top-k, no gate): add ``alpha (h_e - h_a) A`` to the hidden state."""
+        (hidden,) = args
+        return (self.edit_hidden(hidden, *self.teacher_states()),)
+
+    def edit_logits(self, output: torch.Tensor, h_e: torch.Tensor, h_a: torch.Tensor) -> torch.Tensor:
+        """The output layer's ``output`` [B, T, V] with its last position's logits fused."""
         fused = self.fuse_logits(output[:, -1, :], h_e, h_a).to(output.dtype)
         self.steps += 1
         if output.shape[1] == 1:  # generate() asks for the last position only: no copy of the whole output
@@ -598,17 +646,16 @@ class DiffFuser(_InputTracker):
         out[:, -1, :] = fused
         return out
 
-    def _on_output_input(self, module, args):
-        """The cheap path (hidden space, no top-k, no gate): add ``alpha (h_e - h_a) A`` to the hidden state."""
-        (hidden,) = args
-        h_e, h_a = self.teacher_states()
+    def edit_hidden(self, hidden: torch.Tensor, h_e: torch.Tensor, h_a: torch.Tensor) -> torch.Tensor:
+        """The cheap path: the output layer's input ``hidden`` [B, T, d] plus ``alpha (h_e - h_a) A`` at its last
+        position."""
         d = (h_e.float() - h_a.float()).to(hidden.device) @ self.A
         out = hidden.clone()
         out[:, -1, :] = (hidden[:, -1, :].float() + self.cfg.alpha * d).to(hidden.dtype)
         self.acted += hidden.shape[0]
         self.rows_seen += hidden.shape[0]
         self.steps += 1
-        return (out,)
+        return out
 
 
 def teacher_index(target_tokenizer, teacher_tokenizer, target_vocab: int) -> torch.Tensor:
@@ -631,6 +678,27 @@ def check_diff_config(cfg: DiffConfig) -> None:
         raise ValueError(f"top_k must be >= 0 and gate_top_k >= 1, got {cfg.top_k} and {cfg.gate_top_k}")
 
 
+def _diff_parts(target, expert, anti, cfg: DiffConfig, A, target_tokenizer, teacher_tokenizer, bridge: str,
+                index: torch.Tensor | None,
+                memo: PromptMemo | None = None) -> tuple[list[TeacherStepper], torch.Tensor | None]:
+    """The checks of :func:`difference_fusion`, the teachers' steppers and the token index (``space="logits"``)."""
+    if cfg.space == "hidden":
+        if A is None:
+            raise ValueError("space 'hidden' needs the alignment matrix A")
+        _check_matrix(A, expert, target)
+        _check_matrix(A, anti, target)
+    bridge = _bridge_of(bridge, teacher_tokenizer, target_tokenizer)
+    if cfg.space == "logits" and index is None:
+        V = target.get_output_embeddings().weight.shape[0]
+        if bridge == "ids":
+            index = torch.arange(V)
+        else:
+            index = teacher_index(target_tokenizer, teacher_tokenizer, V)
+    steppers = [TeacherStepper(t, teacher_tokenizer, target_tokenizer, bridge_text=(bridge == "text"), memo=memo)
+                for t in (expert, anti)]
+    return steppers, index
+
+
 @contextlib.contextmanager
 def difference_fusion(target, expert, anti, cfg: DiffConfig, A: torch.Tensor | None = None, target_tokenizer=None,
                       teacher_tokenizer=None, bridge: str = "auto", index: torch.Tensor | None = None,
@@ -646,25 +714,358 @@ def difference_fusion(target, expert, anti, cfg: DiffConfig, A: torch.Tensor | N
     if cfg.alpha == 0.0:
         yield None
         return
-    if cfg.space == "hidden":
-        if A is None:
-            raise ValueError("space 'hidden' needs the alignment matrix A")
-        _check_matrix(A, expert, target)
-        _check_matrix(A, anti, target)
-    bridge = _bridge_of(bridge, teacher_tokenizer, target_tokenizer)
-    if cfg.space == "logits" and index is None:
-        V = target.get_output_embeddings().weight.shape[0]
-        if bridge == "ids":
-            index = torch.arange(V)
-        else:
-            index = teacher_index(target_tokenizer, teacher_tokenizer, V)
-    steppers = [TeacherStepper(t, teacher_tokenizer, target_tokenizer, bridge_text=(bridge == "text"), memo=memo)
-                for t in (expert, anti)]
+    steppers, index = _diff_parts(target, expert, anti, cfg, A, target_tokenizer, teacher_tokenizer, bridge, index,
+                                  memo)
     fuser = DiffFuser(target, steppers[0], steppers[1], cfg, A, index)
     out_hook = (lambda: fuser.out_layer.register_forward_pre_hook(fuser._on_output_input)) if cfg.edits_hidden else \
         (lambda: fuser.out_layer.register_forward_hook(fuser._on_output_layer))
     with hooks(lambda: [target.register_forward_pre_hook(fuser._on_target_forward, with_kwargs=True), out_hook()]):
         yield fuser
+
+
+# ------------------------------------------------------------------ a greedy sweep decoded as one batch
+
+
+class RowShareUnsupported(RuntimeError):
+    """The target's forward or a cache does not allow rows to be shared (the harness then decodes each alpha on
+    its own, as before)."""
+
+
+_BATCH_INPUTS = ("input_ids", "attention_mask", "position_ids", "token_type_ids", "inputs_embeds")
+
+
+class RowShare:
+    """Which rows of one ``generate()`` call hold the same tokens so far, so that the target computes each once.
+
+    Greedy rows of one prompt at several alphas agree until the first step where their picks part. While
+    :func:`shared_rows` is active, the target's backbone computes only the distinct rows (its KV cache holds one
+    row for each) and hands every row the hidden states of its distinct row; where rows part, the distinct row's
+    cache row is duplicated (``Cache.reorder_cache``, the index select beam search reorders its cache with). The
+    output layer, too, runs once per distinct row while its input rows are still those copies (no hook edited
+    them). Rows are keyed by their tokens: at the prefill by their ids and mask, then by (their distinct row,
+    the token fed). Counts what was computed (``computed`` of ``rows``, per decode step; the prefill apart)."""
+
+    def __init__(self):
+        self.group: torch.Tensor | None = None  # [N] row -> its distinct row (in the target's cache)
+        self.first: torch.Tensor | None = None  # [n] the first row of each distinct row
+        self.identity = False  # every row distinct, in order: nothing to select or expand
+        self.computed = self.rows = 0  # decode steps: distinct rows computed, rows generate() asked for
+        self.prefill_computed = self.prefill_rows = 0
+        self.head_computed = self.head_rows = 0  # output-layer rows computed, rows asked for
+        self.head_out: tuple | None = None  # the output layer's last output per distinct row, and expanded
+        self.disabled = ""  # why the harness stopped sharing rows (RowShareUnsupported), if it did
+
+    def _assign(self, keys: list) -> list[int]:
+        index: dict = {}
+        group = [index.setdefault(k, len(index)) for k in keys]
+        first: list[int] = [-1] * len(index)
+        for p, g in enumerate(group):
+            if first[g] < 0:
+                first[g] = p
+        self.group, self.first = torch.tensor(group, dtype=torch.long), torch.tensor(first, dtype=torch.long)
+        self.identity = first == list(range(len(group)))
+        return first
+
+    def select_inputs(self, kwargs: dict) -> dict:
+        """The backbone's keyword inputs for the distinct rows only (the first row of each)."""
+        if self.identity:
+            return kwargs
+        n_rows, out = self.group.shape[0], dict(kwargs)
+        for k in _BATCH_INPUTS:
+            v = out.get(k)
+            if isinstance(v, torch.Tensor):
+                if k == "position_ids" and v.dim() == 3:  # (sections, batch, length): multi-axis positions
+                    out[k] = v.index_select(1, self.first.to(v.device))
+                elif v.shape[0] == n_rows:
+                    out[k] = v.index_select(0, self.first.to(v.device))
+        return out
+
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.identity else x.index_select(0, self.group.to(x.device))
+
+    def on_backbone(self, kwargs: dict) -> None:
+        """Assign this forward's rows to distinct rows (and branch the cache where rows part)."""
+        ids = kwargs.get("input_ids")
+        if ids is None:
+            raise RowShareUnsupported("row sharing needs input_ids (inputs_embeds is not supported)")
+        mask = kwargs.get("attention_mask")
+        if mask is not None and not (isinstance(mask, torch.Tensor) and mask.dim() == 2):
+            raise RowShareUnsupported("row sharing needs a 2D attention mask (a static cache prepares 4D ones)")
+        cache = kwargs.get("past_key_values")
+        if getattr(cache, "is_compileable", False):
+            raise RowShareUnsupported(f"row sharing does not resize a static cache ({type(cache).__name__})")
+        n_rows = ids.shape[0]
+        if cache is None or _empty_cache(cache):
+            rows = ids.tolist()
+            masks = mask.tolist() if mask is not None else [()] * n_rows
+            self._assign([(tuple(r), tuple(m)) for r, m in zip(rows, masks)])
+            self.prefill_computed += int(self.first.shape[0])
+            self.prefill_rows += n_rows
+            return
+        if self.group is None or self.group.shape[0] != n_rows or ids.shape[1] != 1:
+            raise RowShareUnsupported("row sharing expects one new token per row and step")
+        if not hasattr(cache, "reorder_cache"):
+            raise RowShareUnsupported(f"the target's cache ({type(cache).__name__}) cannot select rows")
+        old, n_old = self.group.tolist(), int(self.first.shape[0])
+        first = self._assign(list(zip(old, ids[:, 0].tolist())))
+        parents = [old[p] for p in first]
+        if parents != list(range(n_old)):  # rows parted: their distinct row's cache row is duplicated
+            cache.reorder_cache(torch.tensor(parents, dtype=torch.long))
+        self.computed += len(first)
+        self.rows += n_rows
+
+    def expand_output(self, out):
+        """Every row's share of the backbone's output (hidden states; the cache stays one row per distinct row)."""
+        if self.identity:
+            return out
+        n = int(self.first.shape[0])
+        for k, v in list(out.items()):
+            if k == "past_key_values":
+                continue
+            if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n:
+                out[k] = self.expand(v)
+            elif isinstance(v, tuple) and v and all(isinstance(x, torch.Tensor) and x.shape[0] == n for x in v):
+                out[k] = tuple(self.expand(x) for x in v)
+        return out
+
+    def on_head(self, x: torch.Tensor):
+        """The output layer's input for the distinct rows, when every row is still its distinct row's copy (no hook
+        edited it); else None (the layer then runs on every row)."""
+        self.head_out = None
+        if self.group is None or self.identity or x.shape[0] != self.group.shape[0]:
+            return None
+        rep = x.index_select(0, self.first.to(x.device))
+        if not torch.equal(self.expand(rep), x):
+            return None
+        return rep
+
+    def head_rows_of(self, output: torch.Tensor):
+        """``(distinct, group)`` when ``output`` is the output layer's last output computed per distinct row
+        (``distinct``, its rows; row ``i`` of ``output`` is row ``group[i]`` of ``distinct``); else None."""
+        if self.head_out is None or self.head_out[1]() is not output:
+            return None
+        return self.head_out[0], self.group
+
+
+@contextlib.contextmanager
+def shared_rows(target, share: RowShare) -> Iterator[RowShare]:
+    """While the block runs, the target computes each distinct row of its batch once (see :class:`RowShare`).
+    Works whatever wraps the backbone's or the output layer's ``forward`` (accelerate's ``device_map`` hooks): the
+    wrapper is called on the distinct rows and put back afterwards."""
+    try:
+        body = backbone(target)
+    except TypeError as e:
+        raise RowShareUnsupported(str(e)) from None
+    head = target.get_output_embeddings()
+    if head is None:
+        raise RowShareUnsupported(f"{type(target).__name__} has no output embedding layer")
+    saved = [(m, m.__dict__.get("forward")) for m in (body, head)]  # instance-level wrappers (accelerate) or None
+    inner_body, inner_head = body.forward, head.forward
+
+    def body_forward(*args, **kwargs):
+        if args:
+            raise RowShareUnsupported("row sharing needs the backbone's inputs as keywords")
+        share.on_backbone(kwargs)
+        return share.expand_output(inner_body(**share.select_inputs(kwargs)))
+
+    def head_forward(x, *args, **kwargs):
+        rep = None if args or kwargs else share.on_head(x)
+        share.head_rows += x.shape[0]
+        if rep is None:
+            share.head_computed += x.shape[0]
+            return inner_head(x, *args, **kwargs)
+        share.head_computed += rep.shape[0]
+        distinct = inner_head(rep)
+        out = share.expand(distinct)
+        share.head_out = (distinct, weakref.ref(out))  # the expanded output is not kept alive past its step
+        return out
+
+    body.forward, head.forward = body_forward, head_forward
+    share.group = share.first = None
+    try:
+        yield share
+    finally:
+        for m, own in saved:
+            if own is None:
+                del m.forward
+            else:
+                m.forward = own
+
+
+class SweepFuser(_InputTracker):
+    """The hooks of a greedy alpha sweep decoded as one batch (:func:`alpha_sweep`).
+
+    Rows ``[j * rows, (j + 1) * rows)`` are alpha ``j``'s, and ``editors[j]`` (the :class:`DiffFuser` or
+    :class:`Fuser` that alpha builds alone; None for alpha 0) edits exactly those rows, with its own code, on as
+    many rows as when its alpha runs alone. The teachers step once per distinct text: rows of several alphas
+    that hold the same tokens share one teacher row, duplicated (:meth:`TeacherStepper.select`) where their
+    picks part. An alpha whose rows have all ended (an EOS) is left alone, as its own ``generate()`` would
+    have stopped there."""
+
+    def __init__(self, steppers: list[TeacherStepper], editors: list, rows: int, edits_hidden: bool, eos_ids,
+                 share: RowShare | None = None):
+        super().__init__(steppers)
+        self.editors = editors
+        self.share = share
+        self.rows_per_alpha = rows
+        self.edits_hidden = edits_hidden
+        self.eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long)
+        self.prompt_len = 0
+        self.t_group: dict[int, int] | None = None  # row -> its teacher row, for the rows stepped last
+        self.teacher_rows = 0  # teacher rows stepped (distinct texts), over steps
+        self.teacher_asked = 0  # rows that needed a teacher state, over steps
+
+    def _on_target_forward(self, module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is None and args:
+            ids = args[0]
+        if ids is None:
+            raise RuntimeError("fusion needs input_ids (inputs_embeds is not supported)")
+        cache = kwargs.get("past_key_values")
+        if cache is None or _empty_cache(cache) or self.history is None or self.history.shape[0] != ids.shape[0]:
+            self.history = ids.detach().cpu()
+            self.prompt_len = self.history.shape[1]
+            self.t_group = None
+        else:
+            self.history = torch.cat([self.history, ids.detach().cpu()], dim=1)
+        mask = kwargs.get("attention_mask")
+        self.attn = mask.detach().cpu()[:, -self.history.shape[1]:] if isinstance(mask, torch.Tensor) and \
+            mask.dim() == 2 else torch.ones_like(self.history)
+        return None
+
+    def active(self) -> list[int]:
+        """The alphas (indices) still decoding: they have an editor and a row without an EOS yet."""
+        new = self.history[:, self.prompt_len:]
+        ended = torch.isin(new, self.eos).any(dim=1) if new.shape[1] and self.eos.numel() else \
+            torch.zeros(new.shape[0], dtype=torch.bool)
+        R = self.rows_per_alpha
+        return [j for j, e in enumerate(self.editors) if e is not None and not bool(ended[j * R:(j + 1) * R].all())]
+
+    def sweep_states(self, active: list[int]) -> list[torch.Tensor]:
+        """Each teacher's final hidden state at the last token of every row of the ``active`` alphas (other rows:
+        any row's), each distinct text stepped once."""
+        if not self.steppers:
+            return []
+        R = self.rows_per_alpha
+        rows = self.rows()
+        need = [p for j in active for p in range(j * R, (j + 1) * R)]
+        keys: dict[tuple, int] = {}
+        group = [keys.setdefault(tuple(rows[p]), len(keys)) for p in need]
+        first: dict[int, int] = {}
+        for p, g in zip(need, group):
+            first.setdefault(g, p)
+        texts = [rows[first[g]] for g in range(len(keys))]
+        if self.t_group is None:
+            for st in self.steppers:
+                st.reset(len(texts))
+        else:  # a row's text grew from its text at the last step: its teacher row continues from that one's
+            parents = [self.t_group[first[g]] for g in range(len(keys))]
+            for st in self.steppers:
+                st.select(parents)
+        self.t_group = dict(zip(need, group))
+        self.teacher_rows += len(texts)
+        self.teacher_asked += len(need)
+        out, shared = [], {}
+        for st in self.steppers:
+            key = id(st.teacher_tok) if st.bridge_text else None
+            if key is not None and key not in shared:
+                shared[key] = st.teacher_ids(texts)
+            out.append(st.step(texts, shared.get(key)))
+        idx = torch.zeros(self.history.shape[0], dtype=torch.long)
+        idx[need] = torch.tensor(group, dtype=torch.long)
+        return [h.index_select(0, idx.to(h.device)) for h in out]
+
+    def _edit(self, x: torch.Tensor, hidden: bool) -> torch.Tensor | None:
+        active = self.active()
+        if not active:
+            return None
+        states = self.sweep_states(active)
+        R = self.rows_per_alpha
+        self.steps += 1
+        if not hidden and self.share is not None and self.share.head_rows_of(x) is not None:
+            # the output layer's rows expanded from the distinct rows': a copy of ours, edited in place (no second
+            # copy of a [rows, vocabulary] tensor); each alpha's edit reads its rows before they are written
+            for j in active:
+                sl = slice(j * R, (j + 1) * R)
+                x[sl] = self.editors[j].edit_logits(x[sl], *(s[sl] for s in states))
+            return x
+        pieces = []
+        for j in range(len(self.editors)):
+            sl = slice(j * R, (j + 1) * R)
+            if j not in active:
+                pieces.append(x[sl])
+            elif hidden:
+                pieces.append(self.editors[j].edit_hidden(x[sl], *(s[sl] for s in states)))
+            else:
+                pieces.append(self.editors[j].edit_logits(x[sl], *(s[sl] for s in states)))
+        return torch.cat(pieces, dim=0)
+
+    def _on_output_layer(self, module, args, output):
+        return self._edit(output, hidden=False)
+
+    def _on_output_input(self, module, args):
+        (hidden,) = args
+        out = self._edit(hidden, hidden=True)
+        return None if out is None else (out,)
+
+
+@contextlib.contextmanager
+def alpha_sweep(target, steppers: list[TeacherStepper], editors: list, rows: int, edits_hidden: bool,
+                eos_ids=(), share: RowShare | None = None) -> Iterator[SweepFuser | None]:
+    """Install :class:`SweepFuser`'s hooks on ``target`` for the block: ``editors[j]`` edits rows
+    ``[j * rows, (j + 1) * rows)`` at the output layer's input (``edits_hidden``) or output. ``share``: the
+    batch's :class:`RowShare` (an output it expanded is edited in place). No editor at all (every alpha 0):
+    nothing is installed and None is yielded."""
+    if all(e is None for e in editors):
+        yield None
+        return
+    sweep = SweepFuser(steppers, editors, rows, edits_hidden, eos_ids, share)
+    out_layer = target.get_output_embeddings()
+    out_hook = (lambda: out_layer.register_forward_pre_hook(sweep._on_output_input)) if edits_hidden else \
+        (lambda: out_layer.register_forward_hook(sweep._on_output_layer))
+    with hooks(lambda: [target.register_forward_pre_hook(sweep._on_target_forward, with_kwargs=True), out_hook()]):
+        yield sweep
+
+
+@contextlib.contextmanager
+def difference_sweep(target, expert, anti, cfgs: list[DiffConfig], rows: int, A: torch.Tensor | None = None,
+                     target_tokenizer=None, teacher_tokenizer=None, bridge: str = "auto",
+                     index: torch.Tensor | None = None, eos_ids=(),
+                     share: RowShare | None = None) -> Iterator[list[DiffFuser | None]]:
+    """:func:`difference_fusion` for several alphas at once, on one batch holding ``rows`` rows per alpha (alpha
+    ``j``'s are rows ``[j * rows, (j + 1) * rows)``): yields each alpha's :class:`DiffFuser` (None at alpha 0)."""
+    for cfg in cfgs:
+        check_diff_config(cfg)
+    live = [c for c in cfgs if c.alpha != 0.0]
+    if not live:
+        yield [None] * len(cfgs)
+        return
+    steppers, index = _diff_parts(target, expert, anti, live[0], A, target_tokenizer, teacher_tokenizer, bridge, index)
+    fusers = [None if c.alpha == 0.0 else DiffFuser(target, steppers[0], steppers[1], c, A, index) for c in cfgs]
+    with alpha_sweep(target, steppers, fusers, rows, live[0].edits_hidden, eos_ids, share):
+        yield fusers
+
+
+@contextlib.contextmanager
+def fusion_sweep(target, teacher, A: torch.Tensor, alphas: list[float], rows: int, target_tokenizer=None,
+                 teacher_tokenizer=None, norm: str = "layernorm", bridge: str = "auto",
+                 eos_ids=(), share: RowShare | None = None) -> Iterator[list[Fuser | None]]:
+    """:func:`fusion` for several alphas at once (see :func:`difference_sweep`): yields each alpha's :class:`Fuser`
+    (None at alpha 0)."""
+    for alpha in alphas:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+    if all(a == 0.0 for a in alphas):
+        yield [None] * len(alphas)
+        return
+    _check_matrix(A, teacher, target)
+    bridge = _bridge_of(bridge, teacher_tokenizer, target_tokenizer)
+    stepper = TeacherStepper(teacher, teacher_tokenizer, target_tokenizer, bridge_text=(bridge == "text"))
+    fusers = [None if a == 0.0 else Fuser(target, stepper, A, FusionConfig(alpha=a, norm=norm)) for a in alphas]
+    with alpha_sweep(target, [stepper], fusers, rows, True, eos_ids, share):
+        yield fusers
 
 
 @torch.no_grad()

@@ -6,11 +6,22 @@ sample) pair, sorted by prompt length so batches pad little, and cut into fixed 
 alpha ``a`` is seeded with ``batch_seed(seed, a, k)``, so an alpha's output does not depend on which other
 alphas ran, nor on resuming, nor on how batches are spread over ranks. The sweep runs batch by batch, every
 alpha of a batch in turn: no method changes the prompt's states, so the target's and the teachers' prefill of
-a batch is computed once and replayed, bit for bit, for its other alphas (:class:`detox_pa.fusion.PromptMemo`). Finished batches are appended to a
-journal (:func:`detox_pa.artifacts.journal_path`, one JSON line per record, fsync'ed per batch); a rerun of
-the same command resumes from it, a rerun with different arguments is refused. Under torchrun each rank
-takes every ``world``-th batch and rank 0 merges the journals. The final file (the paper's nested JSON) is
-written atomically at the end, then the journals are removed.
+a batch is computed once and replayed, bit for bit, for its other alphas (:class:`detox_pa.fusion.PromptMemo`).
+
+Greedy sweeps of a method that acts at the output layer only (``diff``, ``fusion``, ``steer``; alpha 0 is the
+target alone) share more (**prefix sharing**, on unless ``--no_prefix_sharing``): greedy rows of one prompt at
+different alphas hold the same tokens until the first step where the alphas' picks part, so all alphas of a batch
+are decoded in one ``generate()`` call whose target and teachers compute each distinct (prompt, prefix) once and
+duplicate its KV-cache rows where the picks part (:func:`decode_sweep`). Each alpha gets the continuations, stop
+reasons and recorded NLL that decoding it alone gives, up to the rounding of batched kernels: a row computed in a
+batch of another shape may differ in the last bits of a float, so the recorded NLL can differ in its last digit and,
+where two candidates tie to that precision, a pick could differ (a resumed batch is therefore decoded with all its
+alphas again, as the uninterrupted run decoded it). Sampling and the other methods decode each alpha on its own.
+
+Finished batches are appended to a journal (:func:`detox_pa.artifacts.journal_path`, one JSON line per record,
+fsync'ed per batch); a rerun of the same command resumes from it, a rerun with different arguments is refused.
+Under torchrun each rank takes every ``world``-th batch and rank 0 merges the journals. The final file (the
+paper's nested JSON) is written atomically at the end, then the journals are removed.
 
 Each pair holds ``response`` = the continuation stripped of surrounding whitespace, as the paper's
 generation stores it (so the paper's scorers read our files as they read theirs), and ``continuation`` =
@@ -111,6 +122,10 @@ class GenerateArguments:
     max_prompts: int = field(default=0, metadata={"help": "Use only the first N prompts (after the filter; 0 = all)."})
     device_map: str = field(default="", metadata={"help": "Place a large target across GPUs, e.g. 'auto' (needs accelerate)."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output (and its journal)."})
+    prefix_sharing: bool = field(default=True, metadata={
+        "help": "Greedy sweeps of methods that act at the output layer (diff, fusion, steer): decode all alphas of "
+                "a batch together, each distinct (prompt, prefix) once until the alphas' picks part (the same "
+                "continuations, computed once). Off: each alpha decodes every row on its own."})
     protocol: str = field(default="paper", metadata={
         "help": "The literature protocol the run follows, recorded in the meta file: paper (greedy, 10 new tokens, one "
                 "sample; mean toxicity) or dexperts (25 samples, top-p 0.9, 20 new tokens; EMT and toxicity "
@@ -299,12 +314,23 @@ def decode_batch(target, tokenizer, prompts: list[str], gen_config, context_fact
     with torch.no_grad(), hooks(recorder.hooks if recorder else list), shared_prefill(target, memo), context_factory():
         out = target.generate(**enc, generation_config=gen_config, **(extra_generate_kwargs or {}))
     nll = recorder.finish(out[:, P:]) if recorder is not None else None
-    eos = set(_as_list(gen_config.eos_token_id)) - {None} if eos_ids is None else eos_ids
+    return _decoded(tokenizer, enc, out[:, P:], nll, gen_config, stop_ids, eos_ids)
+
+
+def _eos_ids(gen_config) -> set[int]:
+    return set(_as_list(gen_config.eos_token_id)) - {None}
+
+
+def _decoded(tokenizer, enc: dict, new_ids: torch.Tensor, nll: torch.Tensor | None, gen_config,
+             stop_ids: set[int] | None = None, eos_ids: set[int] | None = None) -> Decoded:
+    """Each row's continuation cut at its first stop token, as :func:`decode_batch` describes; ``enc``: the
+    prompts' ids and mask, ``new_ids`` [B, T] the tokens generated after them, ``nll`` [B, T] or None."""
+    eos = _eos_ids(gen_config) if eos_ids is None else eos_ids
     stop = ({gen_config.pad_token_id} - {None}) | eos if stop_ids is None else stop_ids
     texts, kept, reasons, nlls = [], [], [], []
-    for i in range(len(prompts)):
+    for i in range(new_ids.shape[0]):
         prompt_ids = enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist()
-        new = out[i, P:].tolist()
+        new = new_ids[i].tolist()
         cut = next((j for j, t in enumerate(new) if t in stop), len(new))
         reasons.append("length" if cut == len(new) else "eos" if new[cut] in eos else "control")
         new = new[:cut]
@@ -315,12 +341,76 @@ def decode_batch(target, tokenizer, prompts: list[str], gen_config, context_fact
     return Decoded(texts, kept, reasons, nlls if nll is not None else None)
 
 
+def prefix_sharing(method, gen_config) -> bool:
+    """Whether a sweep of ``method`` under ``gen_config`` can be decoded by :func:`decode_sweep`: greedy (one
+    beam), and a method whose alphas act at the output layer only, each on its own rows (``shares_prefixes``)."""
+    return (not gen_config.do_sample and (gen_config.num_beams or 1) == 1 and method.keeps_prompt_state
+            and method.shares_prefixes)
+
+
+def decode_sweep(method, target, tokenizer, prompts: list[str], alphas: list[float], gen_config, device,
+                 nll_postprocess: Callable | None = None, share=None) -> list[tuple[float, Decoded]]:
+    """Every alpha of one batch decoded greedily in ONE ``generate()`` call, each distinct prefix once.
+
+    The batch holds the prompts once per alpha (alpha ``j``'s rows are ``[j * B, (j + 1) * B)``); the method's
+    :meth:`~detox_pa.methods.Method.sweep_context` edits each alpha's rows at the output layer exactly as that
+    alpha's own hooks do, and the target (:class:`detox_pa.fusion.RowShare`) and the teachers (that context)
+    compute the rows that hold the same tokens once: greedy rows of one prompt share their continuation until the
+    first step where the alphas' picks part, and there the row is duplicated. ``generate()`` itself is unchanged
+    (its stopping, its padding of ended rows), so each alpha's :class:`Decoded` is the one :func:`decode_batch`
+    gives for that alpha alone, up to float differences from computing rows in batches of another shape.
+    ``share``: the :class:`~detox_pa.fusion.RowShare` that counts the rows computed (a fresh one when None).
+    Raises :class:`~detox_pa.fusion.RowShareUnsupported` before anything is returned when the model cannot share
+    rows."""
+    from .fusion import NLLRecorder, RowShare, hooks, shared_rows
+
+    share = RowShare() if share is None else share
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    B, P, n = len(prompts), enc["input_ids"].shape[1], len(alphas)
+    ids = enc["input_ids"].repeat(n, 1).to(device)
+    mask = enc["attention_mask"].repeat(n, 1).to(device)
+    record = nll_postprocess is not None and any(method.records_nll(a) for a in alphas)
+    recorder = NLLRecorder(target, nll_postprocess, share) if record else None
+    with torch.no_grad(), hooks(recorder.hooks if recorder else list), shared_rows(target, share), \
+            method.sweep_context(alphas, B, _eos_ids(gen_config), share=share):
+        out = target.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
+    nll = recorder.finish(out[:, P:]) if recorder is not None else None
+    res = []
+    for j, a in enumerate(alphas):
+        rows = slice(j * B, (j + 1) * B)
+        keep = nll is not None and method.records_nll(a)
+        res.append((a, _decoded(tokenizer, enc, out[rows, P:], nll[rows] if keep else None, gen_config)))
+    return res
+
+
 def sweep_batch(method, target, tokenizer, prompts: list[str], alphas: list[float], seed_of: Callable[[float], int],
-                gen_config, device, memo=None, nll_postprocess: Callable | None = None):
-    """Every alpha of one batch in turn, as :func:`run` does: yields ``(alpha, seed, Decoded, seconds)`` as each
-    alpha finishes. ``memo`` (a :class:`detox_pa.fusion.PromptMemo`, for a method that keeps the prompt's
-    states) is cleared first, so the batch's prompt is computed by its first alpha and replayed for the others.
-    ``nll_postprocess``: record the unsteered NLL at the alphas where the method allows it."""
+                gen_config, device, memo=None, nll_postprocess: Callable | None = None, share=None):
+    """Every alpha of one batch, as :func:`run` does: yields ``(alpha, seed, Decoded, seconds)`` for each alpha.
+
+    ``share`` (a :class:`detox_pa.fusion.RowShare`, for a sweep where :func:`prefix_sharing` holds): the alphas
+    are decoded together by :func:`decode_sweep`, each distinct prefix once, and yielded when all have finished,
+    the batch's time split evenly between them. When the model cannot share rows, ``share.disabled`` says why
+    (logged once) and this batch and the later ones are decoded as below.
+
+    Otherwise each alpha in turn, yielded as it finishes. ``memo`` (a :class:`detox_pa.fusion.PromptMemo`, for
+    a method that keeps the prompt's states) is cleared first, so the batch's prompt is computed by its first
+    alpha and replayed for the others. ``nll_postprocess``: record the unsteered NLL at the alphas where the
+    method allows it."""
+    from .fusion import RowShareUnsupported
+
+    if share is not None and not share.disabled:
+        t0 = time.time()
+        try:
+            decoded = decode_sweep(method, target, tokenizer, prompts, alphas, gen_config, device, nll_postprocess,
+                                   share)
+        except RowShareUnsupported as e:
+            share.disabled = str(e)
+            log.warning("prefix sharing is off for this run (%s): each alpha is decoded on its own", e)
+        else:
+            dt = (time.time() - t0) / len(alphas)
+            for a, d in decoded:
+                yield a, seed_of(a), d, dt
+            return
     if memo is not None:
         memo.clear()
     method.memo = memo
@@ -440,6 +530,22 @@ def recorded_nll_meta(result: list[dict], out_path: Path, target_path: str, dtyp
                     "the tokenizer's special tokens and the ids before it"}
 
 
+def sharing_record(share) -> dict | None:
+    """The meta file's ``prefix_sharing``: the target's rows computed at the decode steps against the rows a
+    per-alpha decode computes there, for this process's batches (None when the run did not share prefixes)."""
+    if share is None:
+        return None
+    return {"rows_computed": share.computed, "rows_asked": share.rows,
+            "share": round(share.computed / max(share.rows, 1), 4),
+            "prompt_rows_computed": share.prefill_computed, "prompt_rows_asked": share.prefill_rows,
+            "output_layer_rows_computed": share.head_computed, "output_layer_rows_asked": share.head_rows,
+            **({"disabled": share.disabled} if share.disabled else {}),
+            "note": "greedy rows of one prompt at several alphas hold the same tokens until the alphas' picks part: "
+                    "at each decode step after the prompt the target computed each distinct (prompt, prefix) once "
+                    "(rows_computed), where a per-alpha decode computes one row per prompt and alpha (rows_asked); "
+                    "the prompts are computed once per batch either way"}
+
+
 def run(args: GenerateArguments) -> list[dict] | None:
     """Generate for every alpha (resuming from the journals), write the paper's JSON and its sidecar.
     Returns the nested result (None on ranks other than 0)."""
@@ -491,20 +597,30 @@ def run(args: GenerateArguments) -> list[dict] | None:
 
     bar = progress(len(todo), f"generate rank {rank}" if world > 1 else "generate", "batch",
                    disable=rank != 0 and world > 1)
-    from .fusion import PromptMemo
+    from .fusion import PromptMemo, RowShare
     from .ppl import judge_postprocess
 
-    # batch by batch, every alpha in turn: the prompt's prefill (target and teachers) is computed once per batch
+    # batch by batch, every alpha in turn: the prompt's prefill (target and teachers) is computed once per batch;
+    # a greedy sweep of a method that acts at the output layer decodes all alphas of a batch together instead,
+    # each distinct (prompt, prefix) once
     memo = PromptMemo() if method.keeps_prompt_state else None
+    share = RowShare() if args.prefix_sharing and prefix_sharing(method, gen_config) else None
     postprocess = judge_postprocess(target)
     for k, batch in enumerate(batches):
         alphas = [a for a in args.alphas if (a, k) in todo]
         if not alphas:
             continue
         batch_prompts = [prompts[it.prompt_index] for it in batch]
+        if share is not None and not share.disabled:
+            # decoded together, a batch's alphas share their rows' float arithmetic (batched kernels round by the
+            # batch's shape): a resumed batch is decoded with all of them again, so its records are bit for bit
+            # those of an uninterrupted run, and only the missing ones are written
+            alphas = list(args.alphas)
         for a, seed, d, dt in sweep_batch(method, target, tok, batch_prompts, alphas,
                                           lambda a, k=k: batch_seed(args.seed, a, k), gen_config, device, memo,
-                                          postprocess):
+                                          postprocess, share):
+            if (a, k) not in todo:
+                continue
             recs = [{"alpha": a, "batch": k, "batch_size": len(batch), "prompt_index": it.prompt_index,
                      "sample": it.sample, "prompt": prompts[it.prompt_index], "response": txt.strip(),
                      "continuation": txt, "seed": seed, "n_new_tokens": len(ids), "batch_seconds": round(dt, 4)}
@@ -519,8 +635,12 @@ def run(args: GenerateArguments) -> list[dict] | None:
         if memo is not None:
             memo_counts = (memo_counts[0] + memo.computed, memo_counts[1] + memo.replays)
     bar.close()
-    if memo is not None:
+    if memo is not None and memo_counts != (0, 0):
         log.info("prompt prefills (target and teachers): %d computed, %d replayed for other alphas", *memo_counts)
+    sharing = sharing_record(share)
+    if sharing and sharing["rows_asked"]:
+        log.info("prefix sharing: at the decode steps the target computed %d of the %d rows a per-alpha decode "
+                 "computes (%.1f%%)", sharing["rows_computed"], sharing["rows_asked"], 100 * sharing["share"])
 
     if world > 1:  # rank 0 merges what every rank journalled
         barrier(world)
@@ -547,7 +667,9 @@ def run(args: GenerateArguments) -> list[dict] | None:
         "generation_seconds_per_alpha": gen_seconds, "fingerprint": fingerprint, "arguments": args_to_dict(args),
         "versions": library_versions(("torch", "transformers")),
         "note": "generation_seconds_per_alpha sums the batches' wall times, including those of resumed earlier runs; "
-                "a batch's prompt prefill is computed once, in its first alpha's time",
+                "a batch's prompt prefill is computed once, in its first alpha's time; with prefix sharing the "
+                "alphas of a batch are decoded together and its time is split evenly between them",
+        **({"prefix_sharing": sharing} if sharing else {}),
         **({RECORDED_NLL_KEY: recorded} if recorded else {}),
     })
     for p in journal_paths(out_path):

@@ -57,6 +57,10 @@ class Method:
     # True when the method leaves the target's (and its teachers') states of the prompt as alpha 0 computes them
     # (it acts at the output layer only): a sweep then computes each batch's prompt once (fusion.PromptMemo)
     keeps_prompt_state = False
+    # True when a greedy sweep can decode all its alphas as one batch (:meth:`sweep_context`): each alpha edits its own
+    # rows at the output layer exactly as it would alone, so rows of one prompt are computed once until the alphas'
+    # picks part (generation.decode_sweep). Methods that pass generate() options (logits processors) cannot.
+    shares_prefixes = False
 
     def __init__(self, args):
         self.args = args
@@ -83,6 +87,13 @@ class Method:
 
     def generate_kwargs(self, alpha: float) -> dict:
         return {}
+
+    def sweep_context(self, alphas: list[float], rows: int, eos_ids=(), share=None):
+        """The hooks of every alpha at once, on a batch whose rows ``[j * rows, (j + 1) * rows)`` are alpha ``j``'s
+        (methods with ``shares_prefixes``); yields each alpha's fuser (None where it has none). ``eos_ids``: the
+        tokens that end a row (an alpha whose rows have all ended is left alone); ``share``: the batch's
+        :class:`detox_pa.fusion.RowShare`."""
+        raise NotImplementedError(f"--method {self.name} decodes each alpha on its own")
 
     def records_nll(self, alpha: float) -> bool:
         """Whether the target's output layer itself still yields the unsteered target's logits at this alpha (no
@@ -227,6 +238,7 @@ class Fusion(Method):
     alpha_meaning = "the teacher's weight in the mix"
     uses = ("norm", "bridge")
     keeps_prompt_state = True
+    shares_prefixes = True
 
     def check(self) -> None:
         from .fusion import NORMS
@@ -276,6 +288,17 @@ class Fusion(Method):
                     bridge=self.args.bridge, memo=self.memo) as f:
             yield f
 
+    @contextlib.contextmanager
+    def sweep_context(self, alphas: list[float], rows: int, eos_ids=(), share=None):
+        from .fusion import fusion_sweep
+
+        if not any(alphas):
+            yield [None] * len(alphas)
+            return
+        with fusion_sweep(self.target, self.teacher, self.A, alphas, rows, self.tokenizer, self.teacher_tok,
+                          norm=self.args.norm, bridge=self.args.bridge, eos_ids=eos_ids, share=share) as fusers:
+            yield fusers
+
     def describe(self) -> dict:
         out = super().describe()
         if self.needs_models():
@@ -297,6 +320,7 @@ class Diff(Method):
     default_alphas = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)  # the tuned pair's scale (chosen on dev: bench/results.sh)
     uses = ("diff_space", "top_k", "gate", "bridge")
     keeps_prompt_state = True
+    shares_prefixes = True
 
     def check(self) -> None:
         from .fusion import SPACES
@@ -368,6 +392,21 @@ class Diff(Method):
             yield f
             self._count(alpha, f)
 
+    @contextlib.contextmanager
+    def sweep_context(self, alphas: list[float], rows: int, eos_ids=(), share=None):
+        from .fusion import DiffConfig, difference_sweep
+
+        if not any(alphas):
+            yield [None] * len(alphas)
+            return
+        a = self.args
+        cfgs = [DiffConfig(alpha=x, space=a.diff_space, top_k=a.top_k, gate=a.gate) for x in alphas]
+        with difference_sweep(self.target, self.expert, self.anti, cfgs, rows, self.A, self.tokenizer, self.teacher_tok,
+                              bridge=a.bridge, index=self.index, eos_ids=eos_ids, share=share) as fusers:
+            yield fusers
+            for x, f in zip(alphas, fusers):
+                self._count(x, f)
+
     def records_nll(self, alpha: float) -> bool:
         from .fusion import DiffConfig
 
@@ -417,6 +456,7 @@ class Steer(Method):
     alpha_meaning = "a hidden-state scale"
     uses = ("steer_vector",)
     keeps_prompt_state = True
+    shares_prefixes = True
 
     def check(self) -> None:
         if not self.args.steer_vector:
@@ -434,6 +474,14 @@ class Steer(Method):
         from .baselines import steering
 
         return steering(self.target, self.vector, alpha)
+
+    def sweep_context(self, alphas: list[float], rows: int, eos_ids=(), share=None):
+        from .baselines import SteerEdit
+        from .fusion import alpha_sweep
+
+        layer = self.target.get_output_embeddings()
+        editors = [SteerEdit(self.vector.to(device=layer.weight.device), a) if a else None for a in alphas]
+        return alpha_sweep(self.target, [], editors, rows, True, eos_ids, share)
 
 
 @register

@@ -112,11 +112,12 @@ def test_existing_output_is_not_overwritten_silently(assets, tmp_path, capsys):
 
 
 @pytest.mark.slow  # test_resume_after_interruption_equals_uninterrupted checks the same promise in-process
-def test_sigkill_mid_run_then_rerun_loses_nothing(assets, tmp_path):
+@pytest.mark.parametrize("decoding", [("--do_sample",), ()], ids=["sampled", "greedy, prefix sharing"])
+def test_sigkill_mid_run_then_rerun_loses_nothing(assets, tmp_path, decoding):
     ref, out = tmp_path / "ref.json", tmp_path / "out.json"
-    assert gen(assets, ref, "--do_sample") == 0
+    assert gen(assets, ref, *decoding) == 0
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, str(REPO / "generate.py"), *argv(assets, out, "--do_sample")]
+    cmd = [sys.executable, str(REPO / "generate.py"), *argv(assets, out, *decoding)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = tmp_path / "out.json.journal.jsonl"
     deadline = time.time() + 120
@@ -135,12 +136,14 @@ def test_sigkill_mid_run_then_rerun_loses_nothing(assets, tmp_path):
     assert len(records) == 2 * 7
 
 
-def test_torchrun_two_gloo_ranks_give_the_single_process_output(assets, tmp_path):
+@pytest.mark.parametrize("decoding", [("--do_sample",), pytest.param((), marks=pytest.mark.slow)],
+                         ids=["sampled", "greedy, prefix sharing"])  # the ranks' logic is the same for both
+def test_torchrun_two_gloo_ranks_give_the_single_process_output(assets, tmp_path, decoding):
     ref, out = tmp_path / "ref.json", tmp_path / "sharded.json"
-    assert gen(assets, ref, "--do_sample") == 0
+    assert gen(assets, ref, *decoding) == 0
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(REPO / "generate.py"), *argv(assets, out, "--do_sample")]
+           str(REPO / "generate.py"), *argv(assets, out, *decoding)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(out.read_text()) == json.loads(ref.read_text())
