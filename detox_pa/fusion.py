@@ -224,6 +224,16 @@ class TeacherStepper:
         self.hidden = self.hidden.index_select(0, idx.to(self.hidden.device))
 
 
+def _input_ids(args, kwargs) -> torch.Tensor:
+    """The ids a target forward was called with (keyword or first positional argument)."""
+    ids = kwargs.get("input_ids")
+    if ids is None and args:
+        ids = args[0]
+    if ids is None:
+        raise RuntimeError("fusion needs input_ids (inputs_embeds is not supported)")
+    return ids
+
+
 def _copy_state(obj):
     """A deep copy of a KV cache (or None): later steps append to a cache object in place."""
     with torch.no_grad():
@@ -410,11 +420,7 @@ class _InputTracker:
         self.steps = 0
 
     def _on_target_forward(self, module, args, kwargs):
-        ids = kwargs.get("input_ids")
-        if ids is None and args:
-            ids = args[0]
-        if ids is None:
-            raise RuntimeError("fusion needs input_ids (inputs_embeds is not supported)")
+        ids = _input_ids(args, kwargs)
         cache = kwargs.get("past_key_values")
         fresh = cache is None or (hasattr(cache, "get_seq_length") and cache.get_seq_length() == 0)
         if fresh or self.history is None or self.history.shape[0] != ids.shape[0]:
@@ -916,11 +922,7 @@ class SweepFuser(_InputTracker):
         self.teacher_asked = 0  # rows that needed a teacher state, over steps
 
     def _on_target_forward(self, module, args, kwargs):
-        ids = kwargs.get("input_ids")
-        if ids is None and args:
-            ids = args[0]
-        if ids is None:
-            raise RuntimeError("fusion needs input_ids (inputs_embeds is not supported)")
+        ids = _input_ids(args, kwargs)
         cache = kwargs.get("past_key_values")
         if cache is None or _empty_cache(cache) or self.history is None or self.history.shape[0] != ids.shape[0]:
             self.history = ids.detach().cpu()
