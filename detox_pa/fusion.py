@@ -442,7 +442,10 @@ class _InputTracker:
     def teacher_states(self) -> list[torch.Tensor]:
         """Each teacher's final hidden state at the last token of every row. Teachers that share a
         tokenizer re-tokenise the text once."""
-        rows = self.rows()
+        return self._step_teachers(self.rows())
+
+    def _step_teachers(self, rows: list[list[int]]) -> list[torch.Tensor]:
+        """Step every teacher on ``rows`` (target ids); teachers that share a tokenizer re-tokenise once."""
         out, shared = [], {}
         for st in self.steppers:
             key = id(st.teacher_tok) if st.bridge_text else None
@@ -967,12 +970,7 @@ class SweepFuser(_InputTracker):
         self.t_group = dict(zip(need, group))
         self.teacher_rows += len(texts)
         self.teacher_asked += len(need)
-        out, shared = [], {}
-        for st in self.steppers:
-            key = id(st.teacher_tok) if st.bridge_text else None
-            if key is not None and key not in shared:
-                shared[key] = st.teacher_ids(texts)
-            out.append(st.step(texts, shared.get(key)))
+        out = self._step_teachers(texts)
         idx = torch.zeros(self.history.shape[0], dtype=torch.long)
         idx[need] = torch.tensor(group, dtype=torch.long)
         return [h.index_select(0, idx.to(h.device)) for h in out]
