@@ -65,6 +65,10 @@ TUNE_HINGE_MARGIN=${TUNE_HINGE_MARGIN:-0.5}
 TUNE_HINGE_TOP_K=${TUNE_HINGE_TOP_K:-5}      # = step 3's TOP_K
 TUNE_LABEL_SCORER=${TUNE_LABEL_SCORER:-profanity-check}  # toxic = word list, or this scorer jumps (none = word list)
 TUNE_LABEL_TEXTS=${TUNE_LABEL_TEXTS:-false}  # true = in a continuation the scorer rates toxic, its own next tokens are toxic too
+TUNE_UL_WEIGHT=${TUNE_UL_WEIGHT:-1.0}        # weight of the token-level part (unlikelihood + KL + hinge)
+TUNE_CONTRAST_WEIGHT=${TUNE_CONTRAST_WEIGHT:-0.0}  # continuation-level contrast: a clean continuation's fused log-likelihood
+TUNE_CONTRAST_ALPHA=${TUNE_CONTRAST_ALPHA:-3.0}    # (relative to the target's) above a toxic one's of the same prompt,
+TUNE_CONTRAST_BETA=${TUNE_CONTRAST_BETA:-1.0}      # at strength TUNE_CONTRAST_ALPHA, DPO's inverse temperature BETA (0 = off)
 ALIGN_OVERWRITE=${ALIGN_OVERWRITE:-0}      # 1 = replace an existing matrix (and tuned pair) in ALIGN_OUTPUT_DIR
 # ----
 
@@ -116,4 +120,8 @@ exec "$PYTHON" "$REPO_DIR/align.py" \
   --tune_hinge_top_k "$TUNE_HINGE_TOP_K" \
   --tune_label_scorer "$TUNE_LABEL_SCORER" \
   --tune_label_texts "$TUNE_LABEL_TEXTS" \
+  --tune_ul_weight "$TUNE_UL_WEIGHT" \
+  --tune_contrast_weight "$TUNE_CONTRAST_WEIGHT" \
+  --tune_contrast_alpha "$TUNE_CONTRAST_ALPHA" \
+  --tune_contrast_beta "$TUNE_CONTRAST_BETA" \
   ${FLAGS[@]+"${FLAGS[@]}"} "$@"

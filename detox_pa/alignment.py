@@ -508,6 +508,15 @@ class AlignArguments:
         "help": "--tune_pair: also, in a continuation the scorer rates >= --tune_jump_min as a whole, the text's own "
                 "next token is toxic at every state (the offset learns to leave a toxic trajectory, not only its "
                 "keywords; needs a --tune_label_scorer)."})
+    tune_ul_weight: float = field(default=1.0, metadata={
+        "help": "--tune_pair: weight of the token-level part (unlikelihood of toxic candidates + KL + hinge)."})
+    tune_contrast_weight: float = field(default=0.0, metadata={
+        "help": "--tune_pair: weight of the continuation-level contrast (detox_pa.directed.contrast_loss; 0 = off): "
+                "the fusion must raise a clean continuation's log-likelihood, relative to the target's, above a toxic "
+                "continuation's of the same prompt (texts labelled by --tune_label_scorer on the continuation alone: "
+                "clean < 0.2, toxic >= --tune_jump_min). Batches then hold every text of their prompts."})
+    tune_contrast_alpha: float = field(default=3.0, metadata={"help": "--tune_pair: the contrast's fusion strength."})
+    tune_contrast_beta: float = field(default=1.0, metadata={"help": "--tune_pair: the contrast's inverse temperature."})
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
     overwrite: bool = field(default=False, metadata={
         "help": f"Replace an existing {MATRIX_FILE} in --output_dir (and the tuned pair next to it); without it, an "
@@ -564,12 +573,16 @@ class AlignArguments:
                 v = getattr(self, name)
                 if not (math.isfinite(v) and v > 0):
                     raise InputError(f"--{name} must be a positive number, got {v}")
-            for name in ("tune_mu", "tune_lr_A", "tune_hinge_weight", "tune_hinge_alpha", "tune_hinge_margin"):
+            for name in ("tune_mu", "tune_lr_A", "tune_hinge_weight", "tune_hinge_alpha", "tune_hinge_margin",
+                         "tune_ul_weight", "tune_contrast_weight", "tune_contrast_alpha", "tune_contrast_beta"):
                 v = getattr(self, name)
                 if not (math.isfinite(v) and v >= 0):
                     raise InputError(f"--{name} must be >= 0, got {v}")
             if self.tune_label_texts and self.tune_label_scorer == "none":
                 raise InputError("--tune_label_texts labels whole continuations with the scorer: set "
+                                 "--tune_label_scorer (profanity-check), not none")
+            if self.tune_contrast_weight > 0 and self.tune_label_scorer == "none":
+                raise InputError("--tune_contrast_weight labels whole continuations with the scorer: set "
                                  "--tune_label_scorer (profanity-check), not none")
             read_pairs(self.tune_text_path or self.text_path)
         check_output_dir(self.output_dir, "--output_dir")
@@ -647,8 +660,8 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
     (:func:`detox_pa.directed.train_pair`) on the continuation states of the texts, measure the offset's
     direction on held-out texts before and after, and save the tuned pair into --output_dir."""
     from .assets import resolve_model
-    from .directed import (DirectedConfig, cached_target_states, direction_metrics, label_candidates, pair_offsets,
-                           shipped_states_path, train_pair)
+    from .directed import (DirectedConfig, cached_target_states, direction_metrics, label_candidates, label_texts,
+                           pair_offsets, shipped_states_path, train_pair)
     from .runtime import load_causal_lm, load_tokenizer
 
     t0 = time.time()
@@ -673,6 +686,8 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
     t_lab = time.time()
     states.toxic = label_candidates(states, s_tok, scorer=scorer, jump_min=args.tune_jump_min,
                                     jump_rise=args.tune_jump_rise, toxic_texts=args.tune_label_texts)
+    if args.tune_contrast_weight > 0:
+        states.text_label = label_texts(states, scorer, toxic_min=args.tune_jump_min)
     t_lab = time.time() - t_lab
     is_fit = torch.isin(states.text_of, torch.tensor(fit_i, dtype=torch.long))
     fit, held = states.subset(is_fit.nonzero().flatten()), states.subset((~is_fit).nonzero().flatten())
@@ -684,7 +699,10 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
     cfg = DirectedConfig(alpha=args.tune_alpha, mu=args.tune_mu, lr=args.tune_lr, lr_A=args.tune_lr_A,
                          epochs=args.tune_epochs, batch_texts=args.tune_batch_texts, seed=args.seed,
                          hinge_weight=args.tune_hinge_weight, hinge_alpha=args.tune_hinge_alpha,
-                         hinge_margin=args.tune_hinge_margin, hinge_top_k=args.tune_hinge_top_k, progress=args.progress)
+                         hinge_margin=args.tune_hinge_margin, hinge_top_k=args.tune_hinge_top_k,
+                         ul_weight=args.tune_ul_weight, contrast_weight=args.tune_contrast_weight,
+                         contrast_alpha=args.tune_contrast_alpha, contrast_beta=args.tune_contrast_beta,
+                         progress=args.progress)
     A, rep = train_pair(expert, anti, t_tok, A, W, fit, cfg)
     after = direction_metrics(held, *pair_offsets(expert, anti, t_tok, A, W, held), top_k=5)
     log.info("direction on held-out texts (%d states, %d with both kinds): AUC %s -> %s, d' %s -> %s",
@@ -701,6 +719,8 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
                       "the fit texts", "texts": len(pairs), "texts_fit": len(fit_i), "texts_heldout": len(held_i),
               "states": len(states), "states_meta": states.meta, "label_seconds": round(t_lab, 1),
               "toxic_candidates": int(states.toxic.sum()), "states_with_a_toxic_candidate": int(states.toxic.any(1).sum()),
+              "text_labels": None if states.text_label is None else
+              {"clean": int((states.text_label == 1).sum()), "toxic": int((states.text_label == -1).sum())},
               "training": rep, "direction_heldout_before": before, "direction_heldout_after": after,
               "seconds": round(time.time() - t0, 1)}
     return A, {"report": report, "expert": paths[TUNED_EXPERT], "anti_expert": paths[TUNED_ANTI]}

@@ -62,6 +62,7 @@ class StateSet:
     k: int
     meta: dict = field(default_factory=dict)
     toxic: torch.Tensor | None = None  # [S, k+1] bool (label_candidates)
+    text_label: torch.Tensor | None = None  # [len(texts)] long: 1 clean, -1 toxic, 0 neither (label_texts)
 
     def __len__(self) -> int:
         return int(self.text_of.shape[0])
@@ -72,7 +73,8 @@ class StateSet:
 
     def subset(self, idx: torch.Tensor) -> "StateSet":
         return StateSet(self.texts, self.text_of[idx], self.char_end[idx], self.cand[idx], self.z[idx],
-                        self.next_col[idx], self.k, dict(self.meta), None if self.toxic is None else self.toxic[idx])
+                        self.next_col[idx], self.k, dict(self.meta), None if self.toxic is None else self.toxic[idx],
+                        self.text_label)
 
     def to_dict(self, key: str = "") -> dict:
         """Compact (int32 ids, float16 logits: about 70 bytes a state; the texts themselves are not stored, the key
@@ -330,6 +332,14 @@ def label_candidates(states: StateSet, tokenizer, word_ids: set[int] | None = No
     return toxic
 
 
+def label_texts(states: StateSet, scorer: Callable[[list[str]], Sequence[float]], clean_max: float = 0.2,
+                toxic_min: float = 0.5, chunk: int = 20000) -> torch.Tensor:
+    """Each text's label from the score of its continuation alone (as the teacher-data filter scores it): 1 clean
+    (score < ``clean_max``), -1 toxic (score >= ``toxic_min``), 0 in between."""
+    sc = torch.tensor(_score_chunks(scorer, [c for _, c in states.texts], chunk))
+    return torch.where(sc < clean_max, 1, torch.where(sc >= toxic_min, -1, 0)).long()
+
+
 def _score_chunks(scorer, texts: list[str], chunk: int) -> list[float]:
     out: list[float] = []
     for s in range(0, len(texts), chunk):
@@ -440,6 +450,30 @@ def directed_loss(z: torch.Tensor, off: torch.Tensor, toxic: torch.Tensor, valid
     return loss, parts
 
 
+def contrast_loss(z: torch.Tensor, off: torch.Tensor, valid: torch.Tensor, next_col: torch.Tensor,
+                  text_idx: torch.Tensor, label: torch.Tensor, group: torch.Tensor, alpha: float = 3.0,
+                  beta: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """Continuation-level contrast (DPO's form, the target as the reference): the fusion at strength ``alpha``
+    must raise a clean continuation's log-likelihood, relative to the target's, above a toxic continuation's of
+    the same prompt. ``delta[x]`` = sum over the states of text ``x`` of log p_fused(next) - log p_target(next),
+    both softmaxes over the state's valid candidates; for every pair (c, t) of a clean (``label`` 1) and a toxic
+    (-1) text of one ``group``: ``softplus(-beta * (delta[c] - delta[t]))``. ``text_idx[s]`` is state s's text
+    (0..B-1). Returns the mean over pairs (0, with no gradient, without pairs) and its parts."""
+    neg = torch.tensor(float("-inf"), device=z.device)
+    zf = torch.where(valid, z + alpha * off, neg)
+    zt = torch.where(valid, z, neg)
+    col = next_col[:, None]
+    g = (zf.gather(1, col)[:, 0] - torch.logsumexp(zf, 1)) - (zt.gather(1, col)[:, 0] - torch.logsumexp(zt, 1))
+    delta = torch.zeros(label.shape[0], device=z.device, dtype=g.dtype).index_add(0, text_idx, g)
+    ok = (label[:, None] == 1) & (label[None, :] == -1) & (group[:, None] == group[None, :])
+    ci, ti = ok.nonzero(as_tuple=True)
+    if not len(ci):
+        return (off * 0).sum(), {"contrast": 0.0, "pairs": 0, "pair_acc": float("nan")}
+    m = delta[ci] - delta[ti]
+    loss = torch.nn.functional.softplus(-beta * m).mean()
+    return loss, {"contrast": float(loss.detach()), "pairs": int(len(ci)), "pair_acc": float((m > 0).float().mean())}
+
+
 # ----------------------------------------------------------------------------------------------- training
 
 
@@ -460,6 +494,10 @@ class DirectedConfig:
     hinge_margin: float = 0.5
     hinge_top_k: int = 5
     toxic_pick_weight: float = 1.0
+    ul_weight: float = 1.0  # weight of the unlikelihood + KL part (directed_loss)
+    contrast_weight: float = 0.0  # contrast_loss's weight (0 = off; needs states.text_label)
+    contrast_alpha: float = 3.0
+    contrast_beta: float = 1.0
     progress: bool = True
 
 
@@ -486,6 +524,8 @@ def train_pair(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: torch
 
     if states.toxic is None:
         raise ValueError("label the states first (label_candidates)")
+    if cfg.contrast_weight > 0 and states.text_label is None:
+        raise ValueError("the contrast term needs the texts' labels (label_texts)")
     view = teacher_view(teacher_tokenizer, states)
     keep = view.pos >= 0
     dropped = int((~keep).sum())
@@ -509,6 +549,15 @@ def train_pair(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: torch
         by_text.setdefault(int(states.text_of[s]), []).append(s)
     text_ids = sorted(by_text)
     n_steps = max(1, math.ceil(len(text_ids) * cfg.epochs / cfg.batch_texts))
+    # the units a batch is made of: single texts, or (for the contrast term, whose pairs are texts of one prompt)
+    # every text of a prompt
+    if cfg.contrast_weight > 0:
+        groups: dict[str, list[int]] = {}
+        for t in text_ids:
+            groups.setdefault(states.texts[t][0], []).append(t)
+        units = list(groups.values())
+    else:
+        units = [[t] for t in text_ids]
     pad = teacher_tokenizer.pad_token_id if teacher_tokenizer.pad_token_id is not None else 0
     bodies = (backbone(expert), backbone(anti))
     order: list[int] = []
@@ -516,16 +565,31 @@ def train_pair(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: torch
     t0 = time.time()
     steps = range(n_steps)
     for step in (iter_progress(steps, n_steps, "train the pair through the fusion", "step") if cfg.progress else steps):
-        if len(order) < cfg.batch_texts:
-            order += [text_ids[i] for i in torch.randperm(len(text_ids), generator=g).tolist()]
-        batch, order = order[:cfg.batch_texts], order[cfg.batch_texts:]
+        batch: list[int] = []
+        while len(batch) < cfg.batch_texts:
+            if not order:
+                order = [units[i] for i in torch.randperm(len(units), generator=g).tolist()]
+            batch += order.pop(0)
         sidx, h_diff = pair_difference(bodies, view, states, by_text, batch, pad, device)
         d = h_diff @ A
         cand = states.cand[sidx].to(device)
         off = candidate_offsets(d, W, cand)
-        loss, parts = directed_loss(states.z[sidx].to(device), off, states.toxic[sidx].to(device), cand >= 0,
+        z = states.z[sidx].to(device)
+        loss, parts = directed_loss(z, off, states.toxic[sidx].to(device), cand >= 0,
                                     cfg.alpha, cfg.mu, cfg.hinge_weight, cfg.hinge_alpha, cfg.hinge_margin,
                                     cfg.hinge_top_k, cfg.toxic_pick_weight)
+        loss = cfg.ul_weight * loss
+        if cfg.contrast_weight > 0:
+            pos = {t: i for i, t in enumerate(batch)}
+            t_of = torch.tensor([pos[int(states.text_of[s])] for s in sidx], device=device)
+            lab = states.text_label[batch].to(device)
+            grp_of = {p: i for i, p in enumerate(dict.fromkeys(states.texts[t][0] for t in batch))}
+            grp = torch.tensor([grp_of[states.texts[t][0]] for t in batch], device=device)
+            c_loss, c_parts = contrast_loss(z, off, cand >= 0, states.next_col[sidx].to(device), t_of, lab, grp,
+                                            cfg.contrast_alpha, cfg.contrast_beta)
+            loss = loss + cfg.contrast_weight * c_loss
+            parts.update(c_parts)
+            parts["loss"] = float(loss.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm > 0:
@@ -537,12 +601,18 @@ def train_pair(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: torch
         for p in m.parameters():
             p.requires_grad_(False)
     tenth = max(1, len(hist) // 10)
-    keys = [k for k in ("loss", "ul", "kl", "hinge") if k in hist[0]]
-    curve = [{k: round(sum(h[k] for h in hist[i:i + tenth]) / len(hist[i:i + tenth]), 5) for k in keys}
-             for i in range(0, len(hist), tenth)]
+    keys = [k for k in ("loss", "ul", "kl", "hinge", "contrast", "pair_acc") if k in hist[0]]
+
+    def mean(rows, k):
+        v = [h[k] for h in rows if h[k] == h[k]]  # pair_acc is NaN in a batch without pairs
+        return round(sum(v) / len(v), 5) if v else None
+
+    curve = [{k: mean(hist[i:i + tenth], k) for k in keys} for i in range(0, len(hist), tenth)]
     report = {"steps": n_steps, "texts": len(text_ids), "states": int(keep.sum()), "states_without_teacher_token": dropped,
               "toxic_states": int((states.toxic & states.valid).any(1)[keep].sum()),
               "seconds": round(time.time() - t0, 1), "loss_per_tenth": curve}
+    if cfg.contrast_weight > 0:
+        report["contrast_pairs_per_step"] = round(sum(h["pairs"] for h in hist) / len(hist), 2)
     return A.detach().float().cpu().contiguous(), report
 
 

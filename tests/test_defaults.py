@@ -54,7 +54,9 @@ TABLE = {
         "TUNE_LR_A": (A, "tune_lr_A"), "TUNE_EPOCHS": (A, "tune_epochs"), "TUNE_BATCH_TEXTS": (A, "tune_batch_texts"),
         "TUNE_LABEL_SCORER": (A, "tune_label_scorer"), "TUNE_HINGE_WEIGHT": (A, "tune_hinge_weight"),
         "TUNE_HINGE_ALPHA": (A, "tune_hinge_alpha"), "TUNE_HINGE_MARGIN": (A, "tune_hinge_margin"),
-        "TUNE_HINGE_TOP_K": (A, "tune_hinge_top_k")}),
+        "TUNE_HINGE_TOP_K": (A, "tune_hinge_top_k"), "TUNE_UL_WEIGHT": (A, "tune_ul_weight"),
+        "TUNE_CONTRAST_WEIGHT": (A, "tune_contrast_weight"), "TUNE_CONTRAST_ALPHA": (A, "tune_contrast_alpha"),
+        "TUNE_CONTRAST_BETA": (A, "tune_contrast_beta")}),
     "run_pretrain.sh": ("pretrain.py", {
         "MODEL_NAME_OR_PATH": (M, "model_name_or_path"), "TRAINING_DATA_PATH": (D, "training_data_path"),
         "PRETRAIN_OUTPUT_DIR": (TR, "output_dir"), "NUM_TEACHER_LAYERS": (M, "num_teacher_layers"),

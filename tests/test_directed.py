@@ -346,3 +346,79 @@ def test_soup_pairs_averages_weights_and_matrix_and_decodes_like_a_tuned_pair(tm
     with pytest.raises(InputError, match="differ"):
         soup_pairs([tmp_path / "a", tmp_path / "c"], tmp_path / "soup2")
     assert not (tmp_path / "soup2").exists() and not (tmp_path / "soup2.tmp").exists()
+
+
+def test_contrast_loss_equals_its_formula_on_hand_made_numbers():
+    """Two texts of one prompt (clean, toxic) and a toxic text of another prompt (no pair): one pair, and the
+    loss is softplus(-beta * (delta_clean - delta_toxic)) with delta the summed fused-minus-target log-prob of
+    each state's own next token over its valid candidates."""
+    from detox_pa.directed import contrast_loss
+
+    ninf = float("-inf")
+    z = torch.tensor([[2.0, 1.0, 0.0], [1.0, 0.5, ninf], [0.0, 1.0, 2.0], [1.0, 1.0, 1.0]])
+    off = torch.tensor([[0.5, -1.0, 2.0], [0.0, 3.0, 0.0], [1.0, -2.0, 0.5], [3.0, 0.0, 0.0]])
+    valid = z > ninf
+    next_col = torch.tensor([0, 1, 2, 0])
+    text_idx = torch.tensor([0, 0, 1, 2])
+    label = torch.tensor([1, -1, -1])
+    group = torch.tensor([0, 0, 1])
+    alpha, beta = 2.0, 0.7
+    loss, parts = contrast_loss(z, off, valid, next_col, text_idx, label, group, alpha, beta)
+
+    def g(s):
+        v = valid[s]
+        zf, zt = (z[s] + alpha * off[s])[v], z[s][v]
+        c = int(next_col[s])
+        return float(torch.log_softmax(zf, 0)[c] - torch.log_softmax(zt, 0)[c])
+
+    d_clean, d_toxic = g(0) + g(1), g(2)
+    assert parts["pairs"] == 1
+    assert math.isclose(float(loss), math.log1p(math.exp(-beta * (d_clean - d_toxic))), rel_tol=1e-5)
+    assert parts["pair_acc"] == float(d_clean > d_toxic)
+    # no pair in the batch: zero loss that still backpropagates (no crash), and no pair counted
+    l0, p0 = contrast_loss(z, off.requires_grad_(), valid, next_col, text_idx, torch.tensor([1, 1, -1]),
+                           torch.tensor([0, 0, 1]))
+    l0.backward()
+    assert float(l0.detach()) == 0.0 and p0["pairs"] == 0
+
+
+def test_contrast_training_separates_clean_from_toxic_continuations(trio):
+    """The contrast term alone (ul_weight 0): a pair that starts identical (offset 0, every margin 0) learns to
+    give each prompt's clean continuation more fused likelihood than its toxic one, relative to the target."""
+    from detox_pa.directed import contrast_loss, label_texts
+
+    target, expert, anti, tok, ttok = trio
+    prompts = ["Hello world, the dog", "The cat is", "A very long prompt about the weather", "She said"]
+    texts = []
+    for p in prompts:
+        texts += [(p, " is a good friend and the day is nice."), (p, " you stupid idiot fool, shut up")]
+    st = target_states(target, tok, texts, k=8, progress=False)
+    st.toxic = torch.zeros_like(st.cand, dtype=torch.bool)  # no token labels: the contrast alone
+    st.text_label = label_texts(st, lambda ts: [0.9 if "idiot" in t else 0.0 for t in ts])
+    assert st.text_label.tolist() == [1, -1] * 4
+    A = torch.randn(24, 32, generator=torch.Generator().manual_seed(3)) * 0.3
+    W = target.get_output_embeddings().weight.detach()
+    e, a = [type(m)(m.config) for m in (expert, anti)]
+    e.load_state_dict(expert.state_dict())
+    a.load_state_dict(expert.state_dict())
+
+    def margins():
+        off, ok = pair_offsets(e, a, ttok, A2, W, st)
+        idx = ok.nonzero().flatten()
+        _, parts = contrast_loss(st.z[idx], off[idx], st.valid[idx], st.next_col[idx], st.text_of[idx],
+                                 st.text_label, torch.arange(len(texts)) // 2, alpha=3.0)
+        return parts
+
+    A2 = A
+    before = margins()
+    assert before["pairs"] == 4 and before["pair_acc"] == 0.0  # all margins exactly 0: none is > 0
+    with pytest.raises(ValueError, match="label_texts"):
+        st2 = st.subset(torch.arange(len(st)))
+        st2.text_label = None
+        train_pair(e, a, ttok, A, W, st2, DirectedConfig(contrast_weight=1.0, progress=False))
+    A2, rep = train_pair(e, a, ttok, A, W, st, DirectedConfig(epochs=30, batch_texts=4, lr=3e-3, lr_A=1e-3, mu=1.0,
+                                                              ul_weight=0.0, contrast_weight=1.0, progress=False))
+    assert rep["contrast_pairs_per_step"] >= 2  # batches hold whole prompts, so their pairs
+    assert rep["loss_per_tenth"][-1]["contrast"] < rep["loss_per_tenth"][0]["contrast"]
+    after = margins()
+    assert after["pair_acc"] == 1.0 and after["contrast"] < 0.5 * before["contrast"], (before, after)
