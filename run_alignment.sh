@@ -69,6 +69,8 @@ TUNE_UL_WEIGHT=${TUNE_UL_WEIGHT:-1.0}        # weight of the token-level part (u
 TUNE_CONTRAST_WEIGHT=${TUNE_CONTRAST_WEIGHT:-0.0}  # continuation-level contrast: a clean continuation's fused log-likelihood
 TUNE_CONTRAST_ALPHA=${TUNE_CONTRAST_ALPHA:-3.0}    # (relative to the target's) above a toxic one's of the same prompt,
 TUNE_CONTRAST_BETA=${TUNE_CONTRAST_BETA:-1.0}      # at strength TUNE_CONTRAST_ALPHA, DPO's inverse temperature BETA (0 = off)
+TUNE_PROBE_QUANTILE=${TUNE_PROBE_QUANTILE:-0}      # > 0: a text's own next token that moves the target's final hidden state
+                                                   # toward toxic text (steering's direction) by this quantile is toxic too (0 = off)
 ALIGN_OVERWRITE=${ALIGN_OVERWRITE:-0}      # 1 = replace an existing matrix (and tuned pair) in ALIGN_OUTPUT_DIR
 # ----
 
@@ -124,4 +126,5 @@ exec "$PYTHON" "$REPO_DIR/align.py" \
   --tune_contrast_weight "$TUNE_CONTRAST_WEIGHT" \
   --tune_contrast_alpha "$TUNE_CONTRAST_ALPHA" \
   --tune_contrast_beta "$TUNE_CONTRAST_BETA" \
+  --tune_probe_quantile "$TUNE_PROBE_QUANTILE" \
   ${FLAGS[@]+"${FLAGS[@]}"} "$@"

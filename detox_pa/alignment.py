@@ -517,6 +517,11 @@ class AlignArguments:
                 "clean < 0.2, toxic >= --tune_jump_min). Batches then hold every text of their prompts."})
     tune_contrast_alpha: float = field(default=3.0, metadata={"help": "--tune_pair: the contrast's fusion strength."})
     tune_contrast_beta: float = field(default=1.0, metadata={"help": "--tune_pair: the contrast's inverse temperature."})
+    tune_probe_quantile: float = field(default=0.0, metadata={
+        "help": "--tune_pair: > 0 also marks a state's own next token toxic when it moves the target's final hidden "
+                "state along the target's own clean-to-toxic direction (the mean over toxic fit texts minus clean, "
+                "steering's direction) by at least this quantile of all moves (detox_pa.directed.probe_labels; "
+                "0 = off). Sees what the target's representation calls toxic, not only keywords."})
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
     overwrite: bool = field(default=False, metadata={
         "help": f"Replace an existing {MATRIX_FILE} in --output_dir (and the tuned pair next to it); without it, an "
@@ -581,8 +586,10 @@ class AlignArguments:
             if self.tune_label_texts and self.tune_label_scorer == "none":
                 raise InputError("--tune_label_texts labels whole continuations with the scorer: set "
                                  "--tune_label_scorer (profanity-check), not none")
-            if self.tune_contrast_weight > 0 and self.tune_label_scorer == "none":
-                raise InputError("--tune_contrast_weight labels whole continuations with the scorer: set "
+            if not (0 <= self.tune_probe_quantile < 1):
+                raise InputError(f"--tune_probe_quantile must be in [0, 1), got {self.tune_probe_quantile}")
+            if (self.tune_contrast_weight > 0 or self.tune_probe_quantile > 0) and self.tune_label_scorer == "none":
+                raise InputError("--tune_contrast_weight and --tune_probe_quantile label whole continuations with the scorer: set "
                                  "--tune_label_scorer (profanity-check), not none")
             read_pairs(self.tune_text_path or self.text_path)
         check_output_dir(self.output_dir, "--output_dir")
@@ -686,8 +693,18 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
     t_lab = time.time()
     states.toxic = label_candidates(states, s_tok, scorer=scorer, jump_min=args.tune_jump_min,
                                     jump_rise=args.tune_jump_rise, toxic_texts=args.tune_label_texts)
-    if args.tune_contrast_weight > 0:
+    if args.tune_contrast_weight > 0 or args.tune_probe_quantile > 0:
         states.text_label = label_texts(states, scorer, toxic_min=args.tune_jump_min)
+    probe = None
+    if args.tune_probe_quantile > 0:
+        from .directed import probe_labels, target_state_hidden
+
+        h0, h1 = target_state_hidden(load_causal_lm(target_path, "float32").eval(), s_tok, states,
+                                     progress=args.progress)
+        hit, probe = probe_labels(states, h0, h1, fit_i, args.tune_probe_quantile)
+        rows = hit.nonzero().flatten()
+        states.toxic[rows, states.next_col[rows]] = True
+        log.info("probe labels: %s", probe)
     t_lab = time.time() - t_lab
     is_fit = torch.isin(states.text_of, torch.tensor(fit_i, dtype=torch.long))
     fit, held = states.subset(is_fit.nonzero().flatten()), states.subset((~is_fit).nonzero().flatten())
@@ -719,7 +736,7 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
                       "the fit texts", "texts": len(pairs), "texts_fit": len(fit_i), "texts_heldout": len(held_i),
               "states": len(states), "states_meta": states.meta, "label_seconds": round(t_lab, 1),
               "toxic_candidates": int(states.toxic.sum()), "states_with_a_toxic_candidate": int(states.toxic.any(1).sum()),
-              "text_labels": None if states.text_label is None else
+              "probe_labels": probe, "text_labels": None if states.text_label is None else
               {"clean": int((states.text_label == 1).sum()), "toxic": int((states.text_label == -1).sum())},
               "training": rep, "direction_heldout_before": before, "direction_heldout_after": after,
               "seconds": round(time.time() - t0, 1)}

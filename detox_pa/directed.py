@@ -340,6 +340,71 @@ def label_texts(states: StateSet, scorer: Callable[[list[str]], Sequence[float]]
     return torch.where(sc < clean_max, 1, torch.where(sc >= toxic_min, -1, 0)).long()
 
 
+@torch.no_grad()
+def target_state_hidden(target, tokenizer, states: StateSet, batch_size: int = 16,
+                        progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target's final hidden state (the output layer's input) at every state, before its text's own next
+    token (the position the state predicts from) and after it (one position later): two [S, d] float32."""
+    from .fusion import backbone
+    from .runtime import iter_progress
+
+    body = backbone(target)
+    device = next(target.parameters()).device
+    by_text: dict[int, list[int]] = {}
+    for s, t in enumerate(states.text_of.tolist()):
+        by_text.setdefault(t, []).append(s)
+    d = target.get_output_embeddings().weight.shape[1]
+    before, after = torch.zeros(len(states), d), torch.zeros(len(states), d)
+    tids = sorted(by_text)
+    batches = range(0, len(tids), batch_size)
+    it = iter_progress(batches, len(batches), "target hidden states", "batch") if progress else batches
+    for b in it:
+        chunk = tids[b:b + batch_size]
+        enc = tokenizer([full_text(*states.texts[t]) for t in chunk], return_offsets_mapping=True,
+                        add_special_tokens=True)
+        T = max(len(r) for r in enc["input_ids"])
+        ids = torch.full((len(chunk), T), tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros((len(chunk), T), dtype=torch.long)
+        for j, r in enumerate(enc["input_ids"]):
+            ids[j, :len(r)] = torch.tensor(r)
+            mask[j, :len(r)] = 1
+        h = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state.float().cpu()
+        for j, t in enumerate(chunk):
+            offs = enc["offset_mapping"][j]
+            pos = continuation_positions(offs, len(states.texts[t][0]))
+            sidx = by_text[t]
+            ends = [offs[i][1] for i in pos]
+            if ends != states.char_end[sidx].tolist():
+                raise ValueError(f"text {t}: the tokenizer's positions do not match the states (another tokenizer?)")
+            before[sidx] = h[j, pos]
+            after[sidx] = h[j, [i + 1 for i in pos]]
+    return before, after
+
+
+def probe_labels(states: StateSet, before: torch.Tensor, after: torch.Tensor, texts: Sequence[int],
+                 quantile: float = 0.95) -> tuple[torch.Tensor, dict]:
+    """Which states' own next token moves the target's representation toward toxic text. The probe is the
+    target's own (steering's) direction: the mean final hidden state over the states of toxic texts minus the
+    mean over clean texts (``states.text_label``; only the texts ``texts`` are read); a state's move is
+    ``(after - before) . u / |u|``; the moves at or above their ``quantile`` (over the same texts' states) are
+    toxic. Returns a [S] bool and a summary."""
+    if states.text_label is None:
+        raise ValueError("the probe needs the texts' labels (label_texts)")
+    use = torch.isin(states.text_of, torch.as_tensor(list(texts), dtype=torch.long))
+    lab = states.text_label[states.text_of]
+    tox, cln = use & (lab == -1), use & (lab == 1)
+    if not tox.any() or not cln.any():
+        raise ValueError("the probe needs states of both clean and toxic texts")
+    u = before[tox].mean(0) - before[cln].mean(0)
+    u = u / u.norm()
+    move = (after - before) @ u
+    thr = float(torch.quantile(move[use], quantile))
+    hit = move >= thr
+    return hit, {"threshold": round(thr, 4), "states_marked": int(hit.sum()),
+                 "marked_in_toxic_texts": int((hit & (lab == -1)).sum()),
+                 "marked_in_clean_texts": int((hit & (lab == 1)).sum())}
+
+
 def _score_chunks(scorer, texts: list[str], chunk: int) -> list[float]:
     out: list[float] = []
     for s in range(0, len(texts), chunk):

@@ -422,3 +422,42 @@ def test_contrast_training_separates_clean_from_toxic_continuations(trio):
     assert rep["loss_per_tenth"][-1]["contrast"] < rep["loss_per_tenth"][0]["contrast"]
     after = margins()
     assert after["pair_acc"] == 1.0 and after["contrast"] < 0.5 * before["contrast"], (before, after)
+
+
+def test_target_state_hidden_reads_the_positions_around_each_states_next_token(trio):
+    from detox_pa.directed import target_state_hidden
+
+    target, _, _, tok, _ = trio
+    st = target_states(target, tok, TEXTS, k=5, progress=False)
+    h0, h1 = target_state_hidden(target, tok, st, batch_size=3, progress=False)
+    for s in [0, 5, len(st) - 1]:
+        p, c = TEXTS[int(st.text_of[s])]
+        enc = tok(p + c, return_offsets_mapping=True)
+        i = [j for j, (a, b) in enumerate(enc["offset_mapping"]) if b == int(st.char_end[s]) and b > a][-1]
+        with torch.no_grad():
+            h = target.model(input_ids=torch.tensor([enc["input_ids"]])).last_hidden_state[0]
+        assert torch.allclose(h0[s], h[i], atol=1e-4) and torch.allclose(h1[s], h[i + 1], atol=1e-4)
+
+
+def test_probe_labels_mark_the_moves_toward_the_toxic_mean():
+    """Planted: toxic texts' states sit at +u, clean ones at -u; the states whose next token moves the state along
+    +u by the most are marked, whatever text they are in."""
+    from detox_pa.directed import probe_labels
+
+    torch.manual_seed(0)
+    S, d = 200, 8
+    text_of = torch.arange(S) // 10  # 20 texts of 10 states
+    st = StateSet([("p", "c")] * 20, text_of, torch.zeros(S, dtype=torch.long), torch.zeros(S, 3, dtype=torch.long),
+                  torch.zeros(S, 3), torch.zeros(S, dtype=torch.long), 2)
+    st.text_label = torch.tensor([-1, 1] * 10)
+    u = torch.zeros(d)
+    u[0] = 1.0
+    before = 0.1 * torch.randn(S, d) + torch.where(st.text_label[text_of] == -1, 1.0, -1.0)[:, None] * u
+    move = torch.randn(S)
+    after = before + move[:, None] * u + 0.01 * torch.randn(S, d)
+    hit, info = probe_labels(st, before, after, range(20), quantile=0.9)
+    assert int(hit.sum()) == 20 and set(hit.nonzero().flatten().tolist()) == set(move.topk(20).indices.tolist())
+    assert info["marked_in_toxic_texts"] + info["marked_in_clean_texts"] == 20
+    st.text_label = None
+    with pytest.raises(ValueError, match="label_texts"):
+        probe_labels(st, before, after, range(20))
