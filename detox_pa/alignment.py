@@ -667,23 +667,30 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
     (:func:`detox_pa.directed.train_pair`) on the continuation states of the texts, measure the offset's
     direction on held-out texts before and after, and save the tuned pair into --output_dir."""
     from .assets import resolve_model
-    from .directed import (DirectedConfig, cached_target_states, direction_metrics, label_candidates, label_texts,
-                           pair_offsets, shipped_states_path, train_pair)
+    from .directed import (DirectedConfig, cached_target_states, concat_states, direction_metrics, label_candidates,
+                           label_texts, pair_offsets, shipped_states_path, train_pair)
     from .runtime import load_causal_lm, load_tokenizer
 
     t0 = time.time()
     anti_path = resolve_model(args.also_teacher, "--also_teacher")
     paths = args.tune_text_path or args.text_path
-    all_pairs = read_pairs(paths)
-    shipped = [shipped_states_path(p.strip()) for p in paths.split(",") if p.strip()]
-    # --tune_text_rows takes the first rows; the states a file ships for all its rows are cut to them, so a row cap
-    # costs no target forward either
-    pairs = all_pairs[: args.tune_text_rows or None]
-    fit_i, held_i = text_split([p + c for p, c in pairs], args.heldout_text_share)
     s_tok = load_tokenizer(target_path, pad_with_eos=True)
-    states = cached_target_states(target_path, lambda: load_causal_lm(target_path, "float32").eval(), s_tok,
-                                  all_pairs, args.tune_top_k, progress=args.progress,
-                                  shipped=shipped if len(shipped) == 1 else (), rows=len(pairs))
+    # --tune_text_rows takes the first rows (of the files in order); each file's states come from the file it ships
+    # beside it (cut to the rows taken, so a row cap costs no target forward either), the cache, or the target
+    left = args.tune_text_rows or None
+    parts = []
+    for path in [p.strip() for p in paths.split(",") if p.strip()]:
+        file_pairs = read_pairs(path)
+        take = len(file_pairs) if left is None else min(len(file_pairs), left)
+        if take == 0:
+            break
+        parts.append(cached_target_states(target_path, lambda: load_causal_lm(target_path, "float32").eval(), s_tok,
+                                          file_pairs, args.tune_top_k, progress=args.progress,
+                                          shipped=[shipped_states_path(path)], rows=take))
+        left = None if left is None else left - take
+    states = concat_states(parts)
+    pairs = states.texts
+    fit_i, held_i = text_split([p + c for p, c in pairs], args.heldout_text_share)
     scorer = None
     if args.tune_label_scorer != "none":
         from .scorers import get_scorer

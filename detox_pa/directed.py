@@ -94,6 +94,23 @@ class StateSet:
                    d.get("meta", {}))
 
 
+def concat_states(parts: Sequence[StateSet]) -> StateSet:
+    """One StateSet of several (texts in order; each part's text indices shifted past the earlier parts')."""
+    if len(parts) == 1:
+        return parts[0]
+    if len({p.k for p in parts}) != 1:
+        raise ValueError("the states were taken with different k")
+    texts, text_of, shift = [], [], 0
+    for p in parts:
+        texts += p.texts
+        text_of.append(p.text_of + shift)
+        shift += len(p.texts)
+    cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+    toxic = None if any(p.toxic is None for p in parts) else cat("toxic")
+    return StateSet(texts, torch.cat(text_of), cat("char_end"), cat("cand"), cat("z"), cat("next_col"), parts[0].k,
+                    {"states": sum(len(p) for p in parts), "texts": len(texts), "parts": [p.meta for p in parts]}, toxic)
+
+
 def save_states(d: dict, path: Path) -> None:
     """Write a states dict gzip-compressed (about 40% smaller), atomically."""
     import gzip

@@ -461,3 +461,17 @@ def test_probe_labels_mark_the_moves_toward_the_toxic_mean():
     st.text_label = None
     with pytest.raises(ValueError, match="label_texts"):
         probe_labels(st, before, after, range(20))
+
+
+def test_concat_states_shifts_the_text_indices(trio):
+    from detox_pa.directed import concat_states
+
+    target, _, _, tok, _ = trio
+    a = target_states(target, tok, TEXTS[:2], k=5, progress=False)
+    b = target_states(target, tok, TEXTS[2:], k=5, progress=False)
+    whole = target_states(target, tok, TEXTS, k=5, batch_size=2, progress=False)
+    c = concat_states([a, b])
+    assert c.texts == TEXTS and len(c) == len(whole)
+    assert torch.equal(c.text_of, whole.text_of) and torch.equal(c.cand, whole.cand)
+    assert torch.equal(c.char_end, whole.char_end) and torch.equal(c.next_col, whole.next_col)
+    assert concat_states([a]) is a
