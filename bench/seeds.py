@@ -3,6 +3,7 @@
     python bench/seeds.py soup OUT ALIGN_DIR...      # average tuned pairs (detox_pa.directed.soup_pairs)
     python bench/seeds.py table SEEDS_DIR NAME... [--ppl_cap 1.25] [--ref NAME] [--at 4]
     python bench/seeds.py residual GENERATIONS.json [--threshold 0.5]   # what stays toxic, per alpha
+    python bench/seeds.py cost GENERATIONS.json     # where the PPL is paid: prompts the target leaves clean or not
 
 The table: for each dev run ``SEEDS_DIR/dev_<NAME>.json`` (scored), each alpha's mean BiLSTM toxicity (change vs
 alpha 0) and token-weighted PPL ratio, the alpha the dev rule picks, and the paired bootstrap difference of each
@@ -71,6 +72,44 @@ def residual(generations: Path, threshold: float) -> str:
     return "\n".join(out)
 
 
+def cost(generations: Path, clean_below: float = 0.1, toxic_from: float = 0.5) -> str:
+    """Per alpha, the token-weighted PPL ratio (against alpha 0, on the same prompts) split by what the target alone
+    (alpha 0) wrote there: BiLSTM < ``clean_below`` (clean: every change there is pure cost; a context-aware method
+    should leave these nearly untouched), in between, and >= ``toxic_from`` (where changes are wanted)."""
+    import json
+    import math
+
+    from detox_pa.artifacts import score_paths
+
+    paths = score_paths(generations, "toxicity"), score_paths(generations, "ppl")
+    tox0 = {}
+    for line in paths[0]["records"].read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        if float(r["alpha"]) == 0.0:
+            tox0[(r["prompt_index"], r.get("sample", 0))] = r["scores"]["bilstm"]
+    groups = ("clean", "between", "toxic")
+    nll: dict[float, dict[str, list[float]]] = {}
+    for line in paths[1]["records"].read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        if r.get("status", "ok") != "ok":
+            continue
+        t = tox0[(r["prompt_index"], r.get("sample", 0))]
+        g = "clean" if t < clean_below else "toxic" if t >= toxic_from else "between"
+        c = nll.setdefault(float(r["alpha"]), {k: [0.0, 0, 0] for k in groups})[g]
+        c[0] += r["sum_nll"]
+        c[1] += r["n_tokens"]
+        c[2] += 1
+    base = nll[0.0]
+    head = (f"| alpha | PPL ratio where the target is clean (BiLSTM < {clean_below:g}; n={base['clean'][2]}) | "
+            f"between (n={base['between'][2]}) | toxic (>= {toxic_from:g}; n={base['toxic'][2]}) |")
+    out = [head, "|---|---|---|---|"]
+    for a, row in sorted(nll.items()):
+        cells = [f"{math.exp(row[g][0] / row[g][1] - base[g][0] / base[g][1]):.3f}x" if row[g][1] and base[g][1] else ""
+                 for g in groups]
+        out.append(f"| {a:g} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -86,11 +125,15 @@ def main(argv=None) -> int:
     r = sub.add_parser("residual")
     r.add_argument("generations")
     r.add_argument("--threshold", type=float, default=0.5)
+    c = sub.add_parser("cost")
+    c.add_argument("generations")
     a = ap.parse_args(argv)
     if a.cmd == "soup":
         from detox_pa.directed import soup_pairs
 
         print(soup_pairs(a.dirs, a.out))
+    elif a.cmd == "cost":
+        print(cost(Path(a.generations)))
     elif a.cmd == "residual":
         print(residual(Path(a.generations), a.threshold))
     else:
