@@ -15,8 +15,11 @@ training labels use profanity-check instead, never the BiLSTM). Rows, each an of
 
 each measured by :func:`detox_pa.directed.direction_metrics`: AUC and d' over the top-10, greedy flips over the
 top-5 (the default decoding's eligible tokens) at 5/10/20% flips of the other states, p(pick) before and after
-where 10% of the other states flip, and the offset's scale against the target's logits. Writes
-``<res_dir>/direction.json``.
+where 10% of the other states flip, and the offset's scale against the target's logits; and at the level of whole
+continuations (:func:`detox_pa.directed.continuation_contrast`): over every (clean, toxic) pair of sampled
+continuations of one dev prompt, how often the offset favours the clean one (0.5 = no preference), with the texts
+labelled by profanity-check (the data filter's label, in the file) and by the BiLSTM (clean < 0.2, toxic >= 0.5).
+``--pair NAME=ALIGN_DIR`` adds a tuned pair (e.g. an experiment's). Writes ``<res_dir>/direction.json``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,16 @@ def dev_texts(path: Path, max_prompts: int = 0) -> list[tuple[str, str]]:
     return [(r["prompt"], r["continuation"]) for r in recs]
 
 
+def text_labels_of(path: Path) -> dict[tuple[str, str], int]:
+    """(prompt, continuation) -> 1 clean / -1 toxic / 0 mid, from the file's profanity-check label."""
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            r = json.loads(line)
+            out[(r["prompt"], r.get("continuation", ""))] = {"clean": 1, "toxic": -1}.get(r.get("label"), 0)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--res_dir", default="outputs/results", help="bench/results.sh's folder (steer_vector.pt, align_lm/)")
@@ -50,12 +63,15 @@ def main() -> None:
     ap.add_argument("--texts", default=str(REPO / "data" / "steering_texts.jsonl"))
     ap.add_argument("--max_prompts", type=int, default=0, help="Dev prompts to use (0 = all).")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--pair", action="append", default=[], metavar="NAME=ALIGN_DIR",
+                    help="Also measure the tuned pair of this alignment folder (repeatable).")
+    ap.add_argument("--output", default="", help="Where to write the JSON (default <res_dir>/direction.json).")
     a = ap.parse_args()
 
     from detox_pa.artifacts import TUNED_ANTI, TUNED_EXPERT, load_matrix, load_steer_vector, matrix_path
     from detox_pa.assets import resolve_model
-    from detox_pa.directed import (cached_target_states, direction_metrics, label_candidates, pair_offsets,
-                                   vector_offsets)
+    from detox_pa.directed import (cached_target_states, continuation_contrast, direction_metrics, label_candidates,
+                                   label_texts, pair_offsets, vector_offsets)
     from detox_pa.io import atomic_write_json
     from detox_pa.runtime import load_causal_lm, load_tokenizer
     from detox_pa.scorers import BiLSTMScorer
@@ -80,6 +96,9 @@ def main() -> None:
                                                                         matrix_path(res / "align_lm")),
              "the tuned pair (the default recipe)": (out / "alignment" / TUNED_EXPERT, out / "alignment" / TUNED_ANTI,
                                                      matrix_path(out / "alignment"))}
+    for spec in a.pair:
+        name, _, d = spec.partition("=")
+        pairs[name] = (Path(d) / TUNED_EXPERT, Path(d) / TUNED_ANTI, matrix_path(d))
     for name, (e, an, A) in pairs.items():
         if not (Path(e) / "config.json").exists() or not Path(A).exists():
             print(f"skipping {name}: {e} or {A} is missing")
@@ -87,7 +106,16 @@ def main() -> None:
         ttok = load_tokenizer(str(e), pad_with_eos=True)
         offsets[name] = pair_offsets(load_causal_lm(str(e), "float32").eval(), load_causal_lm(str(an), "float32").eval(),
                                      ttok, load_matrix(A), W, st)
+    filter_label = text_labels_of(Path(a.texts))
+    text_labels = {"profanity-check (the file's label)": torch.tensor([filter_label.get(t, 0) for t in texts]),
+                   "BiLSTM": label_texts(st, lambda ts: bil.score(ts), clean_max=0.2, toxic_min=0.5)}
     rows = {}
+    for lab_name, tl in text_labels.items():
+        st.text_label = tl
+        for name, (off, ok) in offsets.items():
+            m = continuation_contrast(st, off, ok)
+            rows.setdefault(name, {})[f"continuation pairs [{lab_name}]"] = m
+            print(f"{name} [continuation pairs, {lab_name}]: {m}", flush=True)
     for lab_name, lab in labels.items():
         st.toxic = lab
         for name, (off, ok) in offsets.items():
@@ -96,11 +124,14 @@ def main() -> None:
             print(f"{name} [{lab_name}]: AUC {m.get('auc')}, d' {m.get('d_prime')}, flips {m['flips']}", flush=True)
     summary = {"what": __doc__.split("\n\n")[1].replace("\n", " "), "dev_prompts": len({p for p, _ in texts}),
                "texts": len(texts), "states": len(st),
+               "text_labels": {k: {"clean": int((v == 1).sum()), "toxic": int((v == -1).sum())}
+                               for k, v in text_labels.items()},
                "toxic_candidates": {k: int(v.sum()) for k, v in labels.items()},
                "toxic_pick_states": {k: int(v[:, 0].sum()) for k, v in labels.items()},
                "rows": rows, "seconds": round(time.time() - t0, 1)}
-    atomic_write_json(res / "direction.json", summary)
-    print(f"{len(st)} states of {len(texts)} dev texts in {summary['seconds']} s -> {res / 'direction.json'}")
+    dest = Path(a.output) if a.output else res / "direction.json"
+    atomic_write_json(dest, summary)
+    print(f"{len(st)} states of {len(texts)} dev texts in {summary['seconds']} s -> {dest}")
 
 
 if __name__ == "__main__":

@@ -121,8 +121,12 @@ def direction_lines(res: Path, chosen_scale: dict) -> list[str]:
                        for k, v in d["toxic_candidates"].items()) + ".", "",
            "| offset | labels | AUC | d' | greedy flips of toxic picks at 5 / 10 / 20% other flips | p(pick) toxic: "
            "before -> after | p(pick) other | scale |", "|---|---|---|---|---|---|---|---|"]
+    pairs = []
     for name, by in d["rows"].items():
         for lab, m in by.items():
+            if lab.startswith("continuation pairs"):
+                pairs.append((name, lab[len("continuation pairs"):].strip(" []"), m))
+                continue
             fl = m.get("flips") or {}
             pp = m.get("p_pick") or {}
             tox_pp = "{} -> {}".format(*[f(x) for x in pp["toxic"]]) if pp.get("toxic") else "-"
@@ -130,6 +134,13 @@ def direction_lines(res: Path, chosen_scale: dict) -> list[str]:
             out.append(f"| {name} | {lab} | {f(m.get('auc'))} | {f(m.get('d_prime'), 2)} | "
                        f"{' / '.join(format(fl[k], '.0%') if fl.get(k) is not None else '-' for k in ('5%', '10%', '20%'))} | "
                        f"{tox_pp} | {oth_pp} | {f(m.get('scale'), 2)} |")
+    if pairs:
+        out += ["", "Whole continuations: over every (clean, toxic) pair of sampled continuations of one dev prompt, how "
+                "often the offset favours the clean one (the sum over its positions of the offset on the text's own "
+                "token minus its mean under the target, in units of the offset's spread; 0.5 = no preference):", "",
+                "| offset | text labels | pairs | clean favoured | d' |", "|---|---|---|---|---|"]
+        out += [f"| {name} | {lab} | {m.get('pairs', 0)} | {f(m.get('pair_acc'))} | {f(m.get('d_prime'), 2)} |"
+                for name, lab, m in pairs]
     return out
 
 

@@ -738,6 +738,35 @@ def pair_offsets(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: tor
     return off, view.pos >= 0
 
 
+def continuation_contrast(states: StateSet, off: torch.Tensor, ok: torch.Tensor | None = None) -> dict:
+    """Does the offset prefer a prompt's clean continuations to its toxic ones (``states.text_label``)? Scale-free,
+    to first order in the strength: a text's advantage is the sum over its states of ``off[next] - E_p[off]``
+    (``p`` the target's distribution over the valid candidates), in units of the offset's standard deviation under
+    ``p`` (averaged over the states); over every (clean, toxic) pair of texts of one prompt, the share where the
+    clean text has the larger advantage (0.5 = no preference), d' and the mean margin."""
+    if states.text_label is None:
+        raise ValueError("the contrast needs the texts' labels (label_texts)")
+    keep = states.valid.any(1) if ok is None else ok & states.valid.any(1)
+    valid = states.valid & keep[:, None]
+    p = torch.nan_to_num(torch.softmax(torch.where(valid, states.z, torch.tensor(float("-inf"))), 1))
+    o = torch.where(valid, off.float(), torch.zeros_like(off, dtype=torch.float32))
+    mean = (p * o).sum(1)
+    adv = torch.where(keep, o.gather(1, states.next_col[:, None])[:, 0] - mean, torch.zeros_like(mean))
+    unit = ((p * o * o).sum(1) - mean ** 2).clamp_min(0)[keep].mean().sqrt().clamp_min(1e-12)
+    score = torch.zeros(len(states.texts)).index_add(0, states.text_of, adv) / unit
+    groups: dict[str, list[int]] = {}
+    for i, (prompt, _) in enumerate(states.texts):
+        groups.setdefault(prompt, []).append(i)
+    lab = states.text_label.tolist()
+    m = torch.tensor([float(score[a] - score[b]) for ids in groups.values() for a in ids if lab[a] == 1
+                      for b in ids if lab[b] == -1])
+    if not len(m):
+        return {"pairs": 0}
+    sd = float(m.std()) if len(m) > 1 else float("nan")
+    return {"pairs": int(len(m)), "pair_acc": round(float((m > 0).float().mean()), 4),
+            "d_prime": round(float(m.mean()) / sd, 4) if sd > 0 else None, "mean_margin": round(float(m.mean()), 4)}
+
+
 def vector_offsets(v: torch.Tensor, W_target: torch.Tensor, states: StateSet) -> torch.Tensor:
     """A constant hidden-space vector's offsets (activation steering) on every state's candidates."""
     d = v.float()[None].expand(len(states), -1)

@@ -475,3 +475,26 @@ def test_concat_states_shifts_the_text_indices(trio):
     assert torch.equal(c.text_of, whole.text_of) and torch.equal(c.cand, whole.cand)
     assert torch.equal(c.char_end, whole.char_end) and torch.equal(c.next_col, whole.next_col)
     assert concat_states([a]) is a
+
+
+def test_continuation_contrast_reads_which_texts_the_offset_favours():
+    """Two prompts, each with a clean and a toxic text of two states. An offset that raises the clean texts' own
+    next tokens (and lowers the toxic ones') prefers every clean text: pair accuracy 1; its negation 0; an offset
+    on a column no text reads gives no preference."""
+    from detox_pa.directed import continuation_contrast
+
+    texts = [("a", " x"), ("a", " y"), ("b", " x"), ("b", " y")]
+    text_of = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    z = torch.tensor([[2.0, 1.0, 0.0]] * 8)
+    next_col = torch.tensor([0, 1, 1, 0, 0, 1, 1, 0])
+    st = StateSet(texts, text_of, torch.zeros(8, dtype=torch.long), torch.tensor([[1, 2, 3]] * 8), z, next_col, 2)
+    st.text_label = torch.tensor([1, -1, 1, -1])
+    lab = st.text_label[text_of]
+    off = torch.zeros(8, 3)
+    off[torch.arange(8), next_col] = lab.float()
+    m = continuation_contrast(st, off)
+    assert m["pairs"] == 2 and m["pair_acc"] == 1.0 and m["mean_margin"] > 0
+    assert continuation_contrast(st, -off)["pair_acc"] == 0.0
+    flat = torch.zeros(8, 3)
+    flat[:, 2] = 1.0  # a column none of the texts continues with: the same advantage for every text
+    assert continuation_contrast(st, flat)["pair_acc"] == 0.0 and continuation_contrast(st, flat)["mean_margin"] == 0.0
