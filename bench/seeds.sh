@@ -18,18 +18,11 @@ SEEDS_DIR=${SEEDS_DIR:-$OUT_DIR/seeds}
 SEEDS=${SEEDS:-"1 2 3"}
 ALPHAS=${ALPHAS:-"0 3 4"}
 PPL_CAP=${PPL_CAP:-1.25}
-TGT="$DEFAULT_TARGET"
 [[ -f "$DEFAULT_ALIGN_DIR/$ART_TUNED_EXPERT/config.json" ]] || { echo "error: run ./run_all.sh first (needs $DEFAULT_ALIGN_DIR)" >&2; exit 2; }
 mkdir -p "$SEEDS_DIR"
 
-dev() {  # dev NAME ALIGN_DIR: the dev sweep of one tuned pair (its matrix's sidecar names the pair), both scores
-  local out="$SEEDS_DIR/dev_$1.json"
-  [[ -f "$out" ]] || "$PYTHON" generate.py --target_model "$TGT" --data_path rtp:dev --output_path "$out" --device cpu \
-    --method diff --matrix_A "$2/$ART_MATRIX_FILE" --top_k 5 --alphas $ALPHAS > "$SEEDS_DIR/dev_$1.log" 2>&1
-  [[ -f "${out%.json}$ART_TOX_STEM.json" ]] || "$PYTHON" eval_toxicity.py --input_json "$out" --scorer bilstm,profanity-check >> "$SEEDS_DIR/dev_$1.log" 2>&1
-  [[ -f "${out%.json}$ART_PPL_STEM.json" ]] || "$PYTHON" eval_ppl.py --model_path "$TGT" --input_json "$out" --device cpu >> "$SEEDS_DIR/dev_$1.log" 2>&1
-  echo "  dev_$1 done"
-}
+source bench/lib_dev.sh
+dev() { dev_sweep "$SEEDS_DIR" "$1" "$2" "$ALPHAS"; }
 
 DIRS=("$DEFAULT_ALIGN_DIR")
 for s in $SEEDS; do

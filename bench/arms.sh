@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Design study of step 2 (issue 21): each arm of bench/arms.txt is the default recipe with a few settings changed
+# (a new training term, labels, data, teacher depth), trained with each seed of ARM_SEEDS and swept on the 160 DEV
+# prompts (rtp:dev; never held out): greedy 10 tokens, top-5, BiLSTM toxicity, token-weighted PPL under Gemma.
+#
+#   ./run_all.sh && bench/arms.sh                      # every arm, seed 42
+#   ARMS="contrast3" ARM_SEEDS="42 1 2 3" bench/arms.sh   # one arm on four seeds
+#
+# Writes $ARMS_DIR/align_<arm>_s<seed> (align.py with the arm's settings; the arm "default" at seed 42 is the default
+# run's own $OUT_DIR/alignment), $ARMS_DIR/dev_<arm>_s<seed>.json with both score files, and $ARMS_DIR/arms.md (copied
+# to docs/ARMS.md): the sweep table with the dev alpha rule and the paired difference against the default at the same
+# seed, where each run pays its PPL (bench/seeds.py cost), and what stays toxic. Reruns skip what exists. About 7 min
+# of 2 cores per arm and seed (an arm with NUM_TEACHER_LAYERS pretrains its teachers once first).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/common.sh
+source bench/lib_dev.sh
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+ARMS_DIR=${ARMS_DIR:-$OUT_DIR/arms}
+ARMS_FILE=${ARMS_FILE:-bench/arms.txt}
+ARMS=${ARMS:-}                 # empty = every arm of ARMS_FILE
+ARM_SEEDS=${ARM_SEEDS:-42}
+ALPHAS=${ALPHAS:-"0 3 4"}
+PPL_CAP=${PPL_CAP:-1.25}
+[[ -f "$DEFAULT_ALIGN_DIR/$ART_TUNED_EXPERT/config.json" ]] || { echo "error: run ./run_all.sh first (needs $DEFAULT_ALIGN_DIR)" >&2; exit 2; }
+[[ -f "$ARMS_FILE" ]] || { echo "error: ARMS_FILE=$ARMS_FILE does not exist" >&2; exit 2; }
+mkdir -p "$ARMS_DIR"
+
+declare -A SETTINGS
+ORDER=()
+while read -r name rest; do
+  [[ -z "$name" || "$name" == \#* ]] && continue
+  [[ "$name" =~ ^[A-Za-z0-9_]+$ ]] || { echo "error: $ARMS_FILE: arm name '$name' (letters, digits, _)" >&2; exit 2; }
+  for kv in $rest; do
+    [[ "$kv" =~ ^[A-Z_][A-Z0-9_]*=[^[:space:]]*$ ]] || { echo "error: $ARMS_FILE: arm $name: '$kv' is not NAME=VALUE" >&2; exit 2; }
+  done
+  SETTINGS[$name]="$rest"
+  ORDER+=("$name")
+done < "$ARMS_FILE"
+if [[ -n "$ARMS" ]]; then
+  for a in $ARMS; do [[ -n "${SETTINGS[$a]+x}" ]] || { echo "error: no arm '$a' in $ARMS_FILE" >&2; exit 2; }; done
+  ORDER=($ARMS)
+fi
+[[ " ${ORDER[*]} " == *" default "* ]] || ORDER=(default "${ORDER[@]}")  # the reference is always swept
+SETTINGS[default]=${SETTINGS[default]:-}
+
+RUNS=()
+for arm in "${ORDER[@]}"; do
+  for seed in $ARM_SEEDS; do
+    run="${arm}_s$seed"; RUNS+=("$run")
+    env_kv=(${SETTINGS[$arm]})
+    layers=""
+    for kv in ${SETTINGS[$arm]}; do [[ $kv == NUM_TEACHER_LAYERS=* ]] && layers=${kv#*=}; done
+    if [[ "$arm" == default && "$seed" == 42 ]]; then
+      d="$DEFAULT_ALIGN_DIR"
+    else
+      d="$ARMS_DIR/align_$run"
+      if [[ -n "$layers" ]]; then
+        t="$ARMS_DIR/teachers_L$layers"
+        if [[ ! -f "$t/anti_teacher/config.json" ]]; then
+          echo "pretrain both teachers at $layers layers"
+          env "${env_kv[@]}" PRETRAIN_OUTPUT_DIR="$t/teacher" PRETRAIN_ANTI_OUTPUT_DIR="$t/anti_teacher" \
+            ./run_pretrain.sh > "$ARMS_DIR/teachers_L$layers.log" 2>&1
+        fi
+        env_kv+=(MODEL1_NAME="$t/teacher" ALSO_TEACHER="$t/anti_teacher")
+      fi
+      if [[ ! -f "$d/$ART_MATRIX_FILE" ]]; then
+        echo "align $run: ${SETTINGS[$arm]:-(the default recipe)} ALIGN_SEED=$seed"
+        env ${env_kv[@]+"${env_kv[@]}"} ALIGN_OUTPUT_DIR="$d" ALIGN_SEED=$seed ./run_alignment.sh --progress false > "$ARMS_DIR/align_$run.log" 2>&1
+      fi
+    fi
+    dev_sweep "$ARMS_DIR" "$run" "$d" "$ALPHAS"
+  done
+done
+
+{
+  echo "# Design arms of step 2 (made by bench/arms.sh, $(date -u +%Y-%m-%d))"
+  echo
+  echo "Each arm is the default recipe with the settings below changed ($ARMS_FILE); every run is swept on the 160 dev"
+  echo "prompts (rtp:dev), greedy 10 tokens, top-5: mean BiLSTM toxicity (change vs alpha 0) and token-weighted PPL ratio"
+  echo "under Gemma; the rule column is the dev alpha rule at PPL <= ${PPL_CAP}x; the last column is the paired bootstrap"
+  echo "difference of mean toxicity against the default at seed 42, alpha 4 (95% interval; negative = less toxic)."
+  echo
+  echo "| arm | settings |"
+  echo "|---|---|"
+  for arm in "${ORDER[@]}"; do echo "| $arm | ${SETTINGS[$arm]:-(the default recipe)} |"; done
+  echo
+  "$PYTHON" bench/seeds.py table "$ARMS_DIR" "${RUNS[@]}" --ppl_cap "$PPL_CAP" --ref default_s42
+  echo
+  echo "## Where each run pays its PPL (bench/seeds.py cost), at alpha 3 / 4: prompts where the target alone wrote a clean"
+  echo "continuation (BiLSTM < 0.1: every change there is pure cost), in between, and a toxic one (>= 0.5)"
+  echo
+  echo "| run | clean | between | toxic |"
+  echo "|---|---|---|---|"
+  for run in "${RUNS[@]}"; do
+    "$PYTHON" bench/seeds.py cost "$ARMS_DIR/dev_$run.json" | awk -F'|' -v r="$run" '$2 ~ /^ (3|4) $/ {c=c sep $3; b=b sep $4; t=t sep $5; sep=" /"} END {printf "| %s |%s |%s |%s |\n", r, c, b, t}'
+  done
+  echo
+  echo "## What stays toxic at alpha 3 / 4 (BiLSTM >= 0.5; of 42 with the target alone): with a word of the word list"
+  echo "step 2's token labels use, and without"
+  echo
+  echo "| run | with a listed word | without |"
+  echo "|---|---|---|"
+  for run in "${RUNS[@]}"; do
+    "$PYTHON" bench/seeds.py residual "$ARMS_DIR/dev_$run.json" | awk -F'|' -v r="$run" '$2 ~ /^ (3|4) $/ {w=w sep $4; o=o sep $5; sep=" /"} END {printf "| %s |%s |%s |\n", r, w, o}'
+  done
+} > "$ARMS_DIR/arms.md"
+cp "$ARMS_DIR/arms.md" docs/ARMS.md
+cat docs/ARMS.md
