@@ -49,8 +49,11 @@ for arm in "${ORDER[@]}"; do
   for seed in $ARM_SEEDS; do
     run="${arm}_s$seed"; RUNS+=("$run")
     env_kv=(${SETTINGS[$arm]})
-    layers=""
-    for kv in ${SETTINGS[$arm]}; do [[ $kv == NUM_TEACHER_LAYERS=* ]] && layers=${kv#*=}; done
+    layers="" alphas="$ALPHAS"
+    for kv in ${SETTINGS[$arm]}; do
+      [[ $kv == NUM_TEACHER_LAYERS=* ]] && layers=${kv#*=}
+      [[ $kv == ALPHAS=* ]] && alphas=${kv#*=} && alphas=${alphas//,/ }  # the arm's own sweep (comma-separated)
+    done
     if [[ "$arm" == default && "$seed" == 42 ]]; then
       d="$DEFAULT_ALIGN_DIR"
     else
@@ -69,7 +72,7 @@ for arm in "${ORDER[@]}"; do
         env ${env_kv[@]+"${env_kv[@]}"} ALIGN_OUTPUT_DIR="$d" ALIGN_SEED=$seed ./run_alignment.sh --progress false > "$ARMS_DIR/align_$run.log" 2>&1
       fi
     fi
-    dev_sweep "$ARMS_DIR" "$run" "$d" "$ALPHAS"
+    dev_sweep "$ARMS_DIR" "$run" "$d" "$alphas"
   done
 done
 

@@ -42,6 +42,8 @@ def table(seeds_dir: Path, names: list[str], cap: float, ref: str, at: float) ->
         rule = f"alpha {pick:g}: {100 * (tp / t0 - 1):+.1f}% at {r.ppl[''][pick]['ppl_token_weighted'] / p0:.3f}x"
         if n == ref:
             diff = "reference"
+        elif at not in r.records or at not in runs[ref].records:
+            diff = "-"
         else:
             d, lo, hi, k = paired_difference(r.records[at], runs[ref].records[at])
             diff = f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}] (n={k})"
