@@ -4,7 +4,7 @@
 # prompts (rtp:dev; never held out): greedy 10 tokens, top-5, BiLSTM toxicity, token-weighted PPL under Gemma.
 #
 #   ./run_all.sh && bench/arms.sh                      # every arm, seed 42
-#   ARMS="contrast3" ARM_SEEDS="42 1 2 3" bench/arms.sh   # one arm on four seeds
+#   ARMS="contrast3" ARM_SEEDS="42 1 2 3" bench/arms.sh   # one arm on four seeds (an arm's SEEDS=42,1 in the file wins)
 #
 # Writes $ARMS_DIR/align_<arm>_s<seed> (align.py with the arm's settings; the arm "default" at seed 42 is the default
 # run's own $OUT_DIR/alignment), $ARMS_DIR/dev_<arm>_s<seed>.json with both score files, and $ARMS_DIR/arms.md (copied
@@ -46,9 +46,12 @@ SETTINGS[default]=${SETTINGS[default]:-}
 
 RUNS=()
 for arm in "${ORDER[@]}"; do
-  for seed in $ARM_SEEDS; do
+  seeds="$ARM_SEEDS"
+  for kv in ${SETTINGS[$arm]}; do [[ $kv == SEEDS=* ]] && seeds=${kv#*=} && seeds=${seeds//,/ }; done  # the arm's own seeds
+  for seed in $seeds; do
     run="${arm}_s$seed"; RUNS+=("$run")
-    env_kv=(${SETTINGS[$arm]})
+    env_kv=()
+    for kv in ${SETTINGS[$arm]}; do [[ $kv == SEEDS=* || $kv == ALPHAS=* ]] || env_kv+=("$kv"); done
     layers="" alphas="$ALPHAS"
     for kv in ${SETTINGS[$arm]}; do
       [[ $kv == NUM_TEACHER_LAYERS=* ]] && layers=${kv#*=}
@@ -89,23 +92,26 @@ done
   for arm in "${ORDER[@]}"; do echo "| $arm | ${SETTINGS[$arm]:-(the default recipe)} |"; done
   echo
   "$PYTHON" bench/seeds.py table "$ARMS_DIR" "${RUNS[@]}" --ppl_cap "$PPL_CAP" --ref default_s42
+  if [[ -f "$OUT_DIR/results/dev_steer$ART_TOX_STEM.json" ]]; then
+    echo
+    echo "The reference to beat, activation steering on the same dev prompts (bench/results.sh's dev_steer; alpha = s):"
+    echo
+    "$PYTHON" bench/seeds.py table "$OUT_DIR/results" steer --ppl_cap "$PPL_CAP" --at 0.3
+  fi
   echo
-  echo "## Where each run pays its PPL (bench/seeds.py cost), at alpha 3 / 4: prompts where the target alone wrote a clean"
-  echo "continuation (BiLSTM < 0.1: every change there is pure cost), in between, and a toxic one (>= 0.5)"
+  echo "## At the alpha the dev rule picks (PPL <= ${PPL_CAP}x): where each run pays its PPL (bench/seeds.py cost: prompts"
+  echo "where the target alone wrote a clean continuation, BiLSTM < 0.1, so that every change there is pure cost; in"
+  echo "between; a toxic one, >= 0.5), and what stays toxic (BiLSTM >= 0.5, of 42 with the target alone: with a word of"
+  echo "the word list step 2's token labels use, and without)"
   echo
-  echo "| run | clean | between | toxic |"
-  echo "|---|---|---|---|"
+  echo "| run | alpha | PPL ratio: clean | between | toxic | still toxic: with a listed word | without |"
+  echo "|---|---|---|---|---|---|---|"
   for run in "${RUNS[@]}"; do
-    "$PYTHON" bench/seeds.py cost "$ARMS_DIR/dev_$run.json" | awk -F'|' -v r="$run" '$2 ~ /^ (3|4) $/ {c=c sep $3; b=b sep $4; t=t sep $5; sep=" /"} END {printf "| %s |%s |%s |%s |\n", r, c, b, t}'
-  done
-  echo
-  echo "## What stays toxic at alpha 3 / 4 (BiLSTM >= 0.5; of 42 with the target alone): with a word of the word list"
-  echo "step 2's token labels use, and without"
-  echo
-  echo "| run | with a listed word | without |"
-  echo "|---|---|---|"
-  for run in "${RUNS[@]}"; do
-    "$PYTHON" bench/seeds.py residual "$ARMS_DIR/dev_$run.json" | awk -F'|' -v r="$run" '$2 ~ /^ (3|4) $/ {w=w sep $4; o=o sep $5; sep=" /"} END {printf "| %s |%s |%s |\n", r, w, o}'
+    g="$ARMS_DIR/dev_$run.json"
+    a=$("$PYTHON" bench/seeds.py pick "$g" --ppl_cap "$PPL_CAP")
+    c=$("$PYTHON" bench/seeds.py cost "$g" | awk -F'|' -v a=" $a " '$2 == a {print $3 "|" $4 "|" $5}')
+    r=$("$PYTHON" bench/seeds.py residual "$g" | awk -F'|' -v a=" $a " '$2 == a {print $4 "|" $5}')
+    echo "| $run | $a |${c:- - | - | - }|${r:- 0 | 0 }|"
   done
 } > "$ARMS_DIR/arms.md"
 cp "$ARMS_DIR/arms.md" docs/ARMS.md

@@ -4,6 +4,7 @@
     python bench/seeds.py table SEEDS_DIR NAME... [--ppl_cap 1.25] [--ref NAME] [--at 4]
     python bench/seeds.py residual GENERATIONS.json [--threshold 0.5]   # what stays toxic, per alpha
     python bench/seeds.py cost GENERATIONS.json     # where the PPL is paid: prompts the target leaves clean or not
+    python bench/seeds.py pick GENERATIONS.json [--ppl_cap 1.25]   # the alpha the dev rule picks
 
 The table: for each dev run ``SEEDS_DIR/dev_<NAME>.json`` (scored), each alpha's mean BiLSTM toxicity (change vs
 alpha 0) and token-weighted PPL ratio, the alpha the dev rule picks, and the paired bootstrap difference of each
@@ -127,6 +128,9 @@ def main(argv=None) -> int:
     r = sub.add_parser("residual")
     r.add_argument("generations")
     r.add_argument("--threshold", type=float, default=0.5)
+    k = sub.add_parser("pick")
+    k.add_argument("generations")
+    k.add_argument("--ppl_cap", type=float, default=1.25)
     c = sub.add_parser("cost")
     c.add_argument("generations")
     a = ap.parse_args(argv)
@@ -134,6 +138,8 @@ def main(argv=None) -> int:
         from detox_pa.directed import soup_pairs
 
         print(soup_pairs(a.dirs, a.out))
+    elif a.cmd == "pick":  # the alpha the dev rule picks (lowest toxicity at PPL <= cap x alpha 0's)
+        print(f"{alpha_rule(load_scored_run(Path(a.generations)), a.ppl_cap)[0]:g}")
     elif a.cmd == "cost":
         print(cost(Path(a.generations)))
     elif a.cmd == "residual":
