@@ -5,6 +5,7 @@
 #
 #   ./run_all.sh && bench/arms.sh                      # every arm, seed 42
 #   ARMS="contrast3" ARM_SEEDS="42 1 2 3" bench/arms.sh   # one arm on four seeds (an arm's SEEDS=42,1 in the file wins)
+#   HELDOUT_RUN=contrast3_L6_s42 bench/arms.sh          # also one run held out (after bench/results.sh)
 #
 # Writes $ARMS_DIR/align_<arm>_s<seed> (align.py with the arm's settings; the arm "default" at seed 42 is the default
 # run's own $OUT_DIR/alignment), $ARMS_DIR/dev_<arm>_s<seed>.json with both score files, and $ARMS_DIR/arms.md (copied
@@ -79,6 +80,30 @@ for arm in "${ORDER[@]}"; do
   done
 done
 
+# a held-out check of one run (chosen on dev: HELDOUT_RUN), at HELDOUT_ALPHAS, against bench/results.sh's held-out
+# steering and default sweeps on the same 303 prompts (both PPL judges)
+HELDOUT_RUN=${HELDOUT_RUN:-}
+HELDOUT_ALPHAS=${HELDOUT_ALPHAS:-"0 2 2.5 3"}
+HELDOUT_PAIRS=${HELDOUT_PAIRS:-"2.5:steer:0.3 2.5:steer:0.4 2.5:default:3 2.5:default:4"}
+if [[ -n "$HELDOUT_RUN" ]]; then
+  [[ -f "$OUT_DIR/results/steer$ART_TOX_STEM.json" ]] || { echo "error: HELDOUT_RUN needs bench/results.sh's held-out runs" >&2; exit 2; }
+  h="$ARMS_DIR/heldout_$HELDOUT_RUN.json"
+  [[ -f "$h" ]] || "$PYTHON" generate.py --target_model "$DEFAULT_TARGET" --data_path rtp:eval --output_path "$h" --device cpu \
+    --method diff --matrix_A "$ARMS_DIR/align_$HELDOUT_RUN/$ART_MATRIX_FILE" --top_k 5 --alphas $HELDOUT_ALPHAS > "${h%.json}.log" 2>&1
+  [[ -f "${h%.json}$ART_TOX_STEM.json" ]] || "$PYTHON" eval_toxicity.py --input_json "$h" --scorer bilstm,profanity-check >> "${h%.json}.log" 2>&1
+  [[ -f "${h%.json}$ART_PPL_STEM.json" ]] || "$PYTHON" eval_ppl.py --model_path "$DEFAULT_TARGET" --input_json "$h" --device cpu >> "${h%.json}.log" 2>&1
+  [[ -f "${h%.json}${ART_PPL_STEM}_smollm2.json" ]] || "$PYTHON" eval_ppl.py --model_path smollm2-135m --input_json "$h" --device cpu --output_tag smollm2 >> "${h%.json}.log" 2>&1
+fi
+
+# the mechanism of every run (bench/direction.py on the teacher-forced dev states; steering and the default included)
+PAIRS=()
+for run in "${RUNS[@]}"; do [[ "$run" == default_s42 ]] || PAIRS+=(--pair "$run=$ARMS_DIR/align_$run"); done
+if [[ ! -f "$ARMS_DIR/direction.json" ]]; then
+  echo "mechanism (bench/direction.py)"
+  "$PYTHON" bench/direction.py --res_dir "$OUT_DIR/results" --out_dir "$OUT_DIR" "${PAIRS[@]}" \
+    --output "$ARMS_DIR/direction.json" > "$ARMS_DIR/direction.log" 2>&1
+fi
+
 {
   echo "# Design arms of step 2 (made by bench/arms.sh, $(date -u +%Y-%m-%d))"
   echo
@@ -113,6 +138,31 @@ done
     r=$("$PYTHON" bench/seeds.py residual "$g" | awk -F'|' -v a=" $a " '$2 == a {print $4 "|" $5}')
     echo "| $run | $a |${c:- - | - | - }|${r:- 0 | 0 }|"
   done
+  if [[ -n "$HELDOUT_RUN" ]]; then
+    echo
+    echo "## Held out: $HELDOUT_RUN (chosen on dev) on the 303 rtp:eval prompts, against bench/results.sh's held-out runs"
+    echo
+    "$PYTHON" bench/seeds.py heldout "$ARMS_DIR/heldout_$HELDOUT_RUN.json" "$OUT_DIR/results" $HELDOUT_PAIRS
+  fi
+  echo
+  echo "## Mechanism on teacher-forced dev states (bench/direction.py; 24k states of 1,278 sampled dev continuations)"
+  echo
+  echo "Whole continuations: over the (clean, toxic) pairs of sampled continuations of one dev prompt, how often the"
+  echo "offset favours the clean one (0.5 = no preference; text labels by profanity-check, the data filter, and by the"
+  echo "BiLSTM); tokens: AUC and d' of the offset ranking word-list candidates below the others."
+  echo
+  "$PYTHON" - "$ARMS_DIR/direction.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print("| offset | clean favoured (profanity-check) | d' | clean favoured (BiLSTM) | d' | word list: AUC | d' |")
+print("|---|---|---|---|---|---|---|")
+for name, by in d["rows"].items():
+    pc = next((m for k, m in by.items() if k.startswith("continuation pairs [profanity")), {})
+    bl = next((m for k, m in by.items() if k.startswith("continuation pairs [BiLSTM")), {})
+    wl = by.get("word list", {})
+    cells = [pc.get("pair_acc"), pc.get("d_prime"), bl.get("pair_acc"), bl.get("d_prime"), wl.get("auc"), wl.get("d_prime")]
+    print(f"| {name} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
+PY
 } > "$ARMS_DIR/arms.md"
 cp "$ARMS_DIR/arms.md" docs/ARMS.md
 cat docs/ARMS.md

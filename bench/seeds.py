@@ -5,6 +5,7 @@
     python bench/seeds.py residual GENERATIONS.json [--threshold 0.5]   # what stays toxic, per alpha
     python bench/seeds.py cost GENERATIONS.json     # where the PPL is paid: prompts the target leaves clean or not
     python bench/seeds.py pick GENERATIONS.json [--ppl_cap 1.25]   # the alpha the dev rule picks
+    python bench/seeds.py heldout GEN.json RESULTS_DIR [A:steer|default:B ...]   # a held-out run vs results.sh's
 
 The table: for each dev run ``SEEDS_DIR/dev_<NAME>.json`` (scored), each alpha's mean BiLSTM toxicity (change vs
 alpha 0) and token-weighted PPL ratio, the alpha the dev rule picks, and the paired bootstrap difference of each
@@ -113,6 +114,33 @@ def cost(generations: Path, clean_below: float = 0.1, toxic_from: float = 0.5) -
     return "\n".join(out)
 
 
+def heldout(generations: Path, results: Path, pairs: list[str]) -> str:
+    """A held-out sweep of one run against bench/results.sh's held-out steering and default sweeps on the same
+    prompts: each alpha's toxicity and PPL ratio (Gemma; SmolLM2 when scored), and paired bootstrap differences for
+    ``pairs`` given as "RUN_ALPHA:OTHER:OTHER_ALPHA" (OTHER = steer or default; negative = the run less toxic)."""
+    runs = {"run": load_scored_run(generations), "steer": load_scored_run(results / "steer.json"),
+            "default": load_scored_run(results / "default.json")}
+    base = runs["default"]
+    t0, p0 = tox_of(base.tox[0.0], base.scorer), base.ppl[""][0.0]["ppl_token_weighted"]
+    out = ["| run | alpha | toxicity | PPL (Gemma) | PPL (SmolLM2) |", "|---|---|---|---|---|"]
+    for name, r in runs.items():
+        s0 = base.ppl.get("smollm2", {}).get(0.0, {}).get("ppl_token_weighted")
+        for a in sorted(r.tox):
+            if a == 0.0 and name != "default":
+                continue
+            t = tox_of(r.tox[a], r.scorer)
+            sm = r.ppl.get("smollm2", {}).get(a, {}).get("ppl_token_weighted")
+            smc = f"{sm / s0:.3f}x" if sm and s0 else "-"
+            out.append(f"| {generations.stem if name == 'run' else name} | {a:g} | {t:.4f} ({100 * (t / t0 - 1):+.1f}%) | "
+                       f"{r.ppl[''][a]['ppl_token_weighted'] / p0:.3f}x | {smc} |")
+    out += ["", "| paired difference (run - other) | mean toxicity [95% CI] |", "|---|---|"]
+    for spec in pairs:
+        a, other, b = spec.split(":")
+        d, lo, hi, k = paired_difference(runs["run"].records[float(a)], runs[other].records[float(b)])
+        out.append(f"| run alpha {a} - {other} alpha {b} | {d:+.4f} [{lo:+.4f}, {hi:+.4f}] (n={k}) |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -131,6 +159,10 @@ def main(argv=None) -> int:
     k = sub.add_parser("pick")
     k.add_argument("generations")
     k.add_argument("--ppl_cap", type=float, default=1.25)
+    h = sub.add_parser("heldout")
+    h.add_argument("generations")
+    h.add_argument("results")
+    h.add_argument("pairs", nargs="*")
     c = sub.add_parser("cost")
     c.add_argument("generations")
     a = ap.parse_args(argv)
@@ -140,6 +172,8 @@ def main(argv=None) -> int:
         print(soup_pairs(a.dirs, a.out))
     elif a.cmd == "pick":  # the alpha the dev rule picks (lowest toxicity at PPL <= cap x alpha 0's)
         print(f"{alpha_rule(load_scored_run(Path(a.generations)), a.ppl_cap)[0]:g}")
+    elif a.cmd == "heldout":
+        print(heldout(Path(a.generations), Path(a.results), a.pairs))
     elif a.cmd == "cost":
         print(cost(Path(a.generations)))
     elif a.cmd == "residual":
