@@ -181,12 +181,7 @@ def target_states(target, tokenizer, texts: Sequence[tuple[str, str]], k: int = 
             for i in pos:
                 text_of.append(s + j)
                 char_end.append(offs[i][1])
-        T = max(len(r) for r in rows)
-        ids = torch.full((len(rows), T), tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros((len(rows), T), dtype=torch.long)
-        for j, r in enumerate(rows):
-            ids[j, :len(r)] = torch.tensor(r)
-            mask[j, :len(r)] = 1
+        ids, mask = _right_padded(rows, tokenizer.pad_token_id or 0)  # the ids are read again below
         h = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
         bi = torch.tensor([j for j, pos in enumerate(sel) for _ in pos], dtype=torch.long)
         ti = torch.tensor([i for pos in sel for i in pos], dtype=torch.long)
@@ -325,8 +320,7 @@ def label_candidates(states: StateSet, tokenizer, word_ids: set[int] | None = No
     if scorer is None:
         return toxic
     if toxic_texts:
-        conts = [c for _, c in states.texts]
-        bad = torch.tensor([sc >= jump_min for sc in _score_chunks(scorer, conts, chunk)], dtype=torch.bool)
+        bad = label_texts(states, scorer, toxic_min=jump_min, chunk=chunk) == -1
         rows = bad[states.text_of].nonzero().flatten()
         toxic[rows, states.next_col[rows]] = True
     surf = token_surfaces(tokenizer, torch.unique(cand[cand >= 0]).tolist())
@@ -379,13 +373,7 @@ def target_state_hidden(target, tokenizer, states: StateSet, batch_size: int = 1
         chunk = tids[b:b + batch_size]
         enc = tokenizer([full_text(*states.texts[t]) for t in chunk], return_offsets_mapping=True,
                         add_special_tokens=True)
-        T = max(len(r) for r in enc["input_ids"])
-        ids = torch.full((len(chunk), T), tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros((len(chunk), T), dtype=torch.long)
-        for j, r in enumerate(enc["input_ids"]):
-            ids[j, :len(r)] = torch.tensor(r)
-            mask[j, :len(r)] = 1
-        h = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state.float().cpu()
+        h = body_hidden(body, enc["input_ids"], tokenizer.pad_token_id or 0, device).float().cpu()
         for j, t in enumerate(chunk):
             offs = enc["offset_mapping"][j]
             pos = continuation_positions(offs, len(states.texts[t][0]))
@@ -457,15 +445,22 @@ def teacher_view(teacher_tokenizer, states: StateSet) -> TeacherView:
     return TeacherView([list(x) for x in enc["input_ids"]], pos)
 
 
-def teacher_hidden(body, ids: list[list[int]], pad_id: int, device) -> torch.Tensor:
-    """The teacher body's final hidden states [B, T, d] for right-padded rows (gradients flow)."""
-    T = max(len(r) for r in ids)
-    x = torch.full((len(ids), T), pad_id, dtype=torch.long)
-    m = torch.zeros((len(ids), T), dtype=torch.long)
-    for i, r in enumerate(ids):
+def body_hidden(body, ids: list[list[int]], pad_id: int, device) -> torch.Tensor:
+    """A model body's final hidden states [B, T, d] for right-padded rows (gradients flow where enabled): the
+    teachers' while the pair trains, the target's when its states are taken."""
+    x, m = _right_padded(ids, pad_id)
+    return body(input_ids=x.to(device), attention_mask=m.to(device)).last_hidden_state
+
+
+def _right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ids right-padded into one [B, T] tensor, and its attention mask."""
+    T = max(len(r) for r in rows)
+    x = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    m = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
         x[i, :len(r)] = torch.tensor(r)
         m[i, :len(r)] = 1
-    return body(input_ids=x.to(device), attention_mask=m.to(device)).last_hidden_state
+    return x, m
 
 
 # --------------------------------------------------------------------------------------------- the loss
@@ -707,8 +702,8 @@ def pair_difference(bodies, view, states: StateSet, by_text: dict[int, list[int]
     rows = torch.tensor([row_of[int(states.text_of[s])] for s in sidx])
     cols = view.pos[sidx]
     ids = [view.ids[t] for t in batch]
-    h_e = teacher_hidden(bodies[0], ids, pad, device)[rows, cols]
-    h_a = teacher_hidden(bodies[1], ids, pad, device)[rows, cols]
+    h_e = body_hidden(bodies[0], ids, pad, device)[rows, cols]
+    h_a = body_hidden(bodies[1], ids, pad, device)[rows, cols]
     return sidx, h_e.float() - h_a.float()
 
 
