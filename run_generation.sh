@@ -42,6 +42,7 @@ ALPHAS=${ALPHAS:-}               # empty = the method's own sweep: diff 0 1 2 3 
 ANTI_TEACHER_MODEL=${ANTI_TEACHER_MODEL:-}  # diff: the anti-expert (empty = the one the matrix names; name both or neither)
 DIFF_SPACE=${DIFF_SPACE:-hidden}  # diff: hidden (through A, reaches every target token) | logits (shared tokens)
 TOP_K=${TOP_K:-5}               # diff: only the target's top-k tokens are eligible (0 = all; 5 measured best on dev)
+POOL=${POOL:-last}              # diff: last (the teachers' states at the last token) | mean (their mean over the text so far)
 GATE=${GATE:-}                  # diff: act only where log p_anti(pick) - log p_expert(pick) >= GATE (empty = always)
 STEER_VECTOR=${STEER_VECTOR:-}  # steer: a .pt file {'vector': [d_target]} (scripts/build_steer_vector.py)
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-$(protocol_default MAX_NEW_TOKENS)}  # PROTOCOL's: paper 10, dexperts 20
@@ -88,7 +89,7 @@ FLAGS=(--teacher_model "$TEACHER_MODEL" --target_model "$TARGET_MODEL" --matrix_
        --dtype "$GEN_DTYPE" --norm "$NORM" --max_prompts "$MAX_PROMPTS" --method "$METHOD"
        --prompt_field "$PROMPT_FIELD" --prompt_split "$PROMPT_SPLIT" --prompt_filter "$PROMPT_FILTER" --protocol "$PROTOCOL")
 case "$METHOD" in
-  diff) FLAGS+=(--anti_teacher_model "$ANTI_TEACHER_MODEL" --diff_space "$DIFF_SPACE" --top_k "$TOP_K")
+  diff) FLAGS+=(--anti_teacher_model "$ANTI_TEACHER_MODEL" --diff_space "$DIFF_SPACE" --top_k "$TOP_K" --pool "$POOL")
         [[ -n "$GATE" ]] && FLAGS+=(--gate "$GATE") ;;
   steer) [[ -n "$STEER_VECTOR" ]] && FLAGS+=(--steer_vector "$STEER_VECTOR") ;;
 esac

@@ -522,6 +522,10 @@ class AlignArguments:
                 "state along the target's own clean-to-toxic direction (the mean over toxic fit texts minus clean, "
                 "steering's direction) by at least this quantile of all moves (detox_pa.directed.probe_labels; "
                 "0 = off). Sees what the target's representation calls toxic, not only keywords."})
+    tune_pool: str = field(default="last", metadata={
+        "help": "--tune_pair: the teachers' states the offset reads while training: last (each text position's own, "
+                "as generate.py --pool last decodes) or mean (the mean over the text up to that position, as "
+                "--pool mean decodes). Decode a pair with the pool it was tuned with."})
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
     overwrite: bool = field(default=False, metadata={
         "help": f"Replace an existing {MATRIX_FILE} in --output_dir (and the tuned pair next to it); without it, an "
@@ -586,6 +590,8 @@ class AlignArguments:
             if self.tune_label_texts and self.tune_label_scorer == "none":
                 raise InputError("--tune_label_texts labels whole continuations with the scorer: set "
                                  "--tune_label_scorer (profanity-check), not none")
+            if self.tune_pool not in ("last", "mean"):
+                raise InputError(f"--tune_pool must be last or mean, got {self.tune_pool!r}")
             if not (0 <= self.tune_probe_quantile < 1):
                 raise InputError(f"--tune_probe_quantile must be in [0, 1), got {self.tune_probe_quantile}")
             if (self.tune_contrast_weight > 0 or self.tune_probe_quantile > 0) and self.tune_label_scorer == "none":
@@ -719,16 +725,16 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
     t_tok = load_tokenizer(teacher_path, pad_with_eos=True)
     expert = load_causal_lm(teacher_path, "float32").eval()
     anti = load_causal_lm(anti_path, "float32").eval()
-    before = direction_metrics(held, *pair_offsets(expert, anti, t_tok, A, W, held), top_k=5)
+    before = direction_metrics(held, *pair_offsets(expert, anti, t_tok, A, W, held, pool=args.tune_pool), top_k=5)
     cfg = DirectedConfig(alpha=args.tune_alpha, mu=args.tune_mu, lr=args.tune_lr, lr_A=args.tune_lr_A,
                          epochs=args.tune_epochs, batch_texts=args.tune_batch_texts, seed=args.seed,
                          hinge_weight=args.tune_hinge_weight, hinge_alpha=args.tune_hinge_alpha,
                          hinge_margin=args.tune_hinge_margin, hinge_top_k=args.tune_hinge_top_k,
                          ul_weight=args.tune_ul_weight, contrast_weight=args.tune_contrast_weight,
                          contrast_alpha=args.tune_contrast_alpha, contrast_beta=args.tune_contrast_beta,
-                         progress=args.progress)
+                         pool=args.tune_pool, progress=args.progress)
     A, rep = train_pair(expert, anti, t_tok, A, W, fit, cfg)
-    after = direction_metrics(held, *pair_offsets(expert, anti, t_tok, A, W, held), top_k=5)
+    after = direction_metrics(held, *pair_offsets(expert, anti, t_tok, A, W, held, pool=args.tune_pool), top_k=5)
     log.info("direction on held-out texts (%d states, %d with both kinds): AUC %s -> %s, d' %s -> %s",
              after["states"], after["states_both"], before.get("auc"), after.get("auc"), before.get("d_prime"),
              after.get("d_prime"))

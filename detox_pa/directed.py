@@ -575,6 +575,7 @@ class DirectedConfig:
     contrast_weight: float = 0.0  # contrast_loss's weight (0 = off; needs states.text_label)
     contrast_alpha: float = 3.0
     contrast_beta: float = 1.0
+    pool: str = "last"  # the teachers' states the offset reads: "last" token, or the "mean" over the text so far
     progress: bool = True
 
 
@@ -647,7 +648,7 @@ def train_pair(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: torch
             if not order:
                 order = [units[i] for i in torch.randperm(len(units), generator=g).tolist()]
             batch += order.pop(0)
-        sidx, h_diff = pair_difference(bodies, view, states, by_text, batch, pad, device)
+        sidx, h_diff = pair_difference(bodies, view, states, by_text, batch, pad, device, cfg.pool)
         d = h_diff @ A
         cand = states.cand[sidx].to(device)
         off = candidate_offsets(d, W, cand)
@@ -694,17 +695,20 @@ def train_pair(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: torch
 
 
 def pair_difference(bodies, view, states: StateSet, by_text: dict[int, list[int]], batch: list[int], pad: int,
-                    device) -> tuple[list[int], torch.Tensor]:
+                    device, pool: str = "last") -> tuple[list[int], torch.Tensor]:
     """The states of the texts ``batch`` (their ids, in order) and, at each, the expert's minus the anti-expert's
-    final hidden state (float32; one teacher forward per body over the batch's texts)."""
+    final hidden state (float32; one teacher forward per body over the batch's texts). ``pool="mean"``: each
+    teacher's mean final hidden state over the text's tokens up to the state's (decoding's ``--pool mean``)."""
     sidx = [s for t in batch for s in by_text[t]]
     row_of = {t: i for i, t in enumerate(batch)}
     rows = torch.tensor([row_of[int(states.text_of[s])] for s in sidx])
     cols = view.pos[sidx]
     ids = [view.ids[t] for t in batch]
-    h_e = body_hidden(bodies[0], ids, pad, device)[rows, cols]
-    h_a = body_hidden(bodies[1], ids, pad, device)[rows, cols]
-    return sidx, h_e.float() - h_a.float()
+    # right padding: the running mean up to a real token reads real tokens only
+    d = body_hidden(bodies[0], ids, pad, device).float() - body_hidden(bodies[1], ids, pad, device).float()
+    if pool == "mean":
+        d = d.cumsum(1) / torch.arange(1, d.shape[1] + 1, device=d.device, dtype=d.dtype)[None, :, None]
+    return sidx, d[rows, cols]
 
 
 # ------------------------------------------------------------------------------------ the direction metric
@@ -712,8 +716,9 @@ def pair_difference(bodies, view, states: StateSet, by_text: dict[int, list[int]
 
 @torch.no_grad()
 def pair_offsets(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: torch.Tensor, states: StateSet,
-                 batch_texts: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pair's offsets on every state's candidates [S, k+1] (unit alpha), and which states have a teacher token."""
+                 batch_texts: int = 32, pool: str = "last") -> tuple[torch.Tensor, torch.Tensor]:
+    """The pair's offsets on every state's candidates [S, k+1] (unit alpha), and which states have a teacher token
+    (``pool``: as decoding's ``--pool``)."""
     from .fusion import backbone
 
     view = teacher_view(teacher_tokenizer, states)
@@ -728,7 +733,7 @@ def pair_offsets(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: tor
         by_text.setdefault(int(states.text_of[s]), []).append(s)
     text_ids = sorted(by_text)
     for b in range(0, len(text_ids), batch_texts):
-        sidx, h_diff = pair_difference(bodies, view, states, by_text, text_ids[b:b + batch_texts], pad, device)
+        sidx, h_diff = pair_difference(bodies, view, states, by_text, text_ids[b:b + batch_texts], pad, device, pool)
         off[sidx] = candidate_offsets(h_diff @ A, W, states.cand[sidx].to(device)).cpu()
     return off, view.pos >= 0
 

@@ -29,6 +29,9 @@ directly. Otherwise the teacher reads the same *text*: each step the target's te
 re-tokenised with the teacher's tokenizer, the longest unchanged prefix of the teacher's cached
 ids is kept, tokens past it are masked out of the teacher's cache, and only the new ids are fed.
 The fused state uses the teacher's hidden state at its last token. Each model adds its own BOS.
+The directed variant can instead use the mean of each teacher's hidden states over every token of the text so
+far (``DiffConfig.pool="mean"``: the prompt's and the continuation's; the cache keeps every state, so this costs
+one weighted sum per step): a context-level offset that changes slowly as the text grows.
 
 At ``alpha == 0`` no hook is installed and the teacher is never run, so the output is exactly
 plain ``generate()``.
@@ -59,6 +62,7 @@ import torch.nn.functional as F
 
 NORMS = ("layernorm", "rescale", "none")
 SPACES = ("hidden", "logits")
+POOLS = ("last", "mean")  # a teacher's state: at the text's last token, or the mean over every token so far
 
 
 def same_tokenizer(tok_a, tok_b) -> bool:
@@ -103,7 +107,10 @@ class TeacherStepper:
     """
 
     def __init__(self, teacher, teacher_tokenizer=None, target_tokenizer=None, bridge_text: bool = False,
-                 memo: "PromptMemo | None" = None):
+                 memo: "PromptMemo | None" = None, pool: str = "last"):
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r}; expected one of {POOLS}")
+        self.pool = pool
         self.teacher = teacher
         self.memo = memo
         self.body = backbone(teacher)
@@ -191,6 +198,12 @@ class TeacherStepper:
         return self._last_hidden()
 
     def _last_hidden(self) -> torch.Tensor:
+        """Each row's state: the hidden state at its last token (``pool="last"``), or the mean of the hidden states
+        at every token of its text so far (``pool="mean"``: the live cache columns; a masked-out tail and the
+        padding are left out), float32."""
+        if self.pool == "mean":
+            m = self.mask.to(device=self.hidden.device, dtype=torch.float32)
+            return torch.einsum("bl,bld->bd", m, self.hidden.float()) / m.sum(1, keepdim=True).clamp_min(1.0)
         last = torch.tensor([c[-1] if c else 0 for c in self.cols], device=self.hidden.device)
         return self.hidden[torch.arange(len(self.cols), device=self.hidden.device), last]
 
@@ -549,7 +562,9 @@ class DiffConfig:
     - ``gate`` (risk gate): act only on rows where ``log p_a(pick) - log p_e(pick) >= gate``, the
       pick being the target's own argmax and both distributions taken over the target's top-k
       (``gate_top_k`` when plausibility is off) under the same space as the offset. Other rows are
-      left exactly as the target made them.
+      left exactly as the target made them;
+    - ``pool="mean"``: ``h_e`` and ``h_a`` are each teacher's mean hidden state over every token of the text so far
+      (the prompt's included) instead of its last token's (``"last"``, the default).
     """
 
     alpha: float
@@ -557,6 +572,7 @@ class DiffConfig:
     top_k: int = 10
     gate: float | None = None
     gate_top_k: int = 10
+    pool: str = "last"
 
     @property
     def edits_hidden(self) -> bool:
@@ -685,6 +701,8 @@ def check_diff_config(cfg: DiffConfig) -> None:
         raise ValueError(f"alpha must be >= 0, got {cfg.alpha}")
     if cfg.top_k < 0 or cfg.gate_top_k < 1:
         raise ValueError(f"top_k must be >= 0 and gate_top_k >= 1, got {cfg.top_k} and {cfg.gate_top_k}")
+    if cfg.pool not in POOLS:
+        raise ValueError(f"unknown pool {cfg.pool!r}; expected one of {POOLS}")
 
 
 def _diff_parts(target, expert, anti, cfg: DiffConfig, A, target_tokenizer, teacher_tokenizer, bridge: str,
@@ -703,8 +721,8 @@ def _diff_parts(target, expert, anti, cfg: DiffConfig, A, target_tokenizer, teac
             index = torch.arange(V)
         else:
             index = teacher_index(target_tokenizer, teacher_tokenizer, V)
-    steppers = [TeacherStepper(t, teacher_tokenizer, target_tokenizer, bridge_text=(bridge == "text"), memo=memo)
-                for t in (expert, anti)]
+    steppers = [TeacherStepper(t, teacher_tokenizer, target_tokenizer, bridge_text=(bridge == "text"), memo=memo,
+                               pool=cfg.pool) for t in (expert, anti)]
     return steppers, index
 
 
@@ -1036,6 +1054,8 @@ def difference_sweep(target, expert, anti, cfgs: list[DiffConfig], rows: int, A:
     ``j``'s are rows ``[j * rows, (j + 1) * rows)``): yields each alpha's :class:`DiffFuser` (None at alpha 0)."""
     for cfg in cfgs:
         check_diff_config(cfg)
+    if len({c.pool for c in cfgs}) > 1:
+        raise ValueError("every alpha of a sweep pools the teachers' states the same way")
     live = [c for c in cfgs if c.alpha != 0.0]
     if not live:
         yield [None] * len(cfgs)
@@ -1084,15 +1104,18 @@ def reference_fused_logits(target, teacher, A, alpha, target_ids: list[int], tar
     return target.get_output_embeddings()(h)[0]
 
 
-def _teacher_last_hidden(teacher, target_ids, target_tokenizer, teacher_tokenizer, bridge) -> torch.Tensor:
-    """The teacher's final hidden state (float32) at the last token of the target's sequence, from scratch."""
+def _teacher_last_hidden(teacher, target_ids, target_tokenizer, teacher_tokenizer, bridge,
+                         pool: str = "last") -> torch.Tensor:
+    """The teacher's final hidden state (float32) at the last token of the target's sequence (``pool="mean"``: the
+    mean of its final hidden states over every token of the sequence), from scratch."""
     if bridge == "text":
         text = target_tokenizer.decode(target_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         t_ids = teacher_tokenizer(text, add_special_tokens=True)["input_ids"]
     else:
         t_ids = target_ids
     tdev = next(teacher.parameters()).device
-    return backbone(teacher)(input_ids=torch.tensor([t_ids], device=tdev)).last_hidden_state[0, -1, :].float()
+    h = backbone(teacher)(input_ids=torch.tensor([t_ids], device=tdev)).last_hidden_state[0].float()
+    return h.mean(0) if pool == "mean" else h[-1]
 
 
 @torch.no_grad()
@@ -1107,8 +1130,8 @@ def reference_diff_logits(target, expert, anti, cfg: DiffConfig, target_ids: lis
     if cfg.alpha == 0:
         return z
     bridge = _bridge_of(bridge, teacher_tokenizer, target_tokenizer)
-    h_e = _teacher_last_hidden(expert, target_ids, target_tokenizer, teacher_tokenizer, bridge).to(device)
-    h_a = _teacher_last_hidden(anti, target_ids, target_tokenizer, teacher_tokenizer, bridge).to(device)
+    h_e = _teacher_last_hidden(expert, target_ids, target_tokenizer, teacher_tokenizer, bridge, cfg.pool).to(device)
+    h_a = _teacher_last_hidden(anti, target_ids, target_tokenizer, teacher_tokenizer, bridge, cfg.pool).to(device)
     V = z.shape[0]
     W = head.weight.float()
     if cfg.space == "hidden":

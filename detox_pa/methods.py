@@ -313,21 +313,24 @@ class Fusion(Method):
 class Diff(Method):
     """Expert minus anti-expert, carried through A (``--diff_space hidden``) or on the shared vocabulary
     (``logits``); ``--top_k`` keeps only the target's own top-k tokens eligible; ``--gate g`` acts only
-    where the anti-expert prefers the target's pick by at least g nats (over those top-k)."""
+    where the anti-expert prefers the target's pick by at least g nats (over those top-k); ``--pool mean`` reads each
+    teacher's mean hidden state over the text so far instead of its last token's."""
 
     name = "diff"
     alpha_meaning = "a logit scale"
     default_alphas = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)  # the tuned pair's scale (chosen on dev: bench/results.sh)
-    uses = ("diff_space", "top_k", "gate", "bridge")
+    uses = ("diff_space", "top_k", "gate", "bridge", "pool")
     keeps_prompt_state = True
     shares_prefixes = True
 
     def check(self) -> None:
-        from .fusion import SPACES
+        from .fusion import POOLS, SPACES
 
         a = self.args
         if a.diff_space not in SPACES:
             raise InputError(f"--diff_space must be one of {', '.join(SPACES)}, got {a.diff_space!r}")
+        if a.pool not in POOLS:
+            raise InputError(f"--pool must be one of {', '.join(POOLS)}, got {a.pool!r}")
         if a.top_k < 0:
             raise InputError(f"--top_k must be >= 0 (0 = every token eligible), got {a.top_k}")
 
@@ -386,7 +389,7 @@ class Diff(Method):
             yield None
             return
         a = self.args
-        cfg = DiffConfig(alpha=alpha, space=a.diff_space, top_k=a.top_k, gate=a.gate)
+        cfg = DiffConfig(alpha=alpha, space=a.diff_space, top_k=a.top_k, gate=a.gate, pool=a.pool)
         with difference_fusion(self.target, self.expert, self.anti, cfg, self.A, self.tokenizer, self.teacher_tok,
                                bridge=a.bridge, index=self.index, memo=self.memo) as f:
             yield f
@@ -400,7 +403,7 @@ class Diff(Method):
             yield [None] * len(alphas)
             return
         a = self.args
-        cfgs = [DiffConfig(alpha=x, space=a.diff_space, top_k=a.top_k, gate=a.gate) for x in alphas]
+        cfgs = [DiffConfig(alpha=x, space=a.diff_space, top_k=a.top_k, gate=a.gate, pool=a.pool) for x in alphas]
         with difference_sweep(self.target, self.expert, self.anti, cfgs, rows, self.A, self.tokenizer, self.teacher_tok,
                               bridge=a.bridge, index=self.index, eos_ids=eos_ids, share=share) as fusers:
             yield fusers
@@ -413,8 +416,14 @@ class Diff(Method):
         a = self.args
         return alpha == 0 or not DiffConfig(alpha=alpha, space=a.diff_space, top_k=a.top_k, gate=a.gate).edits_hidden
 
+    def fingerprint(self) -> dict:
+        out = super().fingerprint()
+        if out["pool"] == "last":  # journals written before --pool existed resume unchanged
+            del out["pool"]
+        return out
+
     def describe(self) -> dict:
-        out = super().describe()
+        out = {**super().describe(), "pool": self.args.pool}
         if self.needs_models():
             out.update(teacher_model=self.args.teacher_model or self.expert_path, teacher_path=self.expert_path,
                        anti_teacher_model=self.args.anti_teacher_model or self.anti_path, anti_teacher_path=self.anti_path,

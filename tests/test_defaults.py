@@ -35,7 +35,7 @@ TABLE = {
         "TEACHER_MODEL": (G, "teacher_model"), "TARGET_MODEL": (G, "target_model"), "MATRIX_A": (G, "matrix_A"),
         "DEVICE": (G, "device"), "OUTPUT_PATH": (G, "output_path"), "DATA_PATH": (G, "data_path"),
         "METHOD": (G, "method"), "ALPHAS": (G, "alphas"), "ANTI_TEACHER_MODEL": (G, "anti_teacher_model"),
-        "DIFF_SPACE": (G, "diff_space"), "TOP_K": (G, "top_k"), "GATE": (G, "gate"),
+        "DIFF_SPACE": (G, "diff_space"), "TOP_K": (G, "top_k"), "GATE": (G, "gate"), "POOL": (G, "pool"),
         "STEER_VECTOR": (G, "steer_vector"), "MAX_NEW_TOKENS": (G, "max_new_tokens"),
         "GEN_BATCH_SIZE": (G, "batch_size"), "NUM_SAMPLES": (G, "num_samples"), "DO_SAMPLE": (G, "do_sample"),
         "TOP_P": (G, "top_p"), "GEN_TEMPERATURE": (G, "temperature"), "GEN_SEED": (G, "seed"),
@@ -56,7 +56,8 @@ TABLE = {
         "TUNE_HINGE_ALPHA": (A, "tune_hinge_alpha"), "TUNE_HINGE_MARGIN": (A, "tune_hinge_margin"),
         "TUNE_HINGE_TOP_K": (A, "tune_hinge_top_k"), "TUNE_UL_WEIGHT": (A, "tune_ul_weight"),
         "TUNE_CONTRAST_WEIGHT": (A, "tune_contrast_weight"), "TUNE_CONTRAST_ALPHA": (A, "tune_contrast_alpha"),
-        "TUNE_CONTRAST_BETA": (A, "tune_contrast_beta"), "TUNE_PROBE_QUANTILE": (A, "tune_probe_quantile")}),
+        "TUNE_CONTRAST_BETA": (A, "tune_contrast_beta"), "TUNE_PROBE_QUANTILE": (A, "tune_probe_quantile"),
+        "TUNE_POOL": (A, "tune_pool")}),
     "run_pretrain.sh": ("pretrain.py", {
         "MODEL_NAME_OR_PATH": (M, "model_name_or_path"), "TRAINING_DATA_PATH": (D, "training_data_path"),
         "PRETRAIN_OUTPUT_DIR": (TR, "output_dir"), "NUM_TEACHER_LAYERS": (M, "num_teacher_layers"),

@@ -39,6 +39,11 @@ CONFIGS = {
     "hidden, top-5, gate": DiffConfig(alpha=2.0, space="hidden", top_k=5, gate=0.0),
     "logits, no top-k": DiffConfig(alpha=1.5, space="logits", top_k=0),
     "logits, top-5, gate": DiffConfig(alpha=1.5, space="logits", top_k=5, gate=0.0),
+    # each teacher's mean state over the text so far: with two tokenizers the teacher's tokenisation of the text
+    # changes as it grows, so the mean must leave out the cache columns the stepper masked (a stale token's state
+    # would shift it)
+    "hidden, top-5, mean pool": DiffConfig(alpha=2.0, space="hidden", top_k=5, pool="mean"),
+    "hidden, no top-k, mean pool (pre-hook path)": DiffConfig(alpha=2.0, space="hidden", top_k=0, pool="mean"),
 }
 
 
@@ -69,6 +74,19 @@ def test_cached_batched_difference_matches_from_scratch(name, target_arch, targe
     assert f.rows_seen == len(PROMPTS) * len(out.logits)
     if cfg.gate is not None:
         assert f.acted < f.rows_seen  # the gate held back on some steps
+
+
+def test_mean_pool_is_not_the_last_token():
+    """The pooled and the last-token offsets differ (the pool is not silently ignored), and the from-scratch
+    reference pools over every position of the teacher's text."""
+    target, expert, anti, tok, tch_tok, A = _trio("gemma3", "sp", "bl")
+    ids = tok("A very long prompt about the weather")["input_ids"]
+    last = reference_diff_logits(target, expert, anti, DiffConfig(alpha=2.0, top_k=0), ids, A, tok, tch_tok)
+    mean = reference_diff_logits(target, expert, anti, DiffConfig(alpha=2.0, top_k=0, pool="mean"), ids, A, tok, tch_tok)
+    assert (last - mean).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="pool"):
+        with difference_fusion(target, expert, anti, DiffConfig(alpha=1.0, pool="max"), A, tok, tch_tok):
+            pass
 
 
 def test_alpha_zero_installs_nothing():

@@ -112,9 +112,11 @@ def test_labels_word_list_and_score_jump(trio):
         assert bool((lab2 == want).all())
 
 
-def test_training_recovers_a_planted_direction(trio):
+@pytest.mark.parametrize("pool", ["last", "mean"])
+def test_training_recovers_a_planted_direction(trio, pool):
     """Toxic = a fixed set of target tokens. Before training the pair (two copies of one model) gives no
-    offset at all; after training through the fusion its offset ranks the planted tokens below the others."""
+    offset at all; after training through the fusion its offset ranks the planted tokens below the others
+    (``pool="mean"``: the offset reads each teacher's mean state over the text so far, as decoding's --pool mean)."""
     target, expert, anti, tok, ttok = trio
     texts = [(p, c) for p, c in TEXTS] * 3
     st = target_states(target, tok, texts, k=8, progress=False)
@@ -129,16 +131,40 @@ def test_training_recovers_a_planted_direction(trio):
     assert float(off0.abs().max()) == 0.0
     emb_before = e.get_input_embeddings().weight.clone()
     A2, rep = train_pair(e, a, ttok, A, W, st, DirectedConfig(epochs=40, batch_texts=6, lr=3e-3, lr_A=1e-3,
-                                                              mu=1.0, progress=False))
+                                                              mu=1.0, pool=pool, progress=False))
     assert rep["toxic_states"] > 0 and rep["loss_per_tenth"][-1]["ul"] < rep["loss_per_tenth"][0]["ul"]
     assert torch.equal(e.get_input_embeddings().weight, emb_before)  # the shared embeddings stay frozen
     assert not torch.equal(A2, A)
-    off, ok = pair_offsets(e, a, ttok, A2, W, st)
+    off, ok = pair_offsets(e, a, ttok, A2, W, st, pool=pool)
     m = direction_metrics(st, off, ok, top_k=5)
     assert m["auc"] > 0.9, m
     # A frozen (lr_A = 0) keeps A exactly
     A3, _ = train_pair(e, a, ttok, A, W, st, DirectedConfig(epochs=1, batch_texts=6, lr_A=0.0, progress=False))
     assert torch.equal(A3, A)
+
+
+def test_mean_pooled_offsets_are_the_mean_state_over_the_text_so_far(trio):
+    """pair_offsets(pool="mean") at a state = W[cand] . ((mean h_e - mean h_a) A), the means over the teacher's
+    tokens of the text up to the state's token, each text recomputed alone (no padding)."""
+    target, expert, anti, tok, ttok = trio
+    st = target_states(target, tok, TEXTS, k=4, progress=False)
+    A = torch.randn(24, 32, generator=torch.Generator().manual_seed(3)) * 0.3
+    W = target.get_output_embeddings().weight.detach()
+    a2 = type(anti)(anti.config)
+    a2.load_state_dict({k: v + 0.05 * torch.randn_like(v) for k, v in anti.state_dict().items()})
+    off, ok = pair_offsets(expert, a2, ttok, A, W, st, batch_texts=3, pool="mean")
+    last, _ = pair_offsets(expert, a2, ttok, A, W, st, batch_texts=3)
+    view = teacher_view(ttok, st)
+    checked = 0
+    with torch.no_grad():
+        for s in ok.nonzero().flatten().tolist():
+            ids = torch.tensor([view.ids[int(st.text_of[s])][:int(view.pos[s]) + 1]])
+            h = expert.model(input_ids=ids).last_hidden_state[0] - a2.model(input_ids=ids).last_hidden_state[0]
+            ref = candidate_offsets((h.mean(0) @ A)[None], W, st.cand[s:s + 1])[0]
+            assert torch.allclose(off[s], ref, atol=1e-4)
+            checked += 1
+    assert checked > 20
+    assert (off - last).abs().max() > 1e-3  # pooling changed the offsets
 
 
 def test_teacher_view_reads_the_teacher_token_ending_where_the_target_prefix_ends(trio):

@@ -99,6 +99,7 @@ def _parting_steps(decoded) -> set[int]:
 CASES = {
     "diff top-5 (edits the logits)": ("diff", [0.0, 0.5, 1.0, 2.0, 4.0], {"top_k": 5}, torch.float32, 2),
     "diff top-5, bf16": ("diff", [0.0, 0.5, 1.0, 2.0, 4.0], {"top_k": 5}, torch.bfloat16, 2),
+    "diff top-5, mean pool": ("diff", [0.0, 0.5, 1.0, 2.0, 4.0], {"top_k": 5, "pool": "mean"}, torch.float32, 2),
     "diff top-5, gate": ("diff", [0.0, 1.0, 3.0, 10.0], {"top_k": 5, "gate": 0.0}, torch.float32, 2),
     # the tiny tokenizers share few tokens: the offset reaches few candidates, the alphas part rarely
     "diff logits space, top-5": ("diff", [0.0, 2.0, 6.0, 20.0], {"top_k": 5, "diff_space": "logits"}, torch.float32, 1),
