@@ -46,20 +46,30 @@ fi
 SETTINGS[default]=${SETTINGS[default]:-}
 
 RUNS=()
+declare -A ALIGN_OF GEN_FLAGS  # each run's alignment folder and its decoding flags
 for arm in "${ORDER[@]}"; do
   seeds="$ARM_SEEDS"
   for kv in ${SETTINGS[$arm]}; do [[ $kv == SEEDS=* ]] && seeds=${kv#*=} && seeds=${seeds//,/ }; done  # the arm's own seeds
   for seed in $seeds; do
     run="${arm}_s$seed"; RUNS+=("$run")
-    env_kv=()
-    for kv in ${SETTINGS[$arm]}; do [[ $kv == SEEDS=* || $kv == ALPHAS=* ]] || env_kv+=("$kv"); done
+    env_kv=() gen_flags=""
+    for kv in ${SETTINGS[$arm]}; do
+      case $kv in
+        SEEDS=*|ALPHAS=*) ;;
+        POOL=*) gen_flags+=" --pool ${kv#*=}" ;;  # a decoding setting (run_generation.sh's POOL)
+        *) env_kv+=("$kv") ;;
+      esac
+    done
     layers="" alphas="$ALPHAS"
     for kv in ${SETTINGS[$arm]}; do
       [[ $kv == NUM_TEACHER_LAYERS=* ]] && layers=${kv#*=}
       [[ $kv == ALPHAS=* ]] && alphas=${kv#*=} && alphas=${alphas//,/ }  # the arm's own sweep (comma-separated)
     done
-    if [[ "$arm" == default && "$seed" == 42 ]]; then
+    if [[ ${#env_kv[@]} == 0 && "$seed" == 42 ]]; then  # the default recipe's step 2 (decoding settings aside)
       d="$DEFAULT_ALIGN_DIR"
+    elif [[ ${#env_kv[@]} == 0 && "$arm" != default ]]; then  # decoding settings only: the default's pair of this seed
+      d="$ARMS_DIR/align_default_s$seed"
+      [[ -f "$d/$ART_MATRIX_FILE" ]] || ALIGN_OUTPUT_DIR="$d" ALIGN_SEED=$seed ./run_alignment.sh --progress false > "$ARMS_DIR/align_default_s$seed.log" 2>&1
     else
       d="$ARMS_DIR/align_$run"
       if [[ -n "$layers" ]]; then
@@ -76,7 +86,8 @@ for arm in "${ORDER[@]}"; do
         env ${env_kv[@]+"${env_kv[@]}"} ALIGN_OUTPUT_DIR="$d" ALIGN_SEED=$seed ./run_alignment.sh --progress false > "$ARMS_DIR/align_$run.log" 2>&1
       fi
     fi
-    dev_sweep "$ARMS_DIR" "$run" "$d" "$alphas"
+    dev_sweep "$ARMS_DIR" "$run" "$d" "$alphas" "$gen_flags"
+    ALIGN_OF[$run]=$d GEN_FLAGS[$run]=$gen_flags
   done
 done
 
@@ -87,9 +98,10 @@ HELDOUT_ALPHAS=${HELDOUT_ALPHAS:-"0 2 2.5 3"}
 HELDOUT_PAIRS=${HELDOUT_PAIRS:-"2.5:steer:0.3 2.5:steer:0.4 2.5:default:3 2.5:default:4"}
 if [[ -n "$HELDOUT_RUN" ]]; then
   [[ -f "$OUT_DIR/results/steer$ART_TOX_STEM.json" ]] || { echo "error: HELDOUT_RUN needs bench/results.sh's held-out runs" >&2; exit 2; }
+  [[ -n "${ALIGN_OF[$HELDOUT_RUN]+x}" ]] || { echo "error: HELDOUT_RUN=$HELDOUT_RUN is none of this run's arms and seeds: ${RUNS[*]}" >&2; exit 2; }
   h="$ARMS_DIR/heldout_$HELDOUT_RUN.json"
   [[ -f "$h" ]] || "$PYTHON" generate.py --target_model "$DEFAULT_TARGET" --data_path rtp:eval --output_path "$h" --device cpu \
-    --method diff --matrix_A "$ARMS_DIR/align_$HELDOUT_RUN/$ART_MATRIX_FILE" --top_k 5 --alphas $HELDOUT_ALPHAS > "${h%.json}.log" 2>&1
+    --method diff --matrix_A "${ALIGN_OF[$HELDOUT_RUN]}/$ART_MATRIX_FILE" --top_k 5 --alphas $HELDOUT_ALPHAS ${GEN_FLAGS[$HELDOUT_RUN]} > "${h%.json}.log" 2>&1
   [[ -f "${h%.json}$ART_TOX_STEM.json" ]] || "$PYTHON" eval_toxicity.py --input_json "$h" --scorer bilstm,profanity-check >> "${h%.json}.log" 2>&1
   [[ -f "${h%.json}$ART_PPL_STEM.json" ]] || "$PYTHON" eval_ppl.py --model_path "$DEFAULT_TARGET" --input_json "$h" --device cpu >> "${h%.json}.log" 2>&1
   [[ -f "${h%.json}${ART_PPL_STEM}_smollm2.json" ]] || "$PYTHON" eval_ppl.py --model_path smollm2-135m --input_json "$h" --device cpu --output_tag smollm2 >> "${h%.json}.log" 2>&1
@@ -97,8 +109,14 @@ fi
 
 # the mechanism of every run (bench/direction.py on the teacher-forced dev states; steering and the default included)
 PAIRS=()
-for run in "${RUNS[@]}"; do [[ "$run" == default_s42 ]] || PAIRS+=(--pair "$run=$ARMS_DIR/align_$run"); done
-if [[ ! -f "$ARMS_DIR/direction.json" ]]; then
+for run in "${RUNS[@]}"; do
+  [[ "$run" == default_s42 ]] || PAIRS+=(--pair "$run=${ALIGN_OF[$run]}")
+  [[ "${GEN_FLAGS[$run]}" == *"--pool mean"* ]] && PAIRS+=(--pool "$run=mean")
+done
+# (re)measured when a run is missing from it
+if [[ ! -f "$ARMS_DIR/direction.json" ]] || ! "$PYTHON" -c 'import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
+sys.exit(any(r not in rows for r in sys.argv[2:] if r != "default_s42"))' "$ARMS_DIR/direction.json" "${RUNS[@]}"; then
   echo "mechanism (bench/direction.py)"
   "$PYTHON" bench/direction.py --res_dir "$OUT_DIR/results" --out_dir "$OUT_DIR" "${PAIRS[@]}" \
     --output "$ARMS_DIR/direction.json" > "$ARMS_DIR/direction.log" 2>&1

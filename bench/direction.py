@@ -19,7 +19,8 @@ where 10% of the other states flip, and the offset's scale against the target's 
 continuations (:func:`detox_pa.directed.continuation_contrast`): over every (clean, toxic) pair of sampled
 continuations of one dev prompt, how often the offset favours the clean one (0.5 = no preference), with the texts
 labelled by profanity-check (the data filter's label, in the file) and by the BiLSTM (clean < 0.2, toxic >= 0.5).
-``--pair NAME=ALIGN_DIR`` adds a tuned pair (e.g. an experiment's). Writes ``<res_dir>/direction.json``.
+``--pair NAME=ALIGN_DIR`` adds a tuned pair (e.g. an experiment's); ``--pool NAME=mean`` reads its offset from each
+teacher's mean state over the text so far (generate.py --pool mean). Writes ``<res_dir>/direction.json``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--pair", action="append", default=[], metavar="NAME=ALIGN_DIR",
                     help="Also measure the tuned pair of this alignment folder (repeatable).")
+    ap.add_argument("--pool", action="append", default=[], metavar="NAME=mean",
+                    help="Read the named pair's offset as generate.py --pool mean does (default: last).")
     ap.add_argument("--output", default="", help="Where to write the JSON (default <res_dir>/direction.json).")
     a = ap.parse_args()
 
@@ -99,13 +102,17 @@ def main() -> None:
     for spec in a.pair:
         name, _, d = spec.partition("=")
         pairs[name] = (Path(d) / TUNED_EXPERT, Path(d) / TUNED_ANTI, matrix_path(d))
+    pools = dict(spec.partition("=")[::2] for spec in a.pool)
+    for name in pools:
+        if name not in pairs or pools[name] not in ("last", "mean"):
+            raise SystemExit(f"error: --pool {name}={pools[name]}: name a --pair, and last or mean")
     for name, (e, an, A) in pairs.items():
         if not (Path(e) / "config.json").exists() or not Path(A).exists():
             print(f"skipping {name}: {e} or {A} is missing")
             continue
         ttok = load_tokenizer(str(e), pad_with_eos=True)
         offsets[name] = pair_offsets(load_causal_lm(str(e), "float32").eval(), load_causal_lm(str(an), "float32").eval(),
-                                     ttok, load_matrix(A), W, st)
+                                     ttok, load_matrix(A), W, st, pool=pools.get(name, "last"))
     filter_label = text_labels_of(Path(a.texts))
     text_labels = {"profanity-check (the file's label)": torch.tensor([filter_label.get(t, 0) for t in texts]),
                    "BiLSTM": label_texts(st, lambda ts: bil.score(ts), clean_max=0.2, toxic_min=0.5)}
