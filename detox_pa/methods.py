@@ -360,7 +360,28 @@ class Diff(Method):
             self.A = load_matrix(a.matrix_A, d_e, model_hidden_size(target_path))
             fp["matrix_A"] = sha256_file(a.matrix_A)
             self.note_matrix_objective(a.matrix_A)
+            self.note_tuned_pool(a.matrix_A)
         return fp
+
+    def note_tuned_pool(self, matrix_path: str) -> str | None:
+        """One log line when the matrix's sidecar says its pair was tuned through the fusion with another pool
+        (``align.py --tune_pool``) than this run decodes with (``--pool``); returns the tuned pool."""
+        from pathlib import Path
+
+        from .io import read_json
+
+        side = Path(matrix_path).with_suffix(".json")
+        try:
+            meta = read_json(side) if side.is_file() else {}
+        except (OSError, InputError):
+            return None
+        if not isinstance(meta, dict) or not meta.get("tuned_pair"):
+            return None
+        tuned = (meta.get("arguments") or {}).get("tune_pool", "last")  # pairs tuned before --tune_pool: last
+        if tuned != self.args.pool:
+            log.warning("the pair named by %s was tuned through the fusion with --tune_pool %s; this run decodes it "
+                        "with --pool %s (a legitimate ablation, but not how it was trained)", side, tuned, self.args.pool)
+        return tuned
 
     def designed_objective(self) -> str | None:
         return "logits" if self.args.diff_space == "hidden" else None  # (h_e - h_a) A read by the target's output layer
