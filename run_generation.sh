@@ -38,11 +38,11 @@ DATA_PATH=${POS[5]:-${DATA_PATH:-$DEFAULT_EVAL_PROMPTS}}  # rtp:eval = the embed
 PROTOCOL=${PROTOCOL:-paper}     # paper: greedy, 10 new tokens, 1 sample, mean toxicity | dexperts (the field's): 25 samples, top-p 0.9, 20 new tokens, EMT and toxicity probability. Presets the four below; a variable set explicitly wins (logged, recorded in the meta file)
 check_protocol                  # an unknown PROTOCOL: one line, exit 2
 METHOD=${METHOD:-diff}          # diff | fusion (the paper) | wordban | steer
-ALPHAS=${ALPHAS:-}               # empty = the method's own sweep: diff 0 1 2 3 4 5 6, fusion 0 0.1 .. 0.6 (the paper), steer 0 0.1 .. 0.4
+ALPHAS=${ALPHAS:-}               # empty = the method's own sweep: diff 0 2 3 4 5 6 8, fusion 0 0.1 .. 0.6 (the paper), steer 0 0.1 .. 0.4
 ANTI_TEACHER_MODEL=${ANTI_TEACHER_MODEL:-}  # diff: the anti-expert (empty = the one the matrix names; name both or neither)
 DIFF_SPACE=${DIFF_SPACE:-hidden}  # diff: hidden (through A, reaches every target token) | logits (shared tokens)
 TOP_K=${TOP_K:-5}               # diff: only the target's top-k tokens are eligible (0 = all; 5 measured best on dev)
-POOL=${POOL:-last}              # diff: last (the teachers' states at the last token) | mean (their mean over the text so far)
+POOL=${POOL:-mean}              # diff: mean (each teacher's mean state over the text so far; measured better on dev) | last (at the last token)
 GATE=${GATE:-}                  # diff: act only where log p_anti(pick) - log p_expert(pick) >= GATE (empty = always)
 STEER_VECTOR=${STEER_VECTOR:-}  # steer: a .pt file {'vector': [d_target]} (scripts/build_steer_vector.py)
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-$(protocol_default MAX_NEW_TOKENS)}  # PROTOCOL's: paper 10, dexperts 20

@@ -45,7 +45,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-DEFAULT_SWEEP = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]  # diff's default sweep (the tuned pair's scale)
+DEFAULT_SWEEP = [0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0]  # diff's default sweep (the tuned pair's pooled scale)
 clock = time.process_time  # set in main(): time.process_time (CPU) or time.perf_counter (wall)
 
 

@@ -11,7 +11,9 @@ training labels use profanity-check instead, never the BiLSTM). Rows, each an of
 
 - activation steering (one constant vector at the input of the output layer: the reference);
 - the LM pair (each teacher trained on its own class, the pre-tuning A): the default recipe before tuning;
-- the tuned pair (the default recipe: both teachers and A trained through the fusion);
+- the tuned pair (the default recipe: both teachers and A trained through the fusion), read as the default recipe
+  decodes it (generate.py's default ``--pool``: each teacher's mean state over the text so far), and at its
+  last-token states (the default before pooling);
 
 each measured by :func:`detox_pa.directed.direction_metrics`: AUC and d' over the top-10, greedy flips over the
 top-5 (the default decoding's eligible tokens) at 5/10/20% flips of the other states, p(pick) before and after
@@ -95,14 +97,19 @@ def main() -> None:
               "word list + BiLSTM jump": label_candidates(st, tok, scorer=lambda ts: bil.score(ts))}
     offsets = {"activation steering": (vector_offsets(load_steer_vector(res / "steer_vector.pt", W.shape[1]), W, st),
                                        None)}
+    tuned = (out / "alignment" / TUNED_EXPERT, out / "alignment" / TUNED_ANTI, matrix_path(out / "alignment"))
     pairs = {"the LM pair, pre-tuning A (the default before tuning)": (out / "teacher", out / "anti_teacher",
                                                                         matrix_path(res / "align_lm")),
-             "the tuned pair (the default recipe)": (out / "alignment" / TUNED_EXPERT, out / "alignment" / TUNED_ANTI,
-                                                     matrix_path(out / "alignment"))}
+             "the tuned pair, last-token states (the default before pooling)": tuned,
+             "the tuned pair (the default recipe)": tuned}
     for spec in a.pair:
         name, _, d = spec.partition("=")
         pairs[name] = (Path(d) / TUNED_EXPERT, Path(d) / TUNED_ANTI, matrix_path(d))
-    pools = dict(spec.partition("=")[::2] for spec in a.pool)
+    from detox_pa.generation import GenerateArguments
+
+    # the default recipe decodes with generate.py's default pool; the rows before it read last-token states
+    pools = {"the tuned pair (the default recipe)": GenerateArguments.__dataclass_fields__["pool"].default}
+    pools.update(dict(spec.partition("=")[::2] for spec in a.pool))
     for name in pools:
         if name not in pairs or pools[name] not in ("last", "mean"):
             raise SystemExit(f"error: --pool {name}={pools[name]}: name a --pair, and last or mean")

