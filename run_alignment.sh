@@ -71,8 +71,8 @@ TUNE_CONTRAST_ALPHA=${TUNE_CONTRAST_ALPHA:-3.0}    # (relative to the target's) 
 TUNE_CONTRAST_BETA=${TUNE_CONTRAST_BETA:-1.0}      # at strength TUNE_CONTRAST_ALPHA, DPO's inverse temperature BETA (0 = off)
 TUNE_PROBE_QUANTILE=${TUNE_PROBE_QUANTILE:-0}      # > 0: a text's own next token that moves the target's final hidden state
                                                    # toward toxic text (steering's direction) by this quantile is toxic too (0 = off)
-TUNE_POOL=${TUNE_POOL:-last}               # the teachers' states the offset reads while training: last | mean (decode
-                                           # with the same: run_generation.sh's POOL)
+TUNE_POOL=${TUNE_POOL:-mean}               # the teachers' states the offset reads while training: mean (over the text so
+                                           # far) | last (the position's own); decode with the same (run_generation.sh's POOL)
 ALIGN_OVERWRITE=${ALIGN_OVERWRITE:-0}      # 1 = replace an existing matrix (and tuned pair) in ALIGN_OUTPUT_DIR
 # ----
 

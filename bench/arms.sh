@@ -109,9 +109,12 @@ fi
 
 # the mechanism of every run (bench/direction.py on the teacher-forced dev states; steering and the default included)
 PAIRS=()
+DEFAULT_POOL=$("$PYTHON" -c 'from detox_pa.generation import GenerateArguments as G; print(G.__dataclass_fields__["pool"].default)')
 for run in "${RUNS[@]}"; do
-  [[ "$run" == default_s42 ]] || PAIRS+=(--pair "$run=${ALIGN_OF[$run]}")
-  [[ "${GEN_FLAGS[$run]}" == *"--pool mean"* ]] && PAIRS+=(--pool "$run=mean")
+  [[ "$run" == default_s42 ]] && continue
+  pool=$DEFAULT_POOL
+  [[ "${GEN_FLAGS[$run]}" =~ --pool\ ([a-z]+) ]] && pool=${BASH_REMATCH[1]}
+  PAIRS+=(--pair "$run=${ALIGN_OF[$run]}" --pool "$run=$pool")  # the pool each run decodes with
 done
 # (re)measured when a run is missing from it
 if [[ ! -f "$ARMS_DIR/direction.json" ]] || ! "$PYTHON" -c 'import json, sys

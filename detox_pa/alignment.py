@@ -522,10 +522,10 @@ class AlignArguments:
                 "state along the target's own clean-to-toxic direction (the mean over toxic fit texts minus clean, "
                 "steering's direction) by at least this quantile of all moves (detox_pa.directed.probe_labels; "
                 "0 = off). Sees what the target's representation calls toxic, not only keywords."})
-    tune_pool: str = field(default="last", metadata={
-        "help": "--tune_pair: the teachers' states the offset reads while training: last (each text position's own, "
-                "as generate.py --pool last decodes) or mean (the mean over the text up to that position, as "
-                "--pool mean decodes). Decode a pair with the pool it was tuned with."})
+    tune_pool: str = field(default="mean", metadata={
+        "help": "--tune_pair: the teachers' states the offset reads while training: mean (each teacher's mean state "
+                "over the text up to that position, as generate.py --pool mean, the default, decodes) or last (the "
+                "position's own, as --pool last decodes). Decode a pair with the pool it was tuned with."})
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
     overwrite: bool = field(default=False, metadata={
         "help": f"Replace an existing {MATRIX_FILE} in --output_dir (and the tuned pair next to it); without it, an "

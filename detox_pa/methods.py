@@ -365,8 +365,7 @@ class Diff(Method):
 
     def note_tuned_pool(self, matrix_path: str) -> str | None:
         """One log line when the matrix's sidecar says its pair was tuned through the fusion with another pool
-        (``align.py --tune_pool``) than this run decodes with (``--pool``); returns the tuned pool. Information, not a
-        warning: the default recipe tunes on last-token states and decodes pooled (better on dev than either alone)."""
+        (``align.py --tune_pool``) than this run decodes with (``--pool``); returns the tuned pool."""
         from pathlib import Path
 
         from .io import read_json
@@ -379,9 +378,9 @@ class Diff(Method):
         if not isinstance(meta, dict) or not meta.get("tuned_pair"):
             return None
         tuned = (meta.get("arguments") or {}).get("tune_pool", "last")  # pairs tuned before --tune_pool: last
-        if tuned != self.args.pool:  # the default recipe itself: tuned on last-token states, decoded pooled (dev)
-            log.info("the pair named by %s was tuned through the fusion with --tune_pool %s; this run decodes it "
-                     "with --pool %s", side, tuned, self.args.pool)
+        if tuned != self.args.pool:
+            log.warning("the pair named by %s was tuned through the fusion with --tune_pool %s; this run decodes it "
+                     "with --pool %s (a legitimate ablation, but not how it was trained)", side, tuned, self.args.pool)
         return tuned
 
     def designed_objective(self) -> str | None:

@@ -150,12 +150,12 @@ def test_decoding_a_pair_with_another_pool_than_it_was_tuned_with_is_said(tmp_pa
     side = tmp_path / "mapping_model.json"
     m = get_method("diff")(GenerateArguments(method="diff", pool="last"))
     side.write_text(json.dumps({"tuned_pair": {"expert": "expert"}, "arguments": {"tune_pool": "mean"}}))
-    with caplog.at_level(logging.INFO, logger="detox_pa.methods"):
+    with caplog.at_level(logging.WARNING, logger="detox_pa.methods"):
         assert m.note_tuned_pool(str(tmp_path / "mapping_model.pt")) == "mean"
     assert "--tune_pool mean" in caplog.text and "--pool last" in caplog.text
     caplog.clear()
     side.write_text(json.dumps({"tuned_pair": {"expert": "expert"}, "arguments": {}}))  # tuned before --tune_pool
-    with caplog.at_level(logging.INFO, logger="detox_pa.methods"):
+    with caplog.at_level(logging.WARNING, logger="detox_pa.methods"):
         assert m.note_tuned_pool(str(tmp_path / "mapping_model.pt")) == "last"
     assert caplog.text == ""
     side.write_text(json.dumps({"arguments": {"tune_pool": "mean"}}))  # no tuned pair: nothing to say
