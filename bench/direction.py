@@ -12,8 +12,9 @@ training labels use profanity-check instead, never the BiLSTM). Rows, each an of
 - activation steering (one constant vector at the input of the output layer: the reference);
 - the LM pair (each teacher trained on its own class, the pre-tuning A): the default recipe before tuning;
 - the tuned pair (the default recipe: both teachers and A trained through the fusion), read as the default recipe
-  decodes it (generate.py's default ``--pool``: each teacher's mean state over the text so far), and at its
-  last-token states (the default before pooling);
+  decodes it (generate.py's default ``--pool``: each teacher's mean state over the text so far), and read at its
+  last-token states (the same pair: what pooling adds at decoding; the last-token recipe's own pair is an arm of
+  bench/arms.sh);
 
 each measured by :func:`detox_pa.directed.direction_metrics`: AUC and d' over the top-10, greedy flips over the
 top-5 (the default decoding's eligible tokens) at 5/10/20% flips of the other states, p(pick) before and after
@@ -100,7 +101,7 @@ def main() -> None:
     tuned = (out / "alignment" / TUNED_EXPERT, out / "alignment" / TUNED_ANTI, matrix_path(out / "alignment"))
     pairs = {"the LM pair, pre-tuning A (the default before tuning)": (out / "teacher", out / "anti_teacher",
                                                                         matrix_path(res / "align_lm")),
-             "the tuned pair, last-token states (the default before pooling)": tuned,
+             "the tuned pair read at its last-token states (--pool last)": tuned,
              "the tuned pair (the default recipe)": tuned}
     for spec in a.pair:
         name, _, d = spec.partition("=")

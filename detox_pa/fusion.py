@@ -102,7 +102,7 @@ class TeacherStepper:
 
     Call :meth:`reset` before a new batch, then :meth:`step` with the target's ids so far (one row
     per sequence, padding removed). It returns the teacher's final hidden state at the last token of
-    each row. Rows whose teacher tokenisation changed have the changed tail masked out of the cache
+    each row (``pool="mean"``: the mean of its final hidden states over the row's tokens). Rows whose teacher tokenisation changed have the changed tail masked out of the cache
     (positions are reused), so the result always equals a from-scratch run on the full text.
     """
 
