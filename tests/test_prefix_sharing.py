@@ -138,7 +138,8 @@ def test_rows_that_end_mid_way_end_as_they_do_alone(trio):
     alphas and not others. The largest alpha's rows all end early while alpha 0 runs to the end: that alpha is then
     left alone (its counts stop where its own generate() stops) while the others go on."""
     alphas = [0.0, 0.5, 1.0, 2.0, 4.0]
-    method = _method("diff", trio, alphas, top_k=5)
+    # last-token states: the stop tokens below are picked from where these tiny models' alphas part with them
+    method = _method("diff", trio, alphas, top_k=5, pool="last")
     post = judge_postprocess(method.target)
     tok = method.tokenizer
     with torch.no_grad():
