@@ -16,7 +16,7 @@ in (the same cost per row, but not the default run's picks, so not its share of 
    prefix) computed once until the alphas' picks part) and the per-alpha path before it (``--no_prefix_sharing``:
    :func:`detox_pa.generation.sweep_batch` batch by batch, every alpha in turn, the prompt computed once per
    batch), both recording the NLL, against plain ``generate()`` over the same sweep (one call per alpha and batch,
-   prefill included), for a 1-alpha and diff's default 7-alpha sweep (0..6), interleaved batch by batch. Also
+   prefill included), for a 1-alpha and diff's default 7-alpha sweep (DEFAULT_SWEEP), interleaved batch by batch. Also
    against the strict floor, plain ``generate()`` with the prompt computed once per batch too, how the sweep grows
    with alphas (by decode work only), and the share of the target's rows that prefix sharing computed (decode steps;
    the output layer's rows too), measured in the same run.
@@ -276,7 +276,7 @@ def main() -> None:
             decode_batch(target, tok, b, gc10, contextlib.nullcontext, cpu, memo=memo)
         return clock() - t0
 
-    one, seven = "1-alpha (3)", "7-alpha (0..6)"
+    one, seven = "1-alpha (3)", f"{len(DEFAULT_SWEEP)}-alpha ({' '.join(f'{a:g}' for a in DEFAULT_SWEEP)})"
     sweeps = {one: [3.0], seven: DEFAULT_SWEEP}
     best: dict[str, float] = defaultdict(lambda: float("inf"))
     first_share = []
