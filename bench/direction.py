@@ -106,14 +106,15 @@ def main() -> None:
     for spec in a.pair:
         name, _, d = spec.partition("=")
         pairs[name] = (Path(d) / TUNED_EXPERT, Path(d) / TUNED_ANTI, matrix_path(d))
+    from detox_pa.fusion import POOLS
     from detox_pa.generation import GenerateArguments
 
     # the default recipe decodes with generate.py's default pool; the rows before it read last-token states
     pools = {"the tuned pair (the default recipe)": GenerateArguments.__dataclass_fields__["pool"].default}
     pools.update(dict(spec.partition("=")[::2] for spec in a.pool))
     for name in pools:
-        if name not in pairs or pools[name] not in ("last", "mean"):
-            raise SystemExit(f"error: --pool {name}={pools[name]}: name a --pair, and last or mean")
+        if name not in pairs or pools[name] not in POOLS:
+            raise SystemExit(f"error: --pool {name}={pools[name]}: name a --pair, and one of {', '.join(POOLS)}")
     for name, (e, an, A) in pairs.items():
         if not (Path(e) / "config.json").exists() or not Path(A).exists():
             print(f"skipping {name}: {e} or {A} is missing")

@@ -590,8 +590,10 @@ class AlignArguments:
             if self.tune_label_texts and self.tune_label_scorer == "none":
                 raise InputError("--tune_label_texts labels whole continuations with the scorer: set "
                                  "--tune_label_scorer (profanity-check), not none")
-            if self.tune_pool not in ("last", "mean"):
-                raise InputError(f"--tune_pool must be last or mean, got {self.tune_pool!r}")
+            from .fusion import POOLS
+
+            if self.tune_pool not in POOLS:
+                raise InputError(f"--tune_pool must be one of {', '.join(POOLS)}, got {self.tune_pool!r}")
             if not (0 <= self.tune_probe_quantile < 1):
                 raise InputError(f"--tune_probe_quantile must be in [0, 1), got {self.tune_probe_quantile}")
             if (self.tune_contrast_weight > 0 or self.tune_probe_quantile > 0) and self.tune_label_scorer == "none":

@@ -704,11 +704,12 @@ def pair_difference(bodies, view, states: StateSet, by_text: dict[int, list[int]
     rows = torch.tensor([row_of[int(states.text_of[s])] for s in sidx])
     cols = view.pos[sidx]
     ids = [view.ids[t] for t in batch]
-    # right padding: the running mean up to a real token reads real tokens only
-    d = body_hidden(bodies[0], ids, pad, device).float() - body_hidden(bodies[1], ids, pad, device).float()
-    if pool == "mean":
+    h_e, h_a = (body_hidden(b, ids, pad, device).float() for b in bodies)
+    if pool == "mean":  # right padding: the running mean up to a real token reads real tokens only
+        d = h_e - h_a
         d = d.cumsum(1) / torch.arange(1, d.shape[1] + 1, device=d.device, dtype=d.dtype)[None, :, None]
-    return sidx, d[rows, cols]
+        return sidx, d[rows, cols]
+    return sidx, h_e[rows, cols] - h_a[rows, cols]
 
 
 # ------------------------------------------------------------------------------------ the direction metric

@@ -115,28 +115,38 @@ class Method:
         """The align.py --objective whose matrix this method (with its options) was designed for, if any."""
         return None
 
-    def note_matrix_objective(self, matrix_path: str) -> str | None:
-        """One log line when the matrix's sidecar records another objective than :meth:`designed_objective`
-        (a legitimate ablation, but not the recipe); returns that objective."""
+    @staticmethod
+    def matrix_sidecar(matrix_path: str) -> tuple[Any, dict | None]:
+        """The matrix's sidecar (``<matrix>.json``, else the folder's sidecar) and its content: (path, dict), or
+        (None, None) when there is none or it does not read as a JSON object."""
         import json
         from pathlib import Path
 
         from .artifacts import matrix_sidecar_path
 
-        want = self.designed_objective()
         p = Path(matrix_path)
         for side in (p.with_suffix(".json"), matrix_sidecar_path(p.parent)):
-            if want and side.is_file():
+            if side.is_file():
                 try:
-                    got = json.loads(side.read_text(encoding="utf-8")).get("objective")
-                except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-                    return None
-                if got and got != want:
-                    log.warning("the matrix %s was fitted with --objective %s (%s); --method %s%s was designed for an A "
-                                "from --objective %s: a legitimate ablation, but not the recipe", matrix_path, got,
-                                side.name, self.name, self.option_note(), want)
-                return got
-        return None
+                    meta = json.loads(side.read_text(encoding="utf-8"))
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                    return None, None
+                return (side, meta) if isinstance(meta, dict) else (None, None)
+        return None, None
+
+    def note_matrix_objective(self, matrix_path: str) -> str | None:
+        """One log line when the matrix's sidecar records another objective than :meth:`designed_objective`
+        (a legitimate ablation, but not the recipe); returns that objective."""
+        want = self.designed_objective()
+        side, meta = self.matrix_sidecar(matrix_path) if want else (None, None)
+        if meta is None:
+            return None
+        got = meta.get("objective")
+        if got and got != want:
+            log.warning("the matrix %s was fitted with --objective %s (%s); --method %s%s was designed for an A "
+                        "from --objective %s: a legitimate ablation, but not the recipe", matrix_path, got,
+                        side.name, self.name, self.option_note(), want)
+        return got
 
     def option_note(self) -> str:
         return ""
@@ -366,21 +376,13 @@ class Diff(Method):
     def note_tuned_pool(self, matrix_path: str) -> str | None:
         """One log line when the matrix's sidecar says its pair was tuned through the fusion with another pool
         (``align.py --tune_pool``) than this run decodes with (``--pool``); returns the tuned pool."""
-        from pathlib import Path
-
-        from .io import read_json
-
-        side = Path(matrix_path).with_suffix(".json")
-        try:
-            meta = read_json(side) if side.is_file() else {}
-        except (OSError, InputError):
-            return None
-        if not isinstance(meta, dict) or not meta.get("tuned_pair"):
+        side, meta = self.matrix_sidecar(matrix_path)
+        if not meta or not meta.get("tuned_pair"):
             return None
         tuned = (meta.get("arguments") or {}).get("tune_pool", "last")  # pairs tuned before --tune_pool: last
         if tuned != self.args.pool:
             log.warning("the pair named by %s was tuned through the fusion with --tune_pool %s; this run decodes it "
-                     "with --pool %s (a legitimate ablation, but not how it was trained)", side, tuned, self.args.pool)
+                        "with --pool %s (a legitimate ablation, but not how it was trained)", side, tuned, self.args.pool)
         return tuned
 
     def designed_objective(self) -> str | None:
@@ -404,13 +406,13 @@ class Diff(Method):
 
     @contextlib.contextmanager
     def context(self, alpha: float):
-        from .fusion import DiffConfig, difference_fusion
+        from .fusion import difference_fusion
 
         if alpha == 0:
             yield None
             return
         a = self.args
-        cfg = DiffConfig(alpha=alpha, space=a.diff_space, top_k=a.top_k, gate=a.gate, pool=a.pool)
+        cfg = self.config(alpha)
         with difference_fusion(self.target, self.expert, self.anti, cfg, self.A, self.tokenizer, self.teacher_tok,
                                bridge=a.bridge, index=self.index, memo=self.memo) as f:
             yield f
@@ -418,24 +420,28 @@ class Diff(Method):
 
     @contextlib.contextmanager
     def sweep_context(self, alphas: list[float], rows: int, eos_ids=(), share=None):
-        from .fusion import DiffConfig, difference_sweep
+        from .fusion import difference_sweep
 
         if not any(alphas):
             yield [None] * len(alphas)
             return
         a = self.args
-        cfgs = [DiffConfig(alpha=x, space=a.diff_space, top_k=a.top_k, gate=a.gate, pool=a.pool) for x in alphas]
+        cfgs = [self.config(x) for x in alphas]
         with difference_sweep(self.target, self.expert, self.anti, cfgs, rows, self.A, self.tokenizer, self.teacher_tok,
                               bridge=a.bridge, index=self.index, eos_ids=eos_ids, share=share) as fusers:
             yield fusers
             for x, f in zip(alphas, fusers):
                 self._count(x, f)
 
-    def records_nll(self, alpha: float) -> bool:
+    def config(self, alpha: float):
+        """The :class:`detox_pa.fusion.DiffConfig` of one alpha under this run's arguments."""
         from .fusion import DiffConfig
 
         a = self.args
-        return alpha == 0 or not DiffConfig(alpha=alpha, space=a.diff_space, top_k=a.top_k, gate=a.gate).edits_hidden
+        return DiffConfig(alpha=alpha, space=a.diff_space, top_k=a.top_k, gate=a.gate, pool=a.pool)
+
+    def records_nll(self, alpha: float) -> bool:
+        return alpha == 0 or not self.config(alpha).edits_hidden
 
     def fingerprint(self) -> dict:
         out = super().fingerprint()
