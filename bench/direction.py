@@ -23,7 +23,9 @@ continuations (:func:`detox_pa.directed.continuation_contrast`): over every (cle
 continuations of one dev prompt, how often the offset favours the clean one (0.5 = no preference), with the texts
 labelled by profanity-check (the data filter's label, in the file) and by the BiLSTM (clean < 0.2, toxic >= 0.5).
 ``--pair NAME=ALIGN_DIR`` adds a tuned pair (e.g. an experiment's); ``--pool NAME=mean`` reads its offset from each
-teacher's mean state over the text so far (generate.py --pool mean). Writes ``<res_dir>/direction.json``.
+teacher's mean state over the text so far (generate.py --pool mean); ``--context_weight NAME=W`` shrinks its difference
+toward its center (generate.py --context_weight W; the default row uses generate.py's default); ``--parts NAME`` adds
+rows for the named pair's center alone and its context-dependent part alone. Writes ``<res_dir>/direction.json``.
 """
 
 from __future__ import annotations
@@ -71,10 +73,16 @@ def main() -> None:
                     help="Also measure the tuned pair of this alignment folder (repeatable).")
     ap.add_argument("--pool", action="append", default=[], metavar="NAME=mean",
                     help="Read the named pair's offset as generate.py --pool mean does (default: last).")
+    ap.add_argument("--context_weight", action="append", default=[], metavar="NAME=W",
+                    help="Read the named pair's difference shrunk toward its center, c + W (d - c), as generate.py "
+                         "--context_weight W does (its matrix must hold the center).")
+    ap.add_argument("--parts", action="append", default=[], metavar="NAME",
+                    help="Also measure the named pair's two parts alone: its center (the constant, W=0) and the "
+                         "difference minus its center (the context-dependent part).")
     ap.add_argument("--output", default="", help="Where to write the JSON (default <res_dir>/direction.json).")
     a = ap.parse_args()
 
-    from detox_pa.artifacts import TUNED_ANTI, TUNED_EXPERT, load_matrix, load_steer_vector, matrix_path
+    from detox_pa.artifacts import TUNED_ANTI, TUNED_EXPERT, load_center, load_matrix, load_steer_vector, matrix_path
     from detox_pa.assets import resolve_model
     from detox_pa.directed import (cached_target_states, continuation_contrast, direction_metrics, label_candidates,
                                    label_texts, pair_offsets, vector_offsets)
@@ -115,13 +123,27 @@ def main() -> None:
     for name in pools:
         if name not in pairs or pools[name] not in POOLS:
             raise SystemExit(f"error: --pool {name}={pools[name]}: name a --pair, and one of {', '.join(POOLS)}")
+    weights = {k: float(v) for k, v in (spec.partition("=")[::2] for spec in a.context_weight)}
+    weights.setdefault("the tuned pair (the default recipe)", GenerateArguments.__dataclass_fields__["context_weight"].default)
+    for name in list(weights) + a.parts:
+        if name not in pairs:
+            raise SystemExit(f"error: --context_weight / --parts {name}: name a --pair")
     for name, (e, an, A) in pairs.items():
         if not (Path(e) / "config.json").exists() or not Path(A).exists():
             print(f"skipping {name}: {e} or {A} is missing")
             continue
         ttok = load_tokenizer(str(e), pad_with_eos=True)
-        offsets[name] = pair_offsets(load_causal_lm(str(e), "float32").eval(), load_causal_lm(str(an), "float32").eval(),
-                                     ttok, load_matrix(A), W, st, pool=pools.get(name, "last"))
+        models = (load_causal_lm(str(e), "float32").eval(), load_causal_lm(str(an), "float32").eval(), ttok)
+        A_ = load_matrix(A)
+        w = weights.get(name, 1.0)
+        c = load_center(A, A_.shape[0]) if (w != 1.0 or name in a.parts) else None
+        pool = pools.get(name, "last")
+        offsets[name] = pair_offsets(*models, A_, W, st, pool=pool, center=c, context_weight=w)
+        if name in a.parts:  # the constant part (w = 0) and what the context adds to it (the offset is linear in d)
+            const = pair_offsets(*models, A_, W, st, pool=pool, center=c, context_weight=0.0)
+            full = pair_offsets(*models, A_, W, st, pool=pool)
+            offsets[f"{name}: its center alone (context weight 0)"] = const
+            offsets[f"{name}: the context part alone (d minus its center)"] = (full[0] - const[0], full[1])
     filter_label = text_labels_of(Path(a.texts))
     text_labels = {"profanity-check (the file's label)": torch.tensor([filter_label.get(t, 0) for t in texts]),
                    "BiLSTM": label_texts(st, lambda ts: bil.score(ts), clean_max=0.2, toxic_min=0.5)}

@@ -676,7 +676,7 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
     direction on held-out texts before and after, and save the tuned pair into --output_dir."""
     from .assets import resolve_model
     from .directed import (DirectedConfig, cached_target_states, concat_states, direction_metrics, label_candidates,
-                           label_texts, pair_offsets, shipped_states_path, train_pair)
+                           label_texts, pair_center, pair_offsets, shipped_states_path, train_pair)
     from .runtime import load_causal_lm, load_tokenizer
 
     t0 = time.time()
@@ -740,6 +740,8 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
     log.info("direction on held-out texts (%d states, %d with both kinds): AUC %s -> %s, d' %s -> %s",
              after["states"], after["states_both"], before.get("auc"), after.get("auc"), before.get("d_prime"),
              after.get("d_prime"))
+    # decoding's --context_weight shrinks the difference toward its mean over the tune texts (training prompts only)
+    center = pair_center(expert, anti, t_tok, states, pool=args.tune_pool)
     out = Path(args.output_dir)
     paths = {}
     for name, model, src in ((TUNED_EXPERT, expert, teacher_path), (TUNED_ANTI, anti, anti_path)):
@@ -754,8 +756,11 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
               "probe_labels": probe, "text_labels": None if states.text_label is None else
               {"clean": int((states.text_label == 1).sum()), "toxic": int((states.text_label == -1).sum())},
               "training": rep, "direction_heldout_before": before, "direction_heldout_after": after,
+              "center": {"what": "the mean teachers' difference (h_e - h_a, pooled as --tune_pool) over every state of "
+                                 "the tune texts, stored beside A under 'center' (generate.py --context_weight)",
+                         "states": len(states), "pool": args.tune_pool, "norm": round(float(center.norm()), 4)},
               "seconds": round(time.time() - t0, 1)}
-    return A, {"report": report, "expert": paths[TUNED_EXPERT], "anti_expert": paths[TUNED_ANTI]}
+    return A, {"report": report, "expert": paths[TUNED_EXPERT], "anti_expert": paths[TUNED_ANTI], "center": center}
 
 
 def save_tuned_teacher(model, tokenizer, dest: Path, source: str, tuned: dict) -> Path:
@@ -909,6 +914,6 @@ def run(args: AlignArguments) -> dict:
         "versions": library_versions(("torch",)),
         "wall_seconds": round(time.time() - t0, 3),
     }
-    matrix, side = save_matrix(args.output_dir, A, sidecar)
+    matrix, side = save_matrix(args.output_dir, A, sidecar, center=None if tuned is None else tuned["center"])
     log.info("wrote %s and %s (%.1f s)", matrix, side, time.time() - t0)
     return {"artifact": MATRIX_FILE, **sidecar}

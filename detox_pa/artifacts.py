@@ -39,6 +39,7 @@ TUNED_EXPERT = "expert"  # align.py --tune_pair: the tuned expert, a teacher fol
 TUNED_ANTI = "anti_expert"  # ... and the tuned anti-expert
 MATRIX_KEY = "mapping"  # the paper's format: torch.load(path)["mapping"] is A (d_teacher x d_target)
 STEER_KEY = "vector"  # a steering vector file: torch.load(path)["vector"] (d_target)
+CENTER_KEY = "center"  # beside A in a tuned pair's matrix file: the mean teacher difference over the training texts
 
 
 def matrix_path(out_dir: str | os.PathLike) -> Path:
@@ -49,13 +50,17 @@ def matrix_sidecar_path(out_dir: str | os.PathLike) -> Path:
     return Path(out_dir) / MATRIX_SIDECAR
 
 
-def save_matrix(out_dir: str | os.PathLike, A, sidecar: dict) -> tuple[Path, Path]:
-    """Write A in the paper's format (float32, ``{MATRIX_KEY: A}``) and its JSON sidecar, each atomically."""
+def save_matrix(out_dir: str | os.PathLike, A, sidecar: dict, center=None) -> tuple[Path, Path]:
+    """Write A in the paper's format (float32, ``{MATRIX_KEY: A}``; a tuned pair's ``center`` beside it under
+    ``CENTER_KEY``, which the paper's code does not read) and its JSON sidecar, each atomically."""
     from .io import atomic_torch_save, atomic_write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save({MATRIX_KEY: A.float().contiguous()}, matrix_path(out))
+    blob = {MATRIX_KEY: A.float().contiguous()}
+    if center is not None:
+        blob[CENTER_KEY] = center.float().contiguous()
+    atomic_torch_save(blob, matrix_path(out))
     atomic_write_json(matrix_sidecar_path(out), {"artifact": MATRIX_FILE, **sidecar})
     return matrix_path(out), matrix_sidecar_path(out)
 
@@ -71,6 +76,23 @@ def load_matrix(path: str | os.PathLike, d_teacher: int | None = None, d_target:
         raise InputError(f"alignment matrix {path} has shape {tuple(A.shape)} but the models need "
                          f"(d_teacher={d_teacher}, d_target={d_target})")
     return A
+
+
+def load_center(path: str | os.PathLike, d_teacher: int):
+    """The tuned pair's center stored beside A (``torch.load(path)["center"]``), checked: 1-D of size d_teacher."""
+    import torch
+
+    from .io import load_tensor_file
+
+    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or CENTER_KEY not in obj:
+        raise InputError(f"alignment matrix {path} holds no {CENTER_KEY!r} (the pair's mean teacher difference, "
+                         f"written by step 2 since context weights exist): re-run run_alignment.sh, or decode with "
+                         f"--context_weight 1")
+    c = load_tensor_file(path, CENTER_KEY, "alignment matrix")
+    if tuple(c.shape) != (d_teacher,):
+        raise InputError(f"alignment matrix {path}: {CENTER_KEY!r} has shape {tuple(c.shape)}, expected ({d_teacher},)")
+    return c
 
 
 def save_steer_vector(path: str | os.PathLike, vector) -> None:

@@ -717,26 +717,58 @@ def pair_difference(bodies, view, states: StateSet, by_text: dict[int, list[int]
 
 @torch.no_grad()
 def pair_offsets(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: torch.Tensor, states: StateSet,
-                 batch_texts: int = 32, pool: str = "last") -> tuple[torch.Tensor, torch.Tensor]:
+                 batch_texts: int = 32, pool: str = "last", center: torch.Tensor | None = None,
+                 context_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The pair's offsets on every state's candidates [S, k+1] (unit alpha), and which states have a teacher token
-    (``pool``: as decoding's ``--pool``)."""
-    from .fusion import backbone
-
-    view = teacher_view(teacher_tokenizer, states)
+    (``pool``, ``center`` and ``context_weight``: as decoding's ``--pool`` and ``--context_weight``, the difference
+    read as ``c + w (d - c)``)."""
     device = next(expert.parameters()).device
-    pad = teacher_tokenizer.pad_token_id if teacher_tokenizer.pad_token_id is not None else 0
     W = W_target.float().to(device)
     A = A.float().to(device)
+    if context_weight != 1.0:
+        if center is None:
+            raise ValueError("context_weight != 1 needs the pair's center")
+        center = center.float().to(device)
     off = torch.zeros(states.cand.shape)
+    view = teacher_view(teacher_tokenizer, states)
+    for sidx, h_diff in _pair_differences(expert, anti, teacher_tokenizer, view, states, batch_texts, pool):
+        if context_weight != 1.0:
+            h_diff = center + context_weight * (h_diff - center)
+        off[sidx] = candidate_offsets(h_diff @ A, W, states.cand[sidx].to(device)).cpu()
+    return off, view.pos >= 0
+
+
+def _pair_differences(expert, anti, teacher_tokenizer, view: TeacherView, states: StateSet, batch_texts: int,
+                      pool: str):
+    """:func:`pair_difference` over every state with a teacher token, ``batch_texts`` texts at a time."""
+    from .fusion import backbone
+
+    device = next(expert.parameters()).device
+    pad = teacher_tokenizer.pad_token_id if teacher_tokenizer.pad_token_id is not None else 0
     bodies = (backbone(expert), backbone(anti))
     by_text: dict[int, list[int]] = {}
     for s in (view.pos >= 0).nonzero().flatten().tolist():
         by_text.setdefault(int(states.text_of[s]), []).append(s)
     text_ids = sorted(by_text)
     for b in range(0, len(text_ids), batch_texts):
-        sidx, h_diff = pair_difference(bodies, view, states, by_text, text_ids[b:b + batch_texts], pad, device, pool)
-        off[sidx] = candidate_offsets(h_diff @ A, W, states.cand[sidx].to(device)).cpu()
-    return off, view.pos >= 0
+        yield pair_difference(bodies, view, states, by_text, text_ids[b:b + batch_texts], pad, device, pool)
+
+
+@torch.no_grad()
+def pair_center(expert, anti, teacher_tokenizer, states: StateSet, pool: str = "last",
+                batch_texts: int = 32) -> torch.Tensor:
+    """The pair's center: the mean of the teachers' difference (``pool`` as decoding's) over every state of
+    ``states`` that has a teacher token, in the teachers' space (float32). Decoding's ``context_weight`` shrinks the
+    difference toward it."""
+    view = teacher_view(teacher_tokenizer, states)
+    total, n = None, 0
+    for _, h_diff in _pair_differences(expert, anti, teacher_tokenizer, view, states, batch_texts, pool):
+        part = h_diff.double().sum(0).cpu()
+        total = part if total is None else total + part
+        n += h_diff.shape[0]
+    if not n:
+        raise ValueError("no state has a teacher token: the center is undefined")
+    return (total / n).float()
 
 
 def continuation_contrast(states: StateSet, off: torch.Tensor, ok: torch.Tensor | None = None) -> dict:

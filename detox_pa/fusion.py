@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -564,7 +565,10 @@ class DiffConfig:
       (``gate_top_k`` when plausibility is off) under the same space as the offset. Other rows are
       left exactly as the target made them;
     - ``pool="mean"``: ``h_e`` and ``h_a`` are each teacher's mean hidden state over every token of the text so far
-      (the prompt's included) instead of its last token's (``"last"``, the default).
+      (the prompt's included) instead of its last token's (``"last"``, the default);
+    - ``context_weight`` (``w``, hidden space only): the difference ``d = h_e - h_a`` is shrunk toward its mean ``c``
+      over the training texts (step 2's ``center``), ``c + w (d - c)``: 1 (the default) reads ``d`` as it is, 0 the
+      constant ``c`` alone (the context-free part of the pair's offset).
     """
 
     alpha: float
@@ -573,6 +577,11 @@ class DiffConfig:
     gate: float | None = None
     gate_top_k: int = 10
     pool: str = "last"
+    context_weight: float = 1.0
+
+    @property
+    def shrinks(self) -> bool:
+        return self.context_weight != 1.0
 
     @property
     def edits_hidden(self) -> bool:
@@ -585,7 +594,7 @@ class DiffFuser(_InputTracker):
     """State of :func:`difference_fusion`'s hooks, plus how often it acted (``acted`` of ``rows_seen``)."""
 
     def __init__(self, target, expert: TeacherStepper, anti: TeacherStepper, cfg: DiffConfig, A=None,
-                 teacher_index: torch.Tensor | None = None):
+                 teacher_index: torch.Tensor | None = None, center: torch.Tensor | None = None):
         super().__init__([expert, anti])
         self.cfg = cfg
         out_layer = target.get_output_embeddings()
@@ -594,6 +603,7 @@ class DiffFuser(_InputTracker):
         self.out_layer = out_layer
         dev = out_layer.weight.device
         self.A = None if A is None else A.to(device=dev, dtype=torch.float32)
+        self.center = None if center is None else center.to(device=dev, dtype=torch.float32)
         self.heads = None
         self.index = None  # target id -> teacher id (-1: not shared)
         if cfg.space == "logits":
@@ -624,12 +634,20 @@ class DiffFuser(_InputTracker):
         off[:, shared] = z_e - z_a
         return off
 
+    def _shrunk(self, h_e: torch.Tensor, h_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``context_weight``: the pair (``c + w (h_e - h_a - c)``, 0), which the linear hidden-space offset reads as
+        it reads (h_e, h_a); the states unchanged otherwise."""
+        if not self.cfg.shrinks:
+            return h_e, h_a
+        d = h_e.float() - h_a.float()
+        return self.center + self.cfg.context_weight * (d - self.center), torch.zeros_like(d)
+
     def fuse_logits(self, z: torch.Tensor, h_e: torch.Tensor, h_a: torch.Tensor) -> torch.Tensor:
         """The fused last-position logits (float32) from the target's ``z`` (B, V) and the teachers' states."""
         cfg = self.cfg
         z = z.float()
         B, V = z.shape
-        h_e, h_a = h_e.to(z.device), h_a.to(z.device)
+        h_e, h_a = self._shrunk(h_e.to(z.device), h_a.to(z.device))
         k = min(cfg.top_k if cfg.top_k > 0 else cfg.gate_top_k, V)
         idx = z.topk(k, dim=-1).indices if (cfg.top_k > 0 or cfg.gate is not None) else None
         s_e = s_a = ok = None
@@ -674,7 +692,8 @@ class DiffFuser(_InputTracker):
     def edit_hidden(self, hidden: torch.Tensor, h_e: torch.Tensor, h_a: torch.Tensor) -> torch.Tensor:
         """The cheap path: the output layer's input ``hidden`` [B, T, d] plus ``alpha (h_e - h_a) A`` at its last
         position."""
-        d = (h_e.float() - h_a.float()).to(hidden.device) @ self.A
+        h_e, h_a = self._shrunk(h_e.to(hidden.device), h_a.to(hidden.device))
+        d = (h_e.float() - h_a.float()) @ self.A
         out = hidden.clone()
         out[:, -1, :] = (hidden[:, -1, :].float() + self.cfg.alpha * d).to(hidden.dtype)
         self.acted += hidden.shape[0]
@@ -703,17 +722,31 @@ def check_diff_config(cfg: DiffConfig) -> None:
         raise ValueError(f"top_k must be >= 0 and gate_top_k >= 1, got {cfg.top_k} and {cfg.gate_top_k}")
     if cfg.pool not in POOLS:
         raise ValueError(f"unknown pool {cfg.pool!r}; expected one of {POOLS}")
+    if not (cfg.context_weight >= 0 and math.isfinite(cfg.context_weight)):
+        raise ValueError(f"context_weight must be a finite number >= 0, got {cfg.context_weight}")
+    if cfg.shrinks and (cfg.space != "hidden" or cfg.gate is not None):
+        raise ValueError("context_weight != 1 shrinks the hidden-space difference: it needs space 'hidden' and no gate")
+
+
+def _check_center(center: torch.Tensor | None, A: torch.Tensor) -> None:
+    if center is None:
+        raise ValueError("context_weight != 1 needs the pair's center (the mean teacher difference over the training "
+                         "texts, written by step 2)")
+    if tuple(center.shape) != (A.shape[0],):
+        raise ValueError(f"the center has shape {tuple(center.shape)}, A's teacher side is {A.shape[0]}")
 
 
 def _diff_parts(target, expert, anti, cfg: DiffConfig, A, target_tokenizer, teacher_tokenizer, bridge: str,
-                index: torch.Tensor | None,
-                memo: PromptMemo | None = None) -> tuple[list[TeacherStepper], torch.Tensor | None]:
+                index: torch.Tensor | None, memo: PromptMemo | None = None,
+                center: torch.Tensor | None = None) -> tuple[list[TeacherStepper], torch.Tensor | None]:
     """The checks of :func:`difference_fusion`, the teachers' steppers and the token index (``space="logits"``)."""
     if cfg.space == "hidden":
         if A is None:
             raise ValueError("space 'hidden' needs the alignment matrix A")
         _check_matrix(A, expert, target)
         _check_matrix(A, anti, target)
+        if cfg.shrinks:
+            _check_center(center, A)
     bridge = _bridge_of(bridge, teacher_tokenizer, target_tokenizer)
     if cfg.space == "logits" and index is None:
         V = target.get_output_embeddings().weight.shape[0]
@@ -729,21 +762,22 @@ def _diff_parts(target, expert, anti, cfg: DiffConfig, A, target_tokenizer, teac
 @contextlib.contextmanager
 def difference_fusion(target, expert, anti, cfg: DiffConfig, A: torch.Tensor | None = None, target_tokenizer=None,
                       teacher_tokenizer=None, bridge: str = "auto", index: torch.Tensor | None = None,
-                      memo: PromptMemo | None = None) -> Iterator[DiffFuser | None]:
+                      memo: PromptMemo | None = None, center: torch.Tensor | None = None) -> Iterator[DiffFuser | None]:
     """Install the expert-minus-anti-expert hooks on ``target`` for the block (see :class:`DiffConfig`).
 
     Both teachers step in lock-step with the target, each with its own KV cache; when they share a
     tokenizer the text is re-tokenised once for both. ``A`` is needed for ``space="hidden"``;
     ``space="logits"`` needs the target -> teacher token ``index`` (built from the tokenizers when not
     given). ``memo``: the batch's :class:`PromptMemo` (each teacher's prompt state is then computed once per
-    batch). At ``alpha == 0`` nothing is installed and ``None`` is yielded (plain ``generate()``)."""
+    batch). ``center``: the pair's mean difference (needed when ``cfg.context_weight != 1``). At ``alpha == 0``
+    nothing is installed and ``None`` is yielded (plain ``generate()``)."""
     check_diff_config(cfg)
     if cfg.alpha == 0.0:
         yield None
         return
     steppers, index = _diff_parts(target, expert, anti, cfg, A, target_tokenizer, teacher_tokenizer, bridge, index,
-                                  memo)
-    fuser = DiffFuser(target, steppers[0], steppers[1], cfg, A, index)
+                                  memo, center)
+    fuser = DiffFuser(target, steppers[0], steppers[1], cfg, A, index, center)
     out_hook = (lambda: fuser.out_layer.register_forward_pre_hook(fuser._on_output_input)) if cfg.edits_hidden else \
         (lambda: fuser.out_layer.register_forward_hook(fuser._on_output_layer))
     with hooks(lambda: [target.register_forward_pre_hook(fuser._on_target_forward, with_kwargs=True), out_hook()]):
@@ -1048,8 +1082,8 @@ def alpha_sweep(target, steppers: list[TeacherStepper], editors: list, rows: int
 @contextlib.contextmanager
 def difference_sweep(target, expert, anti, cfgs: list[DiffConfig], rows: int, A: torch.Tensor | None = None,
                      target_tokenizer=None, teacher_tokenizer=None, bridge: str = "auto",
-                     index: torch.Tensor | None = None, eos_ids=(),
-                     share: RowShare | None = None) -> Iterator[list[DiffFuser | None]]:
+                     index: torch.Tensor | None = None, eos_ids=(), share: RowShare | None = None,
+                     center: torch.Tensor | None = None) -> Iterator[list[DiffFuser | None]]:
     """:func:`difference_fusion` for several alphas at once, on one batch holding ``rows`` rows per alpha (alpha
     ``j``'s are rows ``[j * rows, (j + 1) * rows)``): yields each alpha's :class:`DiffFuser` (None at alpha 0)."""
     for cfg in cfgs:
@@ -1060,8 +1094,10 @@ def difference_sweep(target, expert, anti, cfgs: list[DiffConfig], rows: int, A:
     if not live:
         yield [None] * len(cfgs)
         return
-    steppers, index = _diff_parts(target, expert, anti, live[0], A, target_tokenizer, teacher_tokenizer, bridge, index)
-    fusers = [None if c.alpha == 0.0 else DiffFuser(target, steppers[0], steppers[1], c, A, index) for c in cfgs]
+    shrunk = [c for c in live if c.shrinks]
+    steppers, index = _diff_parts(target, expert, anti, shrunk[0] if shrunk else live[0], A, target_tokenizer,
+                                  teacher_tokenizer, bridge, index, center=center)
+    fusers = [None if c.alpha == 0.0 else DiffFuser(target, steppers[0], steppers[1], c, A, index, center) for c in cfgs]
     with alpha_sweep(target, steppers, fusers, rows, live[0].edits_hidden, eos_ids, share):
         yield fusers
 
@@ -1120,7 +1156,8 @@ def _teacher_last_hidden(teacher, target_ids, target_tokenizer, teacher_tokenize
 
 @torch.no_grad()
 def reference_diff_logits(target, expert, anti, cfg: DiffConfig, target_ids: list[int], A=None, target_tokenizer=None,
-                          teacher_tokenizer=None, bridge: str = "auto", index: torch.Tensor | None = None) -> torch.Tensor:
+                          teacher_tokenizer=None, bridge: str = "auto", index: torch.Tensor | None = None,
+                          center: torch.Tensor | None = None) -> torch.Tensor:
     """From-scratch next-token logits of :func:`difference_fusion` for one sequence, written out plainly
     (full offsets over the vocabulary, then the top-k and the gate by hand). The tests' ground truth."""
     device = next(target.parameters()).device
@@ -1135,6 +1172,9 @@ def reference_diff_logits(target, expert, anti, cfg: DiffConfig, target_ids: lis
     V = z.shape[0]
     W = head.weight.float()
     if cfg.space == "hidden":
+        if cfg.context_weight != 1.0:  # the difference shrunk toward the pair's center (no gate: checked)
+            h_e = center.float() + cfg.context_weight * (h_e - h_a - center.float())
+            h_a = torch.zeros_like(h_e)
         s_e, s_a = W @ (h_e @ A.float()), W @ (h_a @ A.float())
         defined = torch.ones(V, dtype=torch.bool)
     else:

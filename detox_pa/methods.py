@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import Any
 
 from .errors import InputError
@@ -261,7 +262,7 @@ class Fusion(Method):
 
     def check_inputs(self, target_path: str) -> dict:
         from .assets import resolve_model
-        from .artifacts import load_matrix
+        from .artifacts import load_center, load_matrix
         from .runtime import model_files_fingerprint, model_hidden_size
         from .io import sha256_file
 
@@ -324,12 +325,13 @@ class Diff(Method):
     """Expert minus anti-expert, carried through A (``--diff_space hidden``) or on the shared vocabulary
     (``logits``); ``--top_k`` keeps only the target's own top-k tokens eligible; ``--gate g`` acts only
     where the anti-expert prefers the target's pick by at least g nats (over those top-k); ``--pool mean`` reads each
-    teacher's mean hidden state over the text so far instead of its last token's."""
+    teacher's mean hidden state over the text so far instead of its last token's; ``--context_weight w`` shrinks the
+    difference toward the pair's center (its mean over the training texts)."""
 
     name = "diff"
     alpha_meaning = "a logit scale"
     default_alphas = (0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)  # the tuned pair's pooled scale (chosen on dev: bench/results.sh)
-    uses = ("diff_space", "top_k", "gate", "bridge", "pool")
+    uses = ("diff_space", "top_k", "gate", "bridge", "pool", "context_weight")
     keeps_prompt_state = True
     shares_prefixes = True
 
@@ -343,13 +345,18 @@ class Diff(Method):
             raise InputError(f"--pool must be one of {', '.join(POOLS)}, got {a.pool!r}")
         if a.top_k < 0:
             raise InputError(f"--top_k must be >= 0 (0 = every token eligible), got {a.top_k}")
+        if not (a.context_weight >= 0 and math.isfinite(a.context_weight)):
+            raise InputError(f"--context_weight must be a finite number >= 0, got {a.context_weight}")
+        if a.context_weight != 1 and (a.diff_space != "hidden" or a.gate is not None):
+            raise InputError("--context_weight other than 1 shrinks the hidden-space difference: it needs "
+                             "--diff_space hidden and no --gate")
 
     def needs_models(self) -> bool:
         return any(a > 0 for a in self.args.alphas)
 
     def check_inputs(self, target_path: str) -> dict:
         from .assets import resolve_model
-        from .artifacts import load_matrix
+        from .artifacts import load_center, load_matrix
         from .runtime import model_files_fingerprint, model_hidden_size
         from .io import sha256_file
 
@@ -365,10 +372,12 @@ class Diff(Method):
                              f"{expert} {d_e}: the two teachers must share one architecture and output layer")
         fp = {"teacher_model": a.teacher_model, "teacher_files": model_files_fingerprint(self.expert_path),
               "anti_teacher_model": a.anti_teacher_model, "anti_teacher_files": model_files_fingerprint(self.anti_path)}
-        self.A = None
+        self.A = self.center = None
         if a.diff_space == "hidden":
             self.A = load_matrix(a.matrix_A, d_e, model_hidden_size(target_path))
             fp["matrix_A"] = sha256_file(a.matrix_A)
+            if a.context_weight != 1:
+                self.center = load_center(a.matrix_A, d_e)
             self.note_matrix_objective(a.matrix_A)
             self.note_tuned_pool(a.matrix_A)
         return fp
@@ -414,7 +423,7 @@ class Diff(Method):
         a = self.args
         cfg = self.config(alpha)
         with difference_fusion(self.target, self.expert, self.anti, cfg, self.A, self.tokenizer, self.teacher_tok,
-                               bridge=a.bridge, index=self.index, memo=self.memo) as f:
+                               bridge=a.bridge, index=self.index, memo=self.memo, center=self.center) as f:
             yield f
             self._count(alpha, f)
 
@@ -428,7 +437,8 @@ class Diff(Method):
         a = self.args
         cfgs = [self.config(x) for x in alphas]
         with difference_sweep(self.target, self.expert, self.anti, cfgs, rows, self.A, self.tokenizer, self.teacher_tok,
-                              bridge=a.bridge, index=self.index, eos_ids=eos_ids, share=share) as fusers:
+                              bridge=a.bridge, index=self.index, eos_ids=eos_ids, share=share,
+                              center=self.center) as fusers:
             yield fusers
             for x, f in zip(alphas, fusers):
                 self._count(x, f)
@@ -438,7 +448,8 @@ class Diff(Method):
         from .fusion import DiffConfig
 
         a = self.args
-        return DiffConfig(alpha=alpha, space=a.diff_space, top_k=a.top_k, gate=a.gate, pool=a.pool)
+        return DiffConfig(alpha=alpha, space=a.diff_space, top_k=a.top_k, gate=a.gate, pool=a.pool,
+                          context_weight=a.context_weight)
 
     def records_nll(self, alpha: float) -> bool:
         return alpha == 0 or not self.config(alpha).edits_hidden
@@ -447,10 +458,12 @@ class Diff(Method):
         out = super().fingerprint()
         if out["pool"] == "last":  # journals written before --pool existed resume unchanged
             del out["pool"]
+        if out["context_weight"] == 1:  # nor before --context_weight
+            del out["context_weight"]
         return out
 
     def describe(self) -> dict:
-        out = {**super().describe(), "pool": self.args.pool}
+        out = {**super().describe(), "pool": self.args.pool, "context_weight": self.args.context_weight}
         if self.needs_models():
             out.update(teacher_model=self.args.teacher_model or self.expert_path, teacher_path=self.expert_path,
                        anti_teacher_model=self.args.anti_teacher_model or self.anti_path, anti_teacher_path=self.anti_path,

@@ -36,6 +36,7 @@ TABLE = {
         "DEVICE": (G, "device"), "OUTPUT_PATH": (G, "output_path"), "DATA_PATH": (G, "data_path"),
         "METHOD": (G, "method"), "ALPHAS": (G, "alphas"), "ANTI_TEACHER_MODEL": (G, "anti_teacher_model"),
         "DIFF_SPACE": (G, "diff_space"), "TOP_K": (G, "top_k"), "GATE": (G, "gate"), "POOL": (G, "pool"),
+        "CONTEXT_WEIGHT": (G, "context_weight"),
         "STEER_VECTOR": (G, "steer_vector"), "MAX_NEW_TOKENS": (G, "max_new_tokens"),
         "GEN_BATCH_SIZE": (G, "batch_size"), "NUM_SAMPLES": (G, "num_samples"), "DO_SAMPLE": (G, "do_sample"),
         "TOP_P": (G, "top_p"), "GEN_TEMPERATURE": (G, "temperature"), "GEN_SEED": (G, "seed"),

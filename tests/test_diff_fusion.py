@@ -21,6 +21,9 @@ def _trio(target_arch, target_kind, teacher_kind, same_tok=False):
     return target, expert, anti, tgt_tok, tch_tok, A
 
 
+CENTER = torch.randn(24, generator=torch.Generator().manual_seed(4))  # a pair's center (read when context_weight != 1)
+
+
 def _run(target, tok, prompts, expert, anti, tch_tok, A, cfg, sample=True, n=8):
     enc = tok(prompts, return_tensors="pt", padding=True)
     torch.manual_seed(0)
@@ -28,7 +31,7 @@ def _run(target, tok, prompts, expert, anti, tch_tok, A, cfg, sample=True, n=8):
               pad_token_id=tok.pad_token_id)
     if sample:
         kw.update(top_p=0.9, top_k=0)
-    with difference_fusion(target, expert, anti, cfg, A, tok, tch_tok) as f:
+    with difference_fusion(target, expert, anti, cfg, A, tok, tch_tok, center=CENTER) as f:
         out = target.generate(**enc, **kw)
     return enc, out, f
 
@@ -44,6 +47,9 @@ CONFIGS = {
     # would shift it)
     "hidden, top-5, mean pool": DiffConfig(alpha=2.0, space="hidden", top_k=5, pool="mean"),
     "hidden, no top-k, mean pool (pre-hook path)": DiffConfig(alpha=2.0, space="hidden", top_k=0, pool="mean"),
+    # the difference shrunk toward the pair's center: partly (top-k path) and wholly (a constant, pre-hook path)
+    "hidden, top-5, mean pool, context weight 0.25": DiffConfig(alpha=2.0, top_k=5, pool="mean", context_weight=0.25),
+    "hidden, no top-k, context weight 0 (pre-hook path)": DiffConfig(alpha=2.0, top_k=0, context_weight=0.0),
 }
 
 
@@ -62,7 +68,7 @@ def test_cached_batched_difference_matches_from_scratch(name, target_arch, targe
         real = enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist()
         for s in range(len(out.logits)):
             ids = real + out.sequences[i, P:P + s].tolist()
-            ref = reference_diff_logits(target, expert, anti, cfg, ids, A, tok, tch_tok)
+            ref = reference_diff_logits(target, expert, anti, cfg, ids, A, tok, tch_tok, center=CENTER)
             got = out.logits[s][i].float()
             fin = torch.isfinite(ref)
             assert torch.equal(fin, torch.isfinite(got)), "the eligible tokens differ"
@@ -87,6 +93,35 @@ def test_mean_pool_is_not_the_last_token():
     with pytest.raises(ValueError, match="pool"):
         with difference_fusion(target, expert, anti, DiffConfig(alpha=1.0, pool="max"), A, tok, tch_tok):
             pass
+
+
+def test_context_weight_shrinks_toward_the_center():
+    """context_weight w reads c + w (d - c): at 0 the offset is the constant W (c A) whatever the text, at 1 the
+    center is not read at all, in between it is the line between them; a shrunk run without a center, or with the
+    logits space or a gate, is refused."""
+    target, expert, anti, tok, tch_tok, A = _trio("gemma3", "sp", "bl")
+    W = target.get_output_embeddings().weight.float()
+
+    def offset(w, text, center=CENTER):
+        ids = tok(text)["input_ids"]
+        cfg = DiffConfig(alpha=1.0, top_k=0, pool="mean", context_weight=w)
+        return (reference_diff_logits(target, expert, anti, cfg, ids, A, tok, tch_tok, center=center)
+                - reference_diff_logits(target, expert, anti, DiffConfig(alpha=0.0), ids))
+
+    const = W @ (CENTER @ A)
+    for text in PROMPTS:
+        assert torch.allclose(offset(0.0, text), const, atol=1e-4)
+        full = offset(1.0, text, center=None)
+        assert (full - const).abs().max() > 1e-2  # the text's own difference is not the center
+        assert torch.allclose(offset(0.25, text), const + 0.25 * (full - const), atol=1e-4)
+    with pytest.raises(ValueError, match="center"):
+        with difference_fusion(target, expert, anti, DiffConfig(alpha=1.0, context_weight=0.5), A, tok, tch_tok):
+            pass
+    for bad in (DiffConfig(alpha=1.0, space="logits", context_weight=0.5),
+                DiffConfig(alpha=1.0, gate=0.0, context_weight=0.5), DiffConfig(alpha=1.0, context_weight=-1.0)):
+        with pytest.raises(ValueError, match="context_weight"):
+            with difference_fusion(target, expert, anti, bad, A, tok, tch_tok, center=CENTER):
+                pass
 
 
 def test_alpha_zero_installs_nothing():

@@ -167,6 +167,40 @@ def test_mean_pooled_offsets_are_the_mean_state_over_the_text_so_far(trio):
     assert (off - last).abs().max() > 1e-3  # pooling changed the offsets
 
 
+@pytest.mark.parametrize("pool", ["last", "mean"])
+def test_pair_center_is_the_mean_difference_over_every_state(trio, pool):
+    """pair_center = the mean over the states with a teacher token of h_e - h_a (pooled as ``pool``), each text
+    recomputed alone; batching does not change it."""
+    from detox_pa.directed import pair_center
+
+    target, expert, anti, tok, ttok = trio
+    st = target_states(target, tok, TEXTS, k=4, progress=False)
+    a2 = type(anti)(anti.config)
+    a2.load_state_dict({k: v + 0.05 * torch.randn_like(v) for k, v in anti.state_dict().items()})
+    c = pair_center(expert, a2, ttok, st, pool=pool, batch_texts=3)
+    assert torch.allclose(c, pair_center(expert, a2, ttok, st, pool=pool, batch_texts=64), atol=1e-6)
+    view = teacher_view(ttok, st)
+    rows = []
+    with torch.no_grad():
+        for s in (view.pos >= 0).nonzero().flatten().tolist():
+            ids = torch.tensor([view.ids[int(st.text_of[s])][:int(view.pos[s]) + 1]])
+            h = expert.model(input_ids=ids).last_hidden_state[0] - a2.model(input_ids=ids).last_hidden_state[0]
+            rows.append(h.mean(0) if pool == "mean" else h[-1])
+    assert len(rows) > 20
+    assert torch.allclose(c, torch.stack(rows).mean(0), atol=1e-5)
+    # the offsets decoding's --context_weight reads: c + w (d - c); at 0 the center's own offsets at every state
+    A = torch.randn(24, 32, generator=torch.Generator().manual_seed(3)) * 0.3
+    W = target.get_output_embeddings().weight.detach()
+    full, ok = pair_offsets(expert, a2, ttok, A, W, st, pool=pool)
+    const, _ = pair_offsets(expert, a2, ttok, A, W, st, pool=pool, center=c, context_weight=0.0)
+    half, _ = pair_offsets(expert, a2, ttok, A, W, st, pool=pool, center=c, context_weight=0.5)
+    assert torch.allclose(const[ok], candidate_offsets((c @ A)[None].expand(int(ok.sum()), -1), W, st.cand[ok]),
+                          atol=1e-4)
+    assert torch.allclose(half, (full + const) / 2, atol=1e-4) and (full - const).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="center"):
+        pair_offsets(expert, a2, ttok, A, W, st, context_weight=0.5)
+
+
 def test_teacher_view_reads_the_teacher_token_ending_where_the_target_prefix_ends(trio):
     target, _, _, tok, ttok = trio
     st = target_states(target, tok, TEXTS, k=3, progress=False)
@@ -255,6 +289,16 @@ def test_align_tune_pair_writes_the_tuned_pair_and_a_matrix_that_names_it(tmp_pa
     assert rep["texts_heldout"] >= 1 and rep["training"]["steps"] >= 1
     assert "auc" in rep["direction_heldout_after"] or rep["direction_heldout_after"]["states_both"] == 0
     assert "transmission_after_tuning" in side["metrics"]
+    # the pair's center (decoding's --context_weight) is stored beside A, which the paper's reader still finds
+    blob = torch.load(out / "mapping_model.pt")
+    from detox_pa.artifacts import load_center, load_matrix
+    assert torch.equal(blob["mapping"], load_matrix(out / "mapping_model.pt"))
+    assert blob["center"].shape == (blob["mapping"].shape[0],) and torch.isfinite(blob["center"]).all()
+    assert torch.equal(load_center(out / "mapping_model.pt", blob["mapping"].shape[0]), blob["center"])
+    assert rep["center"]["states"] == rep["states"] and rep["center"]["pool"] == "mean"
+    with pytest.raises(Exception, match="holds no 'center'"):
+        torch.save({"mapping": blob["mapping"]}, tmp_path / "no_center.pt")
+        load_center(tmp_path / "no_center.pt", blob["mapping"].shape[0])
     from transformers import AutoModelForCausalLM
 
     tuned = AutoModelForCausalLM.from_pretrained(out / "anti_expert")

@@ -50,6 +50,7 @@ def _method(name, trio, alphas, dtype=torch.float32, **opts):
     m.target, m.tokenizer = target, tok
     if name == "diff":
         m.expert, m.anti, m.teacher_tok, m.A, m.index = expert, anti, tch_tok, A, None
+        m.center = torch.randn(A.shape[0], generator=torch.Generator().manual_seed(6))  # read at context_weight != 1
         if args.diff_space == "logits":
             from detox_pa.fusion import teacher_index
 
@@ -100,6 +101,8 @@ CASES = {
     "diff top-5 (edits the logits)": ("diff", [0.0, 0.5, 1.0, 2.0, 4.0], {"top_k": 5}, torch.float32, 2),
     "diff top-5, bf16": ("diff", [0.0, 0.5, 1.0, 2.0, 4.0], {"top_k": 5}, torch.bfloat16, 2),
     "diff top-5, mean pool": ("diff", [0.0, 0.5, 1.0, 2.0, 4.0], {"top_k": 5, "pool": "mean"}, torch.float32, 2),
+    "diff top-5, mean pool, context weight 0.25": ("diff", [0.0, 0.5, 1.0, 2.0, 4.0],
+                                                   {"top_k": 5, "pool": "mean", "context_weight": 0.25}, torch.float32, 2),
     "diff top-5, gate": ("diff", [0.0, 1.0, 3.0, 10.0], {"top_k": 5, "gate": 0.0}, torch.float32, 2),
     # the tiny tokenizers share few tokens: the offset reaches few candidates, the alphas part rarely
     "diff logits space, top-5": ("diff", [0.0, 2.0, 6.0, 20.0], {"top_k": 5, "diff_space": "logits"}, torch.float32, 1),
