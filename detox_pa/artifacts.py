@@ -78,6 +78,17 @@ def load_matrix(path: str | os.PathLike, d_teacher: int | None = None, d_target:
     return A
 
 
+def matrix_has_center(path: str | os.PathLike) -> bool:
+    """Whether a matrix file holds a tuned pair's center beside A."""
+    import torch
+
+    try:
+        obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001  (load_matrix has said what is wrong with the file)
+        return False
+    return isinstance(obj, dict) and CENTER_KEY in obj
+
+
 def load_center(path: str | os.PathLike, d_teacher: int):
     """The tuned pair's center stored beside A (``torch.load(path)["center"]``), checked: 1-D of size d_teacher."""
     import torch

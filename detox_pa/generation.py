@@ -122,10 +122,12 @@ class GenerateArguments:
                                                        "token of the text so far, the prompt's included: a context-level "
                                                        "offset; measured better on dev) or last (its state at the text's "
                                                        "last token, as before)."})
-    context_weight: float = field(default=1.0, metadata={
-        "help": "For --method diff (hidden space, no gate): shrink the teachers' difference toward its mean over the "
-                "training texts (the center step 2 stores beside A): c + w (d - c). 1 = the difference as it is; 0 = "
-                "the constant c alone (a context-free offset)."})
+    context_weight: Optional[float] = field(default=None, metadata={
+        "help": "For --method diff (hidden space, no gate): shrink the teachers' difference d toward its mean c over "
+                "the training texts (the center step 2 stores beside a tuned pair's A): c + w (d - c). 1 = d as it is; "
+                "0 = the constant c alone (a context-free offset). Unset: 0.25 (measured best on dev) when the matrix "
+                "holds its pair's center, else 1 (an untuned pair, the logits space or a gate); the run's meta records "
+                "the weight used."})
     steer_vector: str = field(default="", metadata={"help": "For --method steer: a .pt file holding {'vector': [d_target]}."})
     max_prompts: int = field(default=0, metadata={"help": "Use only the first N prompts (after the filter; 0 = all)."})
     device_map: str = field(default="", metadata={"help": "Place a large target across GPUs, e.g. 'auto' (needs accelerate)."})

@@ -262,7 +262,7 @@ class Fusion(Method):
 
     def check_inputs(self, target_path: str) -> dict:
         from .assets import resolve_model
-        from .artifacts import load_center, load_matrix
+        from .artifacts import load_matrix
         from .runtime import model_files_fingerprint, model_hidden_size
         from .io import sha256_file
 
@@ -320,6 +320,9 @@ class Fusion(Method):
         return out
 
 
+DEFAULT_CONTEXT_WEIGHT = 0.25  # generate.py's unset --context_weight for a tuned pair (measured best on dev: bench/arms.sh)
+
+
 @register
 class Diff(Method):
     """Expert minus anti-expert, carried through A (``--diff_space hidden``) or on the shared vocabulary
@@ -330,7 +333,7 @@ class Diff(Method):
 
     name = "diff"
     alpha_meaning = "a logit scale"
-    default_alphas = (0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)  # the tuned pair's pooled scale (chosen on dev: bench/results.sh)
+    default_alphas = (0.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)  # the tuned pair's scale at context weight 0.25 (dev: bench/arms.sh)
     uses = ("diff_space", "top_k", "gate", "bridge", "pool", "context_weight")
     keeps_prompt_state = True
     shares_prefixes = True
@@ -345,6 +348,8 @@ class Diff(Method):
             raise InputError(f"--pool must be one of {', '.join(POOLS)}, got {a.pool!r}")
         if a.top_k < 0:
             raise InputError(f"--top_k must be >= 0 (0 = every token eligible), got {a.top_k}")
+        if a.context_weight is None:
+            return  # resolved by check_inputs, from the matrix
         if not (a.context_weight >= 0 and math.isfinite(a.context_weight)):
             raise InputError(f"--context_weight must be a finite number >= 0, got {a.context_weight}")
         if a.context_weight != 1 and (a.diff_space != "hidden" or a.gate is not None):
@@ -356,7 +361,7 @@ class Diff(Method):
 
     def check_inputs(self, target_path: str) -> dict:
         from .assets import resolve_model
-        from .artifacts import load_center, load_matrix
+        from .artifacts import load_center, load_matrix, matrix_has_center
         from .runtime import model_files_fingerprint, model_hidden_size
         from .io import sha256_file
 
@@ -376,10 +381,17 @@ class Diff(Method):
         if a.diff_space == "hidden":
             self.A = load_matrix(a.matrix_A, d_e, model_hidden_size(target_path))
             fp["matrix_A"] = sha256_file(a.matrix_A)
+            if a.context_weight is None:  # the default: shrunk when the matrix holds its tuned pair's center
+                has = a.gate is None and matrix_has_center(a.matrix_A)
+                a.context_weight = DEFAULT_CONTEXT_WEIGHT if has else 1.0
+                log.info("context weight %g: %s", a.context_weight, "the pair's center is stored beside A" if has else
+                         "no center beside A (or a gate): the teachers' difference is read whole")
             if a.context_weight != 1:
                 self.center = load_center(a.matrix_A, d_e)
             self.note_matrix_objective(a.matrix_A)
             self.note_tuned_pool(a.matrix_A)
+        elif a.context_weight is None:
+            a.context_weight = 1.0
         return fp
 
     def note_tuned_pool(self, matrix_path: str) -> str | None:
@@ -449,7 +461,7 @@ class Diff(Method):
 
         a = self.args
         return DiffConfig(alpha=alpha, space=a.diff_space, top_k=a.top_k, gate=a.gate, pool=a.pool,
-                          context_weight=a.context_weight)
+                          context_weight=1.0 if a.context_weight is None else a.context_weight)  # None: unresolved
 
     def records_nll(self, alpha: float) -> bool:
         return alpha == 0 or not self.config(alpha).edits_hidden
@@ -458,7 +470,7 @@ class Diff(Method):
         out = super().fingerprint()
         if out["pool"] == "last":  # journals written before --pool existed resume unchanged
             del out["pool"]
-        if out["context_weight"] == 1:  # nor before --context_weight
+        if out["context_weight"] in (None, 1):  # nor before --context_weight
             del out["context_weight"]
         return out
 

@@ -226,3 +226,39 @@ def test_generate_logs_one_line_when_the_matrix_objective_is_not_its_methods(tmp
     (line,) = notes("diff", "contrastive")
     assert "--method diff" in line and "from --objective logits" in line
     assert notes("diff", "logits") == [] and notes("fusion", "logits", norm="none") == []
+
+
+def test_the_context_weight_follows_the_matrix_unless_it_is_set(tmp_path, caplog):
+    """Unset, --context_weight is 0.25 when the matrix holds its tuned pair's center and 1 (the difference read whole)
+    otherwise, said in one log line and recorded; a weight set other than 1 without a center is refused before any
+    model loads, naming the file and the fix."""
+    import torch
+
+    from detox_pa.errors import InputError
+    from detox_pa.methods import DEFAULT_CONTEXT_WEIGHT, get_method
+    from tests.tiny import make_model_folder
+
+    teacher = make_model_folder(tmp_path, "teacher", "llama", "bl", hidden=24, layers=1)
+    target = make_model_folder(tmp_path, "target", "llama", "sp", hidden=32, layers=1)
+    plain, tuned = tmp_path / "plain.pt", tmp_path / "tuned.pt"
+    torch.save({"mapping": torch.zeros(24, 32)}, plain)
+    torch.save({"mapping": torch.zeros(24, 32), "center": torch.ones(24)}, tuned)
+
+    def resolve(matrix, **kw):
+        args = GenerateArguments(method="diff", teacher_model=str(teacher), anti_teacher_model=str(teacher),
+                                 target_model=str(target), matrix_A=str(matrix), **kw)
+        m = get_method("diff")(args)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            m.check_inputs(str(target))
+        return args.context_weight, m, [r.getMessage() for r in caplog.records if "context weight" in r.getMessage()]
+
+    w, m, (line,) = resolve(tuned)
+    assert w == DEFAULT_CONTEXT_WEIGHT == 0.25 and torch.equal(m.center, torch.ones(24)) and "center" in line
+    assert m.describe()["context_weight"] == 0.25 and m.fingerprint()["context_weight"] == 0.25
+    w, m, (line,) = resolve(plain)
+    assert w == 1.0 and m.center is None and "read whole" in line and "context_weight" not in m.fingerprint()
+    assert resolve(tuned, gate=0.0)[0] == 1.0  # a gate reads the teachers one by one: never shrunk
+    assert resolve(tuned, context_weight=0.0)[0] == 0.0 and resolve(plain, context_weight=1.0)[0] == 1.0
+    with pytest.raises(InputError, match=r"plain.pt holds no 'center'.*--context_weight 1"):
+        resolve(plain, context_weight=0.5)
