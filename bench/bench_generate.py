@@ -88,11 +88,13 @@ def diff_method(a, target, tok, teachers, teacher_tok, A):
     m = get_method("diff")(args)
     m.target, m.tokenizer, m.expert, m.anti, m.teacher_tok, m.A, m.index = target, tok, *teachers, teacher_tok, A, None
     # the default context weight reads the pair's center (a zero center where there is none: the same cost)
-    from detox_pa.artifacts import load_center, matrix_has_center
+    from detox_pa.artifacts import load_center
     from detox_pa.methods import DEFAULT_CONTEXT_WEIGHT
 
     args.context_weight = DEFAULT_CONTEXT_WEIGHT
-    m.center = load_center(a.matrix, A.shape[0]) if matrix_has_center(a.matrix) else torch.zeros(A.shape[0])
+    m.center = load_center(a.matrix, A.shape[0], required=False) if Path(a.matrix).exists() else None
+    if m.center is None:
+        m.center = torch.zeros(A.shape[0])
     return m
 
 

@@ -136,22 +136,31 @@ def main() -> None:
     for name in list(weights) + a.parts:
         if name not in pairs:
             raise SystemExit(f"error: --context_weight / --parts {name}: name a --pair")
+    # the offset is linear in the difference: at weight w it is const + w (whole - const), so each pair and pool is
+    # read twice at most (whole; its center alone), however many rows read it
+    read: dict[tuple, tuple] = {}
+
+    def offsets_of(e, an, A, pool: str, const: bool):
+        key = (str(e), str(an), str(A), pool, const)
+        if key not in read:
+            ttok = load_tokenizer(str(e), pad_with_eos=True)
+            A_ = load_matrix(A)
+            c = load_center(A, A_.shape[0]) if const else None
+            read[key] = pair_offsets(load_causal_lm(str(e), "float32").eval(), load_causal_lm(str(an), "float32").eval(),
+                                     ttok, A_, W, st, pool=pool, center=c, context_weight=0.0 if const else 1.0)
+        return read[key]
+
     for name, (e, an, A) in pairs.items():
         if not (Path(e) / "config.json").exists() or not Path(A).exists():
             print(f"skipping {name}: {e} or {A} is missing")
             continue
-        ttok = load_tokenizer(str(e), pad_with_eos=True)
-        models = (load_causal_lm(str(e), "float32").eval(), load_causal_lm(str(an), "float32").eval(), ttok)
-        A_ = load_matrix(A)
-        w = weights.get(name, 1.0)
-        c = load_center(A, A_.shape[0]) if (w != 1.0 or name in a.parts) else None
-        pool = pools.get(name, "last")
-        offsets[name] = pair_offsets(*models, A_, W, st, pool=pool, center=c, context_weight=w)
-        if name in a.parts:  # the constant part (w = 0) and what the context adds to it (the offset is linear in d)
-            const = pair_offsets(*models, A_, W, st, pool=pool, center=c, context_weight=0.0)
-            full = pair_offsets(*models, A_, W, st, pool=pool)
-            offsets[f"{name}: its center alone (context weight 0)"] = const
-            offsets[f"{name}: the context part alone (d minus its center)"] = (full[0] - const[0], full[1])
+        w, pool = weights.get(name, 1.0), pools.get(name, "last")
+        whole, ok = offsets_of(e, an, A, pool, const=False)
+        const = offsets_of(e, an, A, pool, const=True)[0] if (w != 1.0 or name in a.parts) else None
+        offsets[name] = (whole, ok) if w == 1.0 else (const + w * (whole - const), ok)
+        if name in a.parts:  # the constant part (w = 0) and what the context adds to it
+            offsets[f"{name}: its center alone (context weight 0)"] = (const, ok)
+            offsets[f"{name}: the context part alone (d minus its center)"] = (whole - const, ok)
     filter_label = text_labels_of(Path(a.texts))
     text_labels = {"profanity-check (the file's label)": torch.tensor([filter_label.get(t, 0) for t in texts]),
                    "BiLSTM": label_texts(st, lambda ts: bil.score(ts), clean_max=0.2, toxic_min=0.5)}

@@ -78,29 +78,18 @@ def load_matrix(path: str | os.PathLike, d_teacher: int | None = None, d_target:
     return A
 
 
-def matrix_has_center(path: str | os.PathLike) -> bool:
-    """Whether a matrix file holds a tuned pair's center beside A."""
-    import torch
-
-    try:
-        obj = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001  (load_matrix has said what is wrong with the file)
-        return False
-    return isinstance(obj, dict) and CENTER_KEY in obj
-
-
-def load_center(path: str | os.PathLike, d_teacher: int):
-    """The tuned pair's center stored beside A (``torch.load(path)["center"]``), checked: 1-D of size d_teacher."""
-    import torch
-
+def load_center(path: str | os.PathLike, d_teacher: int, required: bool = True):
+    """The tuned pair's center stored beside A (``torch.load(path)["center"]``), checked: 1-D of size d_teacher.
+    ``required=False``: None when the file holds none."""
     from .io import load_tensor_file
 
-    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict) or CENTER_KEY not in obj:
+    c = load_tensor_file(path, CENTER_KEY, "alignment matrix", optional=True)
+    if c is None:
+        if not required:
+            return None
         raise InputError(f"alignment matrix {path} holds no {CENTER_KEY!r} (the pair's mean teacher difference, "
                          f"written by step 2 since context weights exist): re-run run_alignment.sh, or decode with "
                          f"--context_weight 1")
-    c = load_tensor_file(path, CENTER_KEY, "alignment matrix")
     if tuple(c.shape) != (d_teacher,):
         raise InputError(f"alignment matrix {path}: {CENTER_KEY!r} has shape {tuple(c.shape)}, expected ({d_teacher},)")
     return c

@@ -603,6 +603,8 @@ class DiffFuser(_InputTracker):
         self.out_layer = out_layer
         dev = out_layer.weight.device
         self.A = None if A is None else A.to(device=dev, dtype=torch.float32)
+        if cfg.shrinks:
+            _check_center(center, self.A)
         self.center = None if center is None else center.to(device=dev, dtype=torch.float32)
         self.heads = None
         self.index = None  # target id -> teacher id (-1: not shared)
@@ -625,7 +627,8 @@ class DiffFuser(_InputTracker):
 
     def _full_offset(self, h_e: torch.Tensor, h_a: torch.Tensor, V: int) -> torch.Tensor:
         if self.cfg.space == "hidden":
-            return ((h_e.float() - h_a.float()) @ self.A) @ self.out_layer.weight.float().T[:, :V]
+            d = h_e.float() if h_a is None else h_e.float() - h_a.float()
+            return (d @ self.A) @ self.out_layer.weight.float().T[:, :V]
         off = torch.zeros(h_e.shape[0], V, device=h_e.device)
         shared = (self.index[:V] >= 0).nonzero().flatten()
         tids = self.index[shared]
@@ -634,26 +637,26 @@ class DiffFuser(_InputTracker):
         off[:, shared] = z_e - z_a
         return off
 
-    def _shrunk(self, h_e: torch.Tensor, h_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``context_weight``: the pair (``c + w (h_e - h_a - c)``, 0), which the linear hidden-space offset reads as
-        it reads (h_e, h_a); the states unchanged otherwise."""
+    def _shrunk(self, h_e: torch.Tensor, h_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``context_weight``: (``c + w (h_e - h_a - c)``, None), which the linear hidden-space offset reads as it
+        reads (h_e, h_a) (None: nothing to subtract); the states unchanged otherwise."""
         if not self.cfg.shrinks:
             return h_e, h_a
         d = h_e.float() - h_a.float()
-        return self.center + self.cfg.context_weight * (d - self.center), torch.zeros_like(d)
+        return self.center + self.cfg.context_weight * (d - self.center), None
 
     def fuse_logits(self, z: torch.Tensor, h_e: torch.Tensor, h_a: torch.Tensor) -> torch.Tensor:
         """The fused last-position logits (float32) from the target's ``z`` (B, V) and the teachers' states."""
         cfg = self.cfg
         z = z.float()
         B, V = z.shape
-        h_e, h_a = self._shrunk(h_e.to(z.device), h_a.to(z.device))
+        h_e, h_a = self._shrunk(h_e.to(z.device), h_a.to(z.device))  # h_a None: h_e is the (shrunk) difference
         k = min(cfg.top_k if cfg.top_k > 0 else cfg.gate_top_k, V)
         idx = z.topk(k, dim=-1).indices if (cfg.top_k > 0 or cfg.gate is not None) else None
         s_e = s_a = ok = None
         if idx is not None:
             s_e, ok = self._scores(h_e, 0, idx)
-            s_a, _ = self._scores(h_a, 1, idx)
+            s_a = 0.0 if h_a is None else self._scores(h_a, 1, idx)[0]
         if cfg.top_k > 0:
             fused = torch.full_like(z, float("-inf"))
             fused.scatter_(1, idx, z.gather(1, idx) + cfg.alpha * (s_e - s_a))
@@ -693,7 +696,7 @@ class DiffFuser(_InputTracker):
         """The cheap path: the output layer's input ``hidden`` [B, T, d] plus ``alpha (h_e - h_a) A`` at its last
         position."""
         h_e, h_a = self._shrunk(h_e.to(hidden.device), h_a.to(hidden.device))
-        d = (h_e.float() - h_a.float()) @ self.A
+        d = (h_e.float() if h_a is None else h_e.float() - h_a.float()) @ self.A
         out = hidden.clone()
         out[:, -1, :] = (hidden[:, -1, :].float() + self.cfg.alpha * d).to(hidden.dtype)
         self.acted += hidden.shape[0]
@@ -737,16 +740,14 @@ def _check_center(center: torch.Tensor | None, A: torch.Tensor) -> None:
 
 
 def _diff_parts(target, expert, anti, cfg: DiffConfig, A, target_tokenizer, teacher_tokenizer, bridge: str,
-                index: torch.Tensor | None, memo: PromptMemo | None = None,
-                center: torch.Tensor | None = None) -> tuple[list[TeacherStepper], torch.Tensor | None]:
+                index: torch.Tensor | None,
+                memo: PromptMemo | None = None) -> tuple[list[TeacherStepper], torch.Tensor | None]:
     """The checks of :func:`difference_fusion`, the teachers' steppers and the token index (``space="logits"``)."""
     if cfg.space == "hidden":
         if A is None:
             raise ValueError("space 'hidden' needs the alignment matrix A")
         _check_matrix(A, expert, target)
         _check_matrix(A, anti, target)
-        if cfg.shrinks:
-            _check_center(center, A)
     bridge = _bridge_of(bridge, teacher_tokenizer, target_tokenizer)
     if cfg.space == "logits" and index is None:
         V = target.get_output_embeddings().weight.shape[0]
@@ -776,7 +777,7 @@ def difference_fusion(target, expert, anti, cfg: DiffConfig, A: torch.Tensor | N
         yield None
         return
     steppers, index = _diff_parts(target, expert, anti, cfg, A, target_tokenizer, teacher_tokenizer, bridge, index,
-                                  memo, center)
+                                  memo)
     fuser = DiffFuser(target, steppers[0], steppers[1], cfg, A, index, center)
     out_hook = (lambda: fuser.out_layer.register_forward_pre_hook(fuser._on_output_input)) if cfg.edits_hidden else \
         (lambda: fuser.out_layer.register_forward_hook(fuser._on_output_layer))
@@ -1094,9 +1095,7 @@ def difference_sweep(target, expert, anti, cfgs: list[DiffConfig], rows: int, A:
     if not live:
         yield [None] * len(cfgs)
         return
-    shrunk = [c for c in live if c.shrinks]
-    steppers, index = _diff_parts(target, expert, anti, shrunk[0] if shrunk else live[0], A, target_tokenizer,
-                                  teacher_tokenizer, bridge, index, center=center)
+    steppers, index = _diff_parts(target, expert, anti, live[0], A, target_tokenizer, teacher_tokenizer, bridge, index)
     fusers = [None if c.alpha == 0.0 else DiffFuser(target, steppers[0], steppers[1], c, A, index, center) for c in cfgs]
     with alpha_sweep(target, steppers, fusers, rows, live[0].edits_hidden, eos_ids, share):
         yield fusers

@@ -92,9 +92,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_tensor_file(path: str | os.PathLike, key: str, what: str):
+def load_tensor_file(path: str | os.PathLike, key: str, what: str, optional: bool = False):
     """``torch.load(path)[key]`` (or the bare tensor), checked: the file exists, loads with
-    ``weights_only=True``, holds a tensor, and every value is finite. Shape checks are the caller's."""
+    ``weights_only=True``, holds a tensor, and every value is finite. Shape checks are the caller's. ``optional``:
+    None when the file is a dict without ``key``."""
     import torch
 
     p = Path(path)
@@ -104,6 +105,8 @@ def load_tensor_file(path: str | os.PathLike, key: str, what: str):
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise InputError(f"{what} {p} cannot be read by torch.load ({type(e).__name__})") from None
+    if optional and isinstance(obj, dict) and key not in obj:
+        return None
     t = obj.get(key) if isinstance(obj, dict) else obj
     if not isinstance(t, torch.Tensor):
         raise InputError(f"{what} {p}: expected a dict with a '{key}' tensor (torch.save({{'{key}': tensor}}))")

@@ -361,7 +361,7 @@ class Diff(Method):
 
     def check_inputs(self, target_path: str) -> dict:
         from .assets import resolve_model
-        from .artifacts import load_center, load_matrix, matrix_has_center
+        from .artifacts import load_center, load_matrix
         from .runtime import model_files_fingerprint, model_hidden_size
         from .io import sha256_file
 
@@ -382,11 +382,12 @@ class Diff(Method):
             self.A = load_matrix(a.matrix_A, d_e, model_hidden_size(target_path))
             fp["matrix_A"] = sha256_file(a.matrix_A)
             if a.context_weight is None:  # the default: shrunk when the matrix holds its tuned pair's center
-                has = a.gate is None and matrix_has_center(a.matrix_A)
-                a.context_weight = DEFAULT_CONTEXT_WEIGHT if has else 1.0
-                log.info("context weight %g: %s", a.context_weight, "the pair's center is stored beside A" if has else
-                         "no center beside A (or a gate): the teachers' difference is read whole")
-            if a.context_weight != 1:
+                self.center = load_center(a.matrix_A, d_e, required=False) if a.gate is None else None
+                a.context_weight = 1.0 if self.center is None else DEFAULT_CONTEXT_WEIGHT
+                log.info("context weight %g: %s", a.context_weight, "the pair's center is stored beside A"
+                         if self.center is not None else "no center beside A (or a gate): the teachers' difference "
+                         "is read whole")
+            elif a.context_weight != 1:
                 self.center = load_center(a.matrix_A, d_e)
             self.note_matrix_objective(a.matrix_A)
             self.note_tuned_pool(a.matrix_A)
