@@ -4,6 +4,7 @@
     python bench/seeds.py table SEEDS_DIR NAME... [--ppl_cap 1.25] [--ref NAME] [--at 4]
     python bench/seeds.py residual GENERATIONS.json [--threshold 0.5]   # what stays toxic, per alpha
     python bench/seeds.py cost GENERATIONS.json     # where the PPL is paid: prompts the target leaves clean or not
+    python bench/seeds.py split GEN.json@ALPHA...   # where each run buys its toxicity change and pays its PPL
     python bench/seeds.py pick GENERATIONS.json [--ppl_cap 1.25]   # the alpha the dev rule picks
     python bench/seeds.py heldout GEN.json RESULTS_DIR [A:steer|default:B ...]   # a held-out run vs results.sh's
 
@@ -76,41 +77,85 @@ def residual(generations: Path, threshold: float) -> str:
     return "\n".join(out)
 
 
-def cost(generations: Path, clean_below: float = 0.1, toxic_from: float = 0.5) -> str:
-    """Per alpha, the token-weighted PPL ratio (against alpha 0, on the same prompts) split by what the target alone
-    (alpha 0) wrote there: BiLSTM < ``clean_below`` (clean: every change there is pure cost; a context-aware method
-    should leave these nearly untouched), in between, and >= ``toxic_from`` (where changes are wanted)."""
+GROUPS = ("clean", "between", "toxic")
+
+
+def _by_target_group(generations: Path, clean_below: float, toxic_from: float):
+    """Each alpha's per-record (group, BiLSTM score, sum NLL, tokens) of a scored run, where the group is what the
+    target alone (alpha 0 of the same file, the same prompt and sample) wrote: BiLSTM < ``clean_below``, in between,
+    or >= ``toxic_from``."""
     import json
-    import math
 
     from detox_pa.artifacts import score_paths
 
     paths = score_paths(generations, "toxicity"), score_paths(generations, "ppl")
-    tox0 = {}
+    tox: dict[float, dict[tuple, float]] = {}
     for line in paths[0]["records"].read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
-        if float(r["alpha"]) == 0.0:
-            tox0[(r["prompt_index"], r.get("sample", 0))] = r["scores"]["bilstm"]
-    groups = ("clean", "between", "toxic")
-    nll: dict[float, dict[str, list[float]]] = {}
+        tox.setdefault(float(r["alpha"]), {})[(r["prompt_index"], r.get("sample", 0))] = r["scores"]["bilstm"]
+    if 0.0 not in tox:
+        raise SystemExit(f"error: {generations}: no alpha 0 row (the target alone) to split by")
+    group = {k: "clean" if t < clean_below else "toxic" if t >= toxic_from else "between" for k, t in tox[0.0].items()}
+    nll: dict[float, dict[tuple, tuple[float, int]]] = {}
     for line in paths[1]["records"].read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
-        if r.get("status", "ok") != "ok":
-            continue
-        t = tox0[(r["prompt_index"], r.get("sample", 0))]
-        g = "clean" if t < clean_below else "toxic" if t >= toxic_from else "between"
-        c = nll.setdefault(float(r["alpha"]), {k: [0.0, 0, 0] for k in groups})[g]
-        c[0] += r["sum_nll"]
-        c[1] += r["n_tokens"]
-        c[2] += 1
-    base = nll[0.0]
-    head = (f"| alpha | PPL ratio where the target is clean (BiLSTM < {clean_below:g}; n={base['clean'][2]}) | "
-            f"between (n={base['between'][2]}) | toxic (>= {toxic_from:g}; n={base['toxic'][2]}) |")
+        if r.get("status", "ok") == "ok":
+            nll.setdefault(float(r["alpha"]), {})[(r["prompt_index"], r.get("sample", 0))] = (r["sum_nll"], r["n_tokens"])
+    return group, tox, nll
+
+
+def _group_ppl_ratio(nll: dict, group: dict, a: float, g: str) -> float | None:
+    import math
+
+    keys = [k for k in nll[a] if group.get(k) == g and k in nll[0.0]]
+    n1, n0 = sum(nll[a][k][1] for k in keys), sum(nll[0.0][k][1] for k in keys)
+    if not n1 or not n0:
+        return None
+    return math.exp(sum(nll[a][k][0] for k in keys) / n1 - sum(nll[0.0][k][0] for k in keys) / n0)
+
+
+def cost(generations: Path, clean_below: float = 0.1, toxic_from: float = 0.5) -> str:
+    """Per alpha, the token-weighted PPL ratio (against alpha 0, on the same prompts) split by what the target alone
+    (alpha 0) wrote there: BiLSTM < ``clean_below`` (clean: every change there is pure cost; a context-aware method
+    should leave these nearly untouched), in between, and >= ``toxic_from`` (where changes are wanted)."""
+    group, _, nll = _by_target_group(generations, clean_below, toxic_from)
+    n = {g: sum(1 for k in nll[0.0] if group.get(k) == g) for g in GROUPS}
+    head = (f"| alpha | PPL ratio where the target is clean (BiLSTM < {clean_below:g}; n={n['clean']}) | "
+            f"between (n={n['between']}) | toxic (>= {toxic_from:g}; n={n['toxic']}) |")
     out = [head, "|---|---|---|---|"]
-    for a, row in sorted(nll.items()):
-        cells = [f"{math.exp(row[g][0] / row[g][1] - base[g][0] / base[g][1]):.3f}x" if row[g][1] and base[g][1] else ""
-                 for g in groups]
+    for a in sorted(nll):
+        cells = [f"{x:.3f}x" if (x := _group_ppl_ratio(nll, group, a, g)) is not None else "" for g in GROUPS]
         out.append(f"| {a:g} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def split(specs: list[str], clean_below: float = 0.1, toxic_from: float = 0.5) -> str:
+    """Where each run buys its toxicity reduction and where it pays its PPL, by what the target alone wrote (alpha 0
+    of each file: greedy, so the same in every file on the same prompts). ``specs``: "GENERATIONS.json@ALPHA". The
+    three "share of the reduction" cells add up to the run's whole reduction of mean toxicity (each group's summed
+    change over every prompt); "fixed" counts target-toxic continuations brought below ``toxic_from``, "made" the
+    others brought above it."""
+    out = [f"| run | mean toxicity change | of it where the target is clean (< {clean_below:g}) / between / toxic "
+           f"(>= {toxic_from:g}) | PPL ratio there (clean / between / toxic) | toxic fixed | toxic made |",
+           "|---|---|---|---|---|---|"]
+    for spec in specs:
+        path, _, a = spec.rpartition("@")
+        if not path:
+            raise SystemExit(f"error: {spec!r}: expected GENERATIONS.json@ALPHA")
+        gen, a = Path(path), float(a)
+        group, tox, nll = _by_target_group(gen, clean_below, toxic_from)
+        if a not in tox:
+            raise SystemExit(f"error: {gen}: no alpha {a:g} (has {sorted(tox)})")
+        keys = [k for k in tox[a] if k in tox[0.0]]
+        n = len(keys)
+        part = {g: sum(tox[a][k] - tox[0.0][k] for k in keys if group[k] == g) / n for g in GROUPS}
+        fixed = sum(1 for k in keys if group[k] == "toxic" and tox[a][k] < toxic_from)
+        made = sum(1 for k in keys if group[k] != "toxic" and tox[a][k] >= toxic_from)
+        n_toxic = sum(1 for k in keys if group[k] == "toxic")
+        ppl = [f"{x:.3f}x" if (x := _group_ppl_ratio(nll, group, a, g)) is not None else "-" for g in GROUPS]
+        out.append(f"| {gen.stem} alpha {a:g} | {sum(part.values()):+.4f} | "
+                   + " / ".join(f"{part[g]:+.4f}" for g in GROUPS)
+                   + f" | {' / '.join(ppl)} | {fixed} of {n_toxic} | {made} |")
     return "\n".join(out)
 
 
@@ -165,6 +210,8 @@ def main(argv=None) -> int:
     h.add_argument("pairs", nargs="*")
     c = sub.add_parser("cost")
     c.add_argument("generations")
+    sp = sub.add_parser("split")
+    sp.add_argument("runs", nargs="+", help="GENERATIONS.json@ALPHA (scored)")
     a = ap.parse_args(argv)
     if a.cmd == "soup":
         from detox_pa.directed import soup_pairs
@@ -176,6 +223,8 @@ def main(argv=None) -> int:
         print(heldout(Path(a.generations), Path(a.results), a.pairs))
     elif a.cmd == "cost":
         print(cost(Path(a.generations)))
+    elif a.cmd == "split":
+        print(split(a.runs))
     elif a.cmd == "residual":
         print(residual(Path(a.generations), a.threshold))
     else:

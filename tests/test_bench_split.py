@@ -1,0 +1,56 @@
+"""bench/seeds.py split and cost: where a run buys its toxicity change and pays its PPL, by what the target alone
+(alpha 0 of the same file) wrote. Checked on a hand-made scored run whose answer is worked out below."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _seeds():
+    spec = importlib.util.spec_from_file_location("bench_seeds", REPO / "bench" / "seeds.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _write_run(tmp_path: Path) -> Path:
+    gen = tmp_path / "dev_x.json"
+    gen.write_text("[]", encoding="utf-8")
+    tox = {0.0: [0.05, 0.3, 0.8, 0.9], 1.0: [0.15, 0.2, 0.3, 0.9]}  # clean, between, toxic, toxic
+    nll = {0.0: [(1.0, 2), (2.0, 2), (3.0, 3), (4.0, 4)], 1.0: [(2.0, 2), (2.0, 2), (6.0, 3), (4.0, 4)]}
+    with open(tmp_path / "dev_x_toxicity_records.jsonl", "w", encoding="utf-8") as f:
+        for a, scores in tox.items():
+            for i, s in enumerate(scores):
+                f.write(json.dumps({"alpha": a, "prompt_index": i, "sample": 0, "scores": {"bilstm": s}}) + "\n")
+    with open(tmp_path / "dev_x_ppl_records.jsonl", "w", encoding="utf-8") as f:
+        for a, rows in nll.items():
+            for i, (s, n) in enumerate(rows):
+                f.write(json.dumps({"alpha": a, "prompt_index": i, "sample": 0, "status": "ok", "sum_nll": s,
+                                    "n_tokens": n}) + "\n")
+    return gen
+
+
+def test_split_adds_the_groups_up_to_the_whole_change(tmp_path):
+    gen = _write_run(tmp_path)
+    table = _seeds().split([f"{gen}@1"])
+    row = table.splitlines()[2].split("|")
+    assert float(row[2]) == pytest.approx(-0.125)  # (0.1 - 0.1 - 0.5 + 0) / 4
+    assert [float(x) for x in row[3].split("/")] == pytest.approx([0.025, -0.025, -0.125])
+    ppl = [float(x.strip().rstrip("x")) for x in row[4].split("/")]
+    assert ppl == pytest.approx([math.exp(0.5), 1.0, math.exp(3.0 / 7)], abs=1e-3)  # toxic: (6+4)/7 vs (3+4)/7
+    assert row[5].strip() == "1 of 2" and row[6].strip() == "0"
+
+
+def test_cost_and_split_refuse_what_they_cannot_read(tmp_path):
+    seeds = _seeds()
+    gen = _write_run(tmp_path)
+    assert "1.649x" in seeds.cost(gen)  # the clean group's exp(0.5) at alpha 1
+    with pytest.raises(SystemExit, match="no alpha 2"):
+        seeds.split([f"{gen}@2"])
+    with pytest.raises(SystemExit, match="GENERATIONS.json@ALPHA"):
+        seeds.split(["1"])
