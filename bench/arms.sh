@@ -56,8 +56,9 @@ for arm in "${ORDER[@]}"; do
     for kv in ${SETTINGS[$arm]}; do
       case $kv in
         SEEDS=*|ALPHAS=*) ;;
-        POOL=*) gen_flags+=" --pool ${kv#*=}" ;;  # decoding settings (run_generation.sh's POOL, CONTEXT_WEIGHT)
+        POOL=*) gen_flags+=" --pool ${kv#*=}" ;;  # decoding settings (run_generation.sh's POOL, CONTEXT_WEIGHT, TOP_K)
         CONTEXT_WEIGHT=*) gen_flags+=" --context_weight ${kv#*=}" ;;
+        TOP_K=*) gen_flags+=" --top_k ${kv#*=}" ;;
         *) env_kv+=("$kv") ;;
       esac
     done
