@@ -80,27 +80,44 @@ def residual(generations: Path, threshold: float) -> str:
 GROUPS = ("clean", "between", "toxic")
 
 
-def _by_target_group(generations: Path, clean_below: float, toxic_from: float):
-    """Each alpha's per-record (group, BiLSTM score, sum NLL, tokens) of a scored run, where the group is what the
-    target alone (alpha 0 of the same file, the same prompt and sample) wrote: BiLSTM < ``clean_below``, in between,
-    or >= ``toxic_from``."""
+def _read_scored(generations: Path) -> tuple[dict, dict, dict]:
+    """(BiLSTM score, prompt, (sum NLL, tokens)) per alpha and (prompt index, sample) of a scored run."""
     import json
 
     from detox_pa.artifacts import score_paths
 
     paths = score_paths(generations, "toxicity"), score_paths(generations, "ppl")
     tox: dict[float, dict[tuple, float]] = {}
+    prompt: dict[float, dict[tuple, str]] = {}
     for line in paths[0]["records"].read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
-        tox.setdefault(float(r["alpha"]), {})[(r["prompt_index"], r.get("sample", 0))] = r["scores"]["bilstm"]
-    if 0.0 not in tox:
-        raise SystemExit(f"error: {generations}: no alpha 0 row (the target alone) to split by")
-    group = {k: "clean" if t < clean_below else "toxic" if t >= toxic_from else "between" for k, t in tox[0.0].items()}
+        k = (r["prompt_index"], r.get("sample", 0))
+        tox.setdefault(float(r["alpha"]), {})[k] = r["scores"]["bilstm"]
+        prompt.setdefault(float(r["alpha"]), {})[k] = r.get("prompt")
     nll: dict[float, dict[tuple, tuple[float, int]]] = {}
     for line in paths[1]["records"].read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
         if r.get("status", "ok") == "ok":
             nll.setdefault(float(r["alpha"]), {})[(r["prompt_index"], r.get("sample", 0))] = (r["sum_nll"], r["n_tokens"])
+    return tox, prompt, nll
+
+
+def _by_target_group(generations: Path, clean_below: float, toxic_from: float, base: Path | None = None):
+    """Each alpha's per-record (group, BiLSTM score, sum NLL, tokens) of a scored run, where the group is what the
+    target alone (alpha 0 of the same file, the same prompt and sample; or of ``base``, a run on the same prompts,
+    when the file has no alpha 0) wrote: BiLSTM < ``clean_below``, in between, or >= ``toxic_from``."""
+    tox, prompt, nll = _read_scored(generations)
+    if 0.0 not in tox:
+        if base is None:
+            raise SystemExit(f"error: {generations}: no alpha 0 row (the target alone) to split by (give --base)")
+        btox, bprompt, bnll = _read_scored(base)
+        if 0.0 not in btox:
+            raise SystemExit(f"error: {base}: no alpha 0 row (the target alone)")
+        some = next(iter(prompt.values()))
+        if any(bprompt[0.0].get(k) != p for k, p in some.items()):
+            raise SystemExit(f"error: {generations} and {base} do not hold the same prompts at the same indices")
+        tox[0.0], nll[0.0] = btox[0.0], bnll[0.0]
+    group = {k: "clean" if t < clean_below else "toxic" if t >= toxic_from else "between" for k, t in tox[0.0].items()}
     return group, tox, nll
 
 
@@ -129,9 +146,10 @@ def cost(generations: Path, clean_below: float = 0.1, toxic_from: float = 0.5) -
     return "\n".join(out)
 
 
-def split(specs: list[str], clean_below: float = 0.1, toxic_from: float = 0.5) -> str:
+def split(specs: list[str], clean_below: float = 0.1, toxic_from: float = 0.5, base: Path | None = None) -> str:
     """Where each run buys its toxicity reduction and where it pays its PPL, by what the target alone wrote (alpha 0
-    of each file: greedy, so the same in every file on the same prompts). ``specs``: "GENERATIONS.json@ALPHA". The
+    of each file, or of ``base`` for a file without one: greedy, so the same on the same prompts). ``specs``:
+    "GENERATIONS.json@ALPHA". The
     three "share of the reduction" cells add up to the run's whole reduction of mean toxicity (each group's summed
     change over every prompt); "fixed" counts target-toxic continuations brought below ``toxic_from``, "made" the
     others brought above it."""
@@ -143,7 +161,7 @@ def split(specs: list[str], clean_below: float = 0.1, toxic_from: float = 0.5) -
         if not path:
             raise SystemExit(f"error: {spec!r}: expected GENERATIONS.json@ALPHA")
         gen, a = Path(path), float(a)
-        group, tox, nll = _by_target_group(gen, clean_below, toxic_from)
+        group, tox, nll = _by_target_group(gen, clean_below, toxic_from, base)
         if a not in tox:
             raise SystemExit(f"error: {gen}: no alpha {a:g} (has {sorted(tox)})")
         keys = [k for k in tox[a] if k in tox[0.0]]
@@ -212,6 +230,8 @@ def main(argv=None) -> int:
     c.add_argument("generations")
     sp = sub.add_parser("split")
     sp.add_argument("runs", nargs="+", help="GENERATIONS.json@ALPHA (scored)")
+    sp.add_argument("--base", default=None, help="a scored run on the same prompts whose alpha 0 stands in for a file "
+                                                 "without one (bench/results.sh's steer.json: default.json)")
     a = ap.parse_args(argv)
     if a.cmd == "soup":
         from detox_pa.directed import soup_pairs
@@ -224,7 +244,7 @@ def main(argv=None) -> int:
     elif a.cmd == "cost":
         print(cost(Path(a.generations)))
     elif a.cmd == "split":
-        print(split(a.runs))
+        print(split(a.runs, base=Path(a.base) if a.base else None))
     elif a.cmd == "residual":
         print(residual(Path(a.generations), a.threshold))
     else:
