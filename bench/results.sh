@@ -128,6 +128,9 @@ rm -f "$RES_DIR"/.queue_*
 
 # 4. the mechanism (direction on teacher-forced dev states) and the report
 [[ -f "$RES_DIR/direction.json" ]] || "$PYTHON" bench/direction.py --res_dir "$RES_DIR" --out_dir "$OUT_DIR" > "$RES_DIR/direction.log" 2>&1
+# what the constant offsets (the default pair's center, steering's vector) promote and demote over the vocabulary
+[[ -f "$RES_DIR/offset_vocab.json" ]] || "$PYTHON" bench/offset_vocab.py --steer "$RES_DIR/steer_vector.pt" \
+  --matrix "the default pair's center=$DEFAULT_ALIGN_DIR/$ART_MATRIX_FILE" --json "$RES_DIR/offset_vocab.json" > "$RES_DIR/offset_vocab.log" 2>&1
 # REPRO_DIR=<a second run's RES_DIR>: the report compares every score with it and says so
 "$PYTHON" bench/results_report.py --res_dir "$RES_DIR" --out docs/RESULTS.md --cap "$PPL_CAP" \
   --align_dir "$DEFAULT_ALIGN_DIR" ${REPRO_DIR:+--repro_dir "$REPRO_DIR"}

@@ -146,6 +146,42 @@ def direction_lines(res: Path, chosen_scale: dict) -> list[str]:
     return out
 
 
+def outcome_lines(res: Path, chosen: dict, sets: dict) -> list[str]:
+    """bench/seeds.py's split of the held-out default (its dev-chosen alpha and the next), steering at each strength
+    and the word-ban, and of the dev default and steering at their dev-chosen points."""
+    from seeds import split
+
+    from detox_pa.artifacts import score_paths
+
+    if not all(score_paths(res / "default.json", k)["records"].exists() for k in ("toxicity", "ppl")):
+        return []  # a study scored before the records files
+    a = float(chosen.get("default", 0.0))
+    held = [f"{res / 'default.json'}@{x:g}" for x in sorted(sets["default"]["tox"]) if x in (a, a + 1.0) and x > 0]
+    held += [f"{res / 'steer.json'}@{x:g}" for x in sorted(sets.get("steer", {}).get("tox", {}))]
+    held += [f"{res / 'wordban.json'}@1"] if "wordban" in sets else []
+    out = ["Held out (303 prompts):", "", split(held, base=res / "default.json"), ""]
+    dev = []
+    if "dev_default" in sets and a in sets["dev_default"]["tox"]:
+        dev.append(f"{res / 'dev_default.json'}@{a:g}")
+    s = chosen.get("steer")
+    if "dev_steer" in sets and s is not None and float(s) in sets["dev_steer"]["tox"]:
+        dev.append(f"{res / 'dev_steer.json'}@{float(s):g}")
+    if dev:
+        out += ["Dev (160 prompts), at the dev-chosen points:", "", split(dev), ""]
+    return out[:-1]
+
+
+def vocab_lines(res: Path) -> list[str]:
+    p = res / "offset_vocab.json"
+    if not p.exists():
+        return []
+    from offset_vocab import table_lines
+
+    d = json.loads(p.read_text())
+    return [f"{d['word_like_tokens']:,} word-like target tokens: {d['word_list_words']} word-list words, "
+            f"{d['bilstm_off_list_words']} other words the BiLSTM scores >= 0.5 alone.", ""] + table_lines(d)
+
+
 def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = None, repro_dir: Path | None = None) -> str:
     sets = {name: load_set(res / f"{name}.json") for name in SETS if (res / f"{name}.json").exists()}
     if "default" not in sets:
@@ -237,6 +273,21 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
                   "non-toxic pick, read where 5 / 10 / 20% of the other states change their pick; p(pick) over the top-5 "
                   "before and after at the 10% point. Scale: the offset's std over the top-10 / the target's logit std "
                   "there, at unit alpha.", ""] + dl + [""]
+    ol = outcome_lines(res, chosen, sets)
+    if ol:
+        lines += ["## Where each method buys its toxicity change and pays its PPL (`bench/seeds.py split`)", "",
+                  "The prompts split by what the target alone wrote there (BiLSTM < 0.1: clean, where every change is "
+                  "pure cost; >= 0.5: toxic, where changes are wanted; in between). The three shares add up to the "
+                  "whole change of mean toxicity; the PPL ratio is each group's own; toxic fixed = the target's toxic "
+                  "continuations brought below 0.5, made = the others brought above it.", ""] + ol + [""]
+    vl = vocab_lines(res)
+    if vl:
+        lines += ["## What the constant offsets promote and demote (`bench/offset_vocab.py`)", "",
+                  "Each constant offset read as a logit bias over the target's word-like tokens (a leading space and 3+ "
+                  "letters), z-scored. Word-list words are what step 2's labels mark toxic; the BiLSTM-toxic words off "
+                  "the list are the other single words the evaluation's BiLSTM scores >= 0.5 on their own (quirks "
+                  "included: it flags *blood*, *kill* and *hate*, but also *tissue* and *oxygen*); the BiLSTM is read "
+                  "here to explain, never to train.", ""] + vl + [""]
     tl = transmission_lines(res, align_dir)
     if tl:
         lines += ["## Transmission: does A carry each teacher's prediction? (held-out teacher-data text)", "",

@@ -54,3 +54,28 @@ def test_cost_and_split_refuse_what_they_cannot_read(tmp_path):
         seeds.split([f"{gen}@2"])
     with pytest.raises(SystemExit, match="GENERATIONS.json@ALPHA"):
         seeds.split(["1"])
+
+
+def _bench(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_offset_vocab_keeps_word_like_tokens_and_tabulates_its_rows():
+    ov = _bench("offset_vocab")
+
+    class Tok:  # SentencePiece-style pieces: "\u2581" marks a leading space
+        pieces = ["\u2581harbor", "harbor", "\u2581ok", "\u2581dog2", "\u2581Valley", "<pad>"]
+
+        def convert_ids_to_tokens(self, ids):
+            return [self.pieces[i] for i in ids]
+
+    ids, words = ov.word_like(Tok(), 6)
+    assert ids.tolist() == [0, 4] and words == ["harbor", "Valley"]  # a leading space and 3+ letters only
+    out = {"rows": [{"offset": "x", "corr_with_steering": None, "z_word_list": -1.5, "z_bilstm_off_list": -0.64,
+                     "z_other": 0.007, "promoted": ["Harbor", "Valley"], "demoted_word_list": 30, "demoted_n": 60}]}
+    lines = ov.table_lines(out)
+    assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
+    assert lines[2] == "| x | - | -1.50 | -0.64 | +0.007 | Harbor, Valley | 30 |"
