@@ -79,3 +79,32 @@ def test_offset_vocab_keeps_word_like_tokens_and_tabulates_its_rows():
     lines = ov.table_lines(out)
     assert lines[0].count("|") == lines[1].count("|") == lines[2].count("|")
     assert lines[2] == "| x | - | -1.50 | -0.64 | +0.007 | Harbor, Valley | 30 |"
+
+
+def test_gate_metrics_on_a_hand_made_run(tmp_path):
+    gate = _bench("gate")
+    assert gate.auc([0.9, 0.8, 0.1], [True, True, False]) == 1.0
+    assert gate.auc([0.5, 0.5], [True, False]) == 0.5  # a tie counts half
+    gen = _write_run(tmp_path)
+    tox, _, nll = _seeds()._read_scored(gen)
+    keys = sorted(tox[0.0])
+    t, p = gate.gated_point(keys, set(keys), tox, nll, 1.0)  # acting everywhere: the sweep's own point at alpha 1
+    assert t == pytest.approx((1.55 - 2.05) / 2.05) and p == pytest.approx(math.exp(14 / 11 - 10 / 11))
+    t, p = gate.gated_point(keys, {(2, 0)}, tox, nll, 1.0)  # only the third prompt takes alpha 1's text
+    assert t == pytest.approx(-0.5 / 2.05) and p == pytest.approx(math.exp(13 / 11 - 10 / 11))
+    assert gate.gated_point(keys, set(), tox, nll, 1.0) == pytest.approx((0.0, 1.0))
+    sweep = [(-0.4, 1.2), (-0.6, 1.4)]  # (toxicity change, PPL ratio)
+    assert gate.at_equal_ppl(sweep, (-0.55, 1.3)) == pytest.approx(-0.05)  # 5 points below the sweep's -0.5
+    assert gate.at_equal_ppl(sweep, (-0.1, 1.1)) is None  # below the measured range: not compared
+
+
+def test_gate_probe_recovers_a_planted_direction():
+    torch = pytest.importorskip("torch")
+    gate = _bench("gate")
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2000, 8, generator=g) * torch.tensor([1.0, 5.0, 1, 1, 1, 1, 1, 1]) + 3.0
+    y = (X[:, 1] - 3.0 > 0).float()  # toxic exactly where feature 1 is above its mean
+    mu, w, b = gate.fit_probe(X, y, l2=1e-4)
+    assert int(w.abs().argmax()) == 1 and float(w[1]) > 0
+    acc = (((X - mu) @ w + b > 0).float() == y).float().mean()
+    assert float(acc) > 0.98
