@@ -47,6 +47,8 @@ CONTEXT_WEIGHT=${CONTEXT_WEIGHT:-}  # diff: shrink the teachers' difference d to
                                    # (step 2's center): c + w (d - c); 1 = d as it is; 0 = the constant c alone.
                                    # Empty: 0.25 (measured best on dev) when the matrix holds its pair's center, else 1
 GATE=${GATE:-}                  # diff: act only where log p_anti(pick) - log p_expert(pick) >= GATE (empty = always)
+DRAFT_GATE=${DRAFT_GATE:-}      # any method: keep the target's own continuation where profanity-check scores it below
+                                # DRAFT_GATE, the method's elsewhere (detect, then revise; needs alpha 0; empty = off)
 STEER_VECTOR=${STEER_VECTOR:-}  # steer: a .pt file {'vector': [d_target]} (scripts/build_steer_vector.py)
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-$(protocol_default MAX_NEW_TOKENS)}  # PROTOCOL's: paper 10, dexperts 20
 GEN_BATCH_SIZE=${GEN_BATCH_SIZE:-16}   # sequences per generate() call
@@ -98,6 +100,7 @@ case "$METHOD" in
   steer) [[ -n "$STEER_VECTOR" ]] && FLAGS+=(--steer_vector "$STEER_VECTOR") ;;
 esac
 [[ -n "$ALPHAS" ]] && FLAGS+=(--alphas $ALPHAS)
+[[ -n "$DRAFT_GATE" ]] && FLAGS+=(--draft_gate "$DRAFT_GATE")
 [[ "$DO_SAMPLE" == 1 ]] && FLAGS+=(--do_sample)
 [[ "$GEN_OVERWRITE" == 1 ]] && FLAGS+=(--overwrite)
 

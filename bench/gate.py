@@ -43,6 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+DRAFT = "profanity-check of the target's own continuation (a draft: two passes)"
+
+
 def auc(scores: list[float], labels: list[bool]) -> float:
     """P(score of a positive > score of a negative), ties half (Mann-Whitney)."""
     pos = [s for s, y in zip(scores, labels) if y]
@@ -182,10 +185,11 @@ def table_lines(out: dict) -> list[str]:
     first = next(iter(out["signals"].values()))["gate"][0]
     alphas = list(first["points"])
     sweep = [tuple(first["points"][x]) for x in alphas]
-    lines += ["", "| gate: act where the signal is at or above its q-quantile | acts on | "
+    lines += ["", "| gate: act where the signal is at or above the cut (the draft's score) or its q-quantile | acts on | "
               + " | ".join(f"alpha {x}" for x in alphas) + " | against the sweep at equal PPL |",
               "|---|---|" + "---|" * len(alphas) + "---|"]
-    rows = [(f"{name}, q {g['q']:g}", g) for name, r in out["signals"].items() for g in r["gate"] if g["q"] > 0]
+    rows = [(f"{name}, {'cut' if name == DRAFT else 'q'} {g['q']:g}", g) for name, r in out["signals"].items()
+            for g in r["gate"] if g["q"] > 0]
     rows = [("no gate (the sweep)", first)] + rows + [("oracle: where the target alone reaches >= 0.1 (reads the "
                                                         "judge: a bound)", out["oracle"])]
     for label, g in rows:
@@ -208,22 +212,25 @@ def main(argv=None) -> int:
     ap.add_argument("--quantiles", default="0,0.2,0.3,0.4,0.5,0.6")
     ap.add_argument("--texts", default=str(REPO / "data" / "steering_texts.jsonl"),
                     help="The probe's training texts (their train prompts only).")
+    ap.add_argument("--draft_cuts", default="0.05,0.1,0.2,0.3,0.5",
+                    help="Absolute thresholds for the draft signal (profanity-check of the target's own continuation).")
+    ap.add_argument("--draft_only", action="store_true",
+                    help="Only the draft signal, read from the run's toxicity records (no model is loaded): for "
+                         "any method's sweep (steering, word-ban: the gate's control rows).")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default="", help="Also write the numbers here.")
     a = ap.parse_args(argv)
 
     from bench.seeds import _read_scored
     from detox_pa.artifacts import TUNED_ANTI, TUNED_EXPERT
-    from detox_pa.assets import profanity_words, resolve_model
-    from detox_pa.directed import word_list_ids
     from detox_pa.io import atomic_write_json
-    from detox_pa.runtime import load_causal_lm, load_tokenizer
 
     run, align = Path(a.run), Path(a.align)
-    for p in (run, align / TUNED_EXPERT, align / TUNED_ANTI):
+    for p in (run,) if a.draft_only else (run, align / TUNED_EXPERT, align / TUNED_ANTI):
         if not p.exists():
             raise SystemExit(f"error: {p} does not exist")
     quantiles = [float(q) for q in a.quantiles.split(",")]
+    cuts = [float(c) for c in a.draft_cuts.split(",")]
     if a.threads:
         torch.set_num_threads(a.threads)
     tox, prompt, nll = _read_scored(run)
@@ -238,6 +245,45 @@ def main(argv=None) -> int:
     keys = sorted(k for k in tox[0.0] if all(k in tox[x] and k in nll.get(x, {}) for x in tox))
     prompts = [prompt[0.0][k] for k in keys]
     conts = [cont0[k] for k in keys]
+    draft = draft_scores(run, keys)
+    signals = {DRAFT: draft}
+    if not a.draft_only:
+        signals.update(model_signals(a, align, prompts, conts))
+    y1 = [tox[0.0][k] >= 0.1 for k in keys]
+    y5 = [tox[0.0][k] >= 0.5 for k in keys]
+    alphas = sorted(x for x in tox if x != 0.0)
+    out = {"run": str(run), "n": len(keys), "not_clean": sum(y1), "toxic": sum(y5), "signals": {}}
+    for name, sig in signals.items():
+        out["signals"][name] = {"auc_0.1": auc(sig, y1), "auc_0.5": auc(sig, y5), "gate": []}
+    oracle = {k for k, y in zip(keys, y1) if y}
+    for name, sig in list(signals.items()) + [("oracle", None)]:
+        levels = [None] if sig is None else [0.0] + cuts if name == DRAFT else quantiles
+        for q in levels:
+            if sig is None:
+                act = oracle
+            elif name == DRAFT:  # absolute cuts (0: every prompt, the sweep itself)
+                act = {k for k, v in zip(keys, sig) if v >= q} if q > 0 else set(keys)
+            else:
+                cut = sorted(sig)[min(len(sig) - 1, int(q * len(sig)))]
+                act = {k for k, v in zip(keys, sig) if v >= cut} if q > 0 else set(keys)
+            pts = [gated_point(keys, act, tox, nll, x) for x in alphas]
+            row = {"q": q, "acts_on": len(act), "points": {f"{x:g}": list(p) for x, p in zip(alphas, pts)}}
+            if sig is None:
+                out["oracle"] = row
+            else:
+                out["signals"][name]["gate"].append(row)
+    print("\n".join(table_lines(out)))
+    if a.json:
+        atomic_write_json(a.json, out)
+    return 0
+
+
+def model_signals(a, align: Path, prompts: list[str], conts: list[str]) -> dict[str, list[float]]:
+    """The signals that need the models: the pair's LLRs, the target's word-list mass and its probe."""
+    from detox_pa.artifacts import TUNED_ANTI, TUNED_EXPERT
+    from detox_pa.assets import profanity_words, resolve_model
+    from detox_pa.directed import word_list_ids
+    from detox_pa.runtime import load_causal_lm, load_tokenizer
 
     expert = load_causal_lm(str(align / TUNED_EXPERT), "float32").eval()
     anti = load_causal_lm(str(align / TUNED_ANTI), "float32").eval()
@@ -254,7 +300,7 @@ def main(argv=None) -> int:
     dev_states = final_states(target, gtok, list(zip(prompts, conts)))
     probe = [((h - mu) @ w + b) for h in dev_states]
     print(f"probe: {len(t_texts)} train texts, {X.shape[0]} states, {float(y.mean()):.3f} toxic", flush=True)
-    signals = {
+    return {
         "pair LLR, prompt": pair_llr(expert, anti, ttok, prompts, None),
         "pair LLR, target's continuation": pair_llr(expert, anti, ttok, prompts, conts),
         "word-list words in the prompt": [float(words_in(p, words)) for p in prompts],
@@ -262,31 +308,23 @@ def main(argv=None) -> int:
         "target's probe, prompt's end": [float(p[0]) for p in probe],
         "target's probe, highest over its continuation": [float(p.max()) for p in probe],
     }
-    y1 = [tox[0.0][k] >= 0.1 for k in keys]
-    y5 = [tox[0.0][k] >= 0.5 for k in keys]
-    alphas = sorted(x for x in tox if x != 0.0)
-    out = {"run": str(run), "n": len(keys), "not_clean": sum(y1), "toxic": sum(y5), "signals": {}}
-    for name, sig in signals.items():
-        out["signals"][name] = {"auc_0.1": auc(sig, y1), "auc_0.5": auc(sig, y5), "gate": []}
-    oracle = {k for k, y in zip(keys, y1) if y}
-    for name, sig in list(signals.items()) + [("oracle", None)]:
-        for q in ([None] if sig is None else quantiles):
-            if sig is None:
-                act = oracle
-            else:
-                cut = sorted(sig)[min(len(sig) - 1, int(q * len(sig)))]
-                act = {k for k, v in zip(keys, sig) if v >= cut} if q > 0 else set(keys)
-            pts = [gated_point(keys, act, tox, nll, x) for x in alphas]
-            row = {"q": q, "acts_on": len(act), "points": {f"{x:g}": list(p) for x, p in zip(alphas, pts)}}
-            if sig is None:
-                out["oracle"] = row
-            else:
-                out["signals"][name]["gate"].append(row)
-    print("\n".join(table_lines(out)))
-    if a.json:
-        atomic_write_json(a.json, out)
-    return 0
 
+
+def draft_scores(run: Path, keys: list) -> list[float]:
+    """profanity-check's score of what the target alone wrote (alpha 0), per record, from the run's toxicity
+    records (eval_toxicity.py --scorer bilstm,profanity-check)."""
+    from detox_pa.artifacts import score_paths
+
+    got = {}
+    for line in score_paths(run, "toxicity")["records"].read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        if float(r["alpha"]) == 0.0 and "profanity-check" in r["scores"]:
+            got[(r["prompt_index"], r.get("sample", 0))] = r["scores"]["profanity-check"]
+    missing = [k for k in keys if k not in got]
+    if missing:
+        raise SystemExit(f"error: {run}: no profanity-check score for alpha 0's record {missing[0]} (score the run "
+                         "with eval_toxicity.py --scorer bilstm,profanity-check)")
+    return [got[k] for k in keys]
 
 if __name__ == "__main__":
     raise SystemExit(main())

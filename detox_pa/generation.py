@@ -129,6 +129,11 @@ class GenerateArguments:
                 "holds its pair's center, else 1 (an untuned pair, the logits space or a gate); the run's meta records "
                 "the weight used."})
     steer_vector: str = field(default="", metadata={"help": "For --method steer: a .pt file holding {'vector': [d_target]}."})
+    draft_gate: Optional[float] = field(default=None, metadata={
+        "help": "Detect, then revise (any method): at each alpha, keep the target's own continuation (alpha 0's record "
+                "of the same prompt and sample: the draft) wherever profanity-check (the teacher data's labeller, not "
+                "the BiLSTM judge) scores it below this, and the method's continuation elsewhere. Needs alpha 0 in "
+                "--alphas. Unset = off (every record is the method's)."})
     max_prompts: int = field(default=0, metadata={"help": "Use only the first N prompts (after the filter; 0 = all)."})
     device_map: str = field(default="", metadata={"help": "Place a large target across GPUs, e.g. 'auto' (needs accelerate)."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output (and its journal)."})
@@ -174,6 +179,12 @@ class GenerateArguments:
             raise InputError(f"--bridge must be auto, ids or text, got {self.bridge!r}")
         if self.gate is not None and not math.isfinite(self.gate):
             raise InputError(f"--gate must be a finite number, got {self.gate}")
+        if self.draft_gate is not None:
+            if not (0 < self.draft_gate <= 1):
+                raise InputError(f"--draft_gate must be a profanity-check score in (0, 1], got {self.draft_gate}")
+            if 0.0 not in [float(a) for a in self.alphas]:
+                raise InputError("--draft_gate keeps the target's own continuation (the draft) where it is clean: "
+                                 "--alphas must include 0")
         self.dtype = check_dtype_name(self.dtype)
         self.device = check_device_name(self.device)
         self.alphas = [float(a) for a in self.alphas]
@@ -473,6 +484,41 @@ def assemble(alphas: list[float], done: dict[tuple[float, int], list[dict]], n_b
 # ------------------------------------------------------------------------------------------ the step
 
 
+DRAFT_KEPT_KEY = "draft_kept"  # a record of a gated run: True = the draft (alpha 0's text) was kept
+
+
+def apply_draft_gate(result: list[dict], cut: float, score: Callable[[list[str]], list[float]]) -> dict:
+    """``--draft_gate``: in every alpha block but 0's, a record whose draft (alpha 0's record of the same prompt and
+    sample) scores below ``cut`` under ``score`` (what eval_toxicity.py scores: the response) takes the draft's text,
+    ids and NLL (the target's own, as at alpha 0); each record gets ``draft_kept``. Edits ``result`` in place and
+    returns what the meta file records (how many drafts each alpha kept)."""
+    blocks = {float(b["alpha"]): b[PAIRS_KEY] for b in result}
+    drafts = {(r["prompt_index"], r["sample"]): r for r in blocks[0.0]}
+    keys = list(drafts)
+    scores = dict(zip(keys, score([drafts[k]["response"] for k in keys])))
+    copied = ("response", "continuation", "n_new_tokens", CONT_IDS_KEY, CONT_NLL_KEY)
+    kept = {}
+    for a, recs in blocks.items():
+        if a == 0.0:
+            continue
+        n = 0
+        for r in recs:
+            k = (r["prompt_index"], r["sample"])
+            r[DRAFT_KEPT_KEY] = bool(scores[k] < cut)
+            if r[DRAFT_KEPT_KEY]:
+                n += 1
+                for f in copied:
+                    if f in drafts[k]:
+                        r[f] = drafts[k][f]
+                    else:
+                        r.pop(f, None)
+        kept[f"{a:g}"] = n
+    return {"scorer": "profanity-check", "cut": cut, "drafts": len(keys),
+            "drafts_flagged": sum(v >= cut for v in scores.values()), "kept_per_alpha": kept,
+            "what": "at each alpha, the target's own continuation (alpha 0's) was kept where profanity-check scored "
+                    "it below the cut, the method's continuation elsewhere (detect, then revise)"}
+
+
 def run_fingerprint(args: GenerateArguments, target_path: str, prompts: list[str], method, method_inputs: dict) -> dict:
     """What defines the output: a journal written with another fingerprint is refused on resume."""
     from .io import sha256_text
@@ -664,6 +710,14 @@ def run(args: GenerateArguments) -> list[dict] | None:
     if missing:
         raise RuntimeError(f"{len(missing)} batches missing after generation (first: alpha {missing[0][0]}, batch {missing[0][1]})")
     result = assemble(args.alphas, done, len(batches))
+    draft = None
+    if args.draft_gate is not None:  # a post-pass: the journals hold the method's own continuations
+        from .scorers import get_scorer
+
+        scorer = get_scorer("profanity-check")
+        draft = apply_draft_gate(result, args.draft_gate, lambda texts: [float(x) for x in scorer.score(texts)])
+        log.info("draft gate %g: %d of %d drafts flagged; kept per alpha %s", args.draft_gate, draft["drafts_flagged"],
+                 draft["drafts"], draft["kept_per_alpha"])
     atomic_write_json(out_path, result)
     recorded = recorded_nll_meta(result, out_path, target_path, dtype, device)
     gen_seconds = {str(a): round(sum(r["batch_seconds"] for k in range(len(batches)) for r in done[(a, k)][:1]), 3)
@@ -681,6 +735,7 @@ def run(args: GenerateArguments) -> list[dict] | None:
                 "alphas of a batch are decoded together and its time is split evenly between them",
         **({"prefix_sharing": sharing} if sharing else {}),
         **({RECORDED_NLL_KEY: recorded} if recorded else {}),
+        **({"draft_gate": draft} if draft else {}),
     })
     for p in journal_paths(out_path):
         p.unlink()

@@ -35,7 +35,7 @@ TABLE = {
         "TEACHER_MODEL": (G, "teacher_model"), "TARGET_MODEL": (G, "target_model"), "MATRIX_A": (G, "matrix_A"),
         "DEVICE": (G, "device"), "OUTPUT_PATH": (G, "output_path"), "DATA_PATH": (G, "data_path"),
         "METHOD": (G, "method"), "ALPHAS": (G, "alphas"), "ANTI_TEACHER_MODEL": (G, "anti_teacher_model"),
-        "DIFF_SPACE": (G, "diff_space"), "TOP_K": (G, "top_k"), "GATE": (G, "gate"), "POOL": (G, "pool"),
+        "DIFF_SPACE": (G, "diff_space"), "TOP_K": (G, "top_k"), "GATE": (G, "gate"), "DRAFT_GATE": (G, "draft_gate"), "POOL": (G, "pool"),
         "CONTEXT_WEIGHT": (G, "context_weight"),
         "STEER_VECTOR": (G, "steer_vector"), "MAX_NEW_TOKENS": (G, "max_new_tokens"),
         "GEN_BATCH_SIZE": (G, "batch_size"), "NUM_SAMPLES": (G, "num_samples"), "DO_SAMPLE": (G, "do_sample"),

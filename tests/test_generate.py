@@ -147,3 +147,46 @@ def test_torchrun_two_gloo_ranks_give_the_single_process_output(assets, tmp_path
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(out.read_text()) == json.loads(ref.read_text())
+
+
+def test_draft_gate_keeps_the_clean_drafts_and_revises_the_flagged(assets, tmp_path, monkeypatch):
+    """--draft_gate: at alpha 0.5, a record whose draft (alpha 0's text) scores below the cut is the draft, byte for
+    byte (text, ids, NLL); the others are the method's own, as in the ungated run; the meta file counts them."""
+    from detox_pa import scorers
+
+    plain, gated = tmp_path / "plain.json", tmp_path / "gated.json"
+    assert gen(assets, plain, "--do_sample", "--num_samples", "2") == 0
+    drafts = [p["response"] for p in json.loads(plain.read_text())[0]["prompt-response pairs"]]
+    flagged = set(drafts[::3])  # a stub labeller: these drafts score 0.9, the others 0.0
+
+    class Stub:
+        def score(self, texts):
+            return [0.9 if t in flagged else 0.0 for t in texts]
+
+    monkeypatch.setattr(scorers, "get_scorer", lambda name, **kw: Stub())
+    assert gen(assets, gated, "--do_sample", "--num_samples", "2", "--draft_gate", "0.5") == 0
+    p0, p1 = (blk["prompt-response pairs"] for blk in json.loads(plain.read_text()))
+    g0, g1 = (blk["prompt-response pairs"] for blk in json.loads(gated.read_text()))
+    assert g0 == p0  # alpha 0 is the target alone either way
+    kept = 0
+    for d, m, g in zip(p0, p1, g1):
+        want = m if d["response"] in flagged else d
+        assert g["draft_kept"] is (d["response"] not in flagged)
+        kept += g["draft_kept"]
+        assert {k: g[k] for k in want if k not in ("seed",)} == {k: want[k] for k in want if k not in ("seed",)}
+    assert 0 < kept < len(g1) and any(d["response"] != m["response"] for d, m in zip(p0, p1))
+    meta = json.loads((tmp_path / "gated.meta.json").read_text())["draft_gate"]
+    assert meta["kept_per_alpha"] == {"0.5": kept} and meta["cut"] == 0.5 and meta["drafts"] == len(p0)
+
+
+@pytest.mark.parametrize("extra, alphas, message", [
+    (("--draft_gate", "0"), ("0", "0.5"), "--draft_gate must be a profanity-check score in (0, 1]"),
+    (("--draft_gate", "1.5"), ("0", "0.5"), "--draft_gate must be a profanity-check score in (0, 1]"),
+    (("--draft_gate", "0.1"), ("0.5",), "--alphas must include 0"),
+])
+def test_draft_gate_bad_input_is_one_line_before_anything_is_written(assets, tmp_path, capsys, extra, alphas, message):
+    out = tmp_path / "g.json"
+    assert gen(assets, out, *extra, alphas=alphas) == 2
+    err = stderr_lines(capsys)
+    assert len(err) == 1 and message in err[0]
+    assert not list(tmp_path.iterdir())
