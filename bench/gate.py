@@ -236,11 +236,13 @@ def main(argv=None) -> int:
     tox, prompt, nll = _read_scored(run)
     if 0.0 not in tox:
         raise SystemExit(f"error: {run}: no alpha 0 row (the target alone)")
+    from detox_pa.artifacts import PAIRS_KEY
+
     gens = json.loads(run.read_text(encoding="utf-8"))
     cont0 = {}
     for block in gens:  # the paper's layout: one block per alpha
         if float(block["alpha"]) == 0.0:
-            for r in block["prompt-response pairs"]:
+            for r in block[PAIRS_KEY]:
                 cont0[(r["prompt_index"], r.get("sample", 0))] = r.get("continuation", " " + r["response"])
     keys = sorted(k for k in tox[0.0] if all(k in tox[x] and k in nll.get(x, {}) for x in tox))
     prompts = [prompt[0.0][k] for k in keys]

@@ -120,6 +120,7 @@ PAIRS_KEY = "prompt-response pairs"  # the paper's generation JSON: [{"alpha", P
 CONT_IDS_KEY = "continuation_ids"
 CONT_NLL_KEY = "continuation_nll"
 RECORDED_NLL_KEY = "recorded_nll"
+DRAFT_KEPT_KEY = "draft_kept"  # generate.py --draft_gate: True = the record is the draft (alpha 0's text), kept
 _JOURNAL = ".journal"
 
 

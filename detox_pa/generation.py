@@ -47,8 +47,8 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
-from .artifacts import (CONT_IDS_KEY, CONT_NLL_KEY, MATRIX_FILE, MATRIX_KEY, PAIRS_KEY, RECORDED_NLL_KEY,
-                        generation_meta_path, journal_path, journal_paths)
+from .artifacts import (CONT_IDS_KEY, CONT_NLL_KEY, DRAFT_KEPT_KEY, MATRIX_FILE, MATRIX_KEY, PAIRS_KEY,
+                        RECORDED_NLL_KEY, generation_meta_path, journal_path, journal_paths)
 from .cli import args_to_dict, log_args, parse_dataclasses, require_min
 from .errors import InputError
 from .methods import alpha_ranges
@@ -482,9 +482,6 @@ def assemble(alphas: list[float], done: dict[tuple[float, int], list[dict]], n_b
 
 
 # ------------------------------------------------------------------------------------------ the step
-
-
-DRAFT_KEPT_KEY = "draft_kept"  # a record of a gated run: True = the draft (alpha 0's text) was kept
 
 
 def apply_draft_gate(result: list[dict], cut: float, score: Callable[[list[str]], list[float]]) -> dict:
