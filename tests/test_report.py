@@ -243,3 +243,15 @@ def test_the_alpha_rule_line_on_dev_prompts_and_where_it_does_not_apply(tmp_path
     assert rule_line(build_report(nozero)).startswith("alpha rule: not applicable to this file (")
     assert run(report.run, report.parse_args, [str(gen), "--ppl_cap", "0"]) == 2
     assert "error: --ppl_cap must be a positive number" in capsys.readouterr().err
+
+
+def test_report_header_says_when_a_run_was_draft_gated(tmp_path):
+    from detox_pa.report import _draft_gate_line
+
+    gen = tmp_path / "g.json"
+    gen.write_text("[]", encoding="utf-8")
+    assert _draft_gate_line(gen) == []  # no sidecar: nothing said
+    (tmp_path / "g.meta.json").write_text(json.dumps({"draft_gate": {
+        "scorer": "profanity-check", "cut": 0.1, "drafts": 160, "kept_per_alpha": {"8": 65}}}), encoding="utf-8")
+    (line,) = _draft_gate_line(gen)
+    assert "--draft_gate 0.1" in line and "alpha 8: 65 of 160 records" in line and "no independent judge" in line
