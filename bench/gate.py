@@ -312,6 +312,52 @@ def model_signals(a, align: Path, prompts: list[str], conts: list[str]) -> dict[
     }
 
 
+DRAFT_CUTS = (0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def read_sweep(run: Path, base: Path | None = None) -> tuple[list, dict, dict, list[float]]:
+    """(keys, BiLSTM scores, NLL, draft scores) of a scored sweep. A run without alpha 0 (results.sh's held-out
+    steering) takes alpha 0 and its drafts from ``base``, a run on the same prompts (checked prompt by prompt)."""
+    from bench.seeds import _read_scored
+
+    tox, prompt, nll = _read_scored(run)
+    src = run
+    if 0.0 not in tox:
+        if base is None:
+            raise SystemExit(f"error: {run}: no alpha 0 row (the target alone, the drafts)")
+        btox, bprompt, bnll = _read_scored(base)
+        some = next(iter(prompt.values()))
+        if 0.0 not in btox or any(bprompt[0.0].get(k) != p for k, p in some.items()):
+            raise SystemExit(f"error: {base} holds no alpha 0 row on the prompts of {run}")
+        tox[0.0], nll[0.0], src = btox[0.0], bnll[0.0], base
+    keys = sorted(k for k in tox[0.0] if all(k in tox[x] and k in nll.get(x, {}) for x in tox))
+    return keys, tox, nll, draft_scores(src, keys)
+
+
+def draft_choice(sweep: tuple, cap: float, cuts=DRAFT_CUTS) -> tuple[float, float, tuple[float, float]] | None:
+    """The dev rule over cut and strength together: the lowest toxicity change whose PPL ratio is <= ``cap``
+    (ties: the larger cut, then the smaller alpha). Returns (cut, alpha, (toxicity change, PPL ratio))."""
+    keys, tox, nll, draft = sweep
+    best = None
+    for cut in sorted(cuts, reverse=True):
+        act = {k for k, v in zip(keys, draft) if v >= cut}
+        for a in sorted(x for x in tox if x != 0.0):
+            t, p = gated_point(keys, act, tox, nll, a)
+            if p <= cap and (best is None or t < best[2][0]):
+                best = (cut, a, (t, p))
+    return best
+
+
+def gated_scores(sweep: tuple, a: float, cut: float | None) -> dict[int, list[float]]:
+    """Per prompt, the BiLSTM scores of the run gated at ``cut`` (None: ungated) at alpha ``a``, for
+    :func:`detox_pa.metrics.paired_difference`."""
+    keys, tox, _, draft = sweep
+    out: dict[int, list[float]] = {}
+    for k, v in zip(keys, draft):
+        out.setdefault(k[0], []).append(tox[a][k] if cut is None or v >= cut else tox[0.0][k])
+    return out
+
+
 def draft_scores(run: Path, keys: list) -> list[float]:
     """profanity-check's score of what the target alone wrote (alpha 0), per record, from the run's toxicity
     records (eval_toxicity.py --scorer bilstm,profanity-check)."""

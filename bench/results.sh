@@ -33,7 +33,7 @@ JOBS=${JOBS:-2}
 SWEEP=${SWEEP:-"0 3 4 5 6 7 8"}          # the default recipe's (and run_all.sh's) sweep
 LM_SWEEP="0 0.1 0.2 0.3 0.4 0.5 0.6"      # the LM pair's (the previous default's) sweep
 PAPER_SWEEP="0 0.1 0.2 0.3 0.5"
-STEER="0.1 0.2 0.3 0.4"
+STEER=${STEER:-"0.1 0.2 0.3 0.4 0.5"}  # 0.5: the draft-gated steering control chooses it on dev
 mkdir -p "$RES_DIR"
 T="$DEFAULT_TEACHER_DIR"; TA="$DEFAULT_ANTI_TEACHER_DIR"; A="$DEFAULT_MATRIX"; TGT="$DEFAULT_TARGET"
 for need in "$T/config.json" "$TA/config.json" "$A" "$DEFAULT_ALIGN_DIR/$ART_TUNED_EXPERT/config.json"; do

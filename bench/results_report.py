@@ -171,6 +171,39 @@ def outcome_lines(res: Path, chosen: dict, sets: dict) -> list[str]:
     return out[:-1]
 
 
+def draft_lines(res: Path, chosen: dict, cap: float) -> list[str]:
+    """Detect, then revise (generate.py --draft_gate) on the default and on steering, its control: cut and strength
+    chosen together on dev by the alpha rule, then read held out exactly off the held-out sweeps (greedy: a gated
+    prompt's text is its alpha-0 or its alpha-a text), paired against each method's own ungated dev choice and
+    against each other."""
+    from gate import draft_choice, gated_point, gated_scores, read_sweep
+
+    need = [res / n for n in ("dev_default.json", "dev_steer.json", "default.json", "steer.json")]
+    if not all(p.exists() for p in need) or "steer" not in chosen or "default" not in chosen:
+        return []
+    rows, held = [], {}
+    for name, label in (("default", "the default recipe"), ("steer", "activation steering")):
+        dev = read_sweep(res / f"dev_{name}.json")
+        pick = draft_choice(dev, cap)
+        sweep = read_sweep(res / f"{name}.json", base=res / "default.json")
+        a0 = float(chosen[name])
+        if pick is None or pick[1] not in sweep[1] or a0 not in sweep[1]:
+            return []
+        cut, a, (t_dev, p_dev) = pick
+        keys, tox, nll, draft = sweep
+        t, p = gated_point(keys, {k for k, v in zip(keys, draft) if v >= cut}, tox, nll, a)
+        t_u, p_u = gated_point(keys, set(keys), tox, nll, a0)
+        held[name] = gated_scores(sweep, a, cut)
+        d = paired_difference(held[name], gated_scores(sweep, a0, None))
+        rows.append(f"| {label} | cut {cut:g}, {a:g} | {100 * t_dev:+.1f}% at {p_dev:.3f}x | **{100 * t:+.1f}% at "
+                    f"{p:.3f}x** | {a0:g}: {100 * t_u:+.1f}% at {p_u:.3f}x | {d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}] |")
+    d = paired_difference(held["default"], held["steer"])
+    return ["| method | dev choice (cut, strength) | dev | held out | held out, ungated at its own dev choice | "
+            "held out, gated minus ungated (paired, 95%) |", "|---|---|---|---|---|---|"] + rows + [
+            "", f"Gated default minus gated steering, held out, paired over prompts: {d[0]:+.4f} [{d[1]:+.4f}, "
+            f"{d[2]:+.4f}] (negative: the default is less toxic)."]
+
+
 def vocab_lines(res: Path) -> list[str]:
     p = res / "offset_vocab.json"
     if not p.exists():
@@ -288,6 +321,14 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
                   "the list are the other single words the evaluation's BiLSTM scores >= 0.5 on their own (quirks "
                   "included: it flags *blood*, *kill* and *hate*, but also *tissue* and *oxygen*); the BiLSTM is read "
                   "here to explain, never to train.", ""] + vl + [""]
+    gl = draft_lines(res, chosen, cap)
+    if gl:
+        lines += ["## Detect, then revise: the draft gate on the default and on steering (`generate.py --draft_gate`)",
+                  "", "Decode with the target alone, keep its continuation (the draft) where profanity-check scores it "
+                  "below the cut, and use the method's continuation elsewhere. Cut (0.05-0.5) and strength are "
+                  "chosen together on dev by the alpha rule; the held-out points are read exactly off the held-out "
+                  "sweeps (`bench/gate.py`). profanity-check labels the teacher data and decides where a gated run "
+                  "acts, so it is no second judge here; toxicity change and PPL ratio against alpha 0.", ""] + gl + [""]
     tl = transmission_lines(res, align_dir)
     if tl:
         lines += ["## Transmission: does A carry each teacher's prediction? (held-out teacher-data text)", "",

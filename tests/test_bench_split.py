@@ -108,3 +108,37 @@ def test_gate_probe_recovers_a_planted_direction():
     assert int(w.abs().argmax()) == 1 and float(w[1]) > 0
     acc = (((X - mu) @ w + b > 0).float() == y).float().mean()
     assert float(acc) > 0.98
+
+
+def test_draft_gate_choice_and_base_on_a_hand_made_run(tmp_path):
+    gate = _bench("gate")
+    gen = _write_run(tmp_path)  # alpha 0 and 1; BiLSTM 0.05 / 0.3 / 0.8 / 0.9 at alpha 0
+    rec = tmp_path / "dev_x_toxicity_records.jsonl"
+    draft = [0.0, 0.2, 0.6, 0.9]  # profanity-check of each alpha-0 record
+    rows = [json.loads(x) for x in rec.read_text().splitlines()]
+    for r in rows:
+        r["scores"]["profanity-check"] = draft[r["prompt_index"]] if r["alpha"] == 0.0 else 0.0
+    rec.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sweep = gate.read_sweep(gen)
+    assert sweep[3] == draft
+    # cut 0.5 acts on prompts 2 and 3: toxicity 0.05 + 0.3 + 0.3 + 0.9 = 1.55, PPL exp(13/11 - 10/11); cut 0.1 also
+    # on prompt 1 (0.3 -> 0.2, its NLL unchanged): 1.45 at the same PPL, so the rule takes cut 0.1
+    cut, a, (t, p) = gate.draft_choice(sweep, cap=2.0, cuts=(0.5,))
+    assert (cut, a) == (0.5, 1.0) and t == pytest.approx(-0.5 / 2.05) and p == pytest.approx(math.exp(3 / 11))
+    cut, a, (t, p) = gate.draft_choice(sweep, cap=2.0, cuts=(0.1, 0.5))
+    assert (cut, a) == (0.1, 1.0) and t == pytest.approx(-0.6 / 2.05) and p == pytest.approx(math.exp(3 / 11))
+    assert gate.draft_choice(sweep, cap=1.0, cuts=(0.5,)) is None  # nothing within the PPL cap
+    assert gate.gated_scores(sweep, 1.0, 0.5) == {0: [0.05], 1: [0.3], 2: [0.3], 3: [0.9]}
+    assert gate.gated_scores(sweep, 1.0, None) == {0: [0.15], 1: [0.2], 2: [0.3], 3: [0.9]}
+    # a run without alpha 0 takes it and its drafts from a base run on the same prompts
+    other = tmp_path / "held"
+    other.mkdir()
+    (other / "s.json").write_text("[]")
+    for kind in ("toxicity", "ppl"):
+        lines = [json.loads(x) for x in (tmp_path / f"dev_x_{kind}_records.jsonl").read_text().splitlines()]
+        (other / f"s_{kind}_records.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in lines if r["alpha"] != 0.0))
+    keys, tox, _, d = gate.read_sweep(other / "s.json", base=gen)
+    assert d == draft and tox[0.0] == sweep[1][0.0]
+    with pytest.raises(SystemExit, match="no alpha 0"):
+        gate.read_sweep(other / "s.json")
