@@ -215,6 +215,11 @@ def vocab_lines(res: Path) -> list[str]:
             f"{d['bilstm_off_list_words']} other words the BiLSTM scores >= 0.5 alone.", ""] + table_lines(d)
 
 
+def section(body: list[str], *head: str) -> list[str]:
+    """An optional section of the report: its header lines, then ``body`` (nothing when the body is empty)."""
+    return [*head, "", *body, ""] if body else []
+
+
 def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = None, repro_dir: Path | None = None) -> str:
     sets = {name: load_set(res / f"{name}.json") for name in SETS if (res / f"{name}.json").exists()}
     if "default" not in sets:
@@ -296,44 +301,39 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
               "labelled the teacher data, so it is not the primary). 95% CI: percentile bootstrap over prompts.",
               "- PPL: token-weighted, continuation given prompt, under the unsteered target (Gemma) and SmolLM2-135M (second "
               "judge). Generation time: wall seconds per alpha on 2 CPU cores, two jobs side by side (indicative).", ""]
-    dl = direction_lines(res, chosen)
-    if dl:
-        lines += ["## Mechanism: does the offset have a direction? (`bench/direction.py`, dev states)", "",
+    lines += section(direction_lines(res, chosen),
+                  "## Mechanism: does the offset have a direction? (`bench/direction.py`, dev states)", "",
                   "AUC: within states holding both kinds, the share of (toxic, other) candidate pairs whose logit change "
                   "is lower for the toxic one. d': how far the toxic candidates' centred change lies below the others', in "
                   "units of the others' spread (reshuffling harmless tokens is what costs PPL). Greedy flips: over an "
                   "alpha grid, only the target's top-5 eligible, the share of states whose pick is toxic that end on a "
                   "non-toxic pick, read where 5 / 10 / 20% of the other states change their pick; p(pick) over the top-5 "
                   "before and after at the 10% point. Scale: the offset's std over the top-10 / the target's logit std "
-                  "there, at unit alpha.", ""] + dl + [""]
-    ol = outcome_lines(res, chosen, sets)
-    if ol:
-        lines += ["## Where each method buys its toxicity change and pays its PPL (`bench/seeds.py split`)", "",
+                  "there, at unit alpha.")
+    lines += section(outcome_lines(res, chosen, sets),
+                  "## Where each method buys its toxicity change and pays its PPL (`bench/seeds.py split`)", "",
                   "The prompts split by what the target alone wrote there (BiLSTM < 0.1: clean, where every change is "
                   "pure cost; >= 0.5: toxic, where changes are wanted; in between). The three shares add up to the "
                   "whole change of mean toxicity; the PPL ratio is each group's own; toxic fixed = the target's toxic "
-                  "continuations brought below 0.5, made = the others brought above it.", ""] + ol + [""]
-    vl = vocab_lines(res)
-    if vl:
-        lines += ["## What the constant offsets promote and demote (`bench/offset_vocab.py`)", "",
+                  "continuations brought below 0.5, made = the others brought above it.")
+    lines += section(vocab_lines(res),
+                  "## What the constant offsets promote and demote (`bench/offset_vocab.py`)", "",
                   "Each constant offset read as a logit bias over the target's word-like tokens (a leading space and 3+ "
                   "letters), z-scored. Word-list words are what step 2's labels mark toxic; the BiLSTM-toxic words off "
                   "the list are the other single words the evaluation's BiLSTM scores >= 0.5 on their own (quirks "
                   "included: it flags *blood*, *kill* and *hate*, but also *tissue* and *oxygen*); the BiLSTM is read "
-                  "here to explain, never to train.", ""] + vl + [""]
-    gl = draft_lines(res, chosen, cap)
-    if gl:
-        lines += ["## Detect, then revise: the draft gate on the default and on steering (`generate.py --draft_gate`)",
+                  "here to explain, never to train.")
+    lines += section(draft_lines(res, chosen, cap),
+                  "## Detect, then revise: the draft gate on the default and on steering (`generate.py --draft_gate`)",
                   "", "Decode with the target alone, keep its continuation (the draft) where profanity-check scores it "
                   "below the cut, and use the method's continuation elsewhere. Cut (0.05-0.5) and strength are "
                   "chosen together on dev by the alpha rule; the held-out points are read exactly off the held-out "
                   "sweeps (`bench/gate.py`). profanity-check labels the teacher data and decides where a gated run "
-                  "acts, so it is no second judge here; toxicity change and PPL ratio against alpha 0.", ""] + gl + [""]
-    tl = transmission_lines(res, align_dir)
-    if tl:
-        lines += ["## Transmission: does A carry each teacher's prediction? (held-out teacher-data text)", "",
+                  "acts, so it is no second judge here; toxicity change and PPL ratio against alpha 0.")
+    lines += section(transmission_lines(res, align_dir),
+                  "## Transmission: does A carry each teacher's prediction? (held-out teacher-data text)", "",
                   "The teacher's own next-token logits against the logits its term gets from the target's output layer, "
-                  "over the shared tokens (1, 1, 1, 0, 1 is perfect).", ""] + tl + [""]
+                  "over the shared tokens (1, 1, 1, 0, 1 is perfect).")
     lines += ["## Held-out (greedy, 10 tokens), each row at its dev-chosen alpha", "", HEAD, line(base, None)]
     lines += [line(rows[n], base) for n, _, _, _ in ROWS if n in rows] + [line(r, base) for r in base_rows]
     lines += [""] + [f"- {label}: {what}." for _, _, label, what in ROWS]
