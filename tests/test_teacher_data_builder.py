@@ -273,3 +273,24 @@ def test_extend_adds_a_second_round_equal_to_a_fresh_build(tiny, tmp_path):
     with pytest.raises(InputError, match="extra_seed"):
         btd.build(_args(tmp_path / "a", extra_samples_train=2, extra_seed=9, reselect=True, overwrite=True),
                   scorer=fake_scorer, scorer_info={"name": "fake"}, progress=False)
+
+
+def test_dev_tune_texts_hold_each_folds_dev_samples_and_nothing_else(built):
+    """Step 2's default also tunes on the dev prompts' texts, one file per cross-fit fold (rtp:dev_a / rtp:dev_b):
+    each holds every sampled continuation of its fold's dev prompts, once, and no other prompt's."""
+    args, sidecar, records = built
+    dev = [r for r in records if r["split"] == btd.SPLIT_DEV and r["continuation"].strip()]
+    assert dev, "the fixture's build holds no dev prompt: the check would be vacuous"
+    seen_prompts = set()
+    for fold in btd.DEV_FOLDS:
+        path = args.tune_dev_paths[fold]
+        assert path.name == f"tune_{fold}.tsv" and sidecar["files"][f"tune_texts_{fold}"].endswith(path.name)
+        want = {(r["prompt"], r["continuation"]) for r in dev if r["prompt"] in set(rtp_split(fold))}
+        text = path.read_text(encoding="utf-8")
+        if not want:  # an empty fold is a header-only file
+            assert text.count("\n") == 1
+            continue
+        pairs, _ = read_teacher_data(path)
+        assert set(pairs) == want and len(pairs) == len(want)
+        seen_prompts |= {p for p, _ in pairs}
+    assert seen_prompts == {r["prompt"] for r in dev}
