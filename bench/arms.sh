@@ -68,7 +68,7 @@ for arm in "${ORDER[@]}"; do
       [[ $kv == ALPHAS=* ]] && alphas=${kv#*=} && alphas=${alphas//,/ }  # the arm's own sweep (comma-separated)
     done
     if [[ ${#env_kv[@]} == 0 && "$seed" == 42 ]]; then  # the default recipe's step 2 (decoding settings aside)
-      d="$DEFAULT_ALIGN_DIR"
+      d=$(screening_default "$ARMS_DIR/align_default_s42")
     elif [[ ${#env_kv[@]} == 0 && "$arm" != default ]]; then  # decoding settings only: the default's pair of this seed
       d="$ARMS_DIR/align_default_s$seed"
       [[ -f "$d/$ART_MATRIX_FILE" ]] || ALIGN_OUTPUT_DIR="$d" ALIGN_SEED=$seed ./run_alignment.sh --progress false > "$ARMS_DIR/align_default_s$seed.log" 2>&1

@@ -27,7 +27,10 @@ labelled by profanity-check (the data filter's label, in the file) and by the Bi
 ``--pair NAME=ALIGN_DIR`` adds a tuned pair (e.g. an experiment's); ``--pool NAME=mean`` reads its offset from each
 teacher's mean state over the text so far (generate.py --pool mean); ``--context_weight NAME=W`` shrinks its difference
 toward its center (generate.py --context_weight W; the default row uses generate.py's default); ``--parts NAME`` adds
-rows for the named pair's center alone and its context-dependent part alone. Writes ``<res_dir>/direction.json``.
+rows for the named pair's center alone and its context-dependent part alone. ``--folds DIR_A,DIR_B``: the default
+pair was tuned on the dev prompts' texts too (step 2's default), so every row of the default's pair is read out of
+fold instead: on the states of rtp:dev_b's prompts from the pair tuned with dev_a's texts (DIR_A), on rtp:dev_a's from
+the one tuned with dev_b's (DIR_B; bench/results.sh's fold pairs). Writes ``<res_dir>/direction.json``.
 """
 
 from __future__ import annotations
@@ -81,6 +84,9 @@ def main() -> None:
     ap.add_argument("--parts", action="append", default=[], metavar="NAME",
                     help="Also measure the named pair's two parts alone: its center (the constant, W=0) and the "
                          "difference minus its center (the context-dependent part).")
+    ap.add_argument("--folds", default="", metavar="DIR_A,DIR_B",
+                    help="Read the default pair's rows out of fold: DIR_A's pair (tuned with rtp:dev_a's texts) on "
+                         "rtp:dev_b's states, DIR_B's on rtp:dev_a's.")
     ap.add_argument("--output", default="", help="Where to write the JSON (default <res_dir>/direction.json).")
     a = ap.parse_args()
 
@@ -139,8 +145,20 @@ def main() -> None:
     # the offset is linear in the difference: at weight w it is const + w (whole - const), so each pair and pool is
     # read twice at most (whole; its center alone), however many rows read it
     read: dict[tuple, tuple] = {}
+    folds = [Path(x) for x in a.folds.split(",") if x.strip()] if a.folds else []
+    if folds and len(folds) != 2:
+        raise SystemExit(f"error: --folds {a.folds}: two alignment folders, DIR_A,DIR_B")
+    if folds:
+        from detox_pa.assets import rtp_split
+
+        fold_b = {p.strip() for p in rtp_split("dev_b")}
+        on_b = torch.tensor([st.texts[int(t)][0].strip() in fold_b for t in st.text_of])  # each state's prompt's fold
 
     def offsets_of(e, an, A, pool: str, const: bool):
+        if folds and (e, an, A) == tuned:  # out of fold: dev_b's states from DIR_A's pair, dev_a's from DIR_B's
+            (off_a, ok_a), (off_b, ok_b) = (offsets_of(d / TUNED_EXPERT, d / TUNED_ANTI, matrix_path(d), pool, const)
+                                            for d in folds)
+            return torch.where(on_b[:, None], off_a, off_b), torch.where(on_b, ok_a, ok_b)
         key = (str(e), str(an), str(A), pool, const)
         if key not in read:
             ttok = load_tokenizer(str(e), pad_with_eos=True)
@@ -178,6 +196,7 @@ def main() -> None:
             rows.setdefault(name, {})[lab_name] = m
             print(f"{name} [{lab_name}]: AUC {m.get('auc')}, d' {m.get('d_prime')}, flips {m['flips']}", flush=True)
     summary = {"what": __doc__.split("\n\n")[1].replace("\n", " "), "dev_prompts": len({p for p, _ in texts}),
+               "folds": [str(d) for d in folds] or None,
                "texts": len(texts), "states": len(st),
                "text_labels": {k: {"clean": int((v == 1).sum()), "toxic": int((v == -1).sum())}
                                for k, v in text_labels.items()},

@@ -229,6 +229,12 @@ def main(argv=None) -> int:
     for p in (run,) if a.draft_only else (run, align / TUNED_EXPERT, align / TUNED_ANTI):
         if not p.exists():
             raise SystemExit(f"error: {p} does not exist")
+    if not a.draft_only:
+        from crossfit import tuned_dev_prompts
+
+        if tuned_dev_prompts(align):  # the pair's own signals on prompts it was tuned on would be in-sample
+            raise SystemExit(f"error: {align}: its pair was tuned on dev prompts; give a screening pair tuned on the "
+                             "training prompts only (bench/arms.sh's align_default_s42) or --draft_only")
     quantiles = [float(q) for q in a.quantiles.split(",")]
     cuts = [float(c) for c in a.draft_cuts.split(",")]
     if a.threads:

@@ -30,7 +30,7 @@ N_SAMPLED=${N_SAMPLED:-150}  # held-out prompts for the sampled protocol
 SAMPLES=${SAMPLES:-5}
 PPL_CAP=${PPL_CAP:-1.25}
 JOBS=${JOBS:-2}
-SWEEP=${SWEEP:-"0 3 4 5 6 7 8"}          # the default recipe's (and run_all.sh's) sweep
+SWEEP=${SWEEP:-"0 1 2 3 4 5 6 7 8"}      # the default recipe's sweep (run_all.sh's and more: low alphas for word-ban's PPL)
 LM_SWEEP="0 0.1 0.2 0.3 0.4 0.5 0.6"      # the LM pair's (the previous default's) sweep
 PAPER_SWEEP="0 0.1 0.2 0.3 0.5"
 STEER=${STEER:-"0.1 0.2 0.3 0.4 0.5"}  # 0.5: the draft-gated steering control chooses it on dev
@@ -83,7 +83,30 @@ LM=(--method diff --teacher_model "$T" --anti_teacher_model "$TA" --matrix_A "$R
 PAPER=(--method fusion --norm layernorm --teacher_model "$PT" --matrix_A "$RES_DIR/align_contrastive/$ART_MATRIX_FILE")
 STEERV=(--method steer --steer_vector "$RES_DIR/steer_vector.pt")
 
-# 1. choose each row's alpha on the dev prompts
+# 1. choose each row's alpha on the dev prompts. The default pair trains on the dev prompts' texts too (step 2's
+#    TUNE_TEXT_PATH): then its dev sweep is out of fold. Two more pairs, each tuned as step 2 tuned the default but with
+#    one fold's dev texts only (bench/crossfit.py fold_settings), each sweep the other fold, and bench/crossfit.py merge
+#    makes dev_default.json of the two: every dev prompt decoded by a pair that never saw it.
+N_TUNED_DEV=$("$PYTHON" bench/crossfit.py trained_on_dev "$DEFAULT_ALIGN_DIR")
+FOLD_DIRS=""
+if (( N_TUNED_DEV > 0 )); then
+  (( N_DEV == 0 )) || { echo "error: N_DEV=$N_DEV: the default pair was tuned on $N_TUNED_DEV dev prompts, so its sweep is cross-fitted over all of rtp:dev (N_DEV=0)" >&2; exit 2; }
+  echo "cross-fit: the default pair was tuned on $N_TUNED_DEV dev prompts; its alpha is chosen out of fold"
+  for f in a b; do
+    d="$RES_DIR/align_fold_$f"
+    if [[ ! -f "$d/$ART_MATRIX_FILE" ]]; then
+      { read -r fpath; read -r frows; } < <("$PYTHON" bench/crossfit.py fold_settings "$DEFAULT_ALIGN_DIR" "dev_$f")
+      TUNE_TEXT_PATH="$fpath" TUNE_TEXT_ROWS="$frows" ALIGN_OUTPUT_DIR="$d" ./run_alignment.sh --progress false > "$d.log" 2>&1
+    fi
+    FOLD_DIRS+="${FOLD_DIRS:+,}$d"
+  done
+  # the pair tuned with dev_a's texts sweeps dev_b, and the other way round
+  { echo "[[ -f $RES_DIR/dev_default_b.json ]] || $PYTHON generate.py --target_model $TGT --data_path rtp:dev_b --output_path $RES_DIR/dev_default_b.json --device cpu --alphas $SWEEP ${DEFAULT[*]/$A/$RES_DIR/align_fold_a/$ART_MATRIX_FILE} > $RES_DIR/dev_default_b.log 2>&1"
+    echo "[[ -f $RES_DIR/dev_default_a.json ]] || $PYTHON generate.py --target_model $TGT --data_path rtp:dev_a --output_path $RES_DIR/dev_default_a.json --device cpu --alphas $SWEEP ${DEFAULT[*]/$A/$RES_DIR/align_fold_b/$ART_MATRIX_FILE} > $RES_DIR/dev_default_a.log 2>&1"
+  } > "$RES_DIR/.queue_folds"
+  pool < "$RES_DIR/.queue_folds"
+  [[ -f "$RES_DIR/dev_default.json" ]] || "$PYTHON" bench/crossfit.py merge "$RES_DIR/dev_default.json" "$RES_DIR/dev_default_a.json" "$RES_DIR/dev_default_b.json"
+fi
 echo "dev sweeps (rtp:dev)"
 { echo "gen dev_default rtp:dev $N_DEV --alphas $SWEEP ${DEFAULT[*]}"
   echo "gen dev_lm rtp:dev $N_DEV --alphas $LM_SWEEP ${LM[*]}"
@@ -127,7 +150,8 @@ pool < "$RES_DIR/.queue_sampled"
 rm -f "$RES_DIR"/.queue_*
 
 # 4. the mechanism (direction on teacher-forced dev states) and the report
-[[ -f "$RES_DIR/direction.json" ]] || "$PYTHON" bench/direction.py --res_dir "$RES_DIR" --out_dir "$OUT_DIR" > "$RES_DIR/direction.log" 2>&1
+[[ -f "$RES_DIR/direction.json" ]] || "$PYTHON" bench/direction.py --res_dir "$RES_DIR" --out_dir "$OUT_DIR" \
+  ${FOLD_DIRS:+--folds "$FOLD_DIRS"} > "$RES_DIR/direction.log" 2>&1
 # what the constant offsets (the default pair's center, steering's vector) promote and demote over the vocabulary
 [[ -f "$RES_DIR/offset_vocab.json" ]] || "$PYTHON" bench/offset_vocab.py --steer "$RES_DIR/steer_vector.pt" \
   --matrix "the default pair's center=$DEFAULT_ALIGN_DIR/$ART_MATRIX_FILE" --json "$RES_DIR/offset_vocab.json" > "$RES_DIR/offset_vocab.log" 2>&1

