@@ -50,8 +50,11 @@ ALIGN_TEMPERATURE=${ALIGN_TEMPERATURE:-1.0}  # contrastive logits / temperature 
 # and A learn so that alpha * W_target((h_expert - h_anti) A) takes mass from toxic candidates among the target's
 # top-k while keeping its distribution (KL). Writes $ALIGN_OUTPUT_DIR/expert and anti_expert; step 3 uses them.
 TUNE_PAIR=${TUNE_PAIR:-auto}               # auto (on when ALSO_TEACHER is set) | true | false (fit A only, the paper)
-TUNE_TEXT_PATH=${TUNE_TEXT_PATH-$DEFAULT_TUNE_TEXTS}  # every sampled continuation of the training prompts (TSV/JSONL)
-TUNE_TEXT_ROWS=${TUNE_TEXT_ROWS:-1269}     # the first this many tune texts (0 = all; 1269 = the first sampling round, sharper on dev)
+# every sampled continuation of the dev prompts (folds dev_a, dev_b), then of the training prompts (TSV/JSONL):
+# twice the prompts transfer better than more samples of the same ones; bench/results.sh then chooses alpha out of fold
+TUNE_TEXT_PATH=${TUNE_TEXT_PATH-$DEFAULT_TUNE_TEXTS}
+TUNE_TEXT_ROWS=${TUNE_TEXT_ROWS:-2546}     # the first this many tune texts over the files in order (0 = all; 2546 = all
+                                           # 1,277 dev texts + the training prompts' first sampling round, 1,269)
 TUNE_TOP_K=${TUNE_TOP_K:-10}               # the target's top-k candidates of each state
 TUNE_ALPHA=${TUNE_ALPHA:-1.0}              # the fusion strength while training
 TUNE_MU=${TUNE_MU:-4.0}                    # weight of KL(target || fused)

@@ -414,7 +414,9 @@ def teacher_states(model, tokenizer, texts: Sequence[str], max_states: int = 0, 
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_TEXT_PATH = "data/teacher_data.tsv,data/teacher_data_toxic.tsv"  # the teacher data (clean, toxic)
-DEFAULT_TUNE_TEXTS = "data/tune_texts.tsv"  # every sampled continuation of the training prompts
+# every sampled continuation of the dev prompts (both cross-fit folds), then of the training prompts
+DEFAULT_TUNE_TEXTS = "data/tune_texts_dev_a.tsv,data/tune_texts_dev_b.tsv,data/tune_texts.tsv"
+DEFAULT_TUNE_ROWS = 2546  # all 1,277 dev texts, then the training prompts' first sampling round (1,269)
 
 
 @dataclass
@@ -477,19 +479,22 @@ class AlignArguments:
     tune_text_path: str = field(default=DEFAULT_TUNE_TEXTS, metadata={
         "help": "Texts for --tune_pair (teacher-data TSV/JSONL, comma-separated; empty: --text_path). Every "
                 "continuation position is a training state; a share (--heldout_text_share, by hash) is held out "
-                "for the direction metric. The default, every sampled continuation of the training prompts, is "
-                "read from the repository's data/ folder (with its precomputed target states)."})
-    tune_text_rows: int = field(default=1269, metadata={
-        "help": "--tune_pair: use the first this many texts (0 = all). 1269 = the default file's first sampling round "
-                "(samples 0-7 of each training prompt): on dev states it gave a sharper direction than all 3,809 "
-                "texts for the same steps (AUC .970 vs .949), and it keeps step 2 short."})
+                "for the direction metric. The default: every sampled continuation of the 160 dev prompts (the "
+                "folds rtp:dev_a and rtp:dev_b, 8 samples each), then of the 160 training prompts, read from the "
+                "repository's data/ folder (with their precomputed target states). Twice the prompts transfer "
+                "better than more samples of the same prompts; since the pair then trains on the dev prompts, "
+                "bench/results.sh chooses its alpha out of fold (a pair tuned without each fold sweeps it)."})
+    tune_text_rows: int = field(default=DEFAULT_TUNE_ROWS, metadata={
+        "help": "--tune_pair: use the first this many texts over the files in order (0 = all). 2546 = all 1,277 dev "
+                "texts, then the training prompts' first sampling round (1,269: samples 0-7 of each; on dev states "
+                "it gave a sharper direction than all 3,809 texts for the same steps, AUC .970 vs .949)."})
     tune_top_k: int = field(default=10, metadata={"help": "--tune_pair: the target's top-k candidates per state."})
     tune_alpha: float = field(default=1.0, metadata={"help": "--tune_pair: the fusion strength while training."})
     tune_mu: float = field(default=4.0, metadata={"help": "--tune_pair: weight of KL(target || fused)."})
     tune_lr: float = field(default=1e-4, metadata={"help": "--tune_pair: AdamW learning rate of the teachers' bodies."})
     tune_lr_A: float = field(default=1e-4, metadata={"help": "--tune_pair: learning rate of A (0: A stays fixed)."})
     tune_epochs: float = field(default=2.5, metadata={
-        "help": "--tune_pair: passes over the fit texts (2.5 over the default's ~1,015: about 160 steps, as measured)."})
+        "help": "--tune_pair: passes over the fit texts (2.5 over the default's ~2,040: about 320 steps)."})
     tune_batch_texts: int = field(default=16, metadata={"help": "--tune_pair: texts per step."})
     tune_hinge_weight: float = field(default=1.0, metadata={
         "help": "--tune_pair: weight of the greedy hinge (detox_pa.directed.greedy_hinge; 0 = off): at strength "
@@ -559,7 +564,7 @@ class AlignArguments:
         if self.text_path == DEFAULT_TEXT_PATH:  # the repository's files, from any working folder
             self.text_path = ",".join(str(REPO_DIR / p) for p in DEFAULT_TEXT_PATH.split(","))
         if self.tune_text_path == DEFAULT_TUNE_TEXTS:
-            self.tune_text_path = str(REPO_DIR / DEFAULT_TUNE_TEXTS)
+            self.tune_text_path = ",".join(str(REPO_DIR / p) for p in DEFAULT_TUNE_TEXTS.split(","))
         require_min(self, ("tune_text_rows",), 0)
         if self.embedding_space == "auto":
             self.embedding_space = "output" if self.objective == "logits" else "input"
@@ -740,7 +745,7 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
     log.info("direction on held-out texts (%d states, %d with both kinds): AUC %s -> %s, d' %s -> %s",
              after["states"], after["states_both"], before.get("auc"), after.get("auc"), before.get("d_prime"),
              after.get("d_prime"))
-    # decoding's --context_weight shrinks the difference toward its mean over the tune texts (training prompts only)
+    # decoding's --context_weight shrinks the difference toward its mean over the tune texts (no labels)
     center = pair_center(expert, anti, t_tok, states, pool=args.tune_pool)
     out = Path(args.output_dir)
     paths = {}

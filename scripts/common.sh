@@ -71,7 +71,7 @@ DEFAULT_ANTI_TEACHER_DATA="$REPO_DIR/data/teacher_data_toxic.tsv"
 DEFAULT_TUNE_TEXTS_DEV_A="$REPO_DIR/data/tune_texts_dev_a.tsv"
 DEFAULT_TUNE_TEXTS_DEV_B="$REPO_DIR/data/tune_texts_dev_b.tsv"
 DEFAULT_TUNE_TEXTS_TRAIN="$REPO_DIR/data/tune_texts.tsv"
-DEFAULT_TUNE_TEXTS="$DEFAULT_TUNE_TEXTS_TRAIN"
+DEFAULT_TUNE_TEXTS="$DEFAULT_TUNE_TEXTS_DEV_A,$DEFAULT_TUNE_TEXTS_DEV_B,$DEFAULT_TUNE_TEXTS_TRAIN"
 source "$REPO_DIR/scripts/protocols.sh"  # PROTOCOL=paper|dexperts: protocol_default, check_protocol
 
 # -h / --help as the launcher's first argument: its header comment (usage, positional arguments), then each editable
