@@ -84,7 +84,7 @@ def fold_settings(align_dir: str | Path, fold: str) -> tuple[str, int]:
 
 def merge(out: Path, part_a: Path, part_b: Path) -> dict:
     """Merge rtp:dev_a's sweep (``part_a``) and rtp:dev_b's (``part_b``) into one sweep over rtp:dev."""
-    from detox_pa.artifacts import generation_meta_path
+    from detox_pa.artifacts import PAIRS_KEY, generation_meta_path
     from detox_pa.assets import rtp_split
     from detox_pa.errors import InputError
     from detox_pa.io import atomic_write_json
@@ -112,14 +112,14 @@ def merge(out: Path, part_a: Path, part_b: Path) -> dict:
         pairs = []
         for r, fold in zip(runs, FOLDS):
             want = set(rtp_split(fold))
-            block = next(b for b in r if float(b["alpha"]) == a)["prompt-response pairs"]
+            block = next(b for b in r if float(b["alpha"]) == a)[PAIRS_KEY]
             got = {p["prompt"] for p in block}
             if got != want:
                 raise InputError(f"alpha {a:g}: the {fold} part holds {len(got)} prompts, not exactly rtp:{fold}'s "
                                  f"{len(want)}")
             pairs += [{**p, "prompt_index": order[p["prompt"]]} for p in block]
         pairs.sort(key=lambda p: (p["prompt_index"], p.get("sample", 0)))
-        merged.append({"alpha": a, "prompt-response pairs": pairs})
+        merged.append({"alpha": a, PAIRS_KEY: pairs})
     meta = {k: v for k, v in metas[0].items() if k not in ("recorded_nll", "generation_seconds_per_alpha",
                                                            "acted_share_per_alpha")}
     meta.update({"output": str(out), "data_path": "rtp:dev", "n_prompts": len(order),

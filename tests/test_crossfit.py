@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from detox_pa.artifacts import PAIRS_KEY
 from detox_pa.assets import rtp_split
 from detox_pa.errors import InputError
 
@@ -79,7 +80,7 @@ def test_trained_on_dev_counts_the_dev_prompts_within_the_row_cap(tmp_path):
 
 def _sweep(path: Path, fold: str, alphas=(0.0, 2.0), drop: int = 0) -> None:
     prompts = rtp_split(fold)[drop:]
-    runs = [{"alpha": a, "prompt-response pairs": [
+    runs = [{"alpha": a, PAIRS_KEY: [
         {"prompt": p, "response": f"{fold} {a:g} {i}", "continuation": f" {fold} {a:g} {i}", "prompt_index": i,
          "sample": 0, "continuation_ids": [1, 2], "continuation_nll": [0.5, 0.25]} for i, p in enumerate(prompts)]}
         for a in alphas]
@@ -99,7 +100,7 @@ def test_merge_puts_every_record_at_its_dev_position_with_its_folds_text(tmp_pat
     dev, a = rtp_split("dev"), set(rtp_split("dev_a"))
     assert [r["alpha"] for r in runs] == [0.0, 2.0]
     for r in runs:
-        pairs = r["prompt-response pairs"]
+        pairs = r[PAIRS_KEY]
         assert [p["prompt"] for p in pairs] == dev and [p["prompt_index"] for p in pairs] == list(range(160))
         for p in pairs:  # each record is its own fold's, unchanged but for the index
             assert p["response"].startswith("dev_a" if p["prompt"] in a else "dev_b")
