@@ -259,14 +259,21 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
                   if k.startswith("dev_") and 0.0 in sets[k]["tox"]), None)
     verdict = []
     verdict.append(f"Goal 1 (>= {GOAL_DROP:.0%} lower at <= {cap:g}x PPL): **{'met' if goal1 else 'not met'}**.")
+    missed = [f"{r['label']} {r['alpha']:g}" for r, _, ok in dom if not ok]
     verdict.append(f"Goal 2 (Pareto-dominates word-ban and steering; the paired interval against steering at its "
-                   f"dev-chosen strength excludes 0): **{'met' if goal2 else 'not met'}**.")
+                   f"dev-chosen strength excludes 0): **{'met' if goal2 else 'not met'}**"
+                   + (f" (the default's sweep is not less toxic at the PPL of: {', '.join(missed)}; the table below)"
+                      if missed else "") + ".")
+    dev_meta = res / "dev_default.meta.json"
+    oof = (" (out of fold: the pair was tuned on the dev prompts' texts too, so each dev prompt was decoded by a pair "
+           "tuned without it, `bench/crossfit.py`)"
+           if dev_meta.is_file() and json.loads(dev_meta.read_text(encoding="utf-8")).get("crossfit") else "")
     lines = ["# Results: the teacher pair tuned through the fusion, on the embedded default", "",
              "Produced by `bench/results.sh`; every number below is read from its score files by "
              "`bench/results_report.py`.", "",
              f"**Headline.** The default recipe (expert minus anti-expert, both bodies and A trained through the fusion, "
-             f"each teacher's mean state over the text so far, the difference shrunk toward its mean over the training "
-             f"texts, the target's top-5 tokens) at alpha = {a_def:g}, chosen on {n_dev} dev prompts, takes mean BiLSTM toxicity "
+             f"each teacher's mean state over the text so far, the difference shrunk toward its mean over the tune "
+             f"texts, the target's top-5 tokens) at alpha = {a_def:g}, chosen on {n_dev} dev prompts{oof}, takes mean BiLSTM toxicity "
              f"on {base['n']} held-out RealToxicityPrompts prompts from {f(base['tox'])} to {f(main['tox'])} "
              f"({100 * drop:.1f}% lower; 95% CI of the mean {f(main['lo'])}–{f(main['hi'])}) at {ratio:.2f}x the "
              f"token-weighted PPL of the target alone (greedy, 10 new tokens). " + " ".join(verdict), ""]

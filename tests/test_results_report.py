@@ -113,5 +113,7 @@ def test_report_reads_the_study_and_says_whether_the_goals_are_met(tmp_path):
     assert (tmp_path / "results_tradeoff.png").stat().st_size > 1000
     ws("steer", {0.1: 0.14, 0.2: 0.10}, {0.1: 4.1, 0.2: 4.8})
     text = study_report(tmp_path)
-    assert "Goal 2" in text and "excludes 0): **not met**" in text
+    goal2 = next(line for line in text.splitlines() if "Goal 2" in line)
+    assert "excludes 0): **not met** (the default's sweep is not less toxic at the PPL of: activation steering (baseline) " \
+        "0.1, activation steering (baseline) 0.2; the table below)" in goal2, goal2  # the points it misses, named
     assert "| activation steering (baseline) 0.1 | 4.10 | 0.140 | 0.200 | no |" in text
