@@ -3,7 +3,8 @@
     python bench/direction.py --res_dir outputs/results [--out_dir outputs] [--max_prompts 0]
 
 States: every continuation position of the target reading a dev prompt plus one of its own sampled continuations
-(``data/steering_texts.jsonl``, dev prompts only: nothing was trained on them, and every choice is made on them).
+(``data/steering_texts.jsonl``, dev prompts only: every choice is made on them; the default pair also tunes on their
+texts, so its rows are read out of fold with ``--folds``).
 Candidates: the target's top-10 at each state (``detox_pa.directed.target_states``, cached). A candidate is toxic
 under two label sets: the word list (a single-token word of the word-ban list), and the word list or a jump of the
 evaluation's BiLSTM (appending the candidate makes the continuation's score reach 0.5 and rise by 0.3; the

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The results study (docs/RESULTS.md): the default recipe (the pair tuned through the fusion) against the paper's
 # recipe, the default before tuning (the LM pair), and the baselines (word-ban, activation steering), all in one
-# harness. Every alpha is chosen on the DEV prompts (160 build-split prompts that nothing was trained on); every
-# reported row is on the HELD-OUT prompts (rtp:eval, 303).
+# harness. Every alpha is chosen on the DEV prompts (160 build-split prompts no step-1 file uses; the default pair also
+# tunes on their texts, so its alpha is chosen out of fold, below); every reported row is on the HELD-OUT prompts
+# (rtp:eval, 303).
 #
 #   ./run_all.sh && bench/results.sh      # needs the main run's teachers, tuned pair and matrix under $OUT_DIR
 #
