@@ -24,23 +24,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 FOLDS = ("dev_a", "dev_b")
 
 
-def tuned_dev_prompts(align_dir: str | Path) -> int:
-    """How many rtp:dev prompts the tuned pair of ``align_dir`` was trained on (its sidecar's tune texts and rows)."""
-    from detox_pa.artifacts import matrix_path
-    from detox_pa.assets import rtp_split
-    from detox_pa.directed import read_pairs
+def _tune_arguments(align_dir: str | Path) -> dict:
+    """The step-2 arguments recorded in ``align_dir``'s alignment sidecar."""
+    from detox_pa.artifacts import matrix_sidecar_path
     from detox_pa.errors import InputError
 
-    side = Path(matrix_path(align_dir)).with_suffix(".json")
+    side = matrix_sidecar_path(align_dir)
     if not side.is_file():
         raise InputError(f"{side}: no alignment sidecar (run step 2 first)")
-    args = json.loads(side.read_text(encoding="utf-8")).get("arguments", {})
+    return json.loads(side.read_text(encoding="utf-8")).get("arguments", {})
+
+
+def _text_paths(args: dict, key: str = "tune_text_path") -> list[str]:
+    return [p.strip() for p in str(args.get(key) or "").split(",") if p.strip()]
+
+
+def tuned_dev_prompts(align_dir: str | Path) -> int:
+    """How many rtp:dev prompts the tuned pair of ``align_dir`` was trained on (its sidecar's tune texts and rows)."""
+    from detox_pa.assets import rtp_split
+    from detox_pa.directed import read_pairs
+
+    args = _tune_arguments(align_dir)
     if str(args.get("tune_pair")) != "true":
         return 0
-    paths = [p.strip() for p in str(args.get("tune_text_path") or args.get("text_path") or "").split(",") if p.strip()]
     left = int(args.get("tune_text_rows") or 0) or None
     prompts: set[str] = set()
-    for p in paths:
+    for p in _text_paths(args) or _text_paths(args, "text_path"):  # empty tune texts: step 2 tuned on --text_path
         pairs = read_pairs(p)
         take = pairs if left is None else pairs[:left]
         prompts |= {q.strip() for q, _ in take}  # read_pairs glues prompt and text as training does
@@ -55,7 +64,6 @@ def fold_settings(align_dir: str | Path, fold: str) -> tuple[str, int]:
     """Step 2's TUNE_TEXT_PATH and TUNE_TEXT_ROWS for the pair tuned like ``align_dir``'s but with only ``fold``'s dev
     texts: its tune text files without the other fold's file (a file whose prompts are all of the other fold), and its
     row cap less that file's rows (the dev files come first, so the rows of the files after them stay the same)."""
-    from detox_pa.artifacts import matrix_path
     from detox_pa.assets import rtp_split
     from detox_pa.directed import read_pairs
     from detox_pa.errors import InputError
@@ -63,8 +71,8 @@ def fold_settings(align_dir: str | Path, fold: str) -> tuple[str, int]:
     if fold not in FOLDS:
         raise InputError(f"fold {fold!r}: expected one of {', '.join(FOLDS)}")
     other = {q.strip() for q in rtp_split(FOLDS[1 - FOLDS.index(fold)])}
-    args = json.loads(Path(matrix_path(align_dir)).with_suffix(".json").read_text(encoding="utf-8"))["arguments"]
-    paths = [p.strip() for p in str(args.get("tune_text_path") or "").split(",") if p.strip()]
+    args = _tune_arguments(align_dir)
+    paths = _text_paths(args)
     rows = int(args.get("tune_text_rows") or 0)
     keep, seen_other, before = [], False, 0
     for p in paths:
@@ -92,6 +100,7 @@ def merge(out: Path, part_a: Path, part_b: Path) -> dict:
     if out.exists():
         raise InputError(f"{out} exists; remove it to merge again")
     order = {p: i for i, p in enumerate(rtp_split("dev"))}
+    fold_prompts = {fold: set(rtp_split(fold)) for fold in FOLDS}
     runs, metas = [], []
     for path, fold in ((part_a, "dev_a"), (part_b, "dev_b")):
         meta_p = generation_meta_path(path)
@@ -111,7 +120,7 @@ def merge(out: Path, part_a: Path, part_b: Path) -> dict:
     for a in alphas[0]:
         pairs = []
         for r, fold in zip(runs, FOLDS):
-            want = set(rtp_split(fold))
+            want = fold_prompts[fold]
             block = next(b for b in r if float(b["alpha"]) == a)[PAIRS_KEY]
             got = {p["prompt"] for p in block}
             if got != want:

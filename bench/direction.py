@@ -153,7 +153,7 @@ def main() -> None:
         from detox_pa.assets import rtp_split
 
         fold_b = {p.strip() for p in rtp_split("dev_b")}
-        on_b = torch.tensor([st.texts[int(t)][0].strip() in fold_b for t in st.text_of])  # each state's prompt's fold
+        on_b = torch.tensor([p.strip() in fold_b for p, _ in st.texts])[st.text_of]  # each state's prompt's fold
 
     def offsets_of(e, an, A, pool: str, const: bool):
         if folds and (e, an, A) == tuned:  # out of fold: dev_b's states from DIR_A's pair, dev_a's from DIR_B's

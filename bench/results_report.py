@@ -15,7 +15,7 @@ import math
 import sys
 from pathlib import Path
 
-from detox_pa.artifacts import generation_meta_path, matrix_sidecar_path
+from detox_pa.artifacts import matrix_sidecar_path
 from detox_pa.errors import InputError
 from detox_pa.io import atomic_write_bytes, atomic_write_text
 from detox_pa.metrics import mean_ci, paired_difference
@@ -264,10 +264,8 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
                    f"dev-chosen strength excludes 0): **{'met' if goal2 else 'not met'}**"
                    + (f" (the default's sweep is not less toxic at the PPL of: {', '.join(missed)}; the table below)"
                       if missed else "") + ".")
-    dev_meta = generation_meta_path(res / "dev_default.json")
     oof = (" (out of fold: the pair was tuned on the dev prompts' texts too, so each dev prompt was decoded by a pair "
-           "tuned without it, `bench/crossfit.py`)"
-           if dev_meta.is_file() and json.loads(dev_meta.read_text(encoding="utf-8")).get("crossfit") else "")
+           "tuned without it, `bench/crossfit.py`)" if sets.get("dev_default", {}).get("meta", {}).get("crossfit") else "")
     lines = ["# Results: the teacher pair tuned through the fusion, on the embedded default", "",
              "Produced by `bench/results.sh`; every number below is read from its score files by "
              "`bench/results_report.py`.", "",
