@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,12 +76,60 @@ DEFAULT_TARGET = "gemma-3-270m"
 DEFAULT_TEACHER_BASE = "smollm2-135m"
 
 
-def _convert_gguf(spec: EmbeddedModel, dest: Path) -> None:
+class _PlainMemmapNumpy:
+    """numpy, except that ``memmap`` returns a plain ndarray view of the same mapping (see :func:`gguf_read_once`)."""
+
+    def __getattr__(self, name):
+        import numpy
+
+        return getattr(numpy, name)
+
+    @staticmethod
+    def memmap(*args, **kwargs):
+        import numpy
+
+        return numpy.asarray(numpy.memmap(*args, **kwargs))
+
+
+@contextmanager
+def gguf_read_once():
+    """Within this block, the ``gguf`` package's reader parses each GGUF file once, and from a plain ndarray.
+
+    transformers builds a new ``gguf.GGUFReader`` for the tokenizer, for the config and for the weights of one
+    file (three parses), and the reader slices a ``numpy.memmap`` once per metadata item: Gemma's 262,144-token
+    vocabulary made that most of the conversion's time (``bench/bench_setup.py`` measures both ways). The same
+    bytes are read either way (the reader only reads; the test compares the converted weights)."""
+    import gguf
+    import gguf.gguf_reader as reader_module
+
+    original, original_np = gguf.GGUFReader, reader_module.np
+    readers: dict = {}
+
+    def shared_reader(path, mode="r"):
+        key = (os.fspath(path), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, reader_module.np = shared_reader, _PlainMemmapNumpy()
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, reader_module.np = original, original_np
+
+
+def _convert_gguf(spec: EmbeddedModel, dest: Path, read_once: bool = True) -> None:
+    t0 = time.time()
+    log.info("converting embedded model '%s' from GGUF once into %s (takes about a minute)", spec.alias, dest)
+    with gguf_read_once() if read_once else nullcontext():
+        _convert_gguf_files(spec, dest)
+    log.info("converted '%s' in %.1f s", spec.alias, time.time() - t0)
+
+
+def _convert_gguf_files(spec: EmbeddedModel, dest: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    t0 = time.time()
-    log.info("converting embedded model '%s' from GGUF once into %s (takes about a minute)", spec.alias, dest)
     with tempfile.TemporaryDirectory(prefix="gguf-", dir=str(dest.parent)) as work:
         gguf = spec.gguf(Path(work))
         folder, name = str(gguf.parent), gguf.name
@@ -109,7 +158,6 @@ def _convert_gguf(spec: EmbeddedModel, dest: Path) -> None:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    log.info("converted '%s' in %.1f s", spec.alias, time.time() - t0)
 
 
 def ensure_embedded_model(alias: str) -> Path:
