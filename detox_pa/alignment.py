@@ -324,25 +324,39 @@ def transmission(H: torch.Tensor, A: torch.Tensor, Et_out: torch.Tensor, Es_out:
     ``top1`` = same argmax; ``top{k}`` = mean overlap of the two top-k sets / k; ``pearson`` = mean
     per-state correlation of the two logit vectors; ``kl`` = mean KL(teacher || fused term) in nats;
     ``scale`` = mean std of the fused term's logits / the teacher's. 1, 1, 1, 0, 1 is perfect."""
+    return transmissions(H, A, Et_out, Es_out, (norm,), k, chunk)[norm]
+
+
+@torch.no_grad()
+def transmissions(H: torch.Tensor, A: torch.Tensor, Et_out: torch.Tensor, Es_out: torch.Tensor,
+                  norms: Sequence[str] = ("none", "layernorm"), k: int = 10, chunk: int = 256) -> dict:
+    """:func:`transmission` for each of ``norms`` (a dict by norm), the teacher's side of each chunk (its logits
+    over the shared tokens, their top-k, centring and log-softmax) computed once for all of them: the same numbers
+    as one call per norm."""
     Et, Es = Et_out.float(), Es_out.float()
     n = H.shape[0]
-    top1 = topk = pear = kl = scale = 0.0
+    sums = {norm: dict.fromkeys(("top1", "topk", "pear", "kl", "scale"), 0.0) for norm in norms}
     for s in range(0, n, chunk):
         h = H[s:s + chunk].float()
         zt = h @ Et.T
-        zf = map_states(h, A, norm) @ Es.T
-        top1 += float((zt.argmax(1) == zf.argmax(1)).sum())
-        it, jf = zt.topk(k, dim=1).indices, zf.topk(k, dim=1).indices
-        topk += float((it.unsqueeze(2) == jf.unsqueeze(1)).any(2).sum()) / k
+        it = zt.topk(k, dim=1).indices
         a = zt - zt.mean(1, keepdim=True)
-        b = zf - zf.mean(1, keepdim=True)
-        pear += float(((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)).sum())
-        lt, lf = torch.log_softmax(zt, 1), torch.log_softmax(zf, 1)
-        kl += float((lt.exp() * (lt - lf)).sum())
-        scale += float((zf.std(1) / zt.std(1).clamp_min(1e-12)).sum())
+        lt = torch.log_softmax(zt, 1)
+        pt, st = lt.exp(), zt.std(1).clamp_min(1e-12)
+        for norm in norms:
+            zf = map_states(h, A, norm) @ Es.T
+            m = sums[norm]
+            m["top1"] += float((zt.argmax(1) == zf.argmax(1)).sum())
+            jf = zf.topk(k, dim=1).indices
+            m["topk"] += float((it.unsqueeze(2) == jf.unsqueeze(1)).any(2).sum()) / k
+            b = zf - zf.mean(1, keepdim=True)
+            m["pear"] += float(((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)).sum())
+            lf = torch.log_softmax(zf, 1)
+            m["kl"] += float((pt * (lt - lf)).sum())
+            m["scale"] += float((zf.std(1) / st).sum())
     r = lambda x: round(x / max(n, 1), 6)  # noqa: E731
-    return {"top1": r(top1), f"top{k}": r(topk), "pearson": r(pear), "kl": r(kl), "scale": r(scale), "states": n,
-            "norm": norm}
+    return {norm: {"top1": r(m["top1"]), f"top{k}": r(m["topk"]), "pearson": r(m["pear"]), "kl": r(m["kl"]),
+                   "scale": r(m["scale"]), "states": n, "norm": norm} for norm, m in sums.items()}
 
 
 def refine_kl(A0: torch.Tensor, H: torch.Tensor, Et_out: torch.Tensor, Es_out: torch.Tensor, steps: int,
@@ -878,8 +892,7 @@ def run(args: AlignArguments) -> dict:
             "what": "teacher's own logits vs the fused term's logits under the target's output layer, on the "
                     "shared tokens, at every token of held-out texts (1, 1, 1, 0 = perfect; scale = std ratio)",
             "text_path": args.text_path, "texts_fit": states["n_fit"], "texts_heldout": states["n_heldout"],
-            **{who: {norm: transmission(H, A, Ot, Os, norm) for norm in ("none", "layernorm")}
-               for who, H in states["heldout"].items()}}
+            **{who: transmissions(H, A, Ot, Os) for who, H in states["heldout"].items()}}
         for who in states["heldout"]:
             m = result.report["transmission"][who]["none"]
             log.info("transmission (%s, held-out text, %d states): top-1 %.3f, top-10 %.3f, pearson %.3f, KL %.3f",
@@ -891,8 +904,7 @@ def run(args: AlignArguments) -> dict:
         if states is not None:  # how A carries each tuned teacher's own prediction now
             tstates = teacher_text_states(args, tuned["expert"], t_tok, also=tuned["anti_expert"], held_only=True)
             result.report["transmission_after_tuning"] = {
-                who: {norm: transmission(H, A, Ot, Os, norm) for norm in ("none", "layernorm")}
-                for who, H in tstates["heldout"].items()}
+                who: transmissions(H, A, Ot, Os) for who, H in tstates["heldout"].items()}
     assert A.shape == (d_t, d_s) and A.dtype == torch.float32
 
     sidecar = {

@@ -424,3 +424,26 @@ def test_align_logits_objective_transmits_where_contrastive_is_only_reported(rot
     mc = side_c["metrics"]["transmission"]["teacher"]["none"]
     assert 0 <= mc["top1"] <= 1 and mc["states"] == m["states"] and "refine" not in side_c["metrics"]
     assert mc["kl"] > m["kl"]
+
+
+def test_transmissions_shares_the_teacher_side_without_changing_a_number():
+    """One pass for both norms (the teacher's logits computed once) gives each norm's numbers as a plain
+    recomputation does, chunk by chunk or all at once."""
+    g = torch.Generator().manual_seed(3)
+    H, A = torch.randn(70, 6, generator=g), torch.randn(6, 5, generator=g)
+    Et, Es = torch.randn(40, 6, generator=g), torch.randn(40, 5, generator=g)
+    both = alignment.transmissions(H, A, Et, Es, ("none", "layernorm"), k=4, chunk=16)
+    for norm in ("none", "layernorm"):
+        zt = H @ Et.T
+        zf = alignment.map_states(H, A, norm) @ Es.T
+        ref_top1 = float((zt.argmax(1) == zf.argmax(1)).float().mean())
+        lt, lf = torch.log_softmax(zt, 1), torch.log_softmax(zf, 1)
+        ref_kl = float((lt.exp() * (lt - lf)).sum(1).mean())
+        ref_pear = float(torch.stack([torch.corrcoef(torch.stack([zt[i], zf[i]]))[0, 1] for i in range(70)]).mean())
+        got = both[norm]
+        assert got["norm"] == norm and got["states"] == 70
+        assert got["top1"] == pytest.approx(ref_top1, abs=1e-6)
+        assert got["kl"] == pytest.approx(ref_kl, rel=1e-4)
+        assert got["pearson"] == pytest.approx(ref_pear, abs=1e-5)
+        assert alignment.transmission(H, A, Et, Es, norm, k=4, chunk=16) == got
+    assert both["none"]["kl"] != both["layernorm"]["kl"]
