@@ -14,7 +14,9 @@
 #                                         transmission (expert and anti-expert), losses, arguments, seed, time
 # Usage:  ./run_alignment.sh [extra align.py flags, e.g. --heldout_share 0.1]
 #         INIT=lstsq EMBEDDING_SPACE=output ./run_alignment.sh
-# One CPU process: the step is cheap (about a minute on 2 cores for the embedded pair).
+# One CPU process. The embedded default takes about 4 to 5 minutes on 2 cores: the closed form and the transmission
+# metric well under a minute, training the pair through the fusion about 3 minutes (bench/bench_tune.py), its center
+# and the metrics after it about half a minute.
 #
 # The paper's settings (teacher = first 3 layers of Mistral-7B-v0.1, target Llama; same hyperparameters):
 #   MODEL1_NAME=/path/to/teacher MODEL2_NAME=meta-llama/Llama-2-7b-hf \
@@ -76,6 +78,8 @@ TUNE_PROBE_QUANTILE=${TUNE_PROBE_QUANTILE:-0}      # > 0: a text's own next toke
                                                    # toward toxic text (steering's direction) by this quantile is toxic too (0 = off)
 TUNE_POOL=${TUNE_POOL:-mean}               # the teachers' states the offset reads while training: mean (over the text so
                                            # far) | last (the position's own); decode with the same (run_generation.sh's POOL)
+TUNE_ADAM=${TUNE_ADAM:-auto}               # AdamW: auto (torch's choice) | single | foreach (the same numbers) | fused (one
+                                           # pass, equal up to float rounding; 0.91x a step on 2 cores: bench/bench_tune.py)
 ALIGN_OVERWRITE=${ALIGN_OVERWRITE:-0}      # 1 = replace an existing matrix (and tuned pair) in ALIGN_OUTPUT_DIR
 # ----
 
@@ -131,5 +135,5 @@ exec "$PYTHON" "$REPO_DIR/align.py" \
   --tune_contrast_weight "$TUNE_CONTRAST_WEIGHT" \
   --tune_contrast_alpha "$TUNE_CONTRAST_ALPHA" \
   --tune_contrast_beta "$TUNE_CONTRAST_BETA" \
-  --tune_probe_quantile "$TUNE_PROBE_QUANTILE" --tune_pool "$TUNE_POOL" \
+  --tune_probe_quantile "$TUNE_PROBE_QUANTILE" --tune_pool "$TUNE_POOL" --tune_adam "$TUNE_ADAM" \
   ${FLAGS[@]+"${FLAGS[@]}"} "$@"

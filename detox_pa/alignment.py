@@ -545,6 +545,10 @@ class AlignArguments:
         "help": "--tune_pair: the teachers' states the offset reads while training: mean (each teacher's mean state "
                 "over the text up to that position, as generate.py --pool mean, the default, decodes) or last (the "
                 "position's own, as --pool last decodes). Decode a pair with the pool it was tuned with."})
+    tune_adam: str = field(default="auto", metadata={
+        "help": "--tune_pair: AdamW's implementation: auto (torch's choice: one tensor at a time on CPU, foreach on "
+                "CUDA), single, foreach (the same numbers as single) or fused (one vectorised pass; the same update "
+                "up to float rounding). bench/bench_tune.py measures them side by side."})
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
     overwrite: bool = field(default=False, metadata={
         "help": f"Replace an existing {MATRIX_FILE} in --output_dir (and the tuned pair next to it); without it, an "
@@ -613,6 +617,10 @@ class AlignArguments:
 
             if self.tune_pool not in POOLS:
                 raise InputError(f"--tune_pool must be one of {', '.join(POOLS)}, got {self.tune_pool!r}")
+            from .directed import ADAM_IMPLS
+
+            if self.tune_adam not in ADAM_IMPLS:
+                raise InputError(f"--tune_adam must be one of {', '.join(ADAM_IMPLS)}, got {self.tune_adam!r}")
             if not (0 <= self.tune_probe_quantile < 1):
                 raise InputError(f"--tune_probe_quantile must be in [0, 1), got {self.tune_probe_quantile}")
             if (self.tune_contrast_weight > 0 or self.tune_probe_quantile > 0) and self.tune_label_scorer == "none":
@@ -753,7 +761,7 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
                          hinge_margin=args.tune_hinge_margin, hinge_top_k=args.tune_hinge_top_k,
                          ul_weight=args.tune_ul_weight, contrast_weight=args.tune_contrast_weight,
                          contrast_alpha=args.tune_contrast_alpha, contrast_beta=args.tune_contrast_beta,
-                         pool=args.tune_pool, progress=args.progress)
+                         pool=args.tune_pool, adam=args.tune_adam, progress=args.progress)
     A, rep = train_pair(expert, anti, t_tok, A, W, fit, cfg)
     after = direction_metrics(held, *pair_offsets(expert, anti, t_tok, A, W, held, pool=args.tune_pool), top_k=5)
     log.info("direction on held-out texts (%d states, %d with both kinds): AUC %s -> %s, d' %s -> %s",

@@ -576,7 +576,14 @@ class DirectedConfig:
     contrast_alpha: float = 3.0
     contrast_beta: float = 1.0
     pool: str = "last"  # the teachers' states the offset reads: "last" token, or the "mean" over the text so far
+    adam: str = "auto"  # AdamW's implementation: auto (torch's choice) | single | foreach | fused (ADAM_IMPLS)
     progress: bool = True
+
+
+# AdamW's implementations (torch.optim.AdamW flags). "auto" lets torch choose (one tensor at a time on CPU, foreach on
+# CUDA); "single" and "foreach" give the same numbers; "fused" updates every tensor in one vectorised pass, equal to
+# them up to float rounding (bench/bench_tune.py: 0.91x the step on 2 CPU cores, the matmuls being 2/3 of a step)
+ADAM_IMPLS = {"auto": {}, "single": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
 def _trainable_body_params(model, train_layers: int = 0) -> list[torch.nn.Parameter]:
@@ -602,6 +609,8 @@ def train_pair(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: torch
 
     if states.toxic is None:
         raise ValueError("label the states first (label_candidates)")
+    if cfg.adam not in ADAM_IMPLS:
+        raise ValueError(f"adam must be one of {sorted(ADAM_IMPLS)}, got {cfg.adam!r}")
     if cfg.contrast_weight > 0 and states.text_label is None:
         raise ValueError("the contrast term needs the texts' labels (label_texts)")
     view = teacher_view(teacher_tokenizer, states)
@@ -621,7 +630,7 @@ def train_pair(expert, anti, teacher_tokenizer, A: torch.Tensor, W_target: torch
         for p in ps:
             p.requires_grad_(True)
         m.train()
-    opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay, **ADAM_IMPLS[cfg.adam])
     by_text: dict[int, list[int]] = {}
     for s in keep.nonzero().flatten().tolist():
         by_text.setdefault(int(states.text_of[s]), []).append(s)

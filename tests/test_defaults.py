@@ -58,7 +58,7 @@ TABLE = {
         "TUNE_HINGE_TOP_K": (A, "tune_hinge_top_k"), "TUNE_UL_WEIGHT": (A, "tune_ul_weight"),
         "TUNE_CONTRAST_WEIGHT": (A, "tune_contrast_weight"), "TUNE_CONTRAST_ALPHA": (A, "tune_contrast_alpha"),
         "TUNE_CONTRAST_BETA": (A, "tune_contrast_beta"), "TUNE_PROBE_QUANTILE": (A, "tune_probe_quantile"),
-        "TUNE_POOL": (A, "tune_pool")}),
+        "TUNE_POOL": (A, "tune_pool"), "TUNE_ADAM": (A, "tune_adam")}),
     "run_pretrain.sh": ("pretrain.py", {
         "MODEL_NAME_OR_PATH": (M, "model_name_or_path"), "TRAINING_DATA_PATH": (D, "training_data_path"),
         "PRETRAIN_OUTPUT_DIR": (TR, "output_dir"), "NUM_TEACHER_LAYERS": (M, "num_teacher_layers"),

@@ -568,3 +568,30 @@ def test_continuation_contrast_reads_which_texts_the_offset_favours():
     flat = torch.zeros(8, 3)
     flat[:, 2] = 1.0  # a column none of the texts continues with: the same advantage for every text
     assert continuation_contrast(st, flat)["pair_acc"] == 0.0 and continuation_contrast(st, flat)["mean_margin"] == 0.0
+
+
+def test_adam_implementations_foreach_equals_single_fused_within_rounding(trio):
+    """DirectedConfig.adam: "foreach" gives the per-tensor update's numbers exactly, "fused" the same update up to
+    float rounding; an unknown name is refused before any step."""
+    target, expert, anti, tok, ttok = trio
+    st = target_states(target, tok, [(p, c) for p, c in TEXTS] * 2, k=8, progress=False)
+    st.toxic = label_candidates(st, tok, word_ids=set(torch.unique(st.cand[st.cand >= 0])[::4].tolist()))
+    A = torch.randn(24, 32, generator=torch.Generator().manual_seed(3)) * 0.3
+    W = target.get_output_embeddings().weight.detach()
+    out = {}
+    for impl in ("auto", "single", "foreach", "fused"):
+        e, a = [type(m)(m.config) for m in (expert, anti)]
+        e.load_state_dict(expert.state_dict())
+        a.load_state_dict(anti.state_dict())
+        A2, _ = train_pair(e, a, ttok, A, W, st, DirectedConfig(epochs=4, batch_texts=4, lr=3e-3, lr_A=1e-3,
+                                                                adam=impl, progress=False))
+        out[impl] = (A2, torch.cat([p.detach().flatten() for m in (e, a) for p in m.parameters()]))
+    start = torch.cat([p.detach().flatten() for m in (expert, anti) for p in m.parameters()])
+    moved = float((out["single"][1] - start).abs().max())
+    assert moved > 1e-3  # the steps did something
+    for same in ("auto", "foreach"):  # auto: torch's choice, one tensor at a time on CPU
+        assert torch.equal(out[same][0], out["single"][0]) and torch.equal(out[same][1], out["single"][1])
+    assert float((out["fused"][1] - out["single"][1]).abs().max()) < 1e-4 * moved
+    assert float((out["fused"][0] - out["single"][0]).abs().max()) < 1e-5
+    with pytest.raises(ValueError, match="adam must be one of"):
+        train_pair(expert, anti, ttok, A, W, st, DirectedConfig(adam="sgd", progress=False))
