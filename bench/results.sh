@@ -20,6 +20,8 @@
 #            the teachers' last-token states (as it was then)
 #   paper    the paper: one teacher with every weight trained, the contrastive A, LayerNorm fusion
 #   wordban, steer (baselines; steering over its strength sweep); topk (the truncation control, sampled protocol)
+#   sampled_wide  the default when sampling with the offset on the target's top-k chosen on dev (dev_sampled_*), and
+#            its truncation control (sampled_topk_wide)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/common.sh
@@ -142,10 +144,30 @@ pool < "$RES_DIR/.queue_eval"
 # 3. the sampled protocol (SAMPLES samples, top-p 0.9, 20 tokens: EMT and toxicity probability), with the truncation
 #    control: the target alone under exactly the default's restriction (its top-5, then top-p)
 S=(--do_sample --num_samples "$SAMPLES" --top_p 0.9 --max_new_tokens 20 --batch_size 32)
+# 3a. the eligible set the offset acts on when sampling (greedy only picks among the target's top few, so the default's
+#     top-5 costs nothing there; sampling draws from the whole nucleus), screened on dev out of fold: the pair tuned
+#     with dev_a's texts (the default's own pair when it never saw dev prompts) on rtp:dev_b, at the default's alpha,
+#     top-5/10/20 and every token (also at alpha 3), each top-k's truncation control, and steering at its alpha
+FA="$A"; [[ -n "$FOLD_DIRS" ]] && FA="$RES_DIR/align_fold_a/$ART_MATRIX_FILE"
+diff_at() { echo "--method diff --matrix_A $1 --top_k $2 --pool mean --context_weight 0.25"; }
+{ echo "gen dev_sampled_k5 rtp:dev_b 0 --alphas 0 ${ALPHA[default]} $(diff_at "$FA" 5) ${S[*]}"
+  echo "gen dev_sampled_k10 rtp:dev_b 0 --alphas ${ALPHA[default]} $(diff_at "$FA" 10) ${S[*]}"
+  echo "gen dev_sampled_k20 rtp:dev_b 0 --alphas ${ALPHA[default]} $(diff_at "$FA" 20) ${S[*]}"
+  echo "gen dev_sampled_k0 rtp:dev_b 0 --alphas 3 ${ALPHA[default]} $(diff_at "$FA" 0) ${S[*]}"
+  for k in 5 10 20; do echo "gen dev_sampled_topk$k rtp:dev_b 0 --alphas 1 --method topk --top_k $k ${S[*]}"; done
+  echo "gen dev_sampled_steer rtp:dev_b 0 --alphas ${ALPHA[steer]} ${STEERV[*]} ${S[*]}"
+} > "$RES_DIR/.queue_sampled_dev"
+pool < "$RES_DIR/.queue_sampled_dev"
+WIDE_K=$("$PYTHON" bench/results_report.py --res_dir "$RES_DIR" --choose_sampled_k "${ALPHA[default]}" --cap "$PPL_CAP")
+echo "  sampling: the offset on the target's top-$WIDE_K (0 = every token; chosen on dev_b)"
 { echo "gen sampled rtp:eval $N_SAMPLED --alphas 0 ${ALPHA[default]} ${DEFAULT[*]} ${S[*]}"
   echo "gen sampled_topk rtp:eval $N_SAMPLED --alphas 1 --method topk --top_k 5 ${S[*]}"
   echo "gen sampled_steer rtp:eval $N_SAMPLED --alphas ${ALPHA[steer]} ${STEERV[*]} ${S[*]}"
   echo "gen sampled_wordban rtp:eval $N_SAMPLED --alphas 1 --method wordban ${S[*]}"
+  if [[ "$WIDE_K" != 5 ]]; then
+    echo "gen sampled_wide rtp:eval $N_SAMPLED --alphas ${ALPHA[default]} $(diff_at "$A" "$WIDE_K") ${S[*]}"
+    [[ "$WIDE_K" == 0 ]] || echo "gen sampled_topk_wide rtp:eval $N_SAMPLED --alphas 1 --method topk --top_k $WIDE_K ${S[*]}"
+  fi
 } > "$RES_DIR/.queue_sampled"
 pool < "$RES_DIR/.queue_sampled"
 rm -f "$RES_DIR"/.queue_*

@@ -37,8 +37,12 @@ ROWS = (("paper", "dev_paper", "the paper's recipe", "one teacher with every wei
         ("default", "dev_default", "the tuned pair (the default recipe)", "the same pair with both bodies and A "
          "trained through the fusion (`align.py --tune_pair`), each teacher's mean state over the text so far "
          "(`--pool mean`), the difference shrunk toward its center (`--context_weight 0.25`), the target's top-5"))
+# the sampled protocol's eligible set (the target's top-k the offset acts on; 0 = every token), screened on dev_b
+SAMPLED_KS = (5, 10, 20, 0)
+DEV_SAMPLED = (tuple(f"dev_sampled_k{k}" for k in SAMPLED_KS) + tuple(f"dev_sampled_topk{k}" for k in SAMPLED_KS if k)
+               + ("dev_sampled_steer",))
 SETS = ("dev_default", "dev_lm", "dev_paper", "dev_steer", "default", "lm", "paper", "wordban", "steer", "sampled",
-        "sampled_topk", "sampled_steer", "sampled_wordban")
+        "sampled_topk", "sampled_steer", "sampled_wordban") + DEV_SAMPLED + ("sampled_wide", "sampled_topk_wide")
 
 
 def load_set(gen: Path) -> dict:
@@ -91,6 +95,84 @@ def interp_at(curve: list[tuple[float, float]], ppl: float) -> float | None:
     if not below:
         return None
     return min(below + ([best] if best is not None else []))
+
+
+def _top_k_of(s: dict) -> int | None:
+    k = (s["meta"].get("arguments") or {}).get("top_k")
+    return None if k is None else int(k)
+
+
+def emt_by_prompt(recs: dict) -> dict:
+    """Per prompt, the max score over its samples (what EMT averages), as one-value lists for paired_difference."""
+    return {k: [max(v)] for k, v in recs.items()}
+
+
+def choose_sampled_k(res: Path, alpha: float, cap: float) -> int:
+    """The sampled protocol's eligible set, chosen on dev (``dev_sampled_k*``: the default's pair, out of fold, on
+    rtp:dev_b): among the top-k settings at the default's ``alpha``, the lowest EMT whose token-weighted PPL is
+    <= ``cap`` x the target alone's (alpha 0 of ``dev_sampled_k5``); a tie goes to the earlier of SAMPLED_KS."""
+    ref = res / "dev_sampled_k5.json"
+    if not ref.exists():
+        raise InputError(f"{ref} does not exist: run the dev screen of the sampled protocol first (bench/results.sh)")
+    base = load_set(ref)
+    if 0.0 not in base["ppl"]:
+        raise InputError(f"{ref} has no alpha 0 row (the target alone), which the PPL cap is relative to")
+    p0 = base["ppl"][0.0]["ppl_token_weighted"]
+    best = None
+    for k in SAMPLED_KS:
+        p = res / f"dev_sampled_k{k}.json"
+        if not p.exists():
+            continue
+        s = base if k == 5 else load_set(p)
+        if alpha not in s["tox"] or alpha not in s["ppl"]:
+            continue
+        emt, ppl = row_for("", s, alpha)["emt"], s["ppl"][alpha]["ppl_token_weighted"]
+        if ppl <= cap * p0 and (best is None or emt < best[1]):
+            best = (k, emt)
+    if best is None:
+        raise InputError(f"no dev_sampled_k* set in {res} has alpha {alpha:g} within {cap:g}x the target's PPL")
+    return best[0]
+
+
+def sampled_dev_lines(res: Path, sets: dict, alpha: float | None, cap: float) -> list[str]:
+    """The dev screen of the sampled protocol's eligible set: each setting's EMT, toxicity probability, mean
+    toxicity and PPL on rtp:dev_b, EMT against steering's (paired over prompts), and the chosen k."""
+    if alpha is None or "dev_sampled_k5" not in sets or 0.0 not in sets["dev_sampled_k5"]["ppl"]:
+        return []
+    p0 = sets["dev_sampled_k5"]["ppl"][0.0]["ppl_token_weighted"]
+    steer = sets.get("dev_sampled_steer")
+    s_alpha = next(iter(sorted(steer["tox"])), None) if steer else None
+    ref = emt_by_prompt(steer["recs"][s_alpha]) if steer and s_alpha in steer["recs"] else None
+    rows = [("target alone", "-", sets["dev_sampled_k5"], 0.0)]
+    for k in SAMPLED_KS:
+        s = sets.get(f"dev_sampled_k{k}")
+        for a in sorted(s["tox"]) if s else []:
+            if a:
+                rows.append(("the tuned pair (fold a's)", str(k) if k else "every token", s, a))
+    for k in SAMPLED_KS:
+        if f"dev_sampled_topk{k}" in sets:
+            rows.append(("target alone, top-k only (truncation control)", str(k), sets[f"dev_sampled_topk{k}"], 1.0))
+    if steer:
+        rows.append(("activation steering", "every token", steer, s_alpha))
+    out = [f"| setting | eligible set | alpha | EMT | tox. probability | mean tox | PPL Gemma (tw; x alone) | dist-1 | "
+           f"EMT - steering's (95% CI) |", "|---|---|---|---|---|---|---|---|---|"]
+    for lab, k, s, a in rows:
+        r = row_for(lab, s, a)
+        if ref is not None and a in s["recs"] and s is not steer:
+            d, lo, hi, _ = paired_difference(emt_by_prompt(s["recs"][a]), ref)
+            cmp = f"{d:+.3f} ({lo:+.3f} to {hi:+.3f})"
+        else:
+            cmp = "-"
+        out.append(f"| {lab} | {k} | {a:g} | {f(r['emt'])} | {f(r['tp'])} | {f(r['tox'])} | {f(r['ppl'], 2)} "
+                   f"({r['ppl'] / p0:.2f}x) | {f(r['d1'], 2)} | {cmp} |")
+    try:
+        k = choose_sampled_k(res, alpha, cap)
+        what = f"**top-{k}**" if k else "**every token**"
+        out += ["", f"Chosen eligible set for sampling: {what} (the lowest dev EMT at the default's alpha {alpha:g} "
+                    f"whose PPL is <= {cap:g}x the target alone's)."]
+    except InputError:
+        pass
+    return out
 
 
 def transmission_lines(res: Path, align_dir: Path | None) -> list[str]:
@@ -401,6 +483,13 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
         samp += [row_for("activation steering", sets["sampled_steer"], a) for a in sorted(sets["sampled_steer"]["tox"])]
     if "sampled_wordban" in sets:
         samp.append(row_for("word-ban decoding", sets["sampled_wordban"], 1.0))
+    wide_k = _top_k_of(sets["sampled_wide"]) if "sampled_wide" in sets else None
+    if "sampled_wide" in sets:
+        samp += [row_for(f"the tuned pair, top-{wide_k} (the eligible set chosen on dev for sampling)",
+                         sets["sampled_wide"], a) for a in sorted(sets["sampled_wide"]["tox"])]
+    if "sampled_topk_wide" in sets:
+        samp.append(row_for(f"target alone, top-{_top_k_of(sets['sampled_topk_wide'])} only (its truncation control)",
+                            sets["sampled_topk_wide"], 1.0))
     if samp:
         ns = (sets["sampled"]["meta"].get("arguments") or {}).get("num_samples") if "sampled" in sets else None
         lines += ["", f"## Sampled protocol (goal 3; held-out, first {samp[0]['n']} prompts, {ns} samples each, top-p 0.9, "
@@ -420,6 +509,30 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
                       f"{f(ctl['emt'])}: {share:.0%} of the default's change ({f(alone['emt'])} -> {f(dflt['emt'])}); "
                       f"mean toxicity {f(alone['tox'])} -> {f(ctl['tox'])} against the default's {f(dflt['tox'])}, and "
                       f"PPL {f(alone['ppl'], 2)} -> {f(ctl['ppl'], 2)} against {f(dflt['ppl'], 2)}."]
+        st_row = next((r for r in samp if r["label"] == "activation steering"), None)
+        if st_row and st_row["recs"]:
+            pl = [(r["label"], r["alpha"], *paired_difference(emt_by_prompt(r["recs"]), emt_by_prompt(st_row["recs"])))
+                  for r in samp if r["label"].startswith("the tuned pair") and r["recs"]]
+            if pl:
+                lines += ["", f"Per prompt, the max over the samples (what EMT averages), against steering "
+                          f"{st_row['alpha']:g} (paired; 95% bootstrap CI; negative = less toxic than steering):", "",
+                          "| setting | alpha | EMT difference | 95% CI | prompts |", "|---|---|---|---|---|"]
+                lines += [f"| {lab} | {a:g} | {d:+.3f} | {lo:+.3f} to {hi:+.3f} | {n} |" for lab, a, d, lo, hi, n in pl]
+        wide = next((r for r in samp if "chosen on dev for sampling" in r["label"]), None)
+        wctl = next((r for r in samp if "its truncation control" in r["label"]), None)
+        if alone and wide and wctl and alone["emt"] is not None and wide["emt"] != alone["emt"]:
+            share = (alone["emt"] - wctl["emt"]) / (alone["emt"] - wide["emt"])
+            lines += ["", f"With top-{wide_k}: its restriction alone moves EMT from {f(alone['emt'])} to "
+                      f"{f(wctl['emt'])}, {share:.0%} of the change the tuned pair makes at top-{wide_k} "
+                      f"({f(alone['emt'])} -> {f(wide['emt'])})."]
+    dev_s = sampled_dev_lines(res, sets, float(chosen["default"]) if chosen.get("default") is not None else None, cap)
+    if dev_s:
+        lines += ["", "## Sampled protocol: the eligible set, chosen on dev (rtp:dev_b, 80 prompts, 5 samples each, "
+                  "top-p 0.9, 20 tokens)", "",
+                  "Greedy decoding only ever picks among the target's top few tokens, so the default restricts the offset to "
+                  "its top-5; sampling draws from the whole nucleus. Screened out of fold (the pair tuned with dev_a's texts, "
+                  "on dev_b's prompts), at the default's greedy-chosen alpha; the rule below was written after this screen "
+                  "was first run.", ""] + dev_s
     missing = [n for n in SETS if n not in sets]
     if missing:
         lines += ["", f"Not run in this results directory: {', '.join(missing)}."]
@@ -465,6 +578,9 @@ def main():
                     help="Compare every score in --res_dir with a second run's directory; exit 1 on any difference.")
     ap.add_argument("--repro_dir", default="", help="A second run's directory: the report states how it compares.")
     ap.add_argument("--choose_alpha", default="")
+    ap.add_argument("--choose_sampled_k", type=float, default=None, metavar="ALPHA",
+                    help="Print the sampled protocol's eligible set (top-k, 0 = every token) chosen on --res_dir's dev "
+                         "screen at the default's ALPHA.")
     ap.add_argument("--res_dir", default="outputs/results")
     ap.add_argument("--cap", type=float, default=PPL_CAP, help="PPL cap of the alpha rule (x alpha 0's PPL).")
     ap.add_argument("--align_dir", default="outputs/alignment", help="The default run's alignment folder (its sidecar).")
@@ -472,6 +588,9 @@ def main():
     a = ap.parse_args()
     if a.choose_alpha:
         print(f"{choose_alpha(Path(a.choose_alpha), a.cap, PRIMARY):g}")
+        return
+    if a.choose_sampled_k is not None:
+        print(choose_sampled_k(Path(a.res_dir), a.choose_sampled_k, a.cap))
         return
     if a.compare:
         n, diffs = compare(Path(a.res_dir), Path(a.compare))

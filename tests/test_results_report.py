@@ -117,3 +117,43 @@ def test_report_reads_the_study_and_says_whether_the_goals_are_met(tmp_path):
     assert "excludes 0): **not met** (the default's sweep is not less toxic at the PPL of: activation steering (baseline) " \
         "0.1, activation steering (baseline) 0.2; the table below)" in goal2, goal2  # the points it misses, named
     assert "| activation steering (baseline) 0.1 | 4.10 | 0.140 | 0.200 | no |" in text
+
+
+def test_sampled_eligible_set_rule_and_its_dev_table(tmp_path):
+    """The sampled protocol's eligible set is the lowest dev EMT at the default's alpha within the PPL cap (x the
+    target alone's, alpha 0 of dev_sampled_k5): every token is least toxic here but over 1.25x, so top-20; with a
+    looser cap, every token. The report's dev table pairs each row's EMT with steering's."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import results_report as rr
+
+    def ws(name, emt, ppl, top_k):
+        write_set(tmp_path, name, emt, ppl)
+        rows = json.loads((tmp_path / f"{name}_toxicity.json").read_text())
+        for r in rows:
+            r["expected_max_toxicity"] = emt[r["alpha"]]
+        (tmp_path / f"{name}_toxicity.json").write_text(json.dumps(rows))
+        meta = json.loads((tmp_path / f"{name}.meta.json").read_text())
+        meta["arguments"] = {"top_k": top_k}
+        (tmp_path / f"{name}.meta.json").write_text(json.dumps(meta))
+
+    with pytest.raises(InputError, match="dev screen"):
+        rr.choose_sampled_k(tmp_path, 7.0, 1.25)
+    ws("dev_sampled_k5", {0.0: 0.45, 7.0: 0.26}, {0.0: 13.0, 7.0: 5.1}, 5)
+    ws("dev_sampled_k10", {7.0: 0.25}, {7.0: 6.4}, 10)
+    ws("dev_sampled_k20", {7.0: 0.23}, {7.0: 7.5}, 20)
+    ws("dev_sampled_k0", {3.0: 0.30, 7.0: 0.19}, {3.0: 14.3, 7.0: 19.7}, 0)
+    ws("dev_sampled_steer", {0.3: 0.21}, {0.3: 17.0}, 0)
+    assert rr.choose_sampled_k(tmp_path, 7.0, 1.25) == 20
+    assert rr.choose_sampled_k(tmp_path, 7.0, 1.6) == 0
+    with pytest.raises(InputError, match="no dev_sampled_k"):
+        rr.choose_sampled_k(tmp_path, 5.0, 1.25)  # no set has alpha 5
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "results_report.py"), "--res_dir", str(tmp_path),
+                        "--choose_sampled_k", "7", "--cap", "1.25"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "20", r.stderr[-1000:]
+    sets = {n: rr.load_set(tmp_path / f"{n}.json") for n in rr.DEV_SAMPLED if (tmp_path / f"{n}.json").exists()}
+    lines = "\n".join(rr.sampled_dev_lines(tmp_path, sets, 7.0, 1.25))
+    assert "| the tuned pair (fold a's) | 20 | 7 | 0.230 |" in lines and "(0.58x)" in lines
+    assert "| the tuned pair (fold a's) | every token | 7 | 0.190 |" in lines
+    assert "Chosen eligible set for sampling: **top-20**" in lines
+    # write_set's records: prompt i scores emt + 0.01 i, so against steering the difference is exactly emt - 0.21
+    assert "| the tuned pair (fold a's) | 20 | 7 | 0.230 | n/a | 0.240 | 7.50 (0.58x) | n/a | +0.020 (+0.020 to +0.020) |" in lines
