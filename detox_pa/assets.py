@@ -121,25 +121,28 @@ def gguf_read_once():
 def _convert_gguf(spec: EmbeddedModel, dest: Path, read_once: bool = True) -> None:
     t0 = time.time()
     log.info("converting embedded model '%s' from GGUF once into %s (takes about a minute)", spec.alias, dest)
-    with gguf_read_once() if read_once else nullcontext():
-        _convert_gguf_files(spec, dest)
+    _convert_gguf_files(spec, dest, gguf_read_once if read_once else nullcontext)
     log.info("converted '%s' in %.1f s", spec.alias, time.time() - t0)
 
 
-def _convert_gguf_files(spec: EmbeddedModel, dest: Path) -> None:
+def _convert_gguf_files(spec: EmbeddedModel, dest: Path, reading=nullcontext) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with tempfile.TemporaryDirectory(prefix="gguf-", dir=str(dest.parent)) as work:
         gguf = spec.gguf(Path(work))
         folder, name = str(gguf.parent), gguf.name
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        qmodel = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        with reading():  # the shared reader is dropped before the copy below, the conversion's memory peak
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            qmodel = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         config = qmodel.config
         if hasattr(config, "quantization_config"):
             delattr(config, "quantization_config")  # a quantized model refuses save_pretrained
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        missing, unexpected = model.load_state_dict(qmodel.state_dict(), strict=False)
+        # the plain model takes the de-quantised tensors themselves (built on the meta device, then assigned): no
+        # second copy of the weights in memory
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = model.load_state_dict(qmodel.state_dict(), strict=False, assign=True)
         missing = [k for k in missing if "lm_head" not in k or not config.tie_word_embeddings]
         if missing or unexpected:
             raise RuntimeError(f"GGUF conversion of {spec.alias}: missing {missing[:5]}, unexpected {unexpected[:5]}")
