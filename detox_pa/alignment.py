@@ -545,6 +545,11 @@ class AlignArguments:
         "help": "--tune_pair: the teachers' states the offset reads while training: mean (each teacher's mean state "
                 "over the text up to that position, as generate.py --pool mean, the default, decodes) or last (the "
                 "position's own, as --pool last decodes). Decode a pair with the pool it was tuned with."})
+    transmission_before_tuning: bool = field(default=False, metadata={
+        "help": "--tune_pair: also measure the transmission of the closed-form A with the untuned teachers, before "
+                "tuning (the sidecar's 'transmission'; about 20 s for the embedded default). Without it, only the "
+                "tuned pair through the tuned A is measured ('transmission_after_tuning'), which is what decoding "
+                "reads. Without --tune_pair the transmission is always measured."})
     tune_adam: str = field(default="auto", metadata={
         "help": "--tune_pair: AdamW's implementation: auto (torch's choice: one tensor at a time on CPU, foreach on "
                 "CUDA), single, foreach (the same numbers as single) or fused (one vectorised pass; the same update "
@@ -673,8 +678,9 @@ def _tokenizer(auto, path: str, what: str):
 
 
 def teacher_text_states(args: AlignArguments, teacher_path: str, t_tok, also: str | None = None,
-                        held_only: bool = False) -> dict:
-    """The teacher's (and --also_teacher's, or ``also``'s) final hidden states on the fit and held-out texts."""
+                        held_only: bool = False, held: bool = True) -> dict:
+    """The teacher's (and --also_teacher's, or ``also``'s) final hidden states on the fit and held-out texts
+    (``held=False``: the fit texts' only, for the refinement)."""
     from transformers import AutoModelForCausalLM
 
     from .assets import resolve_model
@@ -685,15 +691,16 @@ def teacher_text_states(args: AlignArguments, teacher_path: str, t_tok, also: st
     who = {"teacher": teacher_path}
     if also or args.also_teacher:
         who["also_teacher"] = also or resolve_model(args.also_teacher, "--also_teacher")
-    fit_states, held = [], {}
+    fit_states, held_states = [], {}
     for name, path in who.items():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         n_fit = args.max_states // len(who) if args.max_states else 0
         if args.objective == "logits" and args.refine_steps > 0 and not held_only:
             fit_states.append(teacher_states(model, t_tok, fit_t, n_fit))
-        held[name] = teacher_states(model, t_tok, held_t, 4000)
+        if held:
+            held_states[name] = teacher_states(model, t_tok, held_t, 4000)
         del model
-    return {"fit": torch.cat(fit_states) if fit_states else None, "heldout": held,
+    return {"fit": torch.cat(fit_states) if fit_states else None, "heldout": held_states,
             "n_fit": len(fit_t), "n_heldout": len(held_t)}
 
 
@@ -813,6 +820,13 @@ def save_tuned_teacher(model, tokenizer, dest: Path, source: str, tuned: dict) -
     return dest
 
 
+def _log_transmission(held: dict, rep: dict, when: str) -> None:
+    for who in held:
+        m = rep[who]["none"]
+        log.info("transmission (%s, held-out text, %d states%s): top-1 %.3f, top-10 %.3f, pearson %.3f, KL %.3f",
+                 who, m["states"], when, m["top1"], m["top10"], m["pearson"], m["kl"])
+
+
 def run(args: AlignArguments) -> dict:
     """Fit A for ``args.objective``, measure it, and write the matrix and its sidecar (align.py's body)."""
     from transformers import AutoTokenizer
@@ -886,7 +900,10 @@ def run(args: AlignArguments) -> dict:
         if args.embedding_space != "output":
             Ot = load_embedding(find_embedding(teacher, "output", f"teacher {args.model1_name}"))[0][sv.teacher_ids]
             Os = load_embedding(find_embedding(target, "output", f"target {args.model2_name}"))[0][sv.target_ids]
-        states = teacher_text_states(args, teacher, t_tok)
+        # with --tune_pair the decoding reads the tuned pair through the tuned A: that is what is measured (after
+        # tuning); the closed form's own transmission only with --transmission_before_tuning
+        before = args.tune_pair != "true" or args.transmission_before_tuning
+        states = teacher_text_states(args, teacher, t_tok, held=before)
         if args.objective == "logits" and args.refine_steps > 0:
             t_ref0 = time.time()
             A, losses = refine_kl(A, states["fit"], Ot, Os, args.refine_steps, args.refine_lr, seed=args.seed,
@@ -901,10 +918,12 @@ def run(args: AlignArguments) -> dict:
                     "shared tokens, at every token of held-out texts (1, 1, 1, 0 = perfect; scale = std ratio)",
             "text_path": args.text_path, "texts_fit": states["n_fit"], "texts_heldout": states["n_heldout"],
             **{who: transmissions(H, A, Ot, Os) for who, H in states["heldout"].items()}}
-        for who in states["heldout"]:
-            m = result.report["transmission"][who]["none"]
-            log.info("transmission (%s, held-out text, %d states): top-1 %.3f, top-10 %.3f, pearson %.3f, KL %.3f",
-                     who, m["states"], m["top1"], m["top10"], m["pearson"], m["kl"])
+        if not before:
+            result.report["transmission"]["measured"] = ("after tuning only (transmission_after_tuning: the tuned "
+                                                         "pair through the tuned A, what decoding reads); "
+                                                         "--transmission_before_tuning true also measures the "
+                                                         "closed form with the untuned teachers here")
+        _log_transmission(states["heldout"], result.report["transmission"], "")
     tuned = None
     if args.tune_pair == "true":
         A, tuned = tune_pair_stage(args, teacher, target, A)
@@ -913,6 +932,7 @@ def run(args: AlignArguments) -> dict:
             tstates = teacher_text_states(args, tuned["expert"], t_tok, also=tuned["anti_expert"], held_only=True)
             result.report["transmission_after_tuning"] = {
                 who: transmissions(H, A, Ot, Os) for who, H in tstates["heldout"].items()}
+            _log_transmission(tstates["heldout"], result.report["transmission_after_tuning"], ", after tuning")
     assert A.shape == (d_t, d_s) and A.dtype == torch.float32
 
     sidecar = {

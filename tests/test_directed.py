@@ -288,7 +288,10 @@ def test_align_tune_pair_writes_the_tuned_pair_and_a_matrix_that_names_it(tmp_pa
     rep = side["metrics"]["tune_pair"]
     assert rep["texts_heldout"] >= 1 and rep["training"]["steps"] >= 1
     assert "auc" in rep["direction_heldout_after"] or rep["direction_heldout_after"]["states_both"] == 0
-    assert "transmission_after_tuning" in side["metrics"]
+    # with the pair tuned, the transmission is measured after tuning only (what decoding reads) unless asked
+    after = side["metrics"]["transmission_after_tuning"]
+    assert set(after) == {"teacher", "also_teacher"} and after["teacher"]["none"]["states"] > 0
+    assert "teacher" not in side["metrics"]["transmission"] and "after tuning only" in side["metrics"]["transmission"]["measured"]
     # the pair's center (decoding's --context_weight) is stored beside A, which the paper's reader still finds
     blob = torch.load(out / "mapping_model.pt")
     from detox_pa.artifacts import load_center, load_matrix
@@ -308,9 +311,15 @@ def test_align_tune_pair_writes_the_tuned_pair_and_a_matrix_that_names_it(tmp_pa
     cached = list((tmp_path / "cache" / "states").glob("*.pt"))
     assert len(cached) == 1
     out2 = tmp_path / "align2"
-    argv2 = [a if a != str(out) else str(out2) for a in argv]
+    argv2 = [a if a != str(out) else str(out2) for a in argv] + ["--transmission_before_tuning", "true"]
     assert run(alignment.run, alignment.parse_args, argv2) == 0
     assert list((tmp_path / "cache" / "states").glob("*.pt")) == cached
+    # ... and --transmission_before_tuning adds the closed form's own measurement without changing A or the rest
+    side2 = json.loads((out2 / "mapping_model.json").read_text())
+    assert side2["metrics"]["transmission"]["teacher"]["none"]["states"] == after["teacher"]["none"]["states"]
+    assert "measured" not in side2["metrics"]["transmission"]
+    assert side2["metrics"]["transmission_after_tuning"] == after
+    assert torch.equal(torch.load(out2 / "mapping_model.pt")["mapping"], torch.load(out / "mapping_model.pt")["mapping"])
     # states shipped beside the texts (python -m detox_pa.directed TEXTS TARGET) are used when their key matches:
     # with an empty cache nothing is computed, and the tuned pair is the same
     from detox_pa.directed import shipped_states_path, write_states

@@ -29,7 +29,7 @@ def test_run_all_smoke_on_the_embedded_default(tmp_path):
     assert tuple(A.shape) == (576, 640) and torch.isfinite(A).all()
     side = json.loads((out / "alignment" / "mapping_model.json").read_text())
     assert side["objective"] == "logits"
-    tr = side["metrics"]["transmission"]
+    tr = side["metrics"]["transmission_after_tuning"]  # the tuned pair through the tuned A, what decoding reads
     assert set(tr) >= {"teacher", "also_teacher"} and tr["teacher"]["none"]["states"] > 100
     meta = json.loads((out / "generations.meta.json").read_text())
     # step 2 tuned the pair through the fusion; step 3 decoded with the pair the matrix's sidecar names
