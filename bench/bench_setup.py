@@ -5,6 +5,7 @@
 
     .venv/bin/python bench/bench_setup.py                 # both embedded models
     .venv/bin/python bench/bench_setup.py --models gemma-3-270m
+    .venv/bin/python bench/bench_setup.py --prepare      # set-up's prepare_models: one after the other vs side by side
 
 Prints each conversion's time (CPU time of this process by default, ``--clock wall`` for wall time), the
 ratio, and whether the two folders hold the same weights (every tensor equal) and the same tokenizer files.
@@ -56,9 +57,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(EMBEDDED_MODELS), help="comma-separated embedded aliases")
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+    ap.add_argument("--prepare", action="store_true",
+                    help="Time detox_pa.assets.prepare_models (every embedded model, empty cache) converting one "
+                         "model after the other against each in its own process side by side (wall time).")
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "bench_setup.json"))
     a = ap.parse_args(argv)
     setup_logging()
+    if a.prepare:
+        return _bench_prepare()
     clock = time.process_time if a.clock == "cpu" else time.perf_counter
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-setup-") as tmp:
@@ -86,6 +92,24 @@ def main(argv=None) -> int:
     Path(a.out).write_text(json.dumps({"clock": a.clock, "rows": rows, "cpu_count": os.cpu_count()}, indent=2) + "\n")
     ok = all(r["weights_equal"] and all(r["files_equal"].values()) for r in rows)
     return 0 if ok else 1
+
+
+def _bench_prepare() -> int:
+    from detox_pa.assets import EMBEDDED_MODELS, prepare_models
+
+    t = {}
+    with tempfile.TemporaryDirectory(prefix="bench-prepare-") as tmp:
+        for way, parallel in (("one_after_the_other", False), ("side_by_side", True)):
+            os.environ["DETOX_PA_CACHE"] = str(Path(tmp) / way)
+            t0 = time.perf_counter()
+            prepare_models(parallel=parallel)
+            t[way] = time.perf_counter() - t0
+        same = all(_same_folders(Path(tmp) / "one_after_the_other" / "models" / m,
+                                 Path(tmp) / "side_by_side" / "models" / m)["weights_equal"] for m in EMBEDDED_MODELS)
+    print(f"prepare_models, {len(EMBEDDED_MODELS)} models from an empty cache (wall): one after the other "
+          f"{t['one_after_the_other']:.1f} s, side by side {t['side_by_side']:.1f} s "
+          f"({t['side_by_side'] / t['one_after_the_other']:.3f}x); same weights: {same}")
+    return 0 if same else 1
 
 
 if __name__ == "__main__":

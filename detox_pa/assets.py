@@ -163,17 +163,42 @@ def _convert_gguf_files(spec: EmbeddedModel, dest: Path, reading=nullcontext) ->
             raise
 
 
+def _converted(dest: Path) -> bool:
+    return (dest / "config.json").exists() and (dest / "detox_pa_source.json").exists()
+
+
 def ensure_embedded_model(alias: str) -> Path:
     """Local Hugging Face folder for an embedded alias, converting from GGUF on first use."""
     spec = EMBEDDED_MODELS[alias]
     dest = cache_dir() / "models" / alias
-    if (dest / "config.json").exists() and (dest / "detox_pa_source.json").exists():
+    if _converted(dest):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     _convert_gguf(spec, dest)
     return dest
 
 
+
+
+def _convert_in_child(alias: str) -> str:
+    from .cli import setup_logging
+
+    setup_logging()
+    return str(ensure_embedded_model(alias))
+
+
+def prepare_models(parallel: bool = True) -> dict[str, Path]:
+    """Every embedded model as a local folder. When more than one still needs converting, each converts in its own
+    process, side by side (a conversion is mostly one core's work: the GGUF reader and numpy's de-quantisation)."""
+    todo = [a for a in EMBEDDED_MODELS if not _converted(cache_dir() / "models" / a)]
+    if parallel and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        (cache_dir() / "models").mkdir(parents=True, exist_ok=True)
+        with ProcessPoolExecutor(len(todo), mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_convert_in_child, todo))
+    return {alias: ensure_embedded_model(alias) for alias in EMBEDDED_MODELS}
 
 
 def check_model_folder(path: Path, what: str = "model", need_tokenizer: bool = True) -> None:
@@ -316,8 +341,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     setup_logging()
     if a.command == "prepare":
-        for alias in EMBEDDED_MODELS:
-            log.info("%s -> %s", alias, ensure_embedded_model(alias))
+        for alias, path in prepare_models().items():
+            log.info("%s -> %s", alias, path)
         paths = write_prompt_files(a.out_dir)
         for k, v in paths.items():
             log.info("prompts %s -> %s", k, v)
