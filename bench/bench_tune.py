@@ -11,7 +11,9 @@ rounds, the fastest of each kept:
 - ``fused``: one vectorised pass over every tensor (``fused=True``): the same update up to float rounding.
 
 Prints seconds per step (wall, or ``--clock cpu``), each ratio to ``single``, and the largest difference of any
-trained weight (and of A) from ``single``'s after the same steps. Writes bench/out/bench_tune.json.
+trained weight (and of A) from ``single``'s after the same steps; then the step's floor: on batches of the same 16
+texts, both teachers' forward and backward alone (the bodies' matmuls every step must pay; no offset, loss or
+optimizer), and each step's ratio to it. Writes bench/out/bench_tune.json.
 
     .venv/bin/python bench/bench_tune.py                  # 24 steps, 2 rounds
 """
@@ -91,19 +93,47 @@ def main(argv=None) -> int:
             if r == 0:
                 weights[impl] = (A, torch.cat([p.detach().flatten() for m in (e, an) for p in m.parameters()]))
             print(f"round {r + 1} {impl:8} {rep['steps']} steps: {dt * 1000:.0f} ms a step", flush=True)
+    # the floor: both teachers' bodies forward and backward on batches of 16 texts (the same sampling of texts)
+    from detox_pa.directed import pair_difference, teacher_view
+    from detox_pa.fusion import backbone
+
+    view = teacher_view(t_tok, states)
+    by_text: dict[int, list[int]] = {}
+    for s_i in (view.pos >= 0).nonzero().flatten().tolist():
+        by_text.setdefault(int(states.text_of[s_i]), []).append(s_i)
+    text_ids = sorted(by_text)
+    pad = t_tok.pad_token_id if t_tok.pad_token_id is not None else 0
+    floor = float("inf")
+    for r in range(a.rounds):
+        e, an = copy.deepcopy(base[0]), copy.deepcopy(base[1])
+        for m in (e, an):
+            m.train()
+            for name, p in m.named_parameters():
+                p.requires_grad_("embed" not in name and "lm_head" not in name)
+        g = torch.Generator().manual_seed(42)
+        t0 = clock()
+        for _ in range(a.steps):
+            batch = [text_ids[i] for i in torch.randperm(len(text_ids), generator=g)[:16].tolist()]
+            _, d = pair_difference((backbone(e), backbone(an)), view, states, by_text, batch, pad, "cpu", "mean")
+            d.pow(2).sum().backward()
+        floor = min(floor, (clock() - t0) / a.steps)
+    print(f"round floor: both teachers' forward + backward alone: {floor * 1000:.0f} ms a step", flush=True)
     ref = "single" if "single" in weights else impls[0]
     rows = []
-    print(f"\n{'AdamW':8} {'ms/step':>8} {'x ' + ref:>9} {'max |dW|':>10} {'max |dA|':>10}  ({a.clock} time, {a.texts} "
-          f"texts' states, fastest of {a.rounds} rounds)")
+    print(f"\n{'AdamW':8} {'ms/step':>8} {'x ' + ref:>9} {'x floor':>8} {'max |dW|':>10} {'max |dA|':>10}  ({a.clock} "
+          f"time, {a.texts} texts' states, fastest of {a.rounds} rounds)")
     for impl in impls:
         dW = float((weights[impl][1] - weights[ref][1]).abs().max())
         dA = float((weights[impl][0] - weights[ref][0]).abs().max())
         rows.append({"adam": impl, "seconds_per_step": round(best[impl], 4), "ratio": round(best[impl] / best[ref], 3),
-                     "max_abs_weight_diff": dW, "max_abs_A_diff": dA})
-        print(f"{impl:8} {best[impl] * 1000:8.0f} {best[impl] / best[ref]:9.3f} {dW:10.2e} {dA:10.2e}")
+                     "ratio_to_floor": round(best[impl] / floor, 3), "max_abs_weight_diff": dW, "max_abs_A_diff": dA})
+        print(f"{impl:8} {best[impl] * 1000:8.0f} {best[impl] / best[ref]:9.3f} {best[impl] / floor:8.3f} {dW:10.2e} "
+              f"{dA:10.2e}")
+    print(f"{'floor':8} {floor * 1000:8.0f}  (both teachers' bodies, forward + backward, batches of 16 texts)")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"clock": a.clock, "steps": a.steps, "texts": a.texts, "rounds": a.rounds,
-                                       "cpu_count": os.cpu_count(), "rows": rows}, indent=2) + "\n")
+                                       "cpu_count": os.cpu_count(), "floor_seconds_per_step": round(floor, 4),
+                                       "rows": rows}, indent=2) + "\n")
     return 0
 
 
