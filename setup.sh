@@ -23,7 +23,7 @@ fi
 stamp=.venv/.detox_pa_requirements
 want=$(cat requirements.txt requirements-nodeps.txt pyproject.toml | sha256sum | cut -c1-16)
 if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
-  echo "[setup] installing requirements (about 2 minutes on a fresh machine)"
+  echo "[setup] installing requirements (about a minute and a half on a fresh machine)"
   # pip byte-compiles every installed file on one core, about half of its time here; --no-compile, then compileall
   # on every core (the same .pyc files; a file that does not compile is skipped, as pip skips it)
   .venv/bin/python -m pip install -q --no-compile -r requirements.txt
