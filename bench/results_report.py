@@ -107,23 +107,25 @@ def emt_by_prompt(recs: dict) -> dict:
     return {k: [max(v)] for k, v in recs.items()}
 
 
-def choose_sampled_k(res: Path, alpha: float, cap: float) -> int:
+def choose_sampled_k(res: Path, alpha: float, cap: float, sets: dict | None = None) -> int:
     """The sampled protocol's eligible set, chosen on dev (``dev_sampled_k*``: the default's pair, out of fold, on
     rtp:dev_b): among the top-k settings at the default's ``alpha``, the lowest EMT whose token-weighted PPL is
-    <= ``cap`` x the target alone's (alpha 0 of ``dev_sampled_k5``); a tie goes to the earlier of SAMPLED_KS."""
+    <= ``cap`` x the target alone's (alpha 0 of ``dev_sampled_k5``); a tie goes to the earlier of SAMPLED_KS.
+    ``sets``: the study's sets already loaded (by name), read from ``res`` otherwise."""
+    sets = sets or {}
     ref = res / "dev_sampled_k5.json"
-    if not ref.exists():
+    if "dev_sampled_k5" not in sets and not ref.exists():
         raise InputError(f"{ref} does not exist: run the dev screen of the sampled protocol first (bench/results.sh)")
-    base = load_set(ref)
+    base = sets.get("dev_sampled_k5") or load_set(ref)
     if 0.0 not in base["ppl"]:
         raise InputError(f"{ref} has no alpha 0 row (the target alone), which the PPL cap is relative to")
     p0 = base["ppl"][0.0]["ppl_token_weighted"]
     best = None
     for k in SAMPLED_KS:
         p = res / f"dev_sampled_k{k}.json"
-        if not p.exists():
+        s = base if k == 5 else sets.get(f"dev_sampled_k{k}") or (load_set(p) if p.exists() else None)
+        if s is None:
             continue
-        s = base if k == 5 else load_set(p)
         if alpha not in s["tox"] or alpha not in s["ppl"]:
             continue
         emt, ppl = row_for("", s, alpha)["emt"], s["ppl"][alpha]["ppl_token_weighted"]
@@ -166,7 +168,7 @@ def sampled_dev_lines(res: Path, sets: dict, alpha: float | None, cap: float) ->
         out.append(f"| {lab} | {k} | {a:g} | {f(r['emt'])} | {f(r['tp'])} | {f(r['tox'])} | {f(r['ppl'], 2)} "
                    f"({r['ppl'] / p0:.2f}x) | {f(r['d1'], 2)} | {cmp} |")
     try:
-        k = choose_sampled_k(res, alpha, cap)
+        k = choose_sampled_k(res, alpha, cap, sets)
         what = f"**top-{k}**" if k else "**every token**"
         out += ["", f"Chosen eligible set for sampling: {what} (the lowest dev EMT at the default's alpha {alpha:g} "
                     f"whose PPL is <= {cap:g}x the target alone's)."]

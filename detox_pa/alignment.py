@@ -692,10 +692,13 @@ def teacher_text_states(args: AlignArguments, teacher_path: str, t_tok, also: st
     if also or args.also_teacher:
         who["also_teacher"] = also or resolve_model(args.also_teacher, "--also_teacher")
     fit_states, held_states = [], {}
+    need_fit = args.objective == "logits" and args.refine_steps > 0 and not held_only
     for name, path in who.items():
+        if not (need_fit or held):
+            break  # nothing to compute: no teacher is loaded
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         n_fit = args.max_states // len(who) if args.max_states else 0
-        if args.objective == "logits" and args.refine_steps > 0 and not held_only:
+        if need_fit:
             fit_states.append(teacher_states(model, t_tok, fit_t, n_fit))
         if held:
             held_states[name] = teacher_states(model, t_tok, held_t, 4000)

@@ -119,20 +119,16 @@ def gguf_read_once():
 
 
 def _convert_gguf(spec: EmbeddedModel, dest: Path, read_once: bool = True) -> None:
-    t0 = time.time()
-    log.info("converting embedded model '%s' from GGUF once into %s (takes about a minute)", spec.alias, dest)
-    _convert_gguf_files(spec, dest, gguf_read_once if read_once else nullcontext)
-    log.info("converted '%s' in %.1f s", spec.alias, time.time() - t0)
-
-
-def _convert_gguf_files(spec: EmbeddedModel, dest: Path, reading=nullcontext) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    t0 = time.time()
+    log.info("converting embedded model '%s' from GGUF once into %s (takes under a minute)", spec.alias, dest)
     with tempfile.TemporaryDirectory(prefix="gguf-", dir=str(dest.parent)) as work:
         gguf = spec.gguf(Path(work))
         folder, name = str(gguf.parent), gguf.name
-        with reading():  # the shared reader is dropped before the copy below, the conversion's memory peak
+        # the shared reader is dropped before the weights are handed over below (the conversion's memory peak)
+        with gguf_read_once() if read_once else nullcontext():
             tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             qmodel = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         config = qmodel.config
@@ -161,6 +157,7 @@ def _convert_gguf_files(spec: EmbeddedModel, dest: Path, reading=nullcontext) ->
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    log.info("converted '%s' in %.1f s", spec.alias, time.time() - t0)
 
 
 def _converted(dest: Path) -> bool:
@@ -195,7 +192,6 @@ def prepare_models(parallel: bool = True) -> dict[str, Path]:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        (cache_dir() / "models").mkdir(parents=True, exist_ok=True)
         with ProcessPoolExecutor(len(todo), mp_context=multiprocessing.get_context("spawn")) as pool:
             list(pool.map(_convert_in_child, todo))
     return {alias: ensure_embedded_model(alias) for alias in EMBEDDED_MODELS}
