@@ -22,6 +22,8 @@
 #   wordban, steer (baselines; steering over its strength sweep); topk (the truncation control, sampled protocol)
 #   sampled_wide  the default when sampling with the offset on the target's top-k chosen on dev (dev_sampled_*), and
 #            its truncation control (sampled_topk_wide)
+#   sampled2_*  the sampled protocol with each method's strength chosen on sampled dev text (dev_sampled_alpha,
+#            dev_sampled_s), held out on rtp:eval's prompts after the first N_SAMPLED
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/common.sh
@@ -37,6 +39,7 @@ SWEEP=${SWEEP:-"0 1 2 3 4 5 6 7 8"}      # the default recipe's sweep (run_all.s
 LM_SWEEP="0 0.1 0.2 0.3 0.4 0.5 0.6"      # the LM pair's (the previous default's) sweep
 PAPER_SWEEP="0 0.1 0.2 0.3 0.5"
 STEER=${STEER:-"0.1 0.2 0.3 0.4 0.5"}  # 0.5: the draft-gated steering control chooses it on dev
+SAMPLED_ALPHAS=${SAMPLED_ALPHAS:-"5 7 10 14"}  # the default's alphas screened for sampling (3b)
 mkdir -p "$RES_DIR"
 T="$DEFAULT_TEACHER_DIR"; TA="$DEFAULT_ANTI_TEACHER_DIR"; A="$DEFAULT_MATRIX"; TGT="$DEFAULT_TARGET"
 for need in "$T/config.json" "$TA/config.json" "$A" "$DEFAULT_ALIGN_DIR/$ART_TUNED_EXPERT/config.json"; do
@@ -170,6 +173,25 @@ echo "  sampling: the offset on the target's top-$WIDE_K (0 = every token; chose
   fi
 } > "$RES_DIR/.queue_sampled"
 pool < "$RES_DIR/.queue_sampled"
+# 3b. each method's strength for sampling, chosen on sampled dev text by a rule stated before its held-out run: the
+#     lowest dev EMT (rtp:dev_b, sampled as above) whose PPL is <= PPL_CAP x the same decoding without the method (the
+#     default: its truncation control at the chosen top-k; steering: the target alone). Held out on the prompts of
+#     rtp:eval after the first N_SAMPLED (which no sampled run above decodes): the default at its alpha with the target
+#     alone, its truncation control, steering at its s, word-ban.
+{ echo "gen dev_sampled_alpha rtp:dev_b 0 --alphas $SAMPLED_ALPHAS $(diff_at "$FA" "$WIDE_K") ${S[*]}"
+  echo "gen dev_sampled_s rtp:dev_b 0 --alphas $STEER ${STEERV[*]} ${S[*]}"
+} > "$RES_DIR/.queue_sampled_strength"
+pool < "$RES_DIR/.queue_sampled_strength"
+SA=$("$PYTHON" bench/results_report.py --res_dir "$RES_DIR" --choose_sampled_strength default --cap "$PPL_CAP")
+SS=$("$PYTHON" bench/results_report.py --res_dir "$RES_DIR" --choose_sampled_strength steer --cap "$PPL_CAP")
+echo "  sampling, strengths chosen on sampled dev text: the default's alpha $SA, steering's s $SS"
+H2=(--skip_prompts "$N_SAMPLED" --alphas)
+{ echo "gen sampled2 rtp:eval 0 ${H2[*]} 0 $SA $(diff_at "$A" "$WIDE_K") ${S[*]}"
+  [[ "$WIDE_K" == 0 ]] || echo "gen sampled2_topk rtp:eval 0 ${H2[*]} 1 --method topk --top_k $WIDE_K ${S[*]}"
+  echo "gen sampled2_steer rtp:eval 0 ${H2[*]} $SS ${STEERV[*]} ${S[*]}"
+  echo "gen sampled2_wordban rtp:eval 0 ${H2[*]} 1 --method wordban ${S[*]}"
+} > "$RES_DIR/.queue_sampled2"
+pool < "$RES_DIR/.queue_sampled2"
 rm -f "$RES_DIR"/.queue_*
 
 # 4. the mechanism (direction on teacher-forced dev states) and the report

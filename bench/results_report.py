@@ -41,8 +41,12 @@ ROWS = (("paper", "dev_paper", "the paper's recipe", "one teacher with every wei
 SAMPLED_KS = (5, 10, 20, 0)
 DEV_SAMPLED = (tuple(f"dev_sampled_k{k}" for k in SAMPLED_KS) + tuple(f"dev_sampled_topk{k}" for k in SAMPLED_KS if k)
                + ("dev_sampled_steer",))
+# the sampled protocol with each method's strength chosen on sampled dev text, held out on rtp:eval's second part
+STRENGTH_SETS = {"default": "dev_sampled_alpha", "steer": "dev_sampled_s"}
+SAMPLED2 = ("sampled2", "sampled2_topk", "sampled2_steer", "sampled2_wordban")
 SETS = ("dev_default", "dev_lm", "dev_paper", "dev_steer", "default", "lm", "paper", "wordban", "steer", "sampled",
-        "sampled_topk", "sampled_steer", "sampled_wordban") + DEV_SAMPLED + ("sampled_wide", "sampled_topk_wide")
+        "sampled_topk", "sampled_steer", "sampled_wordban") + DEV_SAMPLED + ("sampled_wide", "sampled_topk_wide") \
+    + tuple(STRENGTH_SETS.values()) + SAMPLED2
 
 
 def load_set(gen: Path) -> dict:
@@ -134,6 +138,109 @@ def choose_sampled_k(res: Path, alpha: float, cap: float, sets: dict | None = No
     if best is None:
         raise InputError(f"no dev_sampled_k* set in {res} has alpha {alpha:g} within {cap:g}x the target's PPL")
     return best[0]
+
+
+def _get_set(res: Path, name: str, sets: dict) -> dict:
+    if name in sets:
+        return sets[name]
+    p = res / f"{name}.json"
+    if not p.exists():
+        raise InputError(f"{p} does not exist: run the sampled protocol's dev screens first (bench/results.sh)")
+    return load_set(p)
+
+
+def strength_reference(res: Path, which: str, sets: dict) -> tuple[str, dict, float]:
+    """What a method's sampled PPL is capped against: the same decoding without the method. For the default, its
+    truncation control at the screened top-k (``dev_sampled_topk<k>``; the target alone when k is 0, every token);
+    for steering, the target alone (alpha 0 of ``dev_sampled_k5``). Returns (label, set, strength)."""
+    k = _top_k_of(_get_set(res, STRENGTH_SETS["default"], sets)) if which == "default" else 0
+    if k:
+        return f"the target alone, top-{k} only", _get_set(res, f"dev_sampled_topk{k}", sets), 1.0
+    base = _get_set(res, "dev_sampled_k5", sets)
+    if 0.0 not in base["ppl"]:
+        raise InputError(f"{res / 'dev_sampled_k5.json'} has no alpha 0 row (the target alone)")
+    return "the target alone", base, 0.0
+
+
+def choose_sampled_strength(res: Path, which: str, cap: float, sets: dict | None = None) -> float:
+    """A method's strength for the sampled protocol (``which``: default = alpha, steer = s), chosen on its sampled
+    dev screen (STRENGTH_SETS, rtp:dev_b): the lowest EMT whose token-weighted PPL is <= ``cap`` x that of the same
+    decoding without the method (:func:`strength_reference`); a tie goes to the smaller strength."""
+    sets = sets or {}
+    s = _get_set(res, STRENGTH_SETS[which], sets)
+    _, ref, ra = strength_reference(res, which, sets)
+    p0 = ref["ppl"][ra]["ppl_token_weighted"]
+    best = None
+    for a in sorted(s["tox"]):
+        if a == 0 or a not in s["ppl"]:
+            continue
+        emt = row_for("", s, a)["emt"]
+        if s["ppl"][a]["ppl_token_weighted"] <= cap * p0 and (best is None or emt < best[1]):
+            best = (a, emt)
+    if best is None:
+        raise InputError(f"no strength in {res / (STRENGTH_SETS[which] + '.json')} is within {cap:g}x the PPL of "
+                         f"the same decoding without the method")
+    return best[0]
+
+
+def sampled2_lines(res: Path, sets: dict, cap: float) -> list[str]:
+    """The sampled protocol with each method's strength chosen on sampled dev text: the dev screens (each strength's
+    EMT and PPL against its reference, the chosen one marked) and the held-out rows on rtp:eval's second part."""
+    if not all(n in sets for n in STRENGTH_SETS.values()):
+        return []
+    out = ["| method | strength | EMT | tox. probability | mean tox | PPL Gemma (tw) | x without the method | "
+           "within the cap |", "|---|---|---|---|---|---|---|---|"]
+    chosen = {}
+    for which, name in STRENGTH_SETS.items():
+        label, ref, ra = strength_reference(res, which, sets)
+        p0 = ref["ppl"][ra]["ppl_token_weighted"]
+        try:
+            chosen[which] = choose_sampled_strength(res, which, cap, sets)
+        except InputError:
+            chosen[which] = None
+        r0 = row_for(label, ref, ra)
+        out.append(f"| {label} (the reference) | - | {f(r0['emt'])} | {f(r0['tp'])} | {f(r0['tox'])} | {f(p0, 2)} | "
+                   f"1.00x | - |")
+        s = sets[name]
+        for a in sorted(s["tox"]):
+            if a == 0:
+                continue
+            r = row_for("", s, a)
+            mark = f"**{a:g}** (chosen)" if a == chosen[which] else f"{a:g}"
+            what = "the tuned pair (fold a's), alpha" if which == "default" else "activation steering, s"
+            out.append(f"| {what} | {mark} | {f(r['emt'])} | {f(r['tp'])} | {f(r['tox'])} | {f(r['ppl'], 2)} | "
+                       f"{r['ppl'] / p0:.2f}x | {'yes' if r['ppl'] <= cap * p0 else 'no'} |")
+    if not all(n in sets for n in SAMPLED2):
+        return out
+    held = [row_for("target alone", sets["sampled2"], 0.0)] if 0.0 in sets["sampled2"]["tox"] else []
+    held += [row_for("the tuned pair (the default)", sets["sampled2"], a) for a in sorted(sets["sampled2"]["tox"]) if a]
+    k = _top_k_of(sets["sampled2"])
+    held.append(row_for(f"target alone, top-{k} only (the truncation control)", sets["sampled2_topk"], 1.0))
+    held += [row_for("activation steering", sets["sampled2_steer"], a) for a in sorted(sets["sampled2_steer"]["tox"])]
+    held.append(row_for("word-ban decoding", sets["sampled2_wordban"], 1.0))
+    skip = (sets["sampled2"]["meta"].get("arguments") or {}).get("skip_prompts")
+    n = len(held[0]["recs"]) or held[0]["n"]
+    out += ["", f"Held out: rtp:eval's prompts after the first {skip} ({n} prompts; no sampled run above "
+            f"decodes them), the offset on the target's top-{k}:", "",
+            "| setting | strength | EMT | tox. probability | mean tox (95% CI) | PPL Gemma (tw) | PPL SmolLM2 (tw) | "
+            "dist-1/2/3 |", "|---|---|---|---|---|---|---|---|"]
+    out += [f"| {r['label']} | {r['alpha']:g} | {f(r['emt'])} | {f(r['tp'])} | {f(r['tox'])} ({f(r['lo'])}–{f(r['hi'])}) | "
+            f"{f(r['ppl'], 2)} | {f(r['ppl2'], 2)} | {f(r['d1'], 2)}/{f(r['d2'], 2)}/{f(r['d3'], 2)} |" for r in held]
+    alone = next((r for r in held if r["label"] == "target alone"), None)
+    dflt = next((r for r in held if r["label"].startswith("the tuned pair")), None)
+    ctl = next((r for r in held if "truncation" in r["label"]), None)
+    pl = [(f"the default vs {r['label']} {r['alpha']:g}", *paired_difference(emt_by_prompt(dflt["recs"]),
+                                                                              emt_by_prompt(r["recs"])))
+          for r in held if dflt and r is not dflt and r["recs"] and dflt["recs"] and r is not alone]
+    if pl:
+        out += ["", "Per prompt, the max over the samples (what EMT averages), paired (95% bootstrap CI; negative = the "
+                "default is less toxic):", "", "| comparison | EMT difference | 95% CI | prompts |", "|---|---|---|---|"]
+        out += [f"| {lab} | {d:+.3f} | {lo:+.3f} to {hi:+.3f} | {n} |" for lab, d, lo, hi, n in pl]
+    if alone and ctl and dflt and dflt["emt"] != alone["emt"]:
+        share = (alone["emt"] - ctl["emt"]) / (alone["emt"] - dflt["emt"])
+        out += ["", f"The restriction alone moves EMT from {f(alone['emt'])} to {f(ctl['emt'])}: {share:.0%} of the "
+                f"default's change ({f(alone['emt'])} -> {f(dflt['emt'])})."]
+    return out
 
 
 def sampled_dev_lines(res: Path, sets: dict, alpha: float | None, cap: float) -> list[str]:
@@ -535,6 +642,17 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
                   "its top-5; sampling draws from the whole nucleus. Screened out of fold (the pair tuned with dev_a's texts, "
                   "on dev_b's prompts), at the default's greedy-chosen alpha; the rule below was written after this screen "
                   "was first run.", ""] + dev_s
+    s2 = sampled2_lines(res, sets, cap)
+    if s2:
+        lines += ["", "## Sampled protocol, each method's strength chosen on sampled dev text (goal 3, held out on the "
+                  "rest of rtp:eval)", "",
+                  "The greedy-chosen strengths are not what the alpha rule picks when sampling: sampled text has its own "
+                  "PPL, and a restriction of the decoding changes it too. Here each method's strength is chosen on "
+                  f"sampled dev text (rtp:dev_b, 80 prompts, 5 samples, top-p 0.9, 20 tokens; the default's pair out of "
+                  f"fold) by the alpha rule: the lowest EMT whose PPL is <= {cap:g}x that of the same decoding without "
+                  "the method (for the default, its truncation control; for steering, the target alone). A scratch run "
+                  "on the first held-out prompts pointed to this rule (README), so it is tested here on the prompts of "
+                  "rtp:eval that no sampled run had decoded, with the rule fixed before that run.", ""] + s2
     missing = [n for n in SETS if n not in sets]
     if missing:
         lines += ["", f"Not run in this results directory: {', '.join(missing)}."]
@@ -583,6 +701,8 @@ def main():
     ap.add_argument("--choose_sampled_k", type=float, default=None, metavar="ALPHA",
                     help="Print the sampled protocol's eligible set (top-k, 0 = every token) chosen on --res_dir's dev "
                          "screen at the default's ALPHA.")
+    ap.add_argument("--choose_sampled_strength", choices=sorted(STRENGTH_SETS), default=None,
+                    help="Print a method's strength for the sampled protocol, chosen on --res_dir's sampled dev screen.")
     ap.add_argument("--res_dir", default="outputs/results")
     ap.add_argument("--cap", type=float, default=PPL_CAP, help="PPL cap of the alpha rule (x alpha 0's PPL).")
     ap.add_argument("--align_dir", default="outputs/alignment", help="The default run's alignment folder (its sidecar).")
@@ -593,6 +713,9 @@ def main():
         return
     if a.choose_sampled_k is not None:
         print(choose_sampled_k(Path(a.res_dir), a.choose_sampled_k, a.cap))
+        return
+    if a.choose_sampled_strength is not None:
+        print(f"{choose_sampled_strength(Path(a.res_dir), a.choose_sampled_strength, a.cap):g}")
         return
     if a.compare:
         n, diffs = compare(Path(a.res_dir), Path(a.compare))

@@ -135,6 +135,9 @@ class GenerateArguments:
                 "the BiLSTM judge) scores it below this, and the method's continuation elsewhere. Needs alpha 0 in "
                 "--alphas. Unset = off (every record is the method's)."})
     max_prompts: int = field(default=0, metadata={"help": "Use only the first N prompts (after the filter; 0 = all)."})
+    skip_prompts: int = field(default=0, metadata={
+        "help": "Leave out the first N prompts (after the filter), before --max_prompts counts: e.g. a second half "
+                "(--skip_prompts 150 of rtp:eval) that an earlier study never looked at."})
     device_map: str = field(default="", metadata={"help": "Place a large target across GPUs, e.g. 'auto' (needs accelerate)."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing output (and its journal)."})
     prefix_sharing: bool = field(default=True, metadata={
@@ -168,6 +171,8 @@ class GenerateArguments:
         require_min(self, ("max_new_tokens", "batch_size", "num_samples"), 1)
         if self.max_prompts < 0:
             raise InputError(f"--max_prompts must be >= 0, got {self.max_prompts}")
+        if self.skip_prompts < 0:
+            raise InputError(f"--skip_prompts must be >= 0, got {self.skip_prompts}")
         from .data import parse_filter
 
         parse_filter(self.prompt_filter)
@@ -516,6 +521,19 @@ def apply_draft_gate(result: list[dict], cut: float, score: Callable[[list[str]]
                     "it below the cut, the method's continuation elsewhere (detect, then revise)"}
 
 
+def select_prompts(args: GenerateArguments) -> list[str]:
+    """The prompts this run decodes: ``--data_path``'s (filtered), the first ``--skip_prompts`` left out, then at
+    most ``--max_prompts``."""
+    from .data import load_prompts
+
+    skip, cap = args.skip_prompts, args.max_prompts
+    prompts = load_prompts(args.data_path, args.prompt_field, args.prompt_split, args.prompt_filter,
+                           skip + cap if cap else 0)
+    if skip and len(prompts) <= skip:
+        raise InputError(f"--skip_prompts {skip}: prompts {args.data_path} hold only {len(prompts)}, none is left")
+    return prompts[skip:]
+
+
 def run_fingerprint(args: GenerateArguments, target_path: str, prompts: list[str], method, method_inputs: dict) -> dict:
     """What defines the output: a journal written with another fingerprint is refused on resume."""
     from .io import sha256_text
@@ -523,7 +541,8 @@ def run_fingerprint(args: GenerateArguments, target_path: str, prompts: list[str
 
     return {
         "target_model": args.target_model, "target_files": model_files_fingerprint(target_path),
-        "data": sha256_text("\n".join(prompts)), "max_prompts": args.max_prompts, "method": args.method,
+        "data": sha256_text("\n".join(prompts)), "max_prompts": args.max_prompts,
+        **({"skip_prompts": args.skip_prompts} if args.skip_prompts else {}), "method": args.method,
         **method_inputs, **method.fingerprint(),
         **{k: getattr(args, k) for k in ("alphas", "max_new_tokens", "batch_size", "num_samples", "do_sample",
                                          "seed", "dtype")},
@@ -603,7 +622,6 @@ def run(args: GenerateArguments) -> list[dict] | None:
     """Generate for every alpha (resuming from the journals), write the paper's JSON and its sidecar.
     Returns the nested result (None on ranks other than 0)."""
     from .assets import resolve_model
-    from .data import load_prompts
     from .io import atomic_write_json, check_output_path
     from .methods import get_method
     from .runtime import (barrier, dist_rank_world, library_versions, progress, rank_device, resolve_device,
@@ -618,7 +636,7 @@ def run(args: GenerateArguments) -> list[dict] | None:
                                              for k, d in protocol["departures"].items()))
     # ---- inputs first: nothing heavy is loaded (and nothing written) until all of them check out
     out_path = check_output_path(args.output_path, "--output_path")
-    prompts = load_prompts(args.data_path, args.prompt_field, args.prompt_split, args.prompt_filter, args.max_prompts)
+    prompts = select_prompts(args)
     device = rank_device(resolve_device(args.device), rank) if world > 1 else resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     target_path = resolve_model(args.target_model, "--target_model")

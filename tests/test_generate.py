@@ -197,3 +197,20 @@ def test_draft_gate_bad_input_is_one_line_before_anything_is_written(assets, tmp
     err = stderr_lines(capsys)
     assert len(err) == 1 and message in err[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_skip_prompts_decodes_the_rest_exactly_as_the_full_run_does(assets, tmp_path, capsys):
+    """--skip_prompts N then --max_prompts M: prompts N..N+M-1, each continuation the one the full run gives it
+    (greedy, so batching cannot change a row), and a skip that leaves nothing is a one-line error."""
+    full, tail = tmp_path / "full.json", tmp_path / "tail.json"
+    assert gen(assets, full, alphas=("0.5",)) == 0
+    assert gen(assets, tail, "--skip_prompts", "4", "--max_prompts", "2", alphas=("0.5",)) == 0
+    whole = json.loads(full.read_text())[0]["prompt-response pairs"]
+    part = json.loads(tail.read_text())[0]["prompt-response pairs"]
+    assert [p["prompt"] for p in part] == [p["prompt"] for p in whole[4:6]]
+    assert [p["continuation"] for p in part] == [p["continuation"] for p in whole[4:6]]
+    capsys.readouterr()
+    assert gen(assets, tmp_path / "none.json", "--skip_prompts", "7", alphas=("0.5",)) == 2
+    err = stderr_lines(capsys)
+    assert len(err) == 1 and "--skip_prompts 7" in err[0] and "hold only 7" in err[0]
+    assert not (tmp_path / "none.json").exists()

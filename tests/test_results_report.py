@@ -157,3 +157,53 @@ def test_sampled_eligible_set_rule_and_its_dev_table(tmp_path):
     assert "Chosen eligible set for sampling: **top-20**" in lines
     # write_set's records: prompt i scores emt + 0.01 i, so against steering the difference is exactly emt - 0.21
     assert "| the tuned pair (fold a's) | 20 | 7 | 0.230 | n/a | 0.240 | 7.50 (0.58x) | n/a | +0.020 (+0.020 to +0.020) |" in lines
+
+
+def test_sampled_strength_rule_caps_each_method_against_its_own_decoding(tmp_path):
+    """Each method's sampled strength: the lowest dev EMT within the cap x the PPL of the same decoding without the
+    method. The default's reference is its truncation control (top-20 only, PPL 6.4), not the target alone (13): alpha
+    10 (8.3 = 1.30x the control) is out although it is under 1.25 x 13; steering's is the target alone, so s 0.3
+    (1.31x) is out and s 0.2 chosen. Then the held-out section pairs the default's per-prompt max with each row's."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import results_report as rr
+
+    def ws(name, emt, ppl, args):
+        write_set(tmp_path, name, emt, ppl)
+        rows = json.loads((tmp_path / f"{name}_toxicity.json").read_text())
+        for r in rows:
+            r["expected_max_toxicity"] = emt[r["alpha"]]
+        (tmp_path / f"{name}_toxicity.json").write_text(json.dumps(rows))
+        meta = json.loads((tmp_path / f"{name}.meta.json").read_text())
+        meta["arguments"] = args
+        (tmp_path / f"{name}.meta.json").write_text(json.dumps(meta))
+
+    with pytest.raises(InputError, match="dev screens"):
+        rr.choose_sampled_strength(tmp_path, "default", 1.25)
+    ws("dev_sampled_k5", {0.0: 0.45}, {0.0: 13.0}, {"top_k": 5})
+    ws("dev_sampled_topk20", {1.0: 0.44}, {1.0: 6.4}, {"top_k": 20})
+    ws("dev_sampled_alpha", {5.0: 0.26, 7.0: 0.23, 10.0: 0.21}, {5.0: 7.0, 7.0: 7.9, 10.0: 8.3}, {"top_k": 20})
+    ws("dev_sampled_s", {0.1: 0.33, 0.2: 0.29, 0.3: 0.21}, {0.1: 13.1, 0.2: 15.1, 0.3: 17.0}, {})
+    assert rr.choose_sampled_strength(tmp_path, "default", 1.25) == 7.0
+    assert rr.choose_sampled_strength(tmp_path, "steer", 1.25) == 0.2
+    assert rr.choose_sampled_strength(tmp_path, "steer", 1.35) == 0.3
+    with pytest.raises(InputError, match="within 1.05x"):
+        rr.choose_sampled_strength(tmp_path, "default", 1.05)
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "results_report.py"), "--res_dir", str(tmp_path),
+                        "--choose_sampled_strength", "steer", "--cap", "1.25"], capture_output=True, text=True, cwd=REPO,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "0.2", r.stderr[-1000:]
+    held = {"sampled2": ({0.0: 0.40, 7.0: 0.15}, {0.0: 14.0, 7.0: 7.5}, {"top_k": 20, "skip_prompts": 150}),
+            "sampled2_topk": ({1.0: 0.39}, {1.0: 6.5}, {"top_k": 20}),
+            "sampled2_steer": ({0.2: 0.24}, {0.2: 16.0}, {}), "sampled2_wordban": ({1.0: 0.30}, {1.0: 14.5}, {})}
+    for name, (emt, ppl, args) in held.items():
+        ws(name, emt, ppl, args)
+    sets = {n: rr.load_set(tmp_path / f"{n}.json") for n in rr.SETS if (tmp_path / f"{n}.json").exists()}
+    lines = "\n".join(rr.sampled2_lines(tmp_path, sets, 1.25))
+    assert "| the tuned pair (fold a's), alpha | **7** (chosen) | 0.230 |" in lines and "| 7.90 | 1.23x | yes |" in lines
+    assert "| the tuned pair (fold a's), alpha | 10 | 0.210 |" in lines and "| 8.30 | 1.30x | no |" in lines
+    assert "| activation steering, s | **0.2** (chosen) | 0.290 |" in lines
+    assert "after the first 150 (3 prompts" in lines
+    # write_set's records: prompt i scores emt + 0.01 i in every set, so each paired difference is the EMTs' difference
+    assert "| the default vs activation steering 0.2 | -0.090 | -0.090 to -0.090 | 3 |" in lines
+    assert "| the default vs word-ban decoding 1 | -0.150 | -0.150 to -0.150 | 3 |" in lines
+    assert "from 0.400 to 0.390: 4% of the default's change (0.400 -> 0.150)" in lines
