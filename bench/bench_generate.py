@@ -19,7 +19,10 @@ in (the same cost per row, but not the default run's picks, so not its share of 
    prefill included), for a 1-alpha and diff's default 7-alpha sweep (DEFAULT_SWEEP), interleaved batch by batch. Also
    against the strict floor, plain ``generate()`` with the prompt computed once per batch too, how the sweep grows
    with alphas (by decode work only), and the share of the target's rows that prefix sharing computed (decode steps;
-   the output layer's rows too), measured in the same run.
+   the output layer's rows too), measured in the same run. For the 1-alpha sweep also the method's **floor** (plain
+   ``generate()`` with both teachers stepped on the same text, the fusion's arithmetic skipped, no NLL) and the method
+   without recording the NLL: what the teachers cost, what the rest of the method costs above them, and what the NLL
+   recording (which spares eval_ppl.py its forward) costs.
 3. **Single alphas** at 20 forced tokens (as before): the paper's fusion, diff top-5, diff top_k 0 (pre-hook
    path), the fusion one prompt at a time; ratios to plain; the FLOP ratio of the diff step; peak RSS (<= 3 GB).
 
@@ -235,7 +238,7 @@ def main() -> None:
     from transformers import GenerationConfig
 
     from detox_pa.assets import rtp_split
-    from detox_pa.fusion import DiffConfig, PromptMemo, RowShare, difference_fusion, fusion
+    from detox_pa.fusion import DiffConfig, DiffFuser, PromptMemo, RowShare, difference_fusion, fusion
     from detox_pa.generation import batch_seed, decode_batch, generate_batch, make_batches, sweep_batch
     from detox_pa.ppl import judge_postprocess
 
@@ -267,15 +270,25 @@ def main() -> None:
             pass
     print("\n".join(profile_decode(method, target, tok, teachers, batches[0], gc10, post, a.trace)), flush=True)
 
-    def ours(alphas, k, b, share=None):
+    def ours(alphas, k, b, share=None, nll=post):
         per, ids = [], []
         t0 = t = clock()
         for _, _, d, _ in sweep_batch(method, target, tok, b, alphas, lambda x: batch_seed(2025, x, k), gc10, cpu,
-                                      PromptMemo(), post, share):
+                                      PromptMemo(), nll, share):
             per.append(clock() - t)
             ids.append(d.ids)
             t = clock()
         return clock() - t0, per, ids
+
+    def floor(alphas, k, b):
+        """The method's floor: the target and both teachers stepped on the same text, the fusion's arithmetic (the
+        top-k, the scores) skipped and no NLL recorded: what plain generate() plus the teachers' forwards costs."""
+        saved = DiffFuser.fuse_logits
+        DiffFuser.fuse_logits = lambda self, z, h_e, h_a: z.float()
+        try:
+            return ours(alphas, k, b, nll=None)[0]
+        finally:
+            DiffFuser.fuse_logits = saved
 
     def plain(alphas, k, b, memo=None):
         t0 = clock()
@@ -310,6 +323,9 @@ def main() -> None:
                 jobs = [("plain", lambda: plain(alphas, k, b)),
                         ("plain, prompt once", lambda: plain(alphas, k, b, PromptMemo())),
                         ("ours, per alpha", per_alpha), ("ours, prefix sharing", shared)]
+                if name == one:  # where the 1-alpha overhead goes: the NLL recording, and the teachers' floor
+                    jobs += [("ours, per alpha, no NLL", lambda: ours(alphas, k, b, nll=None)[0]),
+                             ("floor: plain + the teachers", lambda: floor(alphas, k, b))]
                 for label, job in (jobs if (k + r) % 2 == 0 else jobs[::-1]):
                     tot[(name, label)] += job()
                 same[name] &= got["old"] == got["new"]  # the same continuations both ways
@@ -332,6 +348,12 @@ def main() -> None:
               f"({100 * sh.computed / max(sh.rows, 1):.1f}%), {sh.head_computed} of {sh.head_rows} output-layer rows "
               f"({100 * sh.head_computed / max(sh.head_rows, 1):.1f}%); continuations identical to the per-alpha path: "
               f"{'yes' if same[name] else 'NO'}")
+    p, fl, nn, o = (best[(one, x)] for x in ("plain", "floor: plain + the teachers", "ours, per alpha, no NLL",
+                                             "ours, per alpha"))
+    print(f"  {one:15s}: the floor (plain generate() + both teachers stepped on the same text, no fusion arithmetic, "
+          f"no NLL) {fl:.2f} s = {fl / p:.3f}x plain; ours without recording the NLL {nn:.2f} s = {nn / p:.3f}x plain, "
+          f"{nn / fl:.3f}x the floor; recording the NLL (what eval_ppl.py then reads instead of a forward) "
+          f"+{o - nn:.2f} s")
     g_o = best[(seven, "ours, per alpha")] - best[(one, "ours, per alpha")]
     g_s = best[(seven, "ours, prefix sharing")] - best[(one, "ours, prefix sharing")]
     g_p = best[(seven, "plain")] - best[(one, "plain")]

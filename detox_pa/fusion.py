@@ -61,6 +61,8 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from .topk import top_k
+
 NORMS = ("layernorm", "rescale", "none")
 SPACES = ("hidden", "logits")
 POOLS = ("last", "mean")  # a teacher's state: at the text's last token, or the mean over every token so far
@@ -652,7 +654,7 @@ class DiffFuser(_InputTracker):
         B, V = z.shape
         h_e, h_a = self._shrunk(h_e.to(z.device), h_a.to(z.device))  # h_a None: h_e is the (shrunk) difference
         k = min(cfg.top_k if cfg.top_k > 0 else cfg.gate_top_k, V)
-        idx = z.topk(k, dim=-1).indices if (cfg.top_k > 0 or cfg.gate is not None) else None
+        idx = top_k(z, k).indices if (cfg.top_k > 0 or cfg.gate is not None) else None  # torch.topk's, one pass
         s_e = s_a = ok = None
         if idx is not None:
             s_e, ok = self._scores(h_e, 0, idx)
