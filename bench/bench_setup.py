@@ -1,14 +1,16 @@
 """The set-up's model conversion: each embedded GGUF model de-quantised into a Hugging Face folder, the way
-``./setup.sh`` does it (``detox_pa.assets``), with the GGUF file parsed once from a plain array
-(:func:`detox_pa.assets.gguf_read_once`, the default) against transformers' own three parses through
-``numpy.memmap`` slices, side by side in one run, into temporary caches (the real cache is not touched).
+``./setup.sh`` does it (``detox_pa.assets``: the GGUF file parsed once from a plain array,
+:func:`detox_pa.assets.gguf_read_once`, and de-quantised by rows without a second copy,
+:func:`detox_pa.assets.gguf_lean_dequantize`), against transformers' own loading (three parses through
+``numpy.memmap`` slices, whole tensors, a copy of each), side by side in one run, each conversion in its own spawned
+process, into temporary caches (the real cache is not touched).
 
     .venv/bin/python bench/bench_setup.py                 # both embedded models
     .venv/bin/python bench/bench_setup.py --models gemma-3-270m
     .venv/bin/python bench/bench_setup.py --prepare      # set-up's prepare_models: one after the other vs side by side
 
-Prints each conversion's time (CPU time of this process by default, ``--clock wall`` for wall time), the
-ratio, and whether the two folders hold the same weights (every tensor equal) and the same tokenizer files.
+Prints each conversion's time (CPU time of its process by default, ``--clock wall`` for wall time) and peak RSS,
+the ratios, and whether the two folders hold the same weights (every tensor equal) and the same tokenizer files.
 Writes the same as JSON to bench/out/bench_setup.json.
 """
 
@@ -50,8 +52,25 @@ def _same_folders(a: Path, b: Path) -> dict:
     return {"tensors": len(wa), "weights_equal": bool(same_w), "files_equal": tok}
 
 
-def main(argv=None) -> int:
+def _convert_measured(alias: str, dest: str, lean: bool, clock: str) -> tuple[float, int]:
+    """One conversion in this (spawned) process: its seconds and this process's peak RSS (kB)."""
+    import resource
+
     from detox_pa.assets import EMBEDDED_MODELS, _convert_gguf
+    from detox_pa.cli import setup_logging
+
+    setup_logging()
+    tick = time.process_time if clock == "cpu" else time.perf_counter
+    t0 = tick()
+    _convert_gguf(EMBEDDED_MODELS[alias], Path(dest), lean=lean)
+    return tick() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def main(argv=None) -> int:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from detox_pa.assets import EMBEDDED_MODELS
     from detox_pa.cli import setup_logging
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -65,29 +84,32 @@ def main(argv=None) -> int:
     setup_logging()
     if a.prepare:
         return _bench_prepare()
-    clock = time.process_time if a.clock == "cpu" else time.perf_counter
     rows = []
+    spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="bench-setup-") as tmp:
         for alias in [m.strip() for m in a.models.split(",") if m.strip()]:
-            spec = EMBEDDED_MODELS[alias]
-            t = {}
-            for way, read_once in (("three_parses", False), ("read_once", True)):
+            if alias not in EMBEDDED_MODELS:
+                raise SystemExit(f"error: --models: unknown alias {alias!r}; expected {', '.join(EMBEDDED_MODELS)}")
+            t, rss = {}, {}
+            for way, lean in (("transformers", False), ("ours", True)):
                 dest = Path(tmp) / way / alias
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                t0 = clock()
-                _convert_gguf(spec, dest, read_once=read_once)
-                t[way] = clock() - t0
-            same = _same_folders(Path(tmp) / "three_parses" / alias, Path(tmp) / "read_once" / alias)
-            rows.append({"model": alias, "seconds_three_parses": round(t["three_parses"], 1),
-                         "seconds_read_once": round(t["read_once"], 1),
-                         "ratio": round(t["read_once"] / t["three_parses"], 3), **same})
-    print(f"{'model':<14} {'3 parses (s)':>12} {'read once (s)':>13} {'ratio':>6}  same weights / files ({a.clock} time)")
+                with ProcessPoolExecutor(1, mp_context=spawn) as pool:  # a fresh process: its own peak
+                    t[way], rss[way] = pool.submit(_convert_measured, alias, str(dest), lean, a.clock).result()
+            same = _same_folders(Path(tmp) / "transformers" / alias, Path(tmp) / "ours" / alias)
+            rows.append({"model": alias, "seconds_transformers": round(t["transformers"], 1),
+                         "seconds_ours": round(t["ours"], 1), "ratio": round(t["ours"] / t["transformers"], 3),
+                         "peak_rss_kb_transformers": rss["transformers"], "peak_rss_kb_ours": rss["ours"],
+                         "rss_ratio": round(rss["ours"] / rss["transformers"], 3), **same})
+    print(f"{'model':<14} {'transformers (s)':>16} {'ours (s)':>9} {'ratio':>6}  {'peak RSS GB':>17} {'ratio':>6}  "
+          f"same weights / files ({a.clock} time)")
     for r in rows:
-        print(f"{r['model']:<14} {r['seconds_three_parses']:>12.1f} {r['seconds_read_once']:>13.1f} {r['ratio']:>6.3f}  "
+        print(f"{r['model']:<14} {r['seconds_transformers']:>16.1f} {r['seconds_ours']:>9.1f} {r['ratio']:>6.3f}  "
+              f"{r['peak_rss_kb_transformers'] / 1e6:>8.2f} -> {r['peak_rss_kb_ours'] / 1e6:>5.2f} {r['rss_ratio']:>6.3f}  "
               f"{r['weights_equal']} / {all(r['files_equal'].values())} ({r['tensors']} tensors)")
-    total_old = sum(r["seconds_three_parses"] for r in rows)
-    total_new = sum(r["seconds_read_once"] for r in rows)
-    print(f"{'both':<14} {total_old:>12.1f} {total_new:>13.1f} {total_new / total_old:>6.3f}")
+    total_old = sum(r["seconds_transformers"] for r in rows)
+    total_new = sum(r["seconds_ours"] for r in rows)
+    print(f"{'both':<14} {total_old:>16.1f} {total_new:>9.1f} {total_new / total_old:>6.3f}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"clock": a.clock, "rows": rows, "cpu_count": os.cpu_count()}, indent=2) + "\n")
     ok = all(r["weights_equal"] and all(r["files_equal"].values()) for r in rows)

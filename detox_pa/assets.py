@@ -118,7 +118,63 @@ def gguf_read_once():
         gguf.GGUFReader, reader_module.np = original, original_np
 
 
-def _convert_gguf(spec: EmbeddedModel, dest: Path, read_once: bool = True) -> None:
+DEQUANT_ROWS = 16384  # rows de-quantised at a time (Gemma's embedding has 262,144)
+
+
+class _NoCopyNumpy:
+    """numpy, except that ``copy`` hands back an array that owns its fresh, writable, C-ordered buffer (see
+    :func:`gguf_lean_dequantize`); anything else (a view of the file's mapping, a transposed view) is still copied."""
+
+    def __getattr__(self, name):
+        import numpy
+
+        return getattr(numpy, name)
+
+    @staticmethod
+    def copy(x, *args, **kwargs):
+        import numpy
+
+        own = isinstance(x, numpy.ndarray) and x.flags.owndata and x.flags.writeable and x.flags.c_contiguous
+        return x if own and not args and not kwargs else numpy.copy(x, *args, **kwargs)
+
+
+@contextmanager
+def gguf_lean_dequantize(rows: int = DEQUANT_ROWS):
+    """Within this block, de-quantising a GGUF tensor takes ``rows`` rows at a time into one output array, and
+    transformers' GGUF loader does not copy the de-quantised array it has just been given.
+
+    The gguf package de-quantises a whole tensor at once through temporaries several times its float32 size
+    (Gemma's 262,144 x 640 embedding: most of the conversion's memory peak), and transformers then copies each
+    de-quantised array (``torch.from_numpy(np.copy(weights))``). A quantised tensor's rows are independent blocks,
+    so the values are the same bytes either way (the test and ``bench/bench_setup.py`` compare them)."""
+    import gguf
+    import numpy
+    import transformers.modeling_gguf_pytorch_utils as loader
+
+    original, original_np = gguf.dequantize, loader.np
+
+    def by_rows(data, qtype):
+        if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) or data.ndim < 2 \
+                or data.shape[0] <= rows:
+            return original(data, qtype)
+        first = original(data[:rows], qtype)
+        out = numpy.empty((data.shape[0],) + first.shape[1:], dtype=first.dtype)
+        out[:rows] = first
+        for s in range(rows, data.shape[0], rows):
+            out[s:s + rows] = original(data[s:s + rows], qtype)
+        return out
+
+    gguf.dequantize, loader.np = by_rows, _NoCopyNumpy()
+    try:
+        yield
+    finally:
+        gguf.dequantize, loader.np = original, original_np
+
+
+def _convert_gguf(spec: EmbeddedModel, dest: Path, lean: bool = True) -> None:
+    """De-quantise the GGUF model into a Hugging Face folder at ``dest``. ``lean``: parse the file once
+    (:func:`gguf_read_once`) and de-quantise by rows without a second copy (:func:`gguf_lean_dequantize`); off,
+    transformers' own loading (the same weights, slower, with a higher memory peak)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -128,9 +184,10 @@ def _convert_gguf(spec: EmbeddedModel, dest: Path, read_once: bool = True) -> No
         gguf = spec.gguf(Path(work))
         folder, name = str(gguf.parent), gguf.name
         # the shared reader is dropped before the weights are handed over below (the conversion's memory peak)
-        with gguf_read_once() if read_once else nullcontext():
+        with gguf_read_once() if lean else nullcontext():
             tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-            qmodel = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+            with gguf_lean_dequantize() if lean else nullcontext():
+                qmodel = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         config = qmodel.config
         if hasattr(config, "quantization_config"):
             delattr(config, "quantization_config")  # a quantized model refuses save_pretrained

@@ -1,4 +1,5 @@
-"""detox_pa.assets.gguf_read_once: one parse per GGUF file, the same fields and tensors as the gguf reader's own."""
+"""detox_pa.assets.gguf_read_once (one parse per GGUF file, the same fields and tensors as the gguf reader's own) and
+gguf_lean_dequantize (by rows, no second copy: the same values)."""
 
 import numpy as np
 import pytest
@@ -52,3 +53,34 @@ def test_restored_after_an_error(tiny_gguf):
             raise RuntimeError("boom")
     assert gguf.GGUFReader is original
     assert type(gguf.GGUFReader(str(tiny_gguf)).data) is np.memmap
+
+
+def test_lean_dequantize_gives_the_same_values_by_rows_and_no_second_copy(tmp_path):
+    """A quantised tensor de-quantised 7 rows at a time equals the whole-tensor de-quantisation; transformers' loader's
+    ``np.copy`` hands back a fresh owned array as is but still copies a view (of the file's mapping, a transpose) as numpy does;
+    both are restored after the block, also after an error."""
+    import transformers.modeling_gguf_pytorch_utils as loader
+
+    from detox_pa.assets import gguf_lean_dequantize
+
+    qtype = gguf.GGMLQuantizationType.Q8_0
+    x = np.random.default_rng(0).standard_normal((40, 64)).astype(np.float32)
+    data = gguf.quantize(x, qtype)
+    whole = gguf.dequantize(data, qtype)
+    original, original_np = gguf.dequantize, loader.np
+    with gguf_lean_dequantize(rows=7):
+        from gguf import dequantize  # what transformers does, inside its loader
+
+        by_rows = dequantize(data, qtype)
+        assert by_rows.flags.owndata and np.array_equal(by_rows, whole)
+        assert loader.np.copy(by_rows) is by_rows
+        view = by_rows.T
+        copied = loader.np.copy(view)
+        assert copied is not view and copied.strides == np.copy(view).strides and np.array_equal(copied, view)
+        ro = np.frombuffer(by_rows.tobytes(), dtype=np.float32)  # a read-only buffer, as from a mapping
+        assert loader.np.copy(ro) is not ro
+    assert gguf.dequantize is original and loader.np is original_np
+    with pytest.raises(RuntimeError):
+        with gguf_lean_dequantize():
+            raise RuntimeError("boom")
+    assert gguf.dequantize is original and loader.np is original_np

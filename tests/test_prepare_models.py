@@ -14,7 +14,7 @@ def stubbed(tmp_path, monkeypatch):
     monkeypatch.setenv("DETOX_PA_CACHE", str(tmp_path / "cache"))
     calls = {"pool": [], "here": []}
 
-    def fake_convert(spec, dest, read_once=True):
+    def fake_convert(spec, dest, lean=True):
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "config.json").write_text("{}")
         (dest / "detox_pa_source.json").write_text(json.dumps({"alias": spec.alias}))
