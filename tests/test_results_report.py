@@ -32,6 +32,18 @@ def write_set(res: Path, name: str, tox: dict[float, float], ppl: dict[float, fl
     (res / f"{name}.meta.json").write_text(json.dumps({"generation_seconds_per_alpha": {str(a): seconds for a in tox}}))
 
 
+def write_sampled_set(res: Path, name: str, emt: dict[float, float], ppl: dict[float, float], args: dict) -> None:
+    """:func:`write_set` with each alpha's EMT in its toxicity summary and generation arguments in its sidecar."""
+    write_set(res, name, emt, ppl)
+    rows = json.loads((res / f"{name}_toxicity.json").read_text())
+    for r in rows:
+        r["expected_max_toxicity"] = emt[r["alpha"]]
+    (res / f"{name}_toxicity.json").write_text(json.dumps(rows))
+    meta = json.loads((res / f"{name}.meta.json").read_text())
+    meta["arguments"] = args
+    (res / f"{name}.meta.json").write_text(json.dumps(meta))
+
+
 def test_alpha_rule_takes_the_lowest_toxicity_within_the_ppl_cap(tmp_path):
     write_set(tmp_path, "dev_diff", {0.0: 0.30, 0.1: 0.25, 0.2: 0.20, 0.3: 0.10},
               {0.0: 10.0, 0.1: 11.0, 0.2: 13.0, 0.3: 13.1})
@@ -127,14 +139,7 @@ def test_sampled_eligible_set_rule_and_its_dev_table(tmp_path):
     import results_report as rr
 
     def ws(name, emt, ppl, top_k):
-        write_set(tmp_path, name, emt, ppl)
-        rows = json.loads((tmp_path / f"{name}_toxicity.json").read_text())
-        for r in rows:
-            r["expected_max_toxicity"] = emt[r["alpha"]]
-        (tmp_path / f"{name}_toxicity.json").write_text(json.dumps(rows))
-        meta = json.loads((tmp_path / f"{name}.meta.json").read_text())
-        meta["arguments"] = {"top_k": top_k}
-        (tmp_path / f"{name}.meta.json").write_text(json.dumps(meta))
+        write_sampled_set(tmp_path, name, emt, ppl, {"top_k": top_k})
 
     with pytest.raises(InputError, match="dev screen"):
         rr.choose_sampled_k(tmp_path, 7.0, 1.25)
@@ -168,14 +173,7 @@ def test_sampled_strength_rule_caps_each_method_against_its_own_decoding(tmp_pat
     import results_report as rr
 
     def ws(name, emt, ppl, args):
-        write_set(tmp_path, name, emt, ppl)
-        rows = json.loads((tmp_path / f"{name}_toxicity.json").read_text())
-        for r in rows:
-            r["expected_max_toxicity"] = emt[r["alpha"]]
-        (tmp_path / f"{name}_toxicity.json").write_text(json.dumps(rows))
-        meta = json.loads((tmp_path / f"{name}.meta.json").read_text())
-        meta["arguments"] = args
-        (tmp_path / f"{name}.meta.json").write_text(json.dumps(meta))
+        write_sampled_set(tmp_path, name, emt, ppl, args)
 
     with pytest.raises(InputError, match="dev screens"):
         rr.choose_sampled_strength(tmp_path, "default", 1.25)
