@@ -52,10 +52,23 @@ def _same_folders(a: Path, b: Path) -> dict:
     return {"tensors": len(wa), "weights_equal": bool(same_w), "files_equal": tok}
 
 
-def _convert_measured(alias: str, dest: str, lean: bool, clock: str) -> tuple[float, int]:
-    """One conversion in this (spawned) process: its seconds and this process's peak RSS (kB)."""
+def _peak_rss_kb() -> int:
+    """This process's own peak RSS (kB): Linux's VmHWM, which starts afresh with the process's memory map.
+    (``ru_maxrss`` does not: a spawned child starts from its parent's peak at the fork, so a parent that has read
+    a model's weights would hide the child's.)"""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _convert_measured(alias: str, dest: str, lean: bool, clock: str) -> tuple[float, int]:
+    """One conversion in this (spawned) process: its seconds and this process's peak RSS (kB)."""
     from detox_pa.assets import EMBEDDED_MODELS, _convert_gguf
     from detox_pa.cli import setup_logging
 
@@ -63,7 +76,7 @@ def _convert_measured(alias: str, dest: str, lean: bool, clock: str) -> tuple[fl
     tick = time.process_time if clock == "cpu" else time.perf_counter
     t0 = tick()
     _convert_gguf(EMBEDDED_MODELS[alias], Path(dest), lean=lean)
-    return tick() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return tick() - t0, _peak_rss_kb()
 
 
 def main(argv=None) -> int:
