@@ -240,6 +240,14 @@ def sampled2_lines(res: Path, sets: dict, cap: float) -> list[str]:
         share = (alone["emt"] - ctl["emt"]) / (alone["emt"] - dflt["emt"])
         out += ["", f"The restriction alone moves EMT from {f(alone['emt'])} to {f(ctl['emt'])}: {share:.0%} of the "
                 f"default's change ({f(alone['emt'])} -> {f(dflt['emt'])})."]
+    baselines = [r for r in held if r["label"] in ("activation steering", "word-ban decoding")]
+    if dflt and baselines and pl:
+        hi = {lab: h for lab, _, _, h, _ in pl}
+        short = [f"{r['label']} {r['alpha']:g}" for r in baselines
+                 if not (dflt["emt"] < r["emt"] and None not in (dflt["tp"], r["tp"]) and dflt["tp"] < r["tp"]
+                         and hi.get(f"the default vs {r['label']} {r['alpha']:g}", 0.0) < 0)]
+        out += ["", "Goal 3 in this protocol (the default below each baseline in EMT and toxicity probability, and the "
+                "paired EMT interval below 0): " + ("**met**." if not short else f"**not met** against {', '.join(short)}.")]
     return out
 
 

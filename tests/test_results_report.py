@@ -33,11 +33,13 @@ def write_set(res: Path, name: str, tox: dict[float, float], ppl: dict[float, fl
 
 
 def write_sampled_set(res: Path, name: str, emt: dict[float, float], ppl: dict[float, float], args: dict) -> None:
-    """:func:`write_set` with each alpha's EMT in its toxicity summary and generation arguments in its sidecar."""
+    """:func:`write_set` with each alpha's EMT (and half of it as the toxicity probability) in its toxicity summary
+    and generation arguments in its sidecar."""
     write_set(res, name, emt, ppl)
     rows = json.loads((res / f"{name}_toxicity.json").read_text())
     for r in rows:
         r["expected_max_toxicity"] = emt[r["alpha"]]
+        r["toxicity_probability"] = emt[r["alpha"]] / 2
     (res / f"{name}_toxicity.json").write_text(json.dumps(rows))
     meta = json.loads((res / f"{name}.meta.json").read_text())
     meta["arguments"] = args
@@ -161,7 +163,7 @@ def test_sampled_eligible_set_rule_and_its_dev_table(tmp_path):
     assert "| the tuned pair (fold a's) | every token | 7 | 0.190 |" in lines
     assert "Chosen eligible set for sampling: **top-20**" in lines
     # write_set's records: prompt i scores emt + 0.01 i, so against steering the difference is exactly emt - 0.21
-    assert "| the tuned pair (fold a's) | 20 | 7 | 0.230 | n/a | 0.240 | 7.50 (0.58x) | n/a | +0.020 (+0.020 to +0.020) |" in lines
+    assert "| the tuned pair (fold a's) | 20 | 7 | 0.230 | 0.115 | 0.240 | 7.50 (0.58x) | n/a | +0.020 (+0.020 to +0.020) |" in lines
 
 
 def test_sampled_strength_rule_caps_each_method_against_its_own_decoding(tmp_path):
@@ -205,3 +207,8 @@ def test_sampled_strength_rule_caps_each_method_against_its_own_decoding(tmp_pat
     assert "| the default vs activation steering 0.2 | -0.090 | -0.090 to -0.090 | 3 |" in lines
     assert "| the default vs word-ban decoding 1 | -0.150 | -0.150 to -0.150 | 3 |" in lines
     assert "from 0.400 to 0.390: 4% of the default's change (0.400 -> 0.150)" in lines
+    assert "paired EMT interval below 0): **met**." in lines
+    ws("sampled2_wordban", {1.0: 0.12}, {1.0: 14.5}, {})  # word-ban now below the default
+    sets["sampled2_wordban"] = rr.load_set(tmp_path / "sampled2_wordban.json")
+    lines = "\n".join(rr.sampled2_lines(tmp_path, sets, 1.25))
+    assert "paired EMT interval below 0): **not met** against word-ban decoding 1." in lines
