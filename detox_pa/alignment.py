@@ -712,8 +712,8 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
     (:func:`detox_pa.directed.train_pair`) on the continuation states of the texts, measure the offset's
     direction on held-out texts before and after, and save the tuned pair into --output_dir."""
     from .assets import resolve_model
-    from .directed import (DirectedConfig, cached_target_states, concat_states, direction_metrics, label_candidates,
-                           label_texts, pair_center, pair_offsets, shipped_states_path, train_pair)
+    from .directed import (DirectedConfig, cached_target_states, compact_rows, concat_states, direction_metrics,
+                           label_candidates, label_texts, pair_center, pair_offsets, shipped_states_path, train_pair)
     from .runtime import load_causal_lm, load_tokenizer
 
     t0 = time.time()
@@ -760,7 +760,9 @@ def tune_pair_stage(args: AlignArguments, teacher_path: str, target_path: str, A
     t_lab = time.time() - t_lab
     is_fit = torch.isin(states.text_of, torch.tensor(fit_i, dtype=torch.long))
     fit, held = states.subset(is_fit.nonzero().flatten()), states.subset((~is_fit).nonzero().flatten())
-    W = load_embedding(find_embedding(target_path, "output", f"target {args.model2_name}"))[0]
+    # only the output rows the states name are ever read: the same offsets from a fraction of the 262k-row matrix
+    W, (fit, held) = compact_rows(load_embedding(find_embedding(target_path, "output",
+                                                                f"target {args.model2_name}"))[0], fit, held)
     t_tok = load_tokenizer(teacher_path, pad_with_eos=True)
     expert = load_causal_lm(teacher_path, "float32").eval()
     anti = load_causal_lm(anti_path, "float32").eval()

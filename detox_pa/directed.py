@@ -467,6 +467,23 @@ def _right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
 # --------------------------------------------------------------------------------------------- the loss
 
 
+def compact_rows(W: torch.Tensor, *sets: StateSet) -> tuple[torch.Tensor, list[StateSet]]:
+    """The target's output rows that ``sets`` name as candidates (and row 0, where padding points), with each set's
+    candidates renumbered into them. :func:`candidate_offsets` then gathers the very same rows, padding included, so
+    every offset, loss and gradient is the same as with the whole matrix: the pair trains without holding Gemma's
+    262,144 x 640 output layer (671 MB) when the states name a few tens of thousands of its rows."""
+    ids = [x.cand[x.cand >= 0] for x in sets]
+    used = torch.unique(torch.cat([torch.zeros(1, dtype=torch.long)] + [i.long() for i in ids]))  # sorted: row 0 first
+    out = []
+    for x in sets:
+        local = torch.searchsorted(used, x.cand.clamp_min(0).long())
+        y = x.subset(torch.arange(len(x)))
+        y.cand = torch.where(x.cand >= 0, local, x.cand.long())
+        y.text_label = x.text_label
+        out.append(y)
+    return W[used], out
+
+
 def candidate_offsets(d: torch.Tensor, W: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
     """``offset[s, j] = W[cand[s, j]] . d[s]`` (0 on padding); ``d`` [S, d_target], ``W`` the target's output rows."""
     rows = W[cand.clamp_min(0)]  # [S, C, d]

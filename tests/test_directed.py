@@ -604,3 +604,27 @@ def test_adam_implementations_foreach_equals_single_fused_within_rounding(trio):
     assert float((out["fused"][0] - out["single"][0]).abs().max()) < 1e-5
     with pytest.raises(ValueError, match="adam must be one of"):
         train_pair(expert, anti, ttok, A, W, st, DirectedConfig(adam="sgd", progress=False))
+
+
+def test_compact_rows_gives_the_same_offsets_from_the_rows_the_states_name():
+    """compact_rows keeps only the output rows named as candidates (and row 0, where padding points): the offsets,
+    padding included, are equal to the whole matrix's bit for bit, in two sets sharing the rows."""
+    from detox_pa.directed import StateSet, candidate_offsets, compact_rows
+
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(5000, 8, generator=g)
+
+    def states(n):
+        cand = torch.randint(0, 5000, (n, 4), generator=g)
+        cand[::3, 3] = -1  # the text's next token already among the top-k
+        return StateSet([("p", "c")], torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long), cand,
+                        torch.randn(n, 4, generator=g), torch.zeros(n, dtype=torch.long), 3)
+
+    a, b = states(30), states(20)
+    Wc, (ac, bc) = compact_rows(W, a, b)
+    assert Wc.shape[0] < 200 and torch.equal(Wc[0], W[0])
+    for x, xc in ((a, ac), (b, bc)):
+        d = torch.randn(len(x), 8, generator=g)
+        assert torch.equal(candidate_offsets(d, W, x.cand), candidate_offsets(d, Wc, xc.cand))
+        assert torch.equal(xc.cand < 0, x.cand < 0) and torch.equal(Wc[xc.cand.clamp_min(0)], W[x.cand.clamp_min(0)])
+        assert torch.equal(xc.z, x.z) and len(xc) == len(x)
