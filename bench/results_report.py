@@ -111,33 +111,38 @@ def emt_by_prompt(recs: dict) -> dict:
     return {k: [max(v)] for k, v in recs.items()}
 
 
+def _lowest_emt_within(screened: list, ppl_limit: float):
+    """The key of the (key, set, alpha) with the lowest EMT whose token-weighted PPL is <= ``ppl_limit`` (a tie: the
+    earlier), None when none is."""
+    best = None
+    for key, s, a in screened:
+        emt = row_for("", s, a)["emt"]
+        if s["ppl"][a]["ppl_token_weighted"] <= ppl_limit and (best is None or emt < best[1]):
+            best = (key, emt)
+    return None if best is None else best[0]
+
+
 def choose_sampled_k(res: Path, alpha: float, cap: float, sets: dict | None = None) -> int:
     """The sampled protocol's eligible set, chosen on dev (``dev_sampled_k*``: the default's pair, out of fold, on
     rtp:dev_b): among the top-k settings at the default's ``alpha``, the lowest EMT whose token-weighted PPL is
     <= ``cap`` x the target alone's (alpha 0 of ``dev_sampled_k5``); a tie goes to the earlier of SAMPLED_KS.
     ``sets``: the study's sets already loaded (by name), read from ``res`` otherwise."""
     sets = sets or {}
-    ref = res / "dev_sampled_k5.json"
-    if "dev_sampled_k5" not in sets and not ref.exists():
-        raise InputError(f"{ref} does not exist: run the dev screen of the sampled protocol first (bench/results.sh)")
-    base = sets.get("dev_sampled_k5") or load_set(ref)
+    base = _get_set(res, "dev_sampled_k5", sets)
     if 0.0 not in base["ppl"]:
-        raise InputError(f"{ref} has no alpha 0 row (the target alone), which the PPL cap is relative to")
+        raise InputError(f"{res / 'dev_sampled_k5.json'} has no alpha 0 row (the target alone), which the PPL cap is "
+                         f"relative to")
     p0 = base["ppl"][0.0]["ppl_token_weighted"]
-    best = None
+    screened = []
     for k in SAMPLED_KS:
         p = res / f"dev_sampled_k{k}.json"
         s = base if k == 5 else sets.get(f"dev_sampled_k{k}") or (load_set(p) if p.exists() else None)
-        if s is None:
-            continue
-        if alpha not in s["tox"] or alpha not in s["ppl"]:
-            continue
-        emt, ppl = row_for("", s, alpha)["emt"], s["ppl"][alpha]["ppl_token_weighted"]
-        if ppl <= cap * p0 and (best is None or emt < best[1]):
-            best = (k, emt)
+        if s is not None and alpha in s["tox"] and alpha in s["ppl"]:
+            screened.append((k, s, alpha))
+    best = _lowest_emt_within(screened, cap * p0)
     if best is None:
         raise InputError(f"no dev_sampled_k* set in {res} has alpha {alpha:g} within {cap:g}x the target's PPL")
-    return best[0]
+    return best
 
 
 def _get_set(res: Path, name: str, sets: dict) -> dict:
@@ -170,17 +175,11 @@ def choose_sampled_strength(res: Path, which: str, cap: float, sets: dict | None
     s = _get_set(res, STRENGTH_SETS[which], sets)
     _, ref, ra = strength_reference(res, which, sets)
     p0 = ref["ppl"][ra]["ppl_token_weighted"]
-    best = None
-    for a in sorted(s["tox"]):
-        if a == 0 or a not in s["ppl"]:
-            continue
-        emt = row_for("", s, a)["emt"]
-        if s["ppl"][a]["ppl_token_weighted"] <= cap * p0 and (best is None or emt < best[1]):
-            best = (a, emt)
+    best = _lowest_emt_within([(a, s, a) for a in sorted(s["tox"]) if a != 0 and a in s["ppl"]], cap * p0)
     if best is None:
         raise InputError(f"no strength in {res / (STRENGTH_SETS[which] + '.json')} is within {cap:g}x the PPL of "
                          f"the same decoding without the method")
-    return best[0]
+    return best
 
 
 def sampled2_lines(res: Path, sets: dict, cap: float) -> list[str]:

@@ -76,19 +76,33 @@ DEFAULT_TARGET = "gemma-3-270m"
 DEFAULT_TEACHER_BASE = "smollm2-135m"
 
 
-class _PlainMemmapNumpy:
-    """numpy, except that ``memmap`` returns a plain ndarray view of the same mapping (see :func:`gguf_read_once`)."""
+class _NumpyWith:
+    """numpy, with the functions given replaced: what a module's ``np`` is set to for a scoped patch
+    (:func:`gguf_read_once`, :func:`gguf_lean_dequantize`)."""
 
-    def __getattr__(self, name):
+    def __init__(self, **replaced):
+        self.__dict__.update(replaced)
+
+    def __getattr__(self, name):  # only for names not replaced
         import numpy
 
         return getattr(numpy, name)
 
-    @staticmethod
-    def memmap(*args, **kwargs):
-        import numpy
 
-        return numpy.asarray(numpy.memmap(*args, **kwargs))
+def _plain_memmap(*args, **kwargs):
+    """A plain ndarray view of the same mapping as ``numpy.memmap`` (see :func:`gguf_read_once`)."""
+    import numpy
+
+    return numpy.asarray(numpy.memmap(*args, **kwargs))
+
+
+def _copy_unless_fresh(x, *args, **kwargs):
+    """``numpy.copy``, except that an array owning its fresh, writable, C-ordered buffer is handed back as is (see
+    :func:`gguf_lean_dequantize`); anything else (a view of the file's mapping, a transposed view) is still copied."""
+    import numpy
+
+    own = isinstance(x, numpy.ndarray) and x.flags.owndata and x.flags.writeable and x.flags.c_contiguous
+    return x if own and not args and not kwargs else numpy.copy(x, *args, **kwargs)
 
 
 @contextmanager
@@ -111,7 +125,7 @@ def gguf_read_once():
             readers[key] = original(path, mode)
         return readers[key]
 
-    gguf.GGUFReader, reader_module.np = shared_reader, _PlainMemmapNumpy()
+    gguf.GGUFReader, reader_module.np = shared_reader, _NumpyWith(memmap=_plain_memmap)
     try:
         yield
     finally:
@@ -119,23 +133,6 @@ def gguf_read_once():
 
 
 DEQUANT_ROWS = 16384  # rows de-quantised at a time (Gemma's embedding has 262,144)
-
-
-class _NoCopyNumpy:
-    """numpy, except that ``copy`` hands back an array that owns its fresh, writable, C-ordered buffer (see
-    :func:`gguf_lean_dequantize`); anything else (a view of the file's mapping, a transposed view) is still copied."""
-
-    def __getattr__(self, name):
-        import numpy
-
-        return getattr(numpy, name)
-
-    @staticmethod
-    def copy(x, *args, **kwargs):
-        import numpy
-
-        own = isinstance(x, numpy.ndarray) and x.flags.owndata and x.flags.writeable and x.flags.c_contiguous
-        return x if own and not args and not kwargs else numpy.copy(x, *args, **kwargs)
 
 
 @contextmanager
@@ -164,7 +161,7 @@ def gguf_lean_dequantize(rows: int = DEQUANT_ROWS):
             out[s:s + rows] = original(data[s:s + rows], qtype)
         return out
 
-    gguf.dequantize, loader.np = by_rows, _NoCopyNumpy()
+    gguf.dequantize, loader.np = by_rows, _NumpyWith(copy=_copy_unless_fresh)
     try:
         yield
     finally:

@@ -29,7 +29,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -474,14 +474,9 @@ def compact_rows(W: torch.Tensor, *sets: StateSet) -> tuple[torch.Tensor, list[S
     262,144 x 640 output layer (671 MB) when the states name a few tens of thousands of its rows."""
     ids = [x.cand[x.cand >= 0] for x in sets]
     used = torch.unique(torch.cat([torch.zeros(1, dtype=torch.long)] + [i.long() for i in ids]))  # sorted: row 0 first
-    out = []
-    for x in sets:
-        local = torch.searchsorted(used, x.cand.clamp_min(0).long())
-        y = x.subset(torch.arange(len(x)))
-        y.cand = torch.where(x.cand >= 0, local, x.cand.long())
-        y.text_label = x.text_label
-        out.append(y)
-    return W[used], out
+    renumbered = [replace(x, cand=torch.where(x.cand >= 0, torch.searchsorted(used, x.cand.clamp_min(0).long()),
+                                              x.cand.long())) for x in sets]
+    return W[used], renumbered
 
 
 def candidate_offsets(d: torch.Tensor, W: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:

@@ -30,16 +30,13 @@ def top_k(z: torch.Tensor, k: int, chunk: int = CHUNK) -> TopK:
     """The ``k`` largest entries of each row of ``z`` [B, V] and their columns, as ``z.topk(k, dim=-1)``."""
     B, V = z.shape
     n = V // chunk
-    if z.device.type != "cpu" or k < 1 or 8 * k * chunk > V or z.is_complex():  # too few chunks to gain
+    if z.device.type != "cpu" or k < 1 or 8 * k * chunk > V:  # too few chunks to gain
         v, i = z.topk(k, dim=-1)
         return TopK(v, i)
     full = n * chunk
     m = z[:, :full].reshape(B, n, chunk).amax(-1)  # [B, n] chunk maxima
     if full < V:  # the last, shorter chunk
         m = torch.cat([m, z[:, full:].amax(-1, keepdim=True)], dim=1)
-    if torch.isnan(m).any():
-        v, i = z.topk(k, dim=-1)
-        return TopK(v, i)
     cm, ci = m.topk(k + 1, dim=-1)  # the k chunks that hold the top-k, and the next chunk's maximum
     ci = ci[:, :k].sort(dim=-1).values  # ascending: the candidates keep the row's column order
     cols = (ci[:, :, None] * chunk + torch.arange(chunk, device=z.device)).reshape(B, k * chunk)
@@ -48,7 +45,8 @@ def top_k(z: torch.Tensor, k: int, chunk: int = CHUNK) -> TopK:
     v, j = vals.topk(k + 1, dim=-1)
     kth = v[:, k - 1]
     # exact unless the k-th value ties with something outside the chosen chunks (their maxima are <= cm[:, k]) or
-    # the top k + 1 candidates hold a tie (torch's own tie-breaking then decides), or padding reached the top k
+    # the top k + 1 candidates hold a tie (torch's own tie-breaking then decides), or padding reached the top k; a NaN
+    # (topk ranks it first, so its chunk is chosen or is cm[:, k]) fails a comparison here too
     exact = (cm[:, k] < kth) & (v[:, :-1] > v[:, 1:]).all(dim=1) & inside.gather(1, j[:, :k]).all(dim=1)
     if not bool(exact.all()):
         v, i = z.topk(k, dim=-1)
