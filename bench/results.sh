@@ -144,6 +144,27 @@ echo "held-out (rtp:eval)"
 } > "$RES_DIR/.queue_eval"
 pool < "$RES_DIR/.queue_eval"
 
+# 2b. past the cap, on dev (read, never chosen from): the default's sweep beyond its chosen alpha with the offset on the
+#     target's top-5 / 10 / 20, out of fold as in 1, against steering's dev sweep: can a larger strength or eligible set
+#     reach steering's strongest point (s 0.5), where the held-out comparison of goal 2 misses?
+HIGH_SWEEP=${HIGH_SWEEP:-"0 4 6 8 10 12 14 18"}
+HIGH_KS="5 10 20"
+if [[ -n "$FOLD_DIRS" ]]; then
+  for k in $HIGH_KS; do
+    for f in a b; do
+      o=a; [[ $f == a ]] && o=b
+      echo "[[ -f $RES_DIR/dev_high_k${k}_$o.json ]] || $PYTHON generate.py --target_model $TGT --data_path rtp:dev_$o --output_path $RES_DIR/dev_high_k${k}_$o.json --device cpu --alphas $HIGH_SWEEP --method diff --matrix_A $RES_DIR/align_fold_$f/$ART_MATRIX_FILE --top_k $k --pool mean --context_weight 0.25 > $RES_DIR/dev_high_k${k}_$o.log 2>&1"
+    done
+  done > "$RES_DIR/.queue_high"
+  pool < "$RES_DIR/.queue_high"
+  for k in $HIGH_KS; do
+    [[ -f "$RES_DIR/dev_high_k$k.json" ]] || "$PYTHON" bench/crossfit.py merge "$RES_DIR/dev_high_k$k.json" \
+      "$RES_DIR/dev_high_k${k}_a.json" "$RES_DIR/dev_high_k${k}_b.json"
+  done
+  for k in $HIGH_KS; do echo "gen dev_high_k$k rtp:dev 0"; done > "$RES_DIR/.queue_high_score"  # scores the merged file
+  pool < "$RES_DIR/.queue_high_score"
+fi
+
 # 3. the sampled protocol (SAMPLES samples, top-p 0.9, 20 tokens: EMT and toxicity probability), with the truncation
 #    control: the target alone under exactly the default's restriction (its top-5, then top-p)
 S=(--do_sample --num_samples "$SAMPLES" --top_p 0.9 --max_new_tokens 20 --batch_size 32)

@@ -44,7 +44,10 @@ DEV_SAMPLED = (tuple(f"dev_sampled_k{k}" for k in SAMPLED_KS) + tuple(f"dev_samp
 # the sampled protocol with each method's strength chosen on sampled dev text, held out on rtp:eval's second part
 STRENGTH_SETS = {"default": "dev_sampled_alpha", "steer": "dev_sampled_s"}
 SAMPLED2 = ("sampled2", "sampled2_topk", "sampled2_steer", "sampled2_wordban")
-SETS = ("dev_default", "dev_lm", "dev_paper", "dev_steer", "default", "lm", "paper", "wordban", "steer", "sampled",
+# the default's dev sweep past the cap, with the offset on the target's top-k (bench/results.sh 2b)
+HIGH_KS = (5, 10, 20)
+DEV_HIGH = tuple(f"dev_high_k{k}" for k in HIGH_KS)
+SETS = DEV_HIGH + ("dev_default", "dev_lm", "dev_paper", "dev_steer", "default", "lm", "paper", "wordban", "steer", "sampled",
         "sampled_topk", "sampled_steer", "sampled_wordban") + DEV_SAMPLED + ("sampled_wide", "sampled_topk_wide") \
     + tuple(STRENGTH_SETS.values()) + SAMPLED2
 
@@ -54,7 +57,7 @@ def load_set(gen: Path) -> dict:
     and its generation sidecar."""
     run = load_scored_run(gen, PRIMARY)
     return {"tox": run.tox, "ppl": run.ppl.get("", {}), "ppl2": run.ppl.get(SECOND_JUDGE, {}), "recs": run.records,
-            "meta": run.meta}
+            "nll": run.nll, "meta": run.meta}
 
 
 def row_for(label, s, a):
@@ -99,6 +102,40 @@ def interp_at(curve: list[tuple[float, float]], ppl: float) -> float | None:
     if not below:
         return None
     return min(below + ([best] if best is not None else []))
+
+
+def equal_ppl_difference(sweep: dict, alphas: list[float], point: dict, a: float, n_boot: int = 2000, seed: int = 0):
+    """The sweep read at the point's PPL (``interp_at``) minus the point's mean toxicity, with its paired bootstrap:
+    each resample draws the prompts once and recomputes every mean toxicity and token-weighted PPL of both runs from
+    it, so the interval holds the noise of the PPLs that place the point on the curve as well as the toxicities.
+    Returns (difference, lo, hi, share of resamples where the sweep is less toxic, resamples where the point's PPL
+    fell below the sweep's whole range, prompts); None without per-prompt NLL records. In a resample where the
+    point's PPL is below every sweep point's, the sweep is read at its lowest-PPL point (nothing of it is cheaper)."""
+    import numpy as np
+
+    runs = [(sweep, x) for x in alphas] + [(point, a)]
+    if any(x not in s["recs"] or x not in s["nll"] for s, x in runs):
+        return None
+    keys = sorted(set.intersection(*(set(s["recs"][x]) & set(s["nll"][x]) for s, x in runs)))
+    if not keys:
+        return None
+    tox = np.asarray([[np.mean(s["recs"][x][k]) for k in keys] for s, x in runs])
+    nll = np.asarray([[s["nll"][x][k][0] for k in keys] for s, x in runs])
+    tok = np.asarray([[s["nll"][x][k][1] for k in keys] for s, x in runs], dtype=np.float64)
+
+    def diff(t, p):
+        curve = list(zip(p[:-1], t[:-1]))
+        at = interp_at(curve, p[-1])
+        return (min(curve)[1] if at is None else at) - t[-1], at is None
+
+    d0, _ = diff(tox.mean(1), np.exp(nll.sum(1) / tok.sum(1)))
+    idx = np.random.default_rng(seed).integers(0, len(keys), size=(n_boot, len(keys)))
+    t_b = tox[:, idx].mean(2)  # (runs, n_boot)
+    p_b = np.exp(nll[:, idx].sum(2) / tok[:, idx].sum(2))
+    got = [diff(t_b[:, b], p_b[:, b]) for b in range(n_boot)]
+    ds = np.asarray([g[0] for g in got])
+    lo, hi = np.quantile(ds, [0.025, 0.975])
+    return float(d0), float(lo), float(hi), float((ds < 0).mean()), sum(g[1] for g in got), len(keys)
 
 
 def _top_k_of(s: dict) -> int | None:
@@ -413,6 +450,27 @@ def vocab_lines(res: Path) -> list[str]:
             f"{d['bilstm_off_list_words']} other words the BiLSTM scores >= 0.5 alone.", ""] + table_lines(d)
 
 
+def high_lines(sets: dict) -> list[str]:
+    """The default's dev sweep past the cap, per eligible set, beside steering's dev sweep (bench/results.sh 2b)."""
+    have = [(k, sets[f"dev_high_k{k}"]) for k in HIGH_KS if f"dev_high_k{k}" in sets]
+    if not have:
+        return []
+
+    def sweep(s):
+        a0 = s["ppl"][0.0]["ppl_token_weighted"]
+        return " ; ".join(f"{a:g}: {f(tox_of(s['tox'][a], PRIMARY))} / {s['ppl'][a]['ppl_token_weighted'] / a0:.2f}x"
+                          for a in sorted(s["tox"]) if a in s["ppl"])
+
+    out = ["", "Past the cap, on dev (out of fold as the dev sweep; read, never chosen from): the default's sweep beyond "
+           "its chosen alpha with the offset on the target's top-5 / 10 / 20, against steering's dev sweep (mean BiLSTM "
+           "toxicity / PPL ratio to alpha 0, per strength). Whether a larger strength or eligible set reaches "
+           "steering's strongest point:", "", "| offset | strength: tox / PPL ratio |", "|---|---|"]
+    out += [f"| the tuned pair, top-{k} | {sweep(s)} |" for k, s in have]
+    if "dev_steer" in sets:
+        out.append(f"| activation steering | {sweep(sets['dev_steer'])} |")
+    return out
+
+
 def section(body: list[str], *head: str) -> list[str]:
     """An optional section of the report: its header lines, then ``body`` (nothing when the body is empty)."""
     return [*head, "", *body, ""] if body else []
@@ -436,9 +494,9 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
             rows[name] = row_for(label, sets[name], float(chosen[name]))
     base_rows = []
     if "wordban" in sets:
-        base_rows.append(row_for("word-ban decoding (baseline)", sets["wordban"], 1.0))
-    steer_rows = [row_for("activation steering (baseline)", sets["steer"], a) for a in sorted(sets["steer"]["tox"])] \
-        if "steer" in sets else []
+        base_rows.append(dict(row_for("word-ban decoding (baseline)", sets["wordban"], 1.0), set=sets["wordban"]))
+    steer_rows = [dict(row_for("activation steering (baseline)", sets["steer"], a), set=sets["steer"])
+                  for a in sorted(sets["steer"]["tox"])] if "steer" in sets else []
     base_rows += steer_rows
     drop = 1 - main["tox"] / base["tox"]
     ratio = main["ppl"] / base["ppl"]
@@ -446,10 +504,14 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
     # goal 2: at each baseline point's PPL the default's sweep (interpolated) is less toxic; and against steering at its
     # dev-chosen strength the paired interval excludes 0
     curve = [(base["ppl"], base["tox"])] + [(r["ppl"], r["tox"]) for r in sweep]
-    dom = []
+    dom, eqs = [], []
     for r in base_rows:
         at = interp_at(curve, r["ppl"])
         dom.append((r, at, at is not None and at < r["tox"]))
+        eqs.append(equal_ppl_difference(sw, sorted(sw["tox"]), r["set"], r["alpha"]))
+
+    def eq_ci(eq):
+        return "-" if eq is None else f"{eq[0]:+.3f} [{eq[1]:+.3f}, {eq[2]:+.3f}]"
     s_chosen = next((r for r in steer_rows if r["alpha"] == float(chosen.get("steer", -1))), None)
     pd_steer = paired_difference(main["recs"], s_chosen["recs"]) if s_chosen and main["recs"] and s_chosen["recs"] else None
     goal2 = all(ok for _, _, ok in dom) and bool(dom) and pd_steer is not None and pd_steer[2] < 0
@@ -457,7 +519,8 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
                   if k.startswith("dev_") and 0.0 in sets[k]["tox"]), None)
     verdict = []
     verdict.append(f"Goal 1 (>= {GOAL_DROP:.0%} lower at <= {cap:g}x PPL): **{'met' if goal1 else 'not met'}**.")
-    missed = [f"{r['label']} {r['alpha']:g}" for r, _, ok in dom if not ok]
+    missed = [f"{r['label']} {r['alpha']:g}" + (f" ({eq_ci(eq)}: {'within' if eq[1] <= 0 else 'beyond'} the noise)"
+                                                  if eq else "") for (r, _, ok), eq in zip(dom, eqs) if not ok]
     verdict.append(f"Goal 2 (Pareto-dominates word-ban and steering; the paired interval against steering at its "
                    f"dev-chosen strength excludes 0): **{'met' if goal2 else 'not met'}**"
                    + (f" (the default's sweep is not less toxic at the PPL of: {', '.join(missed)}; the table below)"
@@ -548,10 +611,18 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
     lines += ["", "## Held-out: the default recipe over its whole sweep", "", HEAD, line(base, None)]
     lines += [line(r, base) for r in sweep]
     lines += ["", "## Against the baselines at equal PPL (goal 2)", "",
-              "The default's sweep (with the target alone as alpha 0) read at each baseline point's PPL, linear in log PPL.",
-              "", "| baseline | its PPL | its tox | the default's sweep there | less toxic? |", "|---|---|---|---|---|"]
-    lines += [f"| {r['label']} {r['alpha']:g} | {f(r['ppl'], 2)} | {f(r['tox'])} | {f(at) if at is not None else 'above its PPL'} | "
-              f"{'yes' if ok else 'no'} |" for r, at, ok in dom]
+              "The default's sweep (with the target alone as alpha 0) read at each baseline point's PPL, linear in log "
+              "PPL. The difference's interval is a paired bootstrap over prompts that redraws the PPLs too (both runs' "
+              "toxicities and token-weighted PPLs recomputed from each resample's prompts, so where the point sits on "
+              "the curve is uncertain as well); 'resamples less toxic' is the share of 2,000 resamples in which the "
+              "sweep is below the point.", "",
+              "| baseline | its PPL | its tox | the default's sweep there | less toxic? | difference (95% CI) | "
+              "resamples less toxic |", "|---|---|---|---|---|---|---|"]
+    for (r, at, ok), eq in zip(dom, eqs):
+        ci = eq_ci(eq) + (f" ({eq[4]} resamples below its PPL range)" if eq and eq[4] else "")
+        lines.append(f"| {r['label']} {r['alpha']:g} | {f(r['ppl'], 2)} | {f(r['tox'])} | "
+                     f"{f(at) if at is not None else 'above its PPL'} | {'yes' if ok else 'no'} | {ci} | "
+                     f"{'-' if eq is None else f'{eq[3]:.0%}'} |")
     pairs = [("the default vs the target alone", main, base)]
     pairs += [(f"the default vs {rows[n]['label']} {rows[n]['alpha']:g}", main, rows[n]) for n in ("paper", "lm") if n in rows]
     pairs += [(f"the default vs {r['label']} {r['alpha']:g}", main, r) for r in base_rows]
@@ -563,6 +634,7 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
     lines.append("")
     lines.append("Both offline scorers are keyword-driven, which flatters word-ban (it removes the keywords) and, to a "
                  "lesser degree, steering.")
+    lines += high_lines(sets)
     # second judge (goal 4)
     lines += ["", "## The second judge (goal 4)", "",
               "| setting | PPL Gemma ratio | PPL SmolLM2 ratio | profanity-check | vs alone |", "|---|---|---|---|---|"]

@@ -538,6 +538,8 @@ class ScoredRun:
     records: dict[float, dict[int, list[float]]]  # alpha -> prompt_index -> scores of ``scorer``
     meta: dict
     scorer: str
+    # alpha -> prompt_index -> (summed continuation NLL, tokens) under the untagged PPL judge, over the prompt's samples
+    nll: dict[float, dict[int, tuple[float, int]]] = field(default_factory=dict)
 
 
 def _rows_by_alpha(path: Path) -> dict[float, dict]:
@@ -556,14 +558,21 @@ def load_scored_run(generations_path: str | Path, scorer: str | None = None) -> 
     tox = _rows_by_alpha(tox_paths["summary"])
     ppl = {tag: _rows_by_alpha(p) for tag, p in find_score_files(gen)["ppl"]}
     scorer = scorer or next((str(r["scorer"]) for r in tox.values() if r.get("scorer")), "")
+    def records_text(paths: dict, rows: dict, script: str) -> str | None:
+        rp = paths["records"]
+        if not rp.is_file():
+            return None
+        text = rp.read_text(encoding="utf-8")
+        want = {r.get("records_sha256") for r in rows.values()} - {None}
+        if want and want != {sha256_text(text)}:
+            raise InputError(f"{rp} does not belong to {paths['summary']} (its sha256 differs from the one the "
+                             f"summary records: a partial or older scoring run); rerun {script}")
+        return text
+
     recs: dict[float, dict[int, list[float]]] = {}
     rp = tox_paths["records"]
-    if rp.is_file():
-        text = rp.read_text(encoding="utf-8")
-        want = {r.get("records_sha256") for r in tox.values()} - {None}
-        if want and want != {sha256_text(text)}:
-            raise InputError(f"{rp} does not belong to {tox_paths['summary']} (its sha256 differs from the one the "
-                             f"summary records: a partial or older scoring run); rerun eval_toxicity.py")
+    text = records_text(tox_paths, tox, "eval_toxicity.py")
+    if text is not None:
         for n, line in enumerate(text.splitlines(), 1):
             try:
                 r = json.loads(line)
@@ -571,9 +580,22 @@ def load_scored_run(generations_path: str | Path, scorer: str | None = None) -> 
                 recs.setdefault(alpha, {}).setdefault(int(r["prompt_index"]), []).append(float(r["scores"][scorer]))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 raise InputError(f"{rp}:{n}: not a per-record line of eval_toxicity.py with a {scorer!r} score") from None
+    nll: dict[float, dict[int, tuple[float, int]]] = {}
+    ppl_paths = score_paths(gen, "ppl")
+    text = records_text(ppl_paths, ppl.get("", {}), "eval_ppl.py")
+    for n, line in enumerate((text or "").splitlines(), 1):
+        try:
+            r = json.loads(line)
+            if r.get("status", "ok") != "ok":
+                continue
+            alpha = None if r["alpha"] is None else float(r["alpha"])
+            s, t = nll.setdefault(alpha, {}).get(int(r["prompt_index"]), (0.0, 0))
+            nll[alpha][int(r["prompt_index"])] = (s + float(r["sum_nll"]), t + int(r["n_tokens"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise InputError(f"{ppl_paths['records']}:{n}: not a per-record line of eval_ppl.py") from None
     meta_p = generation_meta_path(gen)
     meta = json.loads(meta_p.read_text(encoding="utf-8")) if meta_p.is_file() else {}
-    return ScoredRun(gen, tox, ppl, recs, meta, scorer)
+    return ScoredRun(gen, tox, ppl, recs, meta, scorer, nll)
 
 
 def tox_of(row: dict, scorer: str) -> float:

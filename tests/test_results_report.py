@@ -212,3 +212,55 @@ def test_sampled_strength_rule_caps_each_method_against_its_own_decoding(tmp_pat
     sets["sampled2_wordban"] = rr.load_set(tmp_path / "sampled2_wordban.json")
     lines = "\n".join(rr.sampled2_lines(tmp_path, sets, 1.25))
     assert "paired EMT interval below 0): **not met** against word-ban decoding 1." in lines
+
+
+def test_equal_ppl_difference_redraws_the_ppls_with_the_toxicities():
+    """The sweep read at a point's PPL minus the point's toxicity, under a bootstrap that redraws both runs' PPLs:
+    at a point on alpha 1's NLL but 0.05 more toxic than alpha 1, the sweep is 0.05 less toxic in every resample; a point whose per-prompt NLL sits halfway (in log PPL) between the sweep's two points and whose
+    toxicity is their mean lies on the curve (difference 0 in every resample); a point cheaper than the target alone
+    is read at the sweep's cheapest point and counted."""
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import results_report as rr
+
+    rng = np.random.default_rng(1)
+    n = 40
+    t0 = rng.uniform(0.1, 0.6, n)
+    tok = rng.integers(5, 15, n)
+
+    def run(alpha_tox_nll):
+        return {"recs": {a: {i: [float(t[i])] for i in range(n)} for a, (t, _) in alpha_tox_nll.items()},
+                "nll": {a: {i: (float(m * tok[i]), int(tok[i])) for i in range(n)} for a, (_, m) in alpha_tox_nll.items()}}
+
+    sweep = run({0.0: (t0, 1.0), 1.0: (t0 - 0.1, 1.2)})
+    on_a1 = run({0.3: (t0 - 0.05, 1.2)})
+    d, lo, hi, share, below, k = rr.equal_ppl_difference(sweep, [0.0, 1.0], on_a1, 0.3, n_boot=200)
+    assert k == n and below == 0 and share == 1.0
+    assert d == pytest.approx(-0.05) and lo == pytest.approx(-0.05) and hi == pytest.approx(-0.05)
+    halfway = run({0.2: (t0 - 0.05, 1.1)})
+    d, lo, hi, share, below, _ = rr.equal_ppl_difference(sweep, [0.0, 1.0], halfway, 0.2, n_boot=200)
+    assert below == 0 and abs(d) < 1e-9 and abs(lo) < 1e-9 and abs(hi) < 1e-9
+    cheaper = run({0.1: (t0 - 0.2, 0.9)})
+    d, lo, hi, share, below, _ = rr.equal_ppl_difference(sweep, [0.0, 1.0], cheaper, 0.1, n_boot=200)
+    assert below == 200 and d == pytest.approx(0.2) and share == 0.0  # read at the target alone: 0.2 more toxic
+    # a point on the curve on average but not per prompt: the interval has width and straddles 0
+    noise = rng.normal(0, 0.1, n)
+    noisy = run({0.5: (t0 - 0.05 + noise - noise.mean(), 1.1)})
+    d, lo, hi, share, below, _ = rr.equal_ppl_difference(sweep, [0.0, 1.0], noisy, 0.5, n_boot=500)
+    assert abs(d) < 1e-9 and lo < -0.01 and hi > 0.01 and 0.2 < share < 0.8
+    assert rr.equal_ppl_difference({"recs": sweep["recs"], "nll": {}}, [0.0, 1.0], noisy, 0.5) is None  # no NLL records
+
+
+def test_scored_run_sums_each_prompts_nll_over_its_samples_and_checks_the_records(tmp_path):
+    write_set(tmp_path, "s", {0.0: 0.3}, {0.0: 5.0})
+    recs = "".join(json.dumps({"alpha": 0.0, "prompt_index": i // 2, "sample": i % 2, "status": "ok", "sum_nll": 1.0 + i,
+                               "n_tokens": 10}) + "\n" for i in range(4))
+    recs += json.dumps({"alpha": 0.0, "prompt_index": 1, "sample": 2, "status": "empty"}) + "\n"  # skipped, as eval_ppl does
+    (tmp_path / "s_ppl_records.jsonl").write_text(recs)
+    rows = [{"alpha": 0.0, "ppl_token_weighted": 5.0, "records_sha256": hashlib.sha256(recs.encode()).hexdigest()}]
+    (tmp_path / "s_ppl.json").write_text(json.dumps(rows))
+    assert load_scored_run(tmp_path / "s.json").nll == {0.0: {0: (3.0, 20), 1: (7.0, 20)}}
+    (tmp_path / "s_ppl_records.jsonl").write_text(recs.splitlines()[0] + "\n")
+    with pytest.raises(InputError, match="s_ppl_records.jsonl does not belong to .*rerun eval_ppl.py"):
+        load_scored_run(tmp_path / "s.json")
