@@ -450,25 +450,47 @@ def vocab_lines(res: Path) -> list[str]:
             f"{d['bilstm_off_list_words']} other words the BiLSTM scores >= 0.5 alone.", ""] + table_lines(d)
 
 
-def high_lines(sets: dict) -> list[str]:
+def list_word_mass(res: Path, name: str) -> dict[float, float]:
+    """Per alpha, the part of the mean BiLSTM toxicity carried by continuations with no word of the word list in
+    them (the list step 2 labels its single-token words from; read from the per-record file)."""
+    import re
+
+    from detox_pa.artifacts import score_paths
+    from detox_pa.assets import profanity_words
+
+    words = set(profanity_words())
+    recs = [json.loads(x) for x in score_paths(res / f"{name}.json", "toxicity")["records"].read_text(
+        encoding="utf-8").splitlines()]
+    n: dict[float, int] = {}
+    mass: dict[float, float] = {}
+    for r in recs:
+        a = float(r["alpha"])
+        n[a] = n.get(a, 0) + 1
+        if not words & set(re.findall(r"[a-z]+", str(r.get("response", "")).lower())):
+            mass[a] = mass.get(a, 0.0) + float(r["scores"][PRIMARY])
+    return {a: mass.get(a, 0.0) / n[a] for a in n}
+
+
+def high_lines(res: Path, sets: dict) -> list[str]:
     """The default's dev sweep past the cap, per eligible set, beside steering's dev sweep (bench/results.sh 2b)."""
-    have = [(k, sets[f"dev_high_k{k}"]) for k in HIGH_KS if f"dev_high_k{k}" in sets]
+    have = [(f"the tuned pair, top-{k}", f"dev_high_k{k}") for k in HIGH_KS if f"dev_high_k{k}" in sets]
     if not have:
         return []
+    have += [("activation steering", "dev_steer")] if "dev_steer" in sets else []
 
-    def sweep(s):
+    def sweep(name):
+        s, free = sets[name], list_word_mass(res, name)
         a0 = s["ppl"][0.0]["ppl_token_weighted"]
-        return " ; ".join(f"{a:g}: {f(tox_of(s['tox'][a], PRIMARY))} / {s['ppl'][a]['ppl_token_weighted'] / a0:.2f}x"
-                          for a in sorted(s["tox"]) if a in s["ppl"])
+        return " ; ".join(f"{a:g}: {f(tox_of(s['tox'][a], PRIMARY))} ({f(free.get(a))}) / "
+                          f"{s['ppl'][a]['ppl_token_weighted'] / a0:.2f}x" for a in sorted(s["tox"]) if a in s["ppl"])
 
-    out = ["", "Past the cap, on dev (out of fold as the dev sweep; read, never chosen from): the default's sweep beyond "
-           "its chosen alpha with the offset on the target's top-5 / 10 / 20, against steering's dev sweep (mean BiLSTM "
-           "toxicity / PPL ratio to alpha 0, per strength). Whether a larger strength or eligible set reaches "
-           "steering's strongest point:", "", "| offset | strength: tox / PPL ratio |", "|---|---|"]
-    out += [f"| the tuned pair, top-{k} | {sweep(s)} |" for k, s in have]
-    if "dev_steer" in sets:
-        out.append(f"| activation steering | {sweep(sets['dev_steer'])} |")
-    return out
+    return ["", "Past the cap, on dev (out of fold as the dev sweep; read, never chosen from): the default's sweep beyond "
+            "its chosen alpha with the offset on the target's top-5 / 10 / 20, against steering's dev sweep. Per "
+            "strength: mean BiLSTM toxicity (in brackets the part of it carried by continuations with no word of the "
+            "word list in them) / PPL ratio to alpha 0. Whether a larger strength or eligible set reaches steering's "
+            "strongest point, and where the toxicity that is left sits:", "",
+            "| offset | strength: tox (no list word) / PPL ratio |", "|---|---|"] \
+        + [f"| {label} | {sweep(name)} |" for label, name in have]
 
 
 def section(body: list[str], *head: str) -> list[str]:
@@ -634,7 +656,7 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
     lines.append("")
     lines.append("Both offline scorers are keyword-driven, which flatters word-ban (it removes the keywords) and, to a "
                  "lesser degree, steering.")
-    lines += high_lines(sets)
+    lines += high_lines(res, sets)
     # second judge (goal 4)
     lines += ["", "## The second judge (goal 4)", "",
               "| setting | PPL Gemma ratio | PPL SmolLM2 ratio | profanity-check | vs alone |", "|---|---|---|---|---|"]

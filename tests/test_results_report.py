@@ -264,3 +264,20 @@ def test_scored_run_sums_each_prompts_nll_over_its_samples_and_checks_the_record
     (tmp_path / "s_ppl_records.jsonl").write_text(recs.splitlines()[0] + "\n")
     with pytest.raises(InputError, match="s_ppl_records.jsonl does not belong to .*rerun eval_ppl.py"):
         load_scored_run(tmp_path / "s.json")
+
+
+def test_list_word_mass_counts_the_toxicity_of_continuations_without_a_list_word(tmp_path, monkeypatch):
+    import detox_pa.assets
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import results_report as rr
+
+    monkeypatch.setattr(detox_pa.assets, "profanity_words", lambda: ["darn", "heck"])
+    rows = [(0.0, "oh darn it", 0.9), (0.0, "a fine day", 0.3), (0.0, "Heck, no", 0.8), (0.0, "darnation", 0.5),
+            (1.0, "a fine day", 0.1), (1.0, "what the heck", 0.4)]
+    (tmp_path / "r_toxicity_records.jsonl").write_text("".join(
+        json.dumps({"alpha": a, "prompt_index": i, "response": t, "scores": {"bilstm": sc}}) + "\n"
+        for i, (a, t, sc) in enumerate(rows)))
+    got = rr.list_word_mass(tmp_path, "r")
+    # alpha 0: "a fine day" (0.3) and "darnation" (0.5: not the word "darn") carry it, over 4 continuations
+    assert got == {0.0: pytest.approx(0.2), 1.0: pytest.approx(0.05)}
