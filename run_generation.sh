@@ -59,6 +59,7 @@ TOP_P=${TOP_P:-$(protocol_default TOP_P)}                    # nucleus p when sa
 GEN_TEMPERATURE=${GEN_TEMPERATURE:-1.0}  # sampling temperature (DO_SAMPLE=1)
 GEN_SEED=${GEN_SEED:-2025}      # each (alpha, batch) is seeded from it
 GEN_DTYPE=${GEN_DTYPE:-auto}    # auto = bf16 on a GPU (fp16 where it has no bf16), fp32 on the CPU
+TEACHER_DTYPE=${TEACHER_DTYPE:-auto}  # the teachers' (diff, fusion): auto = GEN_DTYPE's | float32 | bfloat16 | float16
 NORM=${NORM:-layernorm}         # fusion: layernorm (paper) | rescale (to the norm of h_target) | none
 MAX_PROMPTS=${MAX_PROMPTS:-0}   # 0 = all prompts (counted after PROMPT_FILTER)
 SKIP_PROMPTS=${SKIP_PROMPTS:-0} # leave out the first N prompts (after PROMPT_FILTER), before MAX_PROMPTS counts
@@ -93,7 +94,7 @@ FLAGS=(--teacher_model "$TEACHER_MODEL" --target_model "$TARGET_MODEL" --matrix_
        --device "$DEVICE" --output_path "$OUTPUT_PATH" --data_path "$DATA_PATH"
        --max_new_tokens "$MAX_NEW_TOKENS" --batch_size "$GEN_BATCH_SIZE"
        --num_samples "$NUM_SAMPLES" --top_p "$TOP_P" --temperature "$GEN_TEMPERATURE" --seed "$GEN_SEED"
-       --dtype "$GEN_DTYPE" --norm "$NORM" --max_prompts "$MAX_PROMPTS" --skip_prompts "$SKIP_PROMPTS" --method "$METHOD"
+       --dtype "$GEN_DTYPE" --teacher_dtype "$TEACHER_DTYPE" --norm "$NORM" --max_prompts "$MAX_PROMPTS" --skip_prompts "$SKIP_PROMPTS" --method "$METHOD"
        --prompt_field "$PROMPT_FIELD" --prompt_split "$PROMPT_SPLIT" --prompt_filter "$PROMPT_FILTER" --protocol "$PROTOCOL")
 case "$METHOD" in
   diff) FLAGS+=(--anti_teacher_model "$ANTI_TEACHER_MODEL" --diff_space "$DIFF_SPACE" --top_k "$TOP_K" --pool "$POOL")

@@ -22,7 +22,10 @@ in (the same cost per row, but not the default run's picks, so not its share of 
    the output layer's rows too), measured in the same run. For the 1-alpha sweep also the method's **floor** (plain
    ``generate()`` with both teachers stepped on the same text, the fusion's arithmetic skipped, no NLL) and the method
    without recording the NLL: what the teachers cost, what the rest of the method costs above them, and what the NLL
-   recording (which spares eval_ppl.py its forward) costs.
+   recording (which spares eval_ppl.py its forward) costs. And the same with the teachers in bfloat16
+   (``generate.py --teacher_dtype bfloat16``; the target stays float32): a teacher's decode step is skinny matrix
+   products that stream its weights, so half the bytes is most of its cost (on a CPU with bfloat16 units), with
+   how many continuations come out equal to the float32 teachers'.
 3. **Single alphas** at 20 forced tokens (as before): the paper's fusion, diff top-5, diff top_k 0 (pre-hook
    path), the fusion one prompt at a time; ratios to plain; the FLOP ratio of the diff step; peak RSS (<= 3 GB).
 
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import resource
 import sys
@@ -270,23 +274,26 @@ def main() -> None:
             pass
     print("\n".join(profile_decode(method, target, tok, teachers, batches[0], gc10, post, a.trace)), flush=True)
 
-    def ours(alphas, k, b, share=None, nll=post):
+    # the same method with its teachers in bfloat16 (generate.py --teacher_dtype bfloat16)
+    method16 = diff_method(a, target, tok, [copy.deepcopy(t).to(torch.bfloat16) for t in teachers], teacher_tok, A)
+
+    def ours(alphas, k, b, share=None, nll=post, m=method):
         per, ids = [], []
         t0 = t = clock()
-        for _, _, d, _ in sweep_batch(method, target, tok, b, alphas, lambda x: batch_seed(2025, x, k), gc10, cpu,
+        for _, _, d, _ in sweep_batch(m, target, tok, b, alphas, lambda x: batch_seed(2025, x, k), gc10, cpu,
                                       PromptMemo(), nll, share):
             per.append(clock() - t)
             ids.append(d.ids)
             t = clock()
         return clock() - t0, per, ids
 
-    def floor(alphas, k, b):
+    def floor(alphas, k, b, m=method):
         """The method's floor: the target and both teachers stepped on the same text, the fusion's arithmetic (the
         top-k, the scores) skipped and no NLL recorded: what plain generate() plus the teachers' forwards costs."""
         saved = DiffFuser.fuse_logits
         DiffFuser.fuse_logits = lambda self, z, h_e, h_a: z.float()
         try:
-            return ours(alphas, k, b, nll=None)[0]
+            return ours(alphas, k, b, nll=None, m=m)[0]
         finally:
             DiffFuser.fuse_logits = saved
 
@@ -303,6 +310,7 @@ def main() -> None:
     first_share = []
     shares = {name: RowShare() for name in sweeps}  # rows computed by prefix sharing (the last round's)
     same = {name: True for name in sweeps}  # the shared sweep's continuations are the per-alpha path's
+    rows16 = [0, 0]  # continuations equal with bf16 teachers, of all (1-alpha sweep)
     for r in range(a.rounds):
         tot: dict[str, float] = defaultdict(float)
         for k, b in enumerate(batches):  # interleaved batch by batch, the order alternating
@@ -325,10 +333,17 @@ def main() -> None:
                         ("ours, per alpha", per_alpha), ("ours, prefix sharing", shared)]
                 if name == one:  # where the 1-alpha overhead goes: the NLL recording, and the teachers' floor
                     jobs += [("ours, per alpha, no NLL", lambda: ours(alphas, k, b, nll=None)[0]),
-                             ("floor: plain + the teachers", lambda: floor(alphas, k, b))]
+                             ("floor: plain + the teachers", lambda: floor(alphas, k, b)),
+                             ("ours, per alpha, bf16 teachers", lambda: got.__setitem__(
+                                 "bf16", ours(alphas, k, b, m=method16)) or got["bf16"][0]),
+                             ("ours, prefix sharing, bf16 teachers", lambda: ours(alphas, k, b, RowShare(), m=method16)[0]),
+                             ("floor, bf16 teachers", lambda: floor(alphas, k, b, m=method16))]
                 for label, job in (jobs if (k + r) % 2 == 0 else jobs[::-1]):
                     tot[(name, label)] += job()
                 same[name] &= got["old"] == got["new"]  # the same continuations both ways
+                if "bf16" in got:  # continuations (of the batch's rows) that bf16 teachers leave unchanged
+                    rows16[0] += sum(x == y for d0, d1 in zip(got["old"], got["bf16"][2]) for x, y in zip(d0, d1))
+                    rows16[1] += sum(len(d0) for d0 in got["old"])
         for key, v in tot.items():
             best[key] = min(best[key], v)
         print(f"round {r + 1}: " + ", ".join(f"{n} {lab} {v:.1f}s" for (n, lab), v in tot.items()), flush=True)
@@ -354,6 +369,11 @@ def main() -> None:
           f"no NLL) {fl:.2f} s = {fl / p:.3f}x plain; ours without recording the NLL {nn:.2f} s = {nn / p:.3f}x plain, "
           f"{nn / fl:.3f}x the floor; recording the NLL (what eval_ppl.py then reads instead of a forward) "
           f"+{o - nn:.2f} s")
+    o16, s16, f16 = (best[(one, x)] for x in ("ours, per alpha, bf16 teachers", "ours, prefix sharing, bf16 teachers",
+                                              "floor, bf16 teachers"))
+    print(f"  {one:15s}: with the teachers in bfloat16 (--teacher_dtype bfloat16): ours per alpha {o16:.2f} s = "
+          f"{o16 / p:.3f}x plain, with prefix sharing {s16:.2f} s = {s16 / p:.3f}x, the floor {f16:.2f} s = "
+          f"{f16 / p:.3f}x; continuations equal to the float32 teachers' {rows16[0]} of {rows16[1]}")
     g_o = best[(seven, "ours, per alpha")] - best[(one, "ours, per alpha")]
     g_s = best[(seven, "ours, prefix sharing")] - best[(one, "ours, prefix sharing")]
     g_p = best[(seven, "plain")] - best[(one, "plain")]

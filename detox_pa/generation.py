@@ -102,6 +102,11 @@ class GenerateArguments:
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     seed: int = field(default=2025, metadata={"help": "Base seed; each (alpha, batch) gets its own derived seed."})
     dtype: str = field(default="auto", metadata={"help": DTYPE_HELP})
+    teacher_dtype: str = field(default="auto", metadata={
+        "help": "The teachers' dtype (fusion, diff): auto = the target's (--dtype), or float32, bfloat16, float16. "
+                "Their states enter the fusion as float32 either way. bfloat16 halves the bytes each decode step "
+                "streams through the teachers' weights (bench/bench_generate.py measures it); it is a change of "
+                "arithmetic, so picks at near-ties may differ from a float32 run."})
     norm: str = field(default="layernorm", metadata={"help": "For --method fusion: layernorm (the paper: parameter-free LayerNorm), rescale (to the norm "
                                                              "of h_target) or none (h_teacher A as it is: the teacher's logit scale with an A "
                                                              "from align.py --objective logits)."})
@@ -191,6 +196,7 @@ class GenerateArguments:
                 raise InputError("--draft_gate keeps the target's own continuation (the draft) where it is clean: "
                                  "--alphas must include 0")
         self.dtype = check_dtype_name(self.dtype)
+        self.teacher_dtype = check_dtype_name(self.teacher_dtype, "--teacher_dtype")
         self.device = check_device_name(self.device)
         self.alphas = [float(a) for a in self.alphas]
         get_method(self.method)(self).check()
@@ -543,6 +549,7 @@ def run_fingerprint(args: GenerateArguments, target_path: str, prompts: list[str
         "target_model": args.target_model, "target_files": model_files_fingerprint(target_path),
         "data": sha256_text("\n".join(prompts)), "max_prompts": args.max_prompts,
         **({"skip_prompts": args.skip_prompts} if args.skip_prompts else {}), "method": args.method,
+        **({"teacher_dtype": args.teacher_dtype} if args.teacher_dtype != "auto" and method.needs_models() else {}),
         **method_inputs, **method.fingerprint(),
         **{k: getattr(args, k) for k in ("alphas", "max_new_tokens", "batch_size", "num_samples", "do_sample",
                                          "seed", "dtype")},

@@ -233,10 +233,12 @@ def _sidecar_path(name: str, sidecar: str) -> str:
     return str(repo / name) if (repo / name).exists() else name
 
 
-def _load_teacher(path: str, device, dtype):
-    from .runtime import load_causal_lm, load_tokenizer
+def _load_teacher(path: str, device, dtype, teacher_dtype: str = "auto"):
+    """A teacher and its tokenizer, in ``teacher_dtype`` (``auto``: the target's ``dtype``)."""
+    from .runtime import load_causal_lm, load_tokenizer, torch_dtype
 
-    return load_causal_lm(path, dtype, device), load_tokenizer(path, pad_with_eos=False)
+    dt = dtype if teacher_dtype == "auto" else torch_dtype(teacher_dtype)
+    return load_causal_lm(path, dt, device), load_tokenizer(path, pad_with_eos=False)
 
 
 @register
@@ -286,7 +288,7 @@ class Fusion(Method):
     def load(self, target, tokenizer, device, dtype) -> None:
         super().load(target, tokenizer, device, dtype)
         if self.needs_models():
-            self.teacher, self.teacher_tok = _load_teacher(self.teacher_path, device, dtype)
+            self.teacher, self.teacher_tok = _load_teacher(self.teacher_path, device, dtype, self.args.teacher_dtype)
 
     @contextlib.contextmanager
     def context(self, alpha: float):
@@ -416,8 +418,8 @@ class Diff(Method):
         super().load(target, tokenizer, device, dtype)
         if not self.needs_models():
             return
-        self.expert, self.teacher_tok = _load_teacher(self.expert_path, device, dtype)
-        self.anti, anti_tok = _load_teacher(self.anti_path, device, dtype)
+        self.expert, self.teacher_tok = _load_teacher(self.expert_path, device, dtype, self.args.teacher_dtype)
+        self.anti, anti_tok = _load_teacher(self.anti_path, device, dtype, self.args.teacher_dtype)
         if not same_tokenizer(self.teacher_tok, anti_tok):
             raise InputError(f"--anti_teacher_model {self.args.anti_teacher_model} has another tokenizer than the "
                              f"expert {self.args.teacher_model}: both teachers must come from one base model")

@@ -40,7 +40,7 @@ TABLE = {
         "STEER_VECTOR": (G, "steer_vector"), "MAX_NEW_TOKENS": (G, "max_new_tokens"),
         "GEN_BATCH_SIZE": (G, "batch_size"), "NUM_SAMPLES": (G, "num_samples"), "DO_SAMPLE": (G, "do_sample"),
         "TOP_P": (G, "top_p"), "GEN_TEMPERATURE": (G, "temperature"), "GEN_SEED": (G, "seed"),
-        "GEN_DTYPE": (G, "dtype"), "NORM": (G, "norm"), "MAX_PROMPTS": (G, "max_prompts"), "SKIP_PROMPTS": (G, "skip_prompts"),
+        "GEN_DTYPE": (G, "dtype"), "TEACHER_DTYPE": (G, "teacher_dtype"), "NORM": (G, "norm"), "MAX_PROMPTS": (G, "max_prompts"), "SKIP_PROMPTS": (G, "skip_prompts"),
         "PROMPT_FIELD": (G, "prompt_field"), "PROMPT_SPLIT": (G, "prompt_split"),
         "PROMPT_FILTER": (G, "prompt_filter"), "GEN_OVERWRITE": (G, "overwrite"), "PROTOCOL": (G, "protocol")}),
     "run_alignment.sh": ("align.py", {

@@ -214,3 +214,43 @@ def test_skip_prompts_decodes_the_rest_exactly_as_the_full_run_does(assets, tmp_
     err = stderr_lines(capsys)
     assert len(err) == 1 and "--skip_prompts 7" in err[0] and "hold only 7" in err[0]
     assert not (tmp_path / "none.json").exists()
+
+
+def test_teacher_dtype_loads_the_teacher_in_it_and_is_part_of_the_fingerprint(assets, tmp_path, capsys, monkeypatch):
+    """--teacher_dtype bfloat16: the teacher is loaded in bfloat16 (the target stays float32) and the run decodes;
+    the journal's fingerprint names it (and only then: earlier journals still resume), so a float32 run does not
+    resume a bfloat16 one; an unknown dtype is a one-line error before anything is written."""
+    from detox_pa import methods
+
+    seen = []
+    real = methods._load_teacher
+
+    def spy(path, device, dtype, teacher_dtype="auto"):
+        m, t = real(path, device, dtype, teacher_dtype)
+        seen.append((next(m.parameters()).dtype, dtype))
+        return m, t
+
+    monkeypatch.setattr(methods, "_load_teacher", spy)
+    out = tmp_path / "o.json"
+    assert gen(assets, out, "--teacher_dtype", "bfloat16") == 0
+    assert seen == [(torch.bfloat16, torch.float32)]
+    rows = json.loads(out.read_text())
+    assert [r["alpha"] for r in rows] == [0.0, 0.5] and all(p["continuation"] for p in rows[1]["prompt-response pairs"])
+    assert json.loads(out.with_suffix(".meta.json").read_text())["arguments"]["teacher_dtype"] == "bfloat16"
+    # the fingerprint a journal is checked against: it names bfloat16, and an auto run's (every earlier journal's)
+    # has no such key, so a float32 run refuses a bfloat16 run's journal instead of mixing the two
+    from detox_pa.methods import get_method
+
+    def fingerprint(*extra):
+        args = generation.parse_args(argv(assets, tmp_path / "f.json", *extra))
+        return generation.run_fingerprint(args, str(assets / "target"), ["p"], get_method(args.method)(args), {})
+
+    f16, auto = fingerprint("--teacher_dtype", "bfloat16"), fingerprint()
+    assert f16["teacher_dtype"] == "bfloat16" and "teacher_dtype" not in auto
+    assert {k: v for k, v in f16.items() if k != "teacher_dtype"} == auto
+    capsys.readouterr()
+    seen.clear()
+    assert gen(assets, tmp_path / "bad.json", "--teacher_dtype", "float8") == 2
+    err = stderr_lines(capsys)
+    assert len(err) == 1 and "--teacher_dtype 'float8' is not known" in err[0] and seen == []
+    assert not (tmp_path / "bad.json").exists()
