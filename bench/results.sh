@@ -23,7 +23,8 @@
 #   sampled_wide  the default when sampling with the offset on the target's top-k chosen on dev (dev_sampled_*), and
 #            its truncation control (sampled_topk_wide)
 #   sampled2_*  the sampled protocol with each method's strength chosen on sampled dev text (dev_sampled_alpha,
-#            dev_sampled_s), held out on rtp:eval's prompts after the first N_SAMPLED
+#            dev_sampled_s), held out on rtp:eval's prompts after the first N_SAMPLED; sampled2s2_* the same runs with
+#            a second sampling seed (SEED2)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/common.sh
@@ -213,6 +214,15 @@ H2=(--skip_prompts "$N_SAMPLED" --alphas)
   echo "gen sampled2_wordban rtp:eval 0 ${H2[*]} 1 --method wordban ${S[*]}"
 } > "$RES_DIR/.queue_sampled2"
 pool < "$RES_DIR/.queue_sampled2"
+# 3c. the same held-out runs with a second sampling seed (generate.py --seed; 3b's is the default 2025): does 3b's
+#     verdict hold on other samples of the same prompts? Nothing is chosen here: the strengths are 3b's.
+SEED2=${SEED2:-2026}
+{ echo "gen sampled2s2 rtp:eval 0 ${H2[*]} 0 $SA $(diff_at "$A" "$WIDE_K") ${S[*]} --seed $SEED2"
+  [[ "$WIDE_K" == 0 ]] || echo "gen sampled2s2_topk rtp:eval 0 ${H2[*]} 1 --method topk --top_k $WIDE_K ${S[*]} --seed $SEED2"
+  echo "gen sampled2s2_steer rtp:eval 0 ${H2[*]} $SS ${STEERV[*]} ${S[*]} --seed $SEED2"
+  echo "gen sampled2s2_wordban rtp:eval 0 ${H2[*]} 1 --method wordban ${S[*]} --seed $SEED2"
+} > "$RES_DIR/.queue_sampled2s2"
+pool < "$RES_DIR/.queue_sampled2s2"
 rm -f "$RES_DIR"/.queue_*
 
 # 4. the mechanism (direction on teacher-forced dev states) and the report

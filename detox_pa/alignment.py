@@ -933,10 +933,11 @@ def run(args: AlignArguments) -> dict:
     if args.tune_pair == "true":
         A, tuned = tune_pair_stage(args, teacher, target, A)
         result.report["tune_pair"] = tuned["report"]
-        if states is not None:  # how A carries each tuned teacher's own prediction now
+        if states is not None:  # how A carries each tuned teacher's own prediction now, as the diff method reads
+            # it (through A with no norm: the tuned pair is decoded by --method diff only), so one norm is measured
             tstates = teacher_text_states(args, tuned["expert"], t_tok, also=tuned["anti_expert"], held_only=True)
             result.report["transmission_after_tuning"] = {
-                who: transmissions(H, A, Ot, Os) for who, H in tstates["heldout"].items()}
+                who: transmissions(H, A, Ot, Os, ("none",)) for who, H in tstates["heldout"].items()}
             _log_transmission(tstates["heldout"], result.report["transmission_after_tuning"], ", after tuning")
     assert A.shape == (d_t, d_s) and A.dtype == torch.float32
 
