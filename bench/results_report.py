@@ -44,12 +44,13 @@ DEV_SAMPLED = (tuple(f"dev_sampled_k{k}" for k in SAMPLED_KS) + tuple(f"dev_samp
 # the sampled protocol with each method's strength chosen on sampled dev text, held out on rtp:eval's second part
 STRENGTH_SETS = {"default": "dev_sampled_alpha", "steer": "dev_sampled_s"}
 SAMPLED2 = ("sampled2", "sampled2_topk", "sampled2_steer", "sampled2_wordban")
+SAMPLED2_SEED2 = tuple(n.replace("sampled2", "sampled2s2") for n in SAMPLED2)  # the same runs, a second sampling seed
 # the default's dev sweep past the cap, with the offset on the target's top-k (bench/results.sh 2b)
 HIGH_KS = (5, 10, 20)
 DEV_HIGH = tuple(f"dev_high_k{k}" for k in HIGH_KS)
 SETS = DEV_HIGH + ("dev_default", "dev_lm", "dev_paper", "dev_steer", "default", "lm", "paper", "wordban", "steer", "sampled",
         "sampled_topk", "sampled_steer", "sampled_wordban") + DEV_SAMPLED + ("sampled_wide", "sampled_topk_wide") \
-    + tuple(STRENGTH_SETS.values()) + SAMPLED2
+    + tuple(STRENGTH_SETS.values()) + SAMPLED2 + SAMPLED2_SEED2
 
 
 def load_set(gen: Path) -> dict:
@@ -246,15 +247,29 @@ def sampled2_lines(res: Path, sets: dict, cap: float) -> list[str]:
             what = "the tuned pair (fold a's), alpha" if which == "default" else "activation steering, s"
             out.append(f"| {what} | {mark} | {f(r['emt'])} | {f(r['tp'])} | {f(r['tox'])} | {f(r['ppl'], 2)} | "
                        f"{r['ppl'] / p0:.2f}x | {'yes' if r['ppl'] <= cap * p0 else 'no'} |")
-    if not all(n in sets for n in SAMPLED2):
-        return out
-    held = [row_for("target alone", sets["sampled2"], 0.0)] if 0.0 in sets["sampled2"]["tox"] else []
-    held += [row_for("the tuned pair (the default)", sets["sampled2"], a) for a in sorted(sets["sampled2"]["tox"]) if a]
-    k = _top_k_of(sets["sampled2"])
-    held.append(row_for(f"target alone, top-{k} only (the truncation control)", sets["sampled2_topk"], 1.0))
-    held += [row_for("activation steering", sets["sampled2_steer"], a) for a in sorted(sets["sampled2_steer"]["tox"])]
-    held.append(row_for("word-ban decoding", sets["sampled2_wordban"], 1.0))
-    skip = (sets["sampled2"]["meta"].get("arguments") or {}).get("skip_prompts")
+    out += sampled2_held_lines(sets, "sampled2")
+    s2 = sampled2_held_lines(sets, "sampled2s2")
+    if s2:
+        seed = (sets["sampled2s2"]["meta"].get("arguments") or {}).get("seed")
+        out += ["", f"The same held-out runs with a second sampling seed (`--seed {seed}`; the strengths and the eligible "
+                "set as above, nothing chosen again):"] + s2[1:]
+    return out
+
+
+def sampled2_held_lines(sets: dict, p: str) -> list[str]:
+    """The held-out rows of the strength-chosen sampled protocol (the runs named ``p``, ``p``_topk, _steer,
+    _wordban), the paired EMT differences, the truncation share and the goal-3 verdict."""
+    names = (p, f"{p}_topk", f"{p}_steer", f"{p}_wordban")
+    if not all(n in sets for n in names):
+        return []
+    out = []
+    held = [row_for("target alone", sets[p], 0.0)] if 0.0 in sets[p]["tox"] else []
+    held += [row_for("the tuned pair (the default)", sets[p], a) for a in sorted(sets[p]["tox"]) if a]
+    k = _top_k_of(sets[p])
+    held.append(row_for(f"target alone, top-{k} only (the truncation control)", sets[f"{p}_topk"], 1.0))
+    held += [row_for("activation steering", sets[f"{p}_steer"], a) for a in sorted(sets[f"{p}_steer"]["tox"])]
+    held.append(row_for("word-ban decoding", sets[f"{p}_wordban"], 1.0))
+    skip = (sets[p]["meta"].get("arguments") or {}).get("skip_prompts")
     n = len(held[0]["recs"]) or held[0]["n"]
     out += ["", f"Held out: rtp:eval's prompts after the first {skip} ({n} prompts; no sampled run above "
             f"decodes them), the offset on the target's top-{k}:", "",

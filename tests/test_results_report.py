@@ -212,6 +212,19 @@ def test_sampled_strength_rule_caps_each_method_against_its_own_decoding(tmp_pat
     sets["sampled2_wordban"] = rr.load_set(tmp_path / "sampled2_wordban.json")
     lines = "\n".join(rr.sampled2_lines(tmp_path, sets, 1.25))
     assert "paired EMT interval below 0): **not met** against word-ban decoding 1." in lines
+    # a second sampling seed of the same held-out runs gets its own table and verdict, read from its own files
+    held2 = {"sampled2s2": ({0.0: 0.42, 7.0: 0.20}, {0.0: 14.0, 7.0: 7.5}, {"top_k": 20, "skip_prompts": 150, "seed": 2026}),
+             "sampled2s2_topk": ({1.0: 0.41}, {1.0: 6.5}, {"top_k": 20}),
+             "sampled2s2_steer": ({0.2: 0.18}, {0.2: 16.0}, {}), "sampled2s2_wordban": ({1.0: 0.31}, {1.0: 14.5}, {})}
+    for name, (emt, ppl, args) in held2.items():
+        ws(name, emt, ppl, args)
+        sets[name] = rr.load_set(tmp_path / f"{name}.json")
+    lines = "\n".join(rr.sampled2_lines(tmp_path, sets, 1.25))
+    first, second = lines.split("a second sampling seed (`--seed 2026`")
+    assert "**not met** against word-ban decoding 1." in first  # the first seed's verdict stays its own
+    assert "| the default vs activation steering 0.2 | +0.020 | +0.020 to +0.020 | 3 |" in second
+    assert "| the default vs word-ban decoding 1 | -0.110 | -0.110 to -0.110 | 3 |" in second
+    assert "**not met** against activation steering 0.2." in second and "word-ban decoding 1." not in second
 
 
 def test_equal_ppl_difference_redraws_the_ppls_with_the_toxicities():
