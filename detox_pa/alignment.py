@@ -678,9 +678,9 @@ def _tokenizer(auto, path: str, what: str):
 
 
 def teacher_text_states(args: AlignArguments, teacher_path: str, t_tok, also: str | None = None,
-                        held_only: bool = False, held: bool = True) -> dict:
-    """The teacher's (and --also_teacher's, or ``also``'s) final hidden states on the fit and held-out texts
-    (``held=False``: the fit texts' only, for the refinement)."""
+                        parts: tuple[str, ...] = ("fit", "heldout")) -> dict:
+    """The teacher's (and --also_teacher's, or ``also``'s) final hidden states on the texts of ``parts``: ``fit``
+    (for the KL refinement; computed only when it runs) and ``heldout`` (4,000 states, for the transmission)."""
     from transformers import AutoModelForCausalLM
 
     from .assets import resolve_model
@@ -692,7 +692,8 @@ def teacher_text_states(args: AlignArguments, teacher_path: str, t_tok, also: st
     if also or args.also_teacher:
         who["also_teacher"] = also or resolve_model(args.also_teacher, "--also_teacher")
     fit_states, held_states = [], {}
-    need_fit = args.objective == "logits" and args.refine_steps > 0 and not held_only
+    need_fit = args.objective == "logits" and args.refine_steps > 0 and "fit" in parts
+    held = "heldout" in parts
     for name, path in who.items():
         if not (need_fit or held):
             break  # nothing to compute: no teacher is loaded
@@ -908,7 +909,7 @@ def run(args: AlignArguments) -> dict:
         # with --tune_pair the decoding reads the tuned pair through the tuned A: that is what is measured (after
         # tuning); the closed form's own transmission only with --transmission_before_tuning
         before = args.tune_pair != "true" or args.transmission_before_tuning
-        states = teacher_text_states(args, teacher, t_tok, held=before)
+        states = teacher_text_states(args, teacher, t_tok, parts=("fit", "heldout") if before else ("fit",))
         if args.objective == "logits" and args.refine_steps > 0:
             t_ref0 = time.time()
             A, losses = refine_kl(A, states["fit"], Ot, Os, args.refine_steps, args.refine_lr, seed=args.seed,
@@ -935,7 +936,7 @@ def run(args: AlignArguments) -> dict:
         result.report["tune_pair"] = tuned["report"]
         if states is not None:  # how A carries each tuned teacher's own prediction now, as the diff method reads
             # it (through A with no norm: the tuned pair is decoded by --method diff only), so one norm is measured
-            tstates = teacher_text_states(args, tuned["expert"], t_tok, also=tuned["anti_expert"], held_only=True)
+            tstates = teacher_text_states(args, tuned["expert"], t_tok, also=tuned["anti_expert"], parts=("heldout",))
             result.report["transmission_after_tuning"] = {
                 who: transmissions(H, A, Ot, Os, ("none",)) for who, H in tstates["heldout"].items()}
             _log_transmission(tstates["heldout"], result.report["transmission_after_tuning"], ", after tuning")
