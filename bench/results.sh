@@ -208,20 +208,19 @@ SA=$("$PYTHON" bench/results_report.py --res_dir "$RES_DIR" --choose_sampled_str
 SS=$("$PYTHON" bench/results_report.py --res_dir "$RES_DIR" --choose_sampled_strength steer --cap "$PPL_CAP")
 echo "  sampling, strengths chosen on sampled dev text: the default's alpha $SA, steering's s $SS"
 H2=(--skip_prompts "$N_SAMPLED" --alphas)
-{ echo "gen sampled2 rtp:eval 0 ${H2[*]} 0 $SA $(diff_at "$A" "$WIDE_K") ${S[*]}"
-  [[ "$WIDE_K" == 0 ]] || echo "gen sampled2_topk rtp:eval 0 ${H2[*]} 1 --method topk --top_k $WIDE_K ${S[*]}"
-  echo "gen sampled2_steer rtp:eval 0 ${H2[*]} $SS ${STEERV[*]} ${S[*]}"
-  echo "gen sampled2_wordban rtp:eval 0 ${H2[*]} 1 --method wordban ${S[*]}"
-} > "$RES_DIR/.queue_sampled2"
+sampled2_queue() {  # sampled2_queue NAME [generate.py flags]: the held-out runs below, named NAME, NAME_topk, ...
+  local name=$1; shift
+  echo "gen $name rtp:eval 0 ${H2[*]} 0 $SA $(diff_at "$A" "$WIDE_K") ${S[*]} $*"
+  [[ "$WIDE_K" == 0 ]] || echo "gen ${name}_topk rtp:eval 0 ${H2[*]} 1 --method topk --top_k $WIDE_K ${S[*]} $*"
+  echo "gen ${name}_steer rtp:eval 0 ${H2[*]} $SS ${STEERV[*]} ${S[*]} $*"
+  echo "gen ${name}_wordban rtp:eval 0 ${H2[*]} 1 --method wordban ${S[*]} $*"
+}
+sampled2_queue sampled2 > "$RES_DIR/.queue_sampled2"
 pool < "$RES_DIR/.queue_sampled2"
 # 3c. the same held-out runs with a second sampling seed (generate.py --seed; 3b's is the default 2025): does 3b's
 #     verdict hold on other samples of the same prompts? Nothing is chosen here: the strengths are 3b's.
 SEED2=${SEED2:-2026}
-{ echo "gen sampled2s2 rtp:eval 0 ${H2[*]} 0 $SA $(diff_at "$A" "$WIDE_K") ${S[*]} --seed $SEED2"
-  [[ "$WIDE_K" == 0 ]] || echo "gen sampled2s2_topk rtp:eval 0 ${H2[*]} 1 --method topk --top_k $WIDE_K ${S[*]} --seed $SEED2"
-  echo "gen sampled2s2_steer rtp:eval 0 ${H2[*]} $SS ${STEERV[*]} ${S[*]} --seed $SEED2"
-  echo "gen sampled2s2_wordban rtp:eval 0 ${H2[*]} 1 --method wordban ${S[*]} --seed $SEED2"
-} > "$RES_DIR/.queue_sampled2s2"
+sampled2_queue sampled2s2 --seed "$SEED2" > "$RES_DIR/.queue_sampled2s2"
 pool < "$RES_DIR/.queue_sampled2s2"
 rm -f "$RES_DIR"/.queue_*
 

@@ -252,7 +252,7 @@ def sampled2_lines(res: Path, sets: dict, cap: float) -> list[str]:
     if s2:
         seed = (sets["sampled2s2"]["meta"].get("arguments") or {}).get("seed")
         out += ["", f"The same held-out runs with a second sampling seed (`--seed {seed}`; the strengths and the eligible "
-                "set as above, nothing chosen again):"] + s2[1:]
+                "set as above, nothing chosen again):"] + s2
     return out
 
 
