@@ -323,6 +323,10 @@ def main() -> None:
                         first_share.append((per[0], sum(per[1:]) / (len(per) - 1)))
                     return res
 
+                def per_alpha16(alphas=alphas, b=b, k=k):  # bf16 teachers; their continuations kept for the count
+                    res, _, got["bf16"] = ours(alphas, k, b, m=method16)
+                    return res
+
                 def shared(alphas=alphas, b=b, k=k, name=name):
                     share = shares[name] = RowShare() if k == 0 else shares[name]
                     res, _, got["new"] = ours(alphas, k, b, share)
@@ -334,15 +338,14 @@ def main() -> None:
                 if name == one:  # where the 1-alpha overhead goes: the NLL recording, and the teachers' floor
                     jobs += [("ours, per alpha, no NLL", lambda: ours(alphas, k, b, nll=None)[0]),
                              ("floor: plain + the teachers", lambda: floor(alphas, k, b)),
-                             ("ours, per alpha, bf16 teachers", lambda: got.__setitem__(
-                                 "bf16", ours(alphas, k, b, m=method16)) or got["bf16"][0]),
+                             ("ours, per alpha, bf16 teachers", per_alpha16),
                              ("ours, prefix sharing, bf16 teachers", lambda: ours(alphas, k, b, RowShare(), m=method16)[0]),
                              ("floor, bf16 teachers", lambda: floor(alphas, k, b, m=method16))]
                 for label, job in (jobs if (k + r) % 2 == 0 else jobs[::-1]):
                     tot[(name, label)] += job()
                 same[name] &= got["old"] == got["new"]  # the same continuations both ways
                 if "bf16" in got:  # continuations (of the batch's rows) that bf16 teachers leave unchanged
-                    rows16[0] += sum(x == y for d0, d1 in zip(got["old"], got["bf16"][2]) for x, y in zip(d0, d1))
+                    rows16[0] += sum(x == y for d0, d1 in zip(got["old"], got["bf16"]) for x, y in zip(d0, d1))
                     rows16[1] += sum(len(d0) for d0 in got["old"])
         for key, v in tot.items():
             best[key] = min(best[key], v)

@@ -89,6 +89,17 @@ DEFAULT=(--method diff --matrix_A "$A" --top_k 5 --pool mean --context_weight 0.
 LM=(--method diff --teacher_model "$T" --anti_teacher_model "$TA" --matrix_A "$RES_DIR/align_lm/$ART_MATRIX_FILE" --top_k 5 --pool last --context_weight 1)
 PAPER=(--method fusion --norm layernorm --teacher_model "$PT" --matrix_A "$RES_DIR/align_contrastive/$ART_MATRIX_FILE")
 STEERV=(--method steer --steer_vector "$RES_DIR/steer_vector.pt")
+diff_at() { echo "--method diff --matrix_A $1 --top_k $2 --pool mean --context_weight 0.25"; }  # the default's, any A, k
+fold_sweeps() {  # fold_sweeps NAME K ALPHAS...: queue lines for the out-of-fold dev sweeps (the offset on the top-K):
+  local name=$1 k=$2 f o; shift 2  # the pair tuned with dev_a's texts sweeps rtp:dev_b into NAME_b, and the other way
+  for f in a b; do
+    o=a; [[ $f == a ]] && o=b
+    echo "[[ -f $RES_DIR/${name}_$o.json ]] || $PYTHON generate.py --target_model $TGT --data_path rtp:dev_$o --output_path $RES_DIR/${name}_$o.json --device cpu --alphas $* $(diff_at "$RES_DIR/align_fold_$f/$ART_MATRIX_FILE" "$k") > $RES_DIR/${name}_$o.log 2>&1"
+  done
+}
+merge_folds() {  # merge_folds NAME: NAME.json from NAME_a.json and NAME_b.json (bench/crossfit.py merge)
+  [[ -f "$RES_DIR/$1.json" ]] || "$PYTHON" bench/crossfit.py merge "$RES_DIR/$1.json" "$RES_DIR/$1_a.json" "$RES_DIR/$1_b.json"
+}
 
 # 1. choose each row's alpha on the dev prompts. The default pair trains on the dev prompts' texts too (step 2's
 #    TUNE_TEXT_PATH): then its dev sweep is out of fold. Two more pairs, each tuned as step 2 tuned the default but with
@@ -107,12 +118,9 @@ if (( N_TUNED_DEV > 0 )); then
     fi
     FOLD_DIRS+="${FOLD_DIRS:+,}$d"
   done
-  # the pair tuned with dev_a's texts sweeps dev_b, and the other way round
-  { echo "[[ -f $RES_DIR/dev_default_b.json ]] || $PYTHON generate.py --target_model $TGT --data_path rtp:dev_b --output_path $RES_DIR/dev_default_b.json --device cpu --alphas $SWEEP ${DEFAULT[*]/$A/$RES_DIR/align_fold_a/$ART_MATRIX_FILE} > $RES_DIR/dev_default_b.log 2>&1"
-    echo "[[ -f $RES_DIR/dev_default_a.json ]] || $PYTHON generate.py --target_model $TGT --data_path rtp:dev_a --output_path $RES_DIR/dev_default_a.json --device cpu --alphas $SWEEP ${DEFAULT[*]/$A/$RES_DIR/align_fold_b/$ART_MATRIX_FILE} > $RES_DIR/dev_default_a.log 2>&1"
-  } > "$RES_DIR/.queue_folds"
+  fold_sweeps dev_default 5 $SWEEP > "$RES_DIR/.queue_folds"  # the default's flags (DEFAULT) with each fold's A
   pool < "$RES_DIR/.queue_folds"
-  [[ -f "$RES_DIR/dev_default.json" ]] || "$PYTHON" bench/crossfit.py merge "$RES_DIR/dev_default.json" "$RES_DIR/dev_default_a.json" "$RES_DIR/dev_default_b.json"
+  merge_folds dev_default
 fi
 echo "dev sweeps (rtp:dev)"
 { echo "gen dev_default rtp:dev $N_DEV --alphas $SWEEP ${DEFAULT[*]}"
@@ -151,17 +159,9 @@ pool < "$RES_DIR/.queue_eval"
 HIGH_SWEEP=${HIGH_SWEEP:-"0 4 6 8 10 12 14 18"}
 HIGH_KS="5 10 20"
 if [[ -n "$FOLD_DIRS" ]]; then
-  for k in $HIGH_KS; do
-    for f in a b; do
-      o=a; [[ $f == a ]] && o=b
-      echo "[[ -f $RES_DIR/dev_high_k${k}_$o.json ]] || $PYTHON generate.py --target_model $TGT --data_path rtp:dev_$o --output_path $RES_DIR/dev_high_k${k}_$o.json --device cpu --alphas $HIGH_SWEEP --method diff --matrix_A $RES_DIR/align_fold_$f/$ART_MATRIX_FILE --top_k $k --pool mean --context_weight 0.25 > $RES_DIR/dev_high_k${k}_$o.log 2>&1"
-    done
-  done > "$RES_DIR/.queue_high"
+  for k in $HIGH_KS; do fold_sweeps "dev_high_k$k" "$k" $HIGH_SWEEP; done > "$RES_DIR/.queue_high"
   pool < "$RES_DIR/.queue_high"
-  for k in $HIGH_KS; do
-    [[ -f "$RES_DIR/dev_high_k$k.json" ]] || "$PYTHON" bench/crossfit.py merge "$RES_DIR/dev_high_k$k.json" \
-      "$RES_DIR/dev_high_k${k}_a.json" "$RES_DIR/dev_high_k${k}_b.json"
-  done
+  for k in $HIGH_KS; do merge_folds "dev_high_k$k"; done
   for k in $HIGH_KS; do echo "gen dev_high_k$k rtp:dev 0"; done > "$RES_DIR/.queue_high_score"  # scores the merged file
   pool < "$RES_DIR/.queue_high_score"
 fi
@@ -174,7 +174,6 @@ S=(--do_sample --num_samples "$SAMPLES" --top_p 0.9 --max_new_tokens 20 --batch_
 #     with dev_a's texts (the default's own pair when it never saw dev prompts) on rtp:dev_b, at the default's alpha,
 #     top-5/10/20 and every token (also at alpha 3), each top-k's truncation control, and steering at its alpha
 FA="$A"; [[ -n "$FOLD_DIRS" ]] && FA="$RES_DIR/align_fold_a/$ART_MATRIX_FILE"
-diff_at() { echo "--method diff --matrix_A $1 --top_k $2 --pool mean --context_weight 0.25"; }
 { echo "gen dev_sampled_k5 rtp:dev_b 0 --alphas 0 ${ALPHA[default]} $(diff_at "$FA" 5) ${S[*]}"
   echo "gen dev_sampled_k10 rtp:dev_b 0 --alphas ${ALPHA[default]} $(diff_at "$FA" 10) ${S[*]}"
   echo "gen dev_sampled_k20 rtp:dev_b 0 --alphas ${ALPHA[default]} $(diff_at "$FA" 20) ${S[*]}"

@@ -546,32 +546,36 @@ def _rows_by_alpha(path: Path) -> dict[float, dict]:
     return {(None if r["alpha"] is None else float(r["alpha"])): r for r in read_score_file(path)} if path.is_file() else {}
 
 
+def _records_text(paths: dict, rows: dict, script: str) -> str | None:
+    """A score file's per-record text (None when there is none), refused when its sha256 is not the one its summary
+    ``rows`` record (a partial or older scoring run)."""
+    from .io import sha256_text
+
+    rp = paths["records"]
+    if not rp.is_file():
+        return None
+    text = rp.read_text(encoding="utf-8")
+    want = {r.get("records_sha256") for r in rows.values()} - {None}
+    if want and want != {sha256_text(text)}:
+        raise InputError(f"{rp} does not belong to {paths['summary']} (its sha256 differs from the one the "
+                         f"summary records: a partial or older scoring run); rerun {script}")
+    return text
+
+
 def load_scored_run(generations_path: str | Path, scorer: str | None = None) -> ScoredRun:
     """Read what eval_toxicity.py and eval_ppl.py wrote beside ``generations_path``. ``scorer`` picks the
     per-record scores (default: the summary's primary scorer). A per-record file whose sha256 is not the one
     its summary recorded (a partial or older scoring run) is refused."""
     from .artifacts import score_paths
-    from .io import sha256_text
 
     gen = Path(generations_path)
     tox_paths = score_paths(gen, "toxicity")
     tox = _rows_by_alpha(tox_paths["summary"])
     ppl = {tag: _rows_by_alpha(p) for tag, p in find_score_files(gen)["ppl"]}
     scorer = scorer or next((str(r["scorer"]) for r in tox.values() if r.get("scorer")), "")
-    def records_text(paths: dict, rows: dict, script: str) -> str | None:
-        rp = paths["records"]
-        if not rp.is_file():
-            return None
-        text = rp.read_text(encoding="utf-8")
-        want = {r.get("records_sha256") for r in rows.values()} - {None}
-        if want and want != {sha256_text(text)}:
-            raise InputError(f"{rp} does not belong to {paths['summary']} (its sha256 differs from the one the "
-                             f"summary records: a partial or older scoring run); rerun {script}")
-        return text
-
     recs: dict[float, dict[int, list[float]]] = {}
     rp = tox_paths["records"]
-    text = records_text(tox_paths, tox, "eval_toxicity.py")
+    text = _records_text(tox_paths, tox, "eval_toxicity.py")
     if text is not None:
         for n, line in enumerate(text.splitlines(), 1):
             try:
@@ -582,7 +586,7 @@ def load_scored_run(generations_path: str | Path, scorer: str | None = None) -> 
                 raise InputError(f"{rp}:{n}: not a per-record line of eval_toxicity.py with a {scorer!r} score") from None
     nll: dict[float, dict[int, tuple[float, int]]] = {}
     ppl_paths = score_paths(gen, "ppl")
-    text = records_text(ppl_paths, ppl.get("", {}), "eval_ppl.py")
+    text = _records_text(ppl_paths, ppl.get("", {}), "eval_ppl.py")
     for n, line in enumerate((text or "").splitlines(), 1):
         try:
             r = json.loads(line)
