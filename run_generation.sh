@@ -47,6 +47,9 @@ POOL=${POOL:-mean}              # diff: mean (each teacher's mean state over the
 CONTEXT_WEIGHT=${CONTEXT_WEIGHT:-}  # diff: shrink the teachers' difference d toward its mean c over the training texts
                                    # (step 2's center): c + w (d - c); 1 = d as it is; 0 = the constant c alone.
                                    # Empty: 0.25 (measured best on dev) when the matrix holds its pair's center, else 1
+PROMOTE_WEIGHT=${PROMOTE_WEIGHT:-1}  # diff (needs the pair's center): the offset above a fixed threshold (what the pair would
+                                   # promote) is scaled by this, below it (what it demotes) acts in full; 1 = as it is, 0 = demote only
+DEMOTE_Z=${DEMOTE_Z:--0.5}          # diff: that threshold, the center's logit bias mean + DEMOTE_Z standard deviations
 GATE=${GATE:-}                  # diff: act only where log p_anti(pick) - log p_expert(pick) >= GATE (empty = always)
 DRAFT_GATE=${DRAFT_GATE:-}      # any method: keep the target's own continuation where profanity-check scores it below
                                 # DRAFT_GATE, the method's elsewhere (detect, then revise; needs alpha 0; empty = off)
@@ -99,6 +102,7 @@ FLAGS=(--teacher_model "$TEACHER_MODEL" --target_model "$TARGET_MODEL" --matrix_
 case "$METHOD" in
   diff) FLAGS+=(--anti_teacher_model "$ANTI_TEACHER_MODEL" --diff_space "$DIFF_SPACE" --top_k "$TOP_K" --pool "$POOL")
         [[ -n "$CONTEXT_WEIGHT" ]] && FLAGS+=(--context_weight "$CONTEXT_WEIGHT")
+        FLAGS+=(--promote_weight "$PROMOTE_WEIGHT" --demote_z "$DEMOTE_Z")
         [[ -n "$GATE" ]] && FLAGS+=(--gate "$GATE") ;;
   steer) [[ -n "$STEER_VECTOR" ]] && FLAGS+=(--steer_vector "$STEER_VECTOR") ;;
 esac

@@ -78,9 +78,9 @@ def load_matrix(path: str | os.PathLike, d_teacher: int | None = None, d_target:
     return A
 
 
-def load_center(path: str | os.PathLike, d_teacher: int, required: bool = True):
+def load_center(path: str | os.PathLike, d_teacher: int, required: bool = True, fix: str = "--context_weight 1"):
     """The tuned pair's center stored beside A (``torch.load(path)["center"]``), checked: 1-D of size d_teacher.
-    ``required=False``: None when the file holds none."""
+    ``required=False``: None when the file holds none. ``fix``: the flag the error names as the way around."""
     from .io import load_tensor_file
 
     c = load_tensor_file(path, CENTER_KEY, "alignment matrix", optional=True)
@@ -89,7 +89,7 @@ def load_center(path: str | os.PathLike, d_teacher: int, required: bool = True):
             return None
         raise InputError(f"alignment matrix {path} holds no {CENTER_KEY!r} (the pair's mean teacher difference, "
                          f"written by step 2 since context weights exist): re-run run_alignment.sh, or decode with "
-                         f"--context_weight 1")
+                         f"{fix}")
     if tuple(c.shape) != (d_teacher,):
         raise InputError(f"alignment matrix {path}: {CENTER_KEY!r} has shape {tuple(c.shape)}, expected ({d_teacher},)")
     return c

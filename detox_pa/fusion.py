@@ -571,6 +571,11 @@ class DiffConfig:
     - ``context_weight`` (``w``, hidden space only): the difference ``d = h_e - h_a`` is shrunk toward its mean ``c``
       over the training texts (step 2's ``center``), ``c + w (d - c)``: 1 (the default) reads ``d`` as it is, 0 the
       constant ``c`` alone (the context-free part of the pair's offset).
+    - ``promote_weight`` (``lam``, hidden space, needs the center, no gate): each token's offset ``o`` is read
+      against a fixed threshold ``tau`` (the mean plus ``demote_z`` standard deviations of the center's own logit
+      bias ``W_target (c A)`` over the target's vocabulary): ``min(o - tau, 0) + lam * max(o - tau, 0)``. Below the
+      threshold (what the pair demotes) the offset acts in full; above it (what it would promote) it is scaled by
+      ``lam``. 1 (the default) is the offset as it is (a constant shift, which no softmax sees); 0 only demotes.
     """
 
     alpha: float
@@ -580,16 +585,23 @@ class DiffConfig:
     gate_top_k: int = 10
     pool: str = "last"
     context_weight: float = 1.0
+    promote_weight: float = 1.0
+    demote_z: float = -0.5
 
     @property
     def shrinks(self) -> bool:
         return self.context_weight != 1.0
 
     @property
+    def splits(self) -> bool:
+        """The offset is read against the center's threshold (``promote_weight != 1``)."""
+        return self.promote_weight != 1.0
+
+    @property
     def edits_hidden(self) -> bool:
         """The cheap path (hidden space, no top-k, no gate): a pre-hook adds ``alpha (h_e - h_a) A`` to the output
         layer's input, so the layer's own output is no longer the unsteered target's logits."""
-        return self.space == "hidden" and self.top_k == 0 and self.gate is None
+        return self.space == "hidden" and self.top_k == 0 and self.gate is None and not self.splits
 
 
 class DiffFuser(_InputTracker):
@@ -605,9 +617,10 @@ class DiffFuser(_InputTracker):
         self.out_layer = out_layer
         dev = out_layer.weight.device
         self.A = None if A is None else A.to(device=dev, dtype=torch.float32)
-        if cfg.shrinks:
-            _check_center(center, self.A)
+        if cfg.shrinks or cfg.splits:
+            _check_center(center, self.A, "context_weight != 1" if cfg.shrinks else "promote_weight != 1")
         self.center = None if center is None else center.to(device=dev, dtype=torch.float32)
+        self.tau = center_threshold(self.center, self.A, out_layer.weight, cfg.demote_z) if cfg.splits else None
         self.heads = None
         self.index = None  # target id -> teacher id (-1: not shared)
         if cfg.space == "logits":
@@ -647,6 +660,9 @@ class DiffFuser(_InputTracker):
         d = h_e.float() - h_a.float()
         return self.center + self.cfg.context_weight * (d - self.center), None
 
+    def _split(self, off: torch.Tensor) -> torch.Tensor:
+        return off if self.tau is None else split_offset(off, self.tau, self.cfg.promote_weight)
+
     def fuse_logits(self, z: torch.Tensor, h_e: torch.Tensor, h_a: torch.Tensor) -> torch.Tensor:
         """The fused last-position logits (float32) from the target's ``z`` (B, V) and the teachers' states."""
         cfg = self.cfg
@@ -661,9 +677,9 @@ class DiffFuser(_InputTracker):
             s_a = 0.0 if h_a is None else self._scores(h_a, 1, idx)[0]
         if cfg.top_k > 0:
             fused = torch.full_like(z, float("-inf"))
-            fused.scatter_(1, idx, z.gather(1, idx) + cfg.alpha * (s_e - s_a))
+            fused.scatter_(1, idx, z.gather(1, idx) + cfg.alpha * self._split(s_e - s_a))
         else:
-            fused = z + cfg.alpha * self._full_offset(h_e, h_a, V)
+            fused = z + cfg.alpha * self._split(self._full_offset(h_e, h_a, V))
         act = torch.ones(B, dtype=torch.bool, device=z.device)
         if cfg.gate is not None:
             neg = torch.tensor(float("-inf"), device=z.device)
@@ -731,11 +747,31 @@ def check_diff_config(cfg: DiffConfig) -> None:
         raise ValueError(f"context_weight must be a finite number >= 0, got {cfg.context_weight}")
     if cfg.shrinks and (cfg.space != "hidden" or cfg.gate is not None):
         raise ValueError("context_weight != 1 shrinks the hidden-space difference: it needs space 'hidden' and no gate")
+    if not (cfg.promote_weight >= 0 and math.isfinite(cfg.promote_weight) and math.isfinite(cfg.demote_z)):
+        raise ValueError(f"promote_weight must be a finite number >= 0 and demote_z finite, got {cfg.promote_weight} "
+                         f"and {cfg.demote_z}")
+    if cfg.splits and (cfg.space != "hidden" or cfg.gate is not None):
+        raise ValueError("promote_weight != 1 reads the offset against the pair's center: it needs space 'hidden' "
+                         "and no gate")
 
 
-def _check_center(center: torch.Tensor | None, A: torch.Tensor) -> None:
+def center_threshold(center: torch.Tensor, A: torch.Tensor, W: torch.Tensor, demote_z: float) -> float:
+    """``tau``: the mean plus ``demote_z`` standard deviations of the center's logit bias ``W (c A)`` over every
+    row of the target's output layer ``W`` (float32)."""
+    with torch.no_grad():
+        b = (center.float() @ A.float()) @ W.float().T
+        return float(b.mean() + demote_z * b.std())
+
+
+def split_offset(off: torch.Tensor, tau: float, promote_weight: float) -> torch.Tensor:
+    """``min(off - tau, 0) + promote_weight * max(off - tau, 0)``: below ``tau`` the offset in full, above it scaled."""
+    d = off - tau
+    return d.clamp_max(0) + promote_weight * d.clamp_min(0)
+
+
+def _check_center(center: torch.Tensor | None, A: torch.Tensor, why: str = "context_weight != 1") -> None:
     if center is None:
-        raise ValueError("context_weight != 1 needs the pair's center (the mean teacher difference over the training "
+        raise ValueError(f"{why} needs the pair's center (the mean teacher difference over the training "
                          "texts, written by step 2)")
     if tuple(center.shape) != (A.shape[0],):
         raise ValueError(f"the center has shape {tuple(center.shape)}, A's teacher side is {A.shape[0]}")
@@ -1187,7 +1223,12 @@ def reference_diff_logits(target, expert, anti, cfg: DiffConfig, target_ids: lis
             s_e[v] = expert.get_output_embeddings().weight[index[v]].float() @ h_e
             s_a[v] = anti.get_output_embeddings().weight[index[v]].float() @ h_a
     order = torch.argsort(z, descending=True, stable=True)
-    fused = z + cfg.alpha * (s_e - s_a)
+    off = s_e - s_a
+    if cfg.promote_weight != 1.0:  # read against the center's threshold (hidden space, no gate: checked)
+        bias = W @ (center.float() @ A.float())
+        tau = bias.mean() + cfg.demote_z * bias.std()
+        off = torch.minimum(off - tau, torch.zeros(())) + cfg.promote_weight * torch.maximum(off - tau, torch.zeros(()))
+    fused = z + cfg.alpha * off
     if cfg.top_k > 0:
         keep = torch.zeros(V, dtype=torch.bool)
         keep[order[:cfg.top_k]] = True

@@ -133,6 +133,14 @@ class GenerateArguments:
                 "0 = the constant c alone (a context-free offset). Unset: 0.25 (measured best on dev) when the matrix "
                 "holds its pair's center, else 1 (an untuned pair, the logits space or a gate); the run's meta records "
                 "the weight used."})
+    promote_weight: float = field(default=1.0, metadata={
+        "help": "For --method diff (hidden space, no gate; needs the pair's center beside A): read each token's offset "
+                "against a fixed threshold, the mean plus --demote_z standard deviations of the center's own logit "
+                "bias over the target's vocabulary. Below it (what the pair demotes) the offset acts in full; above "
+                "it (what the pair would promote) it is scaled by this. 1 = the offset as it is; 0 = demote only."})
+    demote_z: float = field(default=-0.5, metadata={
+        "help": "For --promote_weight other than 1: the threshold, in standard deviations of the center's logit bias "
+                "from its mean (-0.5: tokens the center demotes by more than half a standard deviation)."})
     steer_vector: str = field(default="", metadata={"help": "For --method steer: a .pt file holding {'vector': [d_target]}."})
     draft_gate: Optional[float] = field(default=None, metadata={
         "help": "Detect, then revise (any method): at each alpha, keep the target's own continuation (alpha 0's record "

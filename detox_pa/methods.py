@@ -336,7 +336,7 @@ class Diff(Method):
     name = "diff"
     alpha_meaning = "a logit scale"
     default_alphas = (0.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)  # the tuned pair's scale at context weight 0.25 (dev: bench/arms.sh)
-    uses = ("diff_space", "top_k", "gate", "bridge", "pool", "context_weight")
+    uses = ("diff_space", "top_k", "gate", "bridge", "pool", "context_weight", "promote_weight", "demote_z")
     keeps_prompt_state = True
     shares_prefixes = True
 
@@ -350,6 +350,13 @@ class Diff(Method):
             raise InputError(f"--pool must be one of {', '.join(POOLS)}, got {a.pool!r}")
         if a.top_k < 0:
             raise InputError(f"--top_k must be >= 0 (0 = every token eligible), got {a.top_k}")
+        if not (a.promote_weight >= 0 and math.isfinite(a.promote_weight)):
+            raise InputError(f"--promote_weight must be a finite number >= 0, got {a.promote_weight}")
+        if not math.isfinite(a.demote_z):
+            raise InputError(f"--demote_z must be a finite number, got {a.demote_z}")
+        if a.promote_weight != 1 and (a.diff_space != "hidden" or a.gate is not None):
+            raise InputError("--promote_weight other than 1 reads the offset against the pair's center: it needs "
+                             "--diff_space hidden and no --gate")
         if a.context_weight is None:
             return  # resolved by check_inputs, from the matrix
         if not (a.context_weight >= 0 and math.isfinite(a.context_weight)):
@@ -391,6 +398,8 @@ class Diff(Method):
                          "is read whole")
             elif a.context_weight != 1:
                 self.center = load_center(a.matrix_A, d_e)
+            if a.promote_weight != 1 and self.center is None:
+                self.center = load_center(a.matrix_A, d_e, fix="--promote_weight 1")
             self.note_matrix_objective(a.matrix_A)
             self.note_tuned_pool(a.matrix_A)
         elif a.context_weight is None:
@@ -464,7 +473,8 @@ class Diff(Method):
 
         a = self.args
         return DiffConfig(alpha=alpha, space=a.diff_space, top_k=a.top_k, gate=a.gate, pool=a.pool,
-                          context_weight=1.0 if a.context_weight is None else a.context_weight)  # None: unresolved
+                          context_weight=1.0 if a.context_weight is None else a.context_weight,  # None: unresolved
+                          promote_weight=a.promote_weight, demote_z=a.demote_z)
 
     def records_nll(self, alpha: float) -> bool:
         return alpha == 0 or not self.config(alpha).edits_hidden
@@ -475,10 +485,15 @@ class Diff(Method):
             del out["pool"]
         if out["context_weight"] in (None, 1):  # nor before --context_weight
             del out["context_weight"]
+        if out["promote_weight"] == 1:  # nor before --promote_weight (then the threshold is not read either)
+            del out["promote_weight"], out["demote_z"]
         return out
 
     def describe(self) -> dict:
-        out = {**super().describe(), "pool": self.args.pool, "context_weight": self.args.context_weight}
+        out = {**super().describe(), "pool": self.args.pool, "context_weight": self.args.context_weight,
+               "promote_weight": self.args.promote_weight}
+        if self.args.promote_weight != 1:
+            out["demote_z"] = self.args.demote_z
         if self.needs_models():
             out.update(teacher_model=self.args.teacher_model or self.expert_path, teacher_path=self.expert_path,
                        anti_teacher_model=self.args.anti_teacher_model or self.anti_path, anti_teacher_path=self.anti_path,

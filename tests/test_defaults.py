@@ -36,7 +36,7 @@ TABLE = {
         "DEVICE": (G, "device"), "OUTPUT_PATH": (G, "output_path"), "DATA_PATH": (G, "data_path"),
         "METHOD": (G, "method"), "ALPHAS": (G, "alphas"), "ANTI_TEACHER_MODEL": (G, "anti_teacher_model"),
         "DIFF_SPACE": (G, "diff_space"), "TOP_K": (G, "top_k"), "GATE": (G, "gate"), "DRAFT_GATE": (G, "draft_gate"), "POOL": (G, "pool"),
-        "CONTEXT_WEIGHT": (G, "context_weight"),
+        "CONTEXT_WEIGHT": (G, "context_weight"), "PROMOTE_WEIGHT": (G, "promote_weight"), "DEMOTE_Z": (G, "demote_z"),
         "STEER_VECTOR": (G, "steer_vector"), "MAX_NEW_TOKENS": (G, "max_new_tokens"),
         "GEN_BATCH_SIZE": (G, "batch_size"), "NUM_SAMPLES": (G, "num_samples"), "DO_SAMPLE": (G, "do_sample"),
         "TOP_P": (G, "top_p"), "GEN_TEMPERATURE": (G, "temperature"), "GEN_SEED": (G, "seed"),
@@ -262,3 +262,17 @@ def test_the_context_weight_follows_the_matrix_unless_it_is_set(tmp_path, caplog
     assert resolve(tuned, context_weight=0.0)[0] == 0.0 and resolve(plain, context_weight=1.0)[0] == 1.0
     with pytest.raises(InputError, match=r"plain.pt holds no 'center'.*--context_weight 1"):
         resolve(plain, context_weight=0.5)
+    # --promote_weight reads its threshold off the center too: loaded even when the difference is read whole, named
+    # in the fingerprint (and only then, so earlier journals resume), refused without a center or with a gate
+    w, m, _ = resolve(tuned, context_weight=1.0, promote_weight=0.25)
+    assert w == 1.0 and torch.equal(m.center, torch.ones(24))
+    assert m.fingerprint()["promote_weight"] == 0.25 and m.fingerprint()["demote_z"] == -0.5
+    assert m.config(3.0).promote_weight == 0.25 and m.describe()["demote_z"] == -0.5
+    assert "promote_weight" not in resolve(tuned)[1].fingerprint() and "demote_z" not in resolve(tuned)[1].fingerprint()
+    with pytest.raises(InputError, match=r"plain.pt holds no 'center'.*--promote_weight 1"):
+        resolve(plain, promote_weight=0.0)
+    for bad, msg in (({"promote_weight": 0.5, "gate": 0.0}, "no --gate"), ({"promote_weight": -1.0}, ">= 0"),
+                     ({"promote_weight": 0.5, "demote_z": float("inf")}, "--demote_z")):
+        with pytest.raises(InputError, match=msg):  # checked as the arguments are parsed, before any file is read
+            get_method("diff")(GenerateArguments(method="diff", teacher_model=str(teacher), target_model=str(target),
+                                                 anti_teacher_model=str(teacher), matrix_A=str(tuned), **bad)).check()

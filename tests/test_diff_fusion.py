@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import tiny
-from detox_pa.fusion import DiffConfig, DiffFuser, difference_fusion, reference_diff_logits
+from detox_pa.fusion import (DiffConfig, DiffFuser, center_threshold, check_diff_config, difference_fusion,
+                             reference_diff_logits, split_offset)
 
 PROMPTS = ["Hello world, the dog", "The cat is", "A very long prompt about the weather today and the river"]
 
@@ -50,6 +51,12 @@ CONFIGS = {
     # the difference shrunk toward the pair's center: partly (top-k path) and wholly (a constant, pre-hook path)
     "hidden, top-5, mean pool, context weight 0.25": DiffConfig(alpha=2.0, top_k=5, pool="mean", context_weight=0.25),
     "hidden, no top-k, context weight 0 (pre-hook path)": DiffConfig(alpha=2.0, top_k=0, context_weight=0.0),
+    # the offset read against the center's threshold: what it would promote scaled down (top-k path), demote only
+    # (every token eligible: no longer the pre-hook path, since the split is not linear in the hidden state)
+    "hidden, top-5, mean pool, context weight 0.25, promote weight 0.25":
+        DiffConfig(alpha=2.0, top_k=5, pool="mean", context_weight=0.25, promote_weight=0.25),
+    "hidden, no top-k, promote weight 0, threshold at the mean":
+        DiffConfig(alpha=2.0, top_k=0, promote_weight=0.0, demote_z=0.0),
 }
 
 
@@ -153,7 +160,54 @@ class _Head:
 def _fuser(cfg, W, A):
     f = DiffFuser.__new__(DiffFuser)
     f.cfg, f.out_layer, f.A, f.heads, f.index, f.acted, f.rows_seen = cfg, _Head(W), A, None, None, 0, 0
+    f.center, f.tau = None, None
     return f
+
+
+def test_promote_weight_splits_the_offset_at_the_centers_threshold():
+    """promote_weight lam reads each token's offset o against tau (the center's logit bias, its mean plus demote_z
+    standard deviations over the vocabulary): min(o - tau, 0) + lam max(o - tau, 0). Hand-made numbers: the
+    bias W (c A) = [2, -1, 1, -2] (mean 0, std 1.826); the offset [-2, 2, 0, 2] as in the test below."""
+    W = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+    A = torch.eye(2)
+    center = torch.tensor([2.0, -1.0])
+    z = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    h_e, h_a = torch.tensor([[0.0, 2.0]]), torch.tensor([[2.0, 0.0]])
+    std = torch.tensor([2.0, -1.0, 1.0, -2.0]).std().item()
+
+    def fuse(cfg):
+        f = _fuser(cfg, W, A)
+        f.center = center
+        f.tau = center_threshold(center, A, W, cfg.demote_z)
+        return f.fuse_logits(z, h_e, h_a)
+
+    assert abs(center_threshold(center, A, W, -0.5) - (-0.5 * std)) < 1e-6
+    # tau 0, demote only: [-2, 0, 0, 0]; lam 0.5: [-2, 1, 0, 1]
+    assert torch.allclose(fuse(DiffConfig(alpha=1.0, top_k=0, promote_weight=0.0, demote_z=0.0)),
+                          z + torch.tensor([[-2.0, 0.0, 0.0, 0.0]]))
+    assert torch.allclose(fuse(DiffConfig(alpha=1.0, top_k=0, promote_weight=0.5, demote_z=0.0)),
+                          z + torch.tensor([[-2.0, 1.0, 0.0, 1.0]]))
+    # tau = 1 * std = 1.826: o - tau = [-3.826, 0.174, -1.826, 0.174]; demote only keeps the two below
+    t = std
+    assert torch.allclose(fuse(DiffConfig(alpha=2.0, top_k=0, promote_weight=0.0, demote_z=1.0)),
+                          z + 2.0 * torch.tensor([[-2.0 - t, 0.0, -t, 0.0]]), atol=1e-6)
+    # lam 1 is the offset itself up to a constant: every softmax and argmax the same as the plain offset's
+    plain = _fuser(DiffConfig(alpha=1.0, top_k=2), W, A).fuse_logits(z, h_e, h_a)
+    assert torch.equal(split_offset(torch.tensor([1.0, -1.0]), 0.3, 1.0), torch.tensor([0.7, -1.3]))
+    assert torch.allclose(torch.log_softmax(plain[0, :2], 0),
+                          torch.log_softmax((z + torch.tensor([[-2.0, 2.0, 0.0, 2.0]]))[0, :2], 0))
+    # the greedy effect: demote only, the target's pick 0 (offset -2, below tau) loses to its runner-up 1; a token
+    # the pair promotes (3, offset +2) is not lifted past a clean runner-up, unlike with the plain offset
+    d0 = fuse(DiffConfig(alpha=3.0, top_k=0, promote_weight=0.0, demote_z=0.0))
+    assert int(d0.argmax()) == 1 and d0[0, 3] == z[0, 3]
+    for bad in (DiffConfig(alpha=1.0, space="logits", promote_weight=0.5), DiffConfig(alpha=1.0, gate=0.0, promote_weight=0.5),
+                DiffConfig(alpha=1.0, promote_weight=-1.0), DiffConfig(alpha=1.0, promote_weight=0.5, demote_z=float("nan"))):
+        with pytest.raises(ValueError, match="promote_weight"):
+            check_diff_config(bad)
+    target, expert, anti, tok, tch_tok, A2 = _trio("gemma3", "sp", "bl")
+    with pytest.raises(ValueError, match="promote_weight != 1 needs the pair's center"):
+        with difference_fusion(target, expert, anti, DiffConfig(alpha=1.0, promote_weight=0.5), A2, tok, tch_tok):
+            pass
 
 
 def test_plausibility_and_gate_on_hand_made_numbers():
