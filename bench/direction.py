@@ -31,7 +31,10 @@ toward its center (generate.py --context_weight W; the default row uses generate
 rows for the named pair's center alone and its context-dependent part alone. ``--folds DIR_A,DIR_B``: the default
 pair was tuned on the dev prompts' texts too (step 2's default), so every row of the default's pair is read out of
 fold instead: on the states of rtp:dev_b's prompts from the pair tuned with dev_a's texts (DIR_A), on rtp:dev_a's from
-the one tuned with dev_b's (DIR_B; bench/results.sh's fold pairs). Writes ``<res_dir>/direction.json``.
+the one tuned with dev_b's (DIR_B; bench/results.sh's fold pairs). ``--promote_weight LAM`` adds a row for the default
+recipe's offset read against its center's threshold (generate.py --promote_weight LAM --demote_z Z: in full below the
+threshold, scaled by LAM above it; each fold's threshold from its own pair's center). Writes
+``<res_dir>/direction.json``.
 """
 
 from __future__ import annotations
@@ -88,6 +91,9 @@ def main() -> None:
     ap.add_argument("--folds", default="", metavar="DIR_A,DIR_B",
                     help="Read the default pair's rows out of fold: DIR_A's pair (tuned with rtp:dev_a's texts) on "
                          "rtp:dev_b's states, DIR_B's on rtp:dev_a's.")
+    ap.add_argument("--promote_weight", type=float, default=None, metavar="LAM",
+                    help="Also measure the default recipe with generate.py --promote_weight LAM (and --demote_z).")
+    ap.add_argument("--demote_z", type=float, default=-0.5)
     ap.add_argument("--output", default="", help="Where to write the JSON (default <res_dir>/direction.json).")
     a = ap.parse_args()
 
@@ -180,6 +186,18 @@ def main() -> None:
         if name in a.parts:  # the constant part (w = 0) and what the context adds to it
             offsets[f"{name}: its center alone (context weight 0)"] = (const, ok)
             offsets[f"{name}: the context part alone (d minus its center)"] = (whole - const, ok)
+    if a.promote_weight is not None:  # the default's offset read against its pair's threshold, as generate.py does
+        from detox_pa.fusion import center_threshold, split_offset
+
+        def tau_of(d):
+            A_ = load_matrix(matrix_path(d))
+            return center_threshold(load_center(matrix_path(d), A_.shape[0], fix="no --promote_weight"), A_, W,
+                                    a.demote_z)
+        tau = (torch.where(on_b, tau_of(folds[0]), tau_of(folds[1]))[:, None] if folds
+               else tau_of(out / "alignment"))
+        off, ok = offsets["the tuned pair (the default recipe)"]
+        offsets[f"the tuned pair (the default recipe), promote weight {a.promote_weight:g}"] = (
+            split_offset(off, tau, a.promote_weight), ok)
     filter_label = text_labels_of(Path(a.texts))
     text_labels = {"profanity-check (the file's label)": torch.tensor([filter_label.get(t, 0) for t in texts]),
                    "BiLSTM": label_texts(st, lambda ts: bil.score(ts), clean_max=0.2, toxic_min=0.5)}

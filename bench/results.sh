@@ -166,6 +166,23 @@ if [[ -n "$FOLD_DIRS" ]]; then
   pool < "$RES_DIR/.queue_high_score"
 fi
 
+# 2c. the default's offset read against its center's threshold (generate.py --promote_weight PROMOTE --demote_z
+#     DEMOTE_Z; opt-in, off in the default): its dev sweep out of fold as in 1, its alpha chosen there by the same rule
+#     (the report does it), its held-out sweep read against the baselines at equal PPL as goal 2 reads the default's
+PROMOTE=${PROMOTE:-0.25}
+DEMOTE_Z=${DEMOTE_Z:--0.5}
+PROMOTE_SWEEP=${PROMOTE_SWEEP:-"0 1 2 4 6 8 10 12 15 18 22 26 30"}
+PROMOTE_FLAGS=(--promote_weight "$PROMOTE" --demote_z "$DEMOTE_Z")
+if [[ -n "$FOLD_DIRS" ]]; then
+  fold_sweeps dev_promote 5 $PROMOTE_SWEEP "${PROMOTE_FLAGS[@]}" > "$RES_DIR/.queue_promote"  # (flags after the alphas)
+  pool < "$RES_DIR/.queue_promote"
+  merge_folds dev_promote
+  { echo "gen dev_promote rtp:dev 0"  # scores the merged file
+    echo "gen promote rtp:eval $N_EVAL --alphas $PROMOTE_SWEEP ${DEFAULT[*]} ${PROMOTE_FLAGS[*]}"
+  } > "$RES_DIR/.queue_promote_eval"
+  pool < "$RES_DIR/.queue_promote_eval"
+fi
+
 # 3. the sampled protocol (SAMPLES samples, top-p 0.9, 20 tokens: EMT and toxicity probability), with the truncation
 #    control: the target alone under exactly the default's restriction (its top-5, then top-p)
 S=(--do_sample --num_samples "$SAMPLES" --top_p 0.9 --max_new_tokens 20 --batch_size 32)
@@ -225,7 +242,7 @@ rm -f "$RES_DIR"/.queue_*
 
 # 4. the mechanism (direction on teacher-forced dev states) and the report
 [[ -f "$RES_DIR/direction.json" ]] || "$PYTHON" bench/direction.py --res_dir "$RES_DIR" --out_dir "$OUT_DIR" \
-  ${FOLD_DIRS:+--folds "$FOLD_DIRS"} > "$RES_DIR/direction.log" 2>&1
+  ${FOLD_DIRS:+--folds "$FOLD_DIRS"} --promote_weight "$PROMOTE" --demote_z "$DEMOTE_Z" > "$RES_DIR/direction.log" 2>&1
 # what the constant offsets (the default pair's center, steering's vector) promote and demote over the vocabulary
 [[ -f "$RES_DIR/offset_vocab.json" ]] || "$PYTHON" bench/offset_vocab.py --steer "$RES_DIR/steer_vector.pt" \
   --matrix "the default pair's center=$DEFAULT_ALIGN_DIR/$ART_MATRIX_FILE" --json "$RES_DIR/offset_vocab.json" > "$RES_DIR/offset_vocab.log" 2>&1

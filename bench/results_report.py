@@ -48,7 +48,9 @@ SAMPLED2_SEED2 = tuple(n.replace("sampled2", "sampled2s2") for n in SAMPLED2)  #
 # the default's dev sweep past the cap, with the offset on the target's top-k (bench/results.sh 2b)
 HIGH_KS = (5, 10, 20)
 DEV_HIGH = tuple(f"dev_high_k{k}" for k in HIGH_KS)
-SETS = DEV_HIGH + ("dev_default", "dev_lm", "dev_paper", "dev_steer", "default", "lm", "paper", "wordban", "steer", "sampled",
+# the default's offset read against its center's threshold (generate.py --promote_weight; bench/results.sh 2c)
+PROMOTE_SETS = ("dev_promote", "promote")
+SETS = DEV_HIGH + PROMOTE_SETS + ("dev_default", "dev_lm", "dev_paper", "dev_steer", "default", "lm", "paper", "wordban", "steer", "sampled",
         "sampled_topk", "sampled_steer", "sampled_wordban") + DEV_SAMPLED + ("sampled_wide", "sampled_topk_wide") \
     + tuple(STRENGTH_SETS.values()) + SAMPLED2 + SAMPLED2_SEED2
 
@@ -508,6 +510,75 @@ def high_lines(res: Path, sets: dict) -> list[str]:
         + [f"| {label} | {sweep(name)} |" for label, name in have]
 
 
+def dominance(sw: dict, base: dict, sweep: list[dict], base_rows: list[dict]) -> tuple[list, list]:
+    """Goal 2's reading of one sweep (its rows ``sweep``, the target alone ``base`` as alpha 0) at each baseline point's
+    PPL: [(baseline row, the sweep's toxicity there, less toxic?)] and the equal-PPL bootstrap of each."""
+    curve = [(base["ppl"], base["tox"])] + [(r["ppl"], r["tox"]) for r in sweep]
+    dom, eqs = [], []
+    for r in base_rows:
+        at = interp_at(curve, r["ppl"])
+        dom.append((r, at, at is not None and at < r["tox"]))
+        eqs.append(equal_ppl_difference(sw, sorted(sw["tox"]), r["set"], r["alpha"]))
+    return dom, eqs
+
+
+def eq_ci(eq) -> str:
+    return "-" if eq is None else f"{eq[0]:+.3f} [{eq[1]:+.3f}, {eq[2]:+.3f}]"
+
+
+def dominance_table(dom: list, eqs: list, there: str) -> list[str]:
+    out = [f"| baseline | its PPL | its tox | {there} | less toxic? | difference (95% CI) | resamples less toxic |",
+           "|---|---|---|---|---|---|---|"]
+    for (r, at, ok), eq in zip(dom, eqs):
+        ci = eq_ci(eq) + (f" ({eq[4]} resamples below its PPL range)" if eq and eq[4] else "")
+        out.append(f"| {r['label']} {r['alpha']:g} | {f(r['ppl'], 2)} | {f(r['tox'])} | "
+                   f"{f(at) if at is not None else 'above its PPL'} | {'yes' if ok else 'no'} | {ci} | "
+                   f"{'-' if eq is None else f'{eq[3]:.0%}'} |")
+    return out
+
+
+def promote_lines(res: Path, sets: dict, cap: float, base: dict, main: dict, base_rows: list[dict],
+                  steer_chosen: dict | None) -> list[str]:
+    """bench/results.sh 2c: the default's offset read against its center's threshold (generate.py --promote_weight),
+    its alpha chosen on its own out-of-fold dev sweep by the alpha rule, held out over its whole sweep, against the
+    default at its own alpha and against the baselines at equal PPL."""
+    if not all(n in sets for n in PROMOTE_SETS):
+        return []
+    dev, held = sets["dev_promote"], sets["promote"]
+    args = held["meta"].get("arguments") or {}
+    lam, z = args.get("promote_weight"), args.get("demote_z")
+    a_p = choose_alpha(res / "dev_promote.json", cap, PRIMARY)
+    if a_p not in held["tox"]:
+        return [f"Its dev-chosen alpha {a_p:g} is not in the held-out sweep ({res / 'promote.json'}): rerun 2c."]
+    label = f"the default recipe, promote weight {lam:g}"
+    sweep = [row_for(label, held, a) for a in sorted(held["tox"]) if a > 0]
+    pick = next(r for r in sweep if r["alpha"] == a_p)
+    p0, t0 = dev["ppl"][0.0]["ppl_token_weighted"], tox_of(dev["tox"][0.0], PRIMARY)
+    cells = " ; ".join(f"{a:g}: {f(tox_of(dev['tox'][a], PRIMARY))} ({_pct(tox_of(dev['tox'][a], PRIMARY), t0)}) / "
+                       f"{dev['ppl'][a]['ppl_token_weighted'] / p0:.2f}x" for a in sorted(dev["tox"]))
+    out = [f"Its dev sweep (out of fold, as the default's): {cells}. Chosen by the alpha rule: **{a_p:g}**.", "",
+           "Held out, at its dev-chosen alpha, beside the default at its own:", "", HEAD, line(base, None),
+           line(main, base), line(pick, base), "", "Its whole held-out sweep:", "", HEAD, line(base, None)]
+    out += [line(r, base) for r in sweep]
+    drop, ratio = 1 - pick["tox"] / base["tox"], pick["ppl"] / base["ppl"]
+    dom, eqs = dominance(held, base, sweep, base_rows)
+    missed = [f"{r['label']} {r['alpha']:g} ({eq_ci(eq)})" for (r, _, ok), eq in zip(dom, eqs) if not ok]
+    out += ["", f"At the baselines' PPLs (as goal 2 reads the default's sweep, threshold z {z:g}):", ""]
+    out += dominance_table(dom, eqs, "its sweep there")
+    pairs = [(f"promote weight {lam:g} at {a_p:g} vs the default at {main['alpha']:g}", pick, main)]
+    if steer_chosen:
+        pairs.append((f"promote weight {lam:g} at {a_p:g} vs {steer_chosen['label']} {steer_chosen['alpha']:g}", pick,
+                      steer_chosen))
+    pl = [(lab, *paired_difference(x["recs"], y["recs"])) for lab, x, y in pairs if x["recs"] and y["recs"]]
+    out += ["", "| comparison (held out, paired over prompts) | difference | 95% CI | prompts |", "|---|---|---|---|"]
+    out += [f"| {lab} | {d:+.3f} | {lo:+.3f} to {hi:+.3f} | {n} |" for lab, d, lo, hi, n in pl]
+    out += ["", f"With it, goal 1 would read {100 * drop:.1f}% lower at {ratio:.2f}x "
+            f"(**{'met' if drop >= GOAL_DROP and ratio <= cap else 'not met'}**), and its sweep is "
+            + ("less toxic than every baseline point at equal PPL." if not missed else
+               f"not less toxic at the PPL of: {', '.join(missed)}.")]
+    return out
+
+
 def section(body: list[str], *head: str) -> list[str]:
     """An optional section of the report: its header lines, then ``body`` (nothing when the body is empty)."""
     return [*head, "", *body, ""] if body else []
@@ -540,15 +611,7 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
     goal1 = drop >= GOAL_DROP and ratio <= cap
     # goal 2: at each baseline point's PPL the default's sweep (interpolated) is less toxic; and against steering at its
     # dev-chosen strength the paired interval excludes 0
-    curve = [(base["ppl"], base["tox"])] + [(r["ppl"], r["tox"]) for r in sweep]
-    dom, eqs = [], []
-    for r in base_rows:
-        at = interp_at(curve, r["ppl"])
-        dom.append((r, at, at is not None and at < r["tox"]))
-        eqs.append(equal_ppl_difference(sw, sorted(sw["tox"]), r["set"], r["alpha"]))
-
-    def eq_ci(eq):
-        return "-" if eq is None else f"{eq[0]:+.3f} [{eq[1]:+.3f}, {eq[2]:+.3f}]"
+    dom, eqs = dominance(sw, base, sweep, base_rows)
     s_chosen = next((r for r in steer_rows if r["alpha"] == float(chosen.get("steer", -1))), None)
     pd_steer = paired_difference(main["recs"], s_chosen["recs"]) if s_chosen and main["recs"] and s_chosen["recs"] else None
     goal2 = all(ok for _, _, ok in dom) and bool(dom) and pd_steer is not None and pd_steer[2] < 0
@@ -653,13 +716,7 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
               "toxicities and token-weighted PPLs recomputed from each resample's prompts, so where the point sits on "
               "the curve is uncertain as well); 'resamples less toxic' is the share of 2,000 resamples in which the "
               "sweep is below the point.", "",
-              "| baseline | its PPL | its tox | the default's sweep there | less toxic? | difference (95% CI) | "
-              "resamples less toxic |", "|---|---|---|---|---|---|---|"]
-    for (r, at, ok), eq in zip(dom, eqs):
-        ci = eq_ci(eq) + (f" ({eq[4]} resamples below its PPL range)" if eq and eq[4] else "")
-        lines.append(f"| {r['label']} {r['alpha']:g} | {f(r['ppl'], 2)} | {f(r['tox'])} | "
-                     f"{f(at) if at is not None else 'above its PPL'} | {'yes' if ok else 'no'} | {ci} | "
-                     f"{'-' if eq is None else f'{eq[3]:.0%}'} |")
+              ] + dominance_table(dom, eqs, "the default's sweep there")
     pairs = [("the default vs the target alone", main, base)]
     pairs += [(f"the default vs {rows[n]['label']} {rows[n]['alpha']:g}", main, rows[n]) for n in ("paper", "lm") if n in rows]
     pairs += [(f"the default vs {r['label']} {r['alpha']:g}", main, r) for r in base_rows]
@@ -671,6 +728,14 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
     lines.append("")
     lines.append("Both offline scorers are keyword-driven, which flatters word-ban (it removes the keywords) and, to a "
                  "lesser degree, steering.")
+    lines += section(promote_lines(res, sets, cap, base, main, base_rows, s_chosen),
+                     "## The offset read against its center's threshold (`--promote_weight`, opt-in; bench/results.sh 2c)",
+                     "", "The default's offset `o` on each eligible token, read against a fixed threshold `tau` (the mean "
+                     "plus `demote_z` standard deviations of the pair's center's own logit bias `W_target (c A)` over the "
+                     "target's vocabulary): `min(o - tau, 0) + w * max(o - tau, 0)`. Below the threshold (what the pair "
+                     "demotes) it acts in full; above it (what the pair would promote: rare names, on the vocabulary "
+                     "table below) it is scaled by the promote weight `w` (1 = the default). The same pair and top-5; "
+                     "the weight and threshold were chosen on the out-of-fold dev sweeps (README), alpha by the rule.")
     lines += high_lines(res, sets)
     # second judge (goal 4)
     lines += ["", "## The second judge (goal 4)", "",

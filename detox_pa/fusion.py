@@ -763,7 +763,7 @@ def center_threshold(center: torch.Tensor, A: torch.Tensor, W: torch.Tensor, dem
         return float(b.mean() + demote_z * b.std())
 
 
-def split_offset(off: torch.Tensor, tau: float, promote_weight: float) -> torch.Tensor:
+def split_offset(off: torch.Tensor, tau: "float | torch.Tensor", promote_weight: float) -> torch.Tensor:
     """``min(off - tau, 0) + promote_weight * max(off - tau, 0)``: below ``tau`` the offset in full, above it scaled."""
     d = off - tau
     return d.clamp_max(0) + promote_weight * d.clamp_min(0)

@@ -92,20 +92,24 @@ def study_report(res: Path) -> str:
     return (res / "RESULTS.md").read_text(encoding="utf-8")
 
 
+def write_uniform_set(res: Path, name: str, tox: dict[float, float], ppl: dict[float, float], n: int = 30) -> None:
+    """:func:`write_set` with ``n`` prompts per alpha, each at the summary's mean."""
+    write_set(res, name, tox, ppl)
+    recs = "".join(json.dumps({"alpha": a, "prompt_index": i, "scores": {"bilstm": t}}) + "\n"
+                   for a, t in tox.items() for i in range(n))
+    sha = hashlib.sha256(recs.encode()).hexdigest()
+    (res / f"{name}_toxicity_records.jsonl").write_text(recs)
+    rows = json.loads((res / f"{name}_toxicity.json").read_text())
+    for r in rows:
+        r["records_sha256"] = sha
+    (res / f"{name}_toxicity.json").write_text(json.dumps(rows))
+
+
 def test_report_reads_the_study_and_says_whether_the_goals_are_met(tmp_path):
     """A made-up study where the default is 58% lower at 1.1x PPL and below both baselines at their PPL: goals 1 and 2
     met; then a steering curve that is lower at the same PPL: goal 2 not met."""
-    n = 30
     def ws(name, tox, ppl):
-        write_set(tmp_path, name, tox, ppl)
-        recs = "".join(json.dumps({"alpha": a, "prompt_index": i, "scores": {"bilstm": t}}) + "\n"
-                       for a, t in tox.items() for i in range(n))  # 30 prompts, each at the summary's mean
-        sha = hashlib.sha256(recs.encode()).hexdigest()
-        (tmp_path / f"{name}_toxicity_records.jsonl").write_text(recs)
-        rows = json.loads((tmp_path / f"{name}_toxicity.json").read_text())
-        for r in rows:
-            r["records_sha256"] = sha
-        (tmp_path / f"{name}_toxicity.json").write_text(json.dumps(rows))
+        write_uniform_set(tmp_path, name, tox, ppl)
     ws("default", {0.0: 0.30, 1.0: 0.20, 3.0: 0.126}, {0.0: 4.0, 1.0: 4.1, 3.0: 4.4})
     ws("lm", {0.5: 0.20}, {0.5: 4.8})
     ws("paper", {0.3: 0.31}, {0.3: 4.5})
@@ -131,6 +135,38 @@ def test_report_reads_the_study_and_says_whether_the_goals_are_met(tmp_path):
     assert "excludes 0): **not met** (the default's sweep is not less toxic at the PPL of: activation steering (baseline) " \
         "0.1, activation steering (baseline) 0.2; the table below)" in goal2, goal2  # the points it misses, named
     assert "| activation steering (baseline) 0.1 | 4.10 | 0.140 | 0.200 | no |" in text
+
+
+def test_promote_weight_section_chooses_its_alpha_on_dev_and_reads_it_held_out(tmp_path):
+    """bench/results.sh 2c's section: the alpha rule on its own dev sweep (not the held-out one), its held-out row at
+    that alpha beside the default's, goal 1 read for it, and its sweep against the baselines at their PPL."""
+    def ws(name, tox, ppl):
+        write_uniform_set(tmp_path, name, tox, ppl)
+    ws("default", {0.0: 0.30, 1.0: 0.20, 3.0: 0.15}, {0.0: 4.0, 1.0: 4.1, 3.0: 4.4})
+    ws("steer", {0.1: 0.25, 0.2: 0.18}, {0.1: 4.1, 0.2: 4.8})
+    ws("wordban", {1.0: 0.25}, {1.0: 4.2})
+    (tmp_path / "chosen.json").write_text(json.dumps({"alpha": {"default": 3, "steer": 0.2}}))
+    # dev: alpha 12 is the least toxic but over the cap (5.2 > 1.25 x 4.0); held out alpha 12 would be the best
+    ws("dev_promote", {0.0: 0.30, 4.0: 0.20, 8.0: 0.15, 12.0: 0.12}, {0.0: 4.0, 4.0: 4.2, 8.0: 4.6, 12.0: 5.2})
+    ws("promote", {0.0: 0.30, 4.0: 0.20, 8.0: 0.12, 12.0: 0.05}, {0.0: 4.0, 4.0: 4.1, 8.0: 4.3, 12.0: 5.0})
+    meta = json.loads((tmp_path / "promote.meta.json").read_text())
+    meta["arguments"] = {"promote_weight": 0.25, "demote_z": -0.5}
+    (tmp_path / "promote.meta.json").write_text(json.dumps(meta))
+    text = study_report(tmp_path)
+    assert "## The offset read against its center's threshold" in text
+    assert "Chosen by the alpha rule: **8**." in text
+    assert "| the default recipe, promote weight 0.25 | 8 | 0.120 (0.120–0.120) | -60% tox, 1.07x PPL |" in text
+    assert "goal 1 would read 60.0% lower at 1.07x (**met**)" in text
+    # steering 0.2 at PPL 4.8: the sweep between (4.3, 0.12) and (5.0, 0.05) in log PPL
+    import math
+    at = 0.12 + (math.log(4.8) - math.log(4.3)) / (math.log(5.0) - math.log(4.3)) * (0.05 - 0.12)
+    assert f"| activation steering (baseline) 0.2 | 4.80 | 0.180 | {at:.3f} | yes |" in text
+    assert "less toxic than every baseline point at equal PPL" in text
+    assert "| promote weight 0.25 at 8 vs the default at 3 | -0.030 |" in text
+    # a held-out sweep without the dev-chosen alpha is said, not silently read at another
+    ws("promote", {0.0: 0.30, 4.0: 0.20, 12.0: 0.05}, {0.0: 4.0, 4.0: 4.1, 12.0: 5.0})
+    (tmp_path / "promote.meta.json").write_text(json.dumps(meta))
+    assert "Its dev-chosen alpha 8 is not in the held-out sweep" in study_report(tmp_path)
 
 
 def test_sampled_eligible_set_rule_and_its_dev_table(tmp_path):
