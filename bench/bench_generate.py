@@ -53,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 DEFAULT_SWEEP = [0.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]  # diff's default sweep (Diff.default_alphas)
+PROMOTE_WEIGHT = 0.25  # generate.py --promote_weight as measured in docs/RESULTS.md (bench/results.sh 2c)
 clock = time.process_time  # set in main(): time.process_time (CPU) or time.perf_counter (wall)
 
 
@@ -276,6 +277,9 @@ def main() -> None:
 
     # the same method with its teachers in bfloat16 (generate.py --teacher_dtype bfloat16)
     method16 = diff_method(a, target, tok, [copy.deepcopy(t).to(torch.bfloat16) for t in teachers], teacher_tok, A)
+    # the same method reading its offset against the center's threshold (generate.py --promote_weight 0.25)
+    method_pw = diff_method(a, target, tok, teachers, teacher_tok, A)
+    method_pw.args.promote_weight = PROMOTE_WEIGHT
 
     def ours(alphas, k, b, share=None, nll=post, m=method):
         per, ids = [], []
@@ -340,7 +344,8 @@ def main() -> None:
                              ("floor: plain + the teachers", lambda: floor(alphas, k, b)),
                              ("ours, per alpha, bf16 teachers", per_alpha16),
                              ("ours, prefix sharing, bf16 teachers", lambda: ours(alphas, k, b, RowShare(), m=method16)[0]),
-                             ("floor, bf16 teachers", lambda: floor(alphas, k, b, m=method16))]
+                             ("floor, bf16 teachers", lambda: floor(alphas, k, b, m=method16)),
+                             ("ours, per alpha, promote weight", lambda: ours(alphas, k, b, m=method_pw)[0])]
                 for label, job in (jobs if (k + r) % 2 == 0 else jobs[::-1]):
                     tot[(name, label)] += job()
                 same[name] &= got["old"] == got["new"]  # the same continuations both ways
@@ -377,6 +382,9 @@ def main() -> None:
     print(f"  {one:15s}: with the teachers in bfloat16 (--teacher_dtype bfloat16): ours per alpha {o16:.2f} s = "
           f"{o16 / p:.3f}x plain, with prefix sharing {s16:.2f} s = {s16 / p:.3f}x, the floor {f16:.2f} s = "
           f"{f16 / p:.3f}x; continuations equal to the float32 teachers' {rows16[0]} of {rows16[1]}")
+    pw = best[(one, "ours, per alpha, promote weight")]
+    print(f"  {one:15s}: with --promote_weight {PROMOTE_WEIGHT:g} (the offset read against the center's threshold): ours "
+          f"per alpha {pw:.2f} s = {pw / p:.3f}x plain, {pw / o:.3f}x ours without it")
     g_o = best[(seven, "ours, per alpha")] - best[(one, "ours, per alpha")]
     g_s = best[(seven, "ours, prefix sharing")] - best[(one, "ours, prefix sharing")]
     g_p = best[(seven, "plain")] - best[(one, "plain")]
