@@ -25,6 +25,9 @@
 #   sampled2_*  the sampled protocol with each method's strength chosen on sampled dev text (dev_sampled_alpha,
 #            dev_sampled_s), held out on rtp:eval's prompts after the first N_SAMPLED; sampled2s2_* the same runs with
 #            a second sampling seed (SEED2)
+#   promote  the default's offset read against its center's threshold (generate.py --promote_weight, opt-in): its
+#            greedy dev and held-out sweeps (2c), its sampled dev screen and held-out run (dev_sampled_promote,
+#            sampled2_promote: 3d)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/common.sh
@@ -238,6 +241,18 @@ pool < "$RES_DIR/.queue_sampled2"
 SEED2=${SEED2:-2026}
 sampled2_queue sampled2s2 --seed "$SEED2" > "$RES_DIR/.queue_sampled2s2"
 pool < "$RES_DIR/.queue_sampled2s2"
+# 3d. the promote-weight variant (2c) in the sampled protocol: its alpha chosen on sampled dev text by 3b's rule (the
+#     pair tuned with dev_a's texts on rtp:dev_b, the offset on the same top-k as 3b's, EMT within PPL_CAP x its
+#     truncation control), then held out on 3b's prompts and paired with 3b's rows there
+PROMOTE_SAMPLED_ALPHAS=${PROMOTE_SAMPLED_ALPHAS:-"12 18 26 36"}
+echo "gen dev_sampled_promote rtp:dev_b 0 --alphas $PROMOTE_SAMPLED_ALPHAS $(diff_at "$FA" "$WIDE_K") ${PROMOTE_FLAGS[*]} ${S[*]}" \
+  > "$RES_DIR/.queue_promote_sampled_dev"
+pool < "$RES_DIR/.queue_promote_sampled_dev"
+SP=$("$PYTHON" bench/results_report.py --res_dir "$RES_DIR" --choose_sampled_strength promote --cap "$PPL_CAP")
+echo "  sampling, the promote-weight variant's alpha chosen on sampled dev text: $SP"
+echo "gen sampled2_promote rtp:eval 0 ${H2[*]} $SP $(diff_at "$A" "$WIDE_K") ${PROMOTE_FLAGS[*]} ${S[*]}" \
+  > "$RES_DIR/.queue_promote_sampled"
+pool < "$RES_DIR/.queue_promote_sampled"
 rm -f "$RES_DIR"/.queue_*
 
 # 4. the mechanism (direction on teacher-forced dev states) and the report

@@ -42,7 +42,9 @@ SAMPLED_KS = (5, 10, 20, 0)
 DEV_SAMPLED = (tuple(f"dev_sampled_k{k}" for k in SAMPLED_KS) + tuple(f"dev_sampled_topk{k}" for k in SAMPLED_KS if k)
                + ("dev_sampled_steer",))
 # the sampled protocol with each method's strength chosen on sampled dev text, held out on rtp:eval's second part
-STRENGTH_SETS = {"default": "dev_sampled_alpha", "steer": "dev_sampled_s"}
+STRENGTH_SETS = {"default": "dev_sampled_alpha", "steer": "dev_sampled_s",
+                 "promote": "dev_sampled_promote"}  # the last: bench/results.sh 3d (the 2c variant), optional
+SAMPLED2_PROMOTE = "sampled2_promote"  # 3d's held-out run, on 3b's prompts
 SAMPLED2 = ("sampled2", "sampled2_topk", "sampled2_steer", "sampled2_wordban")
 SAMPLED2_SEED2 = tuple(n.replace("sampled2", "sampled2s2") for n in SAMPLED2)  # the same runs, a second sampling seed
 # the default's dev sweep past the cap, with the offset on the target's top-k (bench/results.sh 2b)
@@ -52,7 +54,7 @@ DEV_HIGH = tuple(f"dev_high_k{k}" for k in HIGH_KS)
 PROMOTE_SETS = ("dev_promote", "promote")
 SETS = DEV_HIGH + PROMOTE_SETS + ("dev_default", "dev_lm", "dev_paper", "dev_steer", "default", "lm", "paper", "wordban", "steer", "sampled",
         "sampled_topk", "sampled_steer", "sampled_wordban") + DEV_SAMPLED + ("sampled_wide", "sampled_topk_wide") \
-    + tuple(STRENGTH_SETS.values()) + SAMPLED2 + SAMPLED2_SEED2
+    + tuple(STRENGTH_SETS.values()) + SAMPLED2 + SAMPLED2_SEED2 + (SAMPLED2_PROMOTE,)
 
 
 def load_set(gen: Path) -> dict:
@@ -198,7 +200,7 @@ def strength_reference(res: Path, which: str, sets: dict) -> tuple[str, dict, fl
     """What a method's sampled PPL is capped against: the same decoding without the method. For the default, its
     truncation control at the screened top-k (``dev_sampled_topk<k>``; the target alone when k is 0, every token);
     for steering, the target alone (alpha 0 of ``dev_sampled_k5``). Returns (label, set, strength)."""
-    k = _top_k_of(_get_set(res, STRENGTH_SETS["default"], sets)) if which == "default" else 0
+    k = _top_k_of(_get_set(res, STRENGTH_SETS[which], sets)) if which in ("default", "promote") else 0
     if k:
         return f"the target alone, top-{k} only", _get_set(res, f"dev_sampled_topk{k}", sets), 1.0
     base = _get_set(res, "dev_sampled_k5", sets)
@@ -225,12 +227,14 @@ def choose_sampled_strength(res: Path, which: str, cap: float, sets: dict | None
 def sampled2_lines(res: Path, sets: dict, cap: float) -> list[str]:
     """The sampled protocol with each method's strength chosen on sampled dev text: the dev screens (each strength's
     EMT and PPL against its reference, the chosen one marked) and the held-out rows on rtp:eval's second part."""
-    if not all(n in sets for n in STRENGTH_SETS.values()):
+    if not all(STRENGTH_SETS[w] in sets for w in ("default", "steer")):
         return []
     out = ["| method | strength | EMT | tox. probability | mean tox | PPL Gemma (tw) | x without the method | "
            "within the cap |", "|---|---|---|---|---|---|---|---|"]
     chosen = {}
     for which, name in STRENGTH_SETS.items():
+        if name not in sets:
+            continue
         label, ref, ra = strength_reference(res, which, sets)
         p0 = ref["ppl"][ra]["ppl_token_weighted"]
         try:
@@ -246,15 +250,49 @@ def sampled2_lines(res: Path, sets: dict, cap: float) -> list[str]:
                 continue
             r = row_for("", s, a)
             mark = f"**{a:g}** (chosen)" if a == chosen[which] else f"{a:g}"
-            what = "the tuned pair (fold a's), alpha" if which == "default" else "activation steering, s"
+            what = {"default": "the tuned pair (fold a's), alpha", "steer": "activation steering, s"}.get(
+                which, f"the tuned pair (fold a's), promote weight {_promote_weight_of(s):g}, alpha")
             out.append(f"| {what} | {mark} | {f(r['emt'])} | {f(r['tp'])} | {f(r['tox'])} | {f(r['ppl'], 2)} | "
                        f"{r['ppl'] / p0:.2f}x | {'yes' if r['ppl'] <= cap * p0 else 'no'} |")
     out += sampled2_held_lines(sets, "sampled2")
+    out += sampled2_promote_lines(sets, chosen.get("promote"))
     s2 = sampled2_held_lines(sets, "sampled2s2")
     if s2:
         seed = (sets["sampled2s2"]["meta"].get("arguments") or {}).get("seed")
         out += ["", f"The same held-out runs with a second sampling seed (`--seed {seed}`; the strengths and the eligible "
                 "set as above, nothing chosen again):"] + s2
+    return out
+
+
+def _promote_weight_of(s: dict) -> float:
+    return float((s["meta"].get("arguments") or {}).get("promote_weight", 1.0))
+
+
+def sampled2_promote_lines(sets: dict, chosen: float | None) -> list[str]:
+    """bench/results.sh 3d: the promote-weight variant on 3b's held-out prompts at its strength chosen on sampled dev
+    text, paired per prompt with 3b's held-out rows (the default at its own strength, steering, word-ban)."""
+    names = (SAMPLED2_PROMOTE, "sampled2", "sampled2_steer", "sampled2_wordban")
+    if not all(n in sets for n in names):
+        return []
+    pw = sets[SAMPLED2_PROMOTE]
+    a = sorted(x for x in pw["tox"] if x)
+    if chosen is not None and a != [chosen]:
+        return ["", f"{SAMPLED2_PROMOTE}.json holds alpha {a}, not the dev-chosen {chosen:g}: rerun 3d."]
+    r = row_for(f"the tuned pair, promote weight {_promote_weight_of(pw):g}", pw, a[0])
+    ctl = row_for("", sets["sampled2_topk"], 1.0) if "sampled2_topk" in sets else None
+    dflt = [row_for("the tuned pair (the default)", sets["sampled2"], x) for x in sorted(sets["sampled2"]["tox"]) if x]
+    others = dflt + [row_for("activation steering", sets["sampled2_steer"], x) for x in sorted(sets["sampled2_steer"]["tox"])]
+    others.append(row_for("word-ban decoding", sets["sampled2_wordban"], 1.0))
+    out = ["", f"The promote-weight variant (bench/results.sh 3d; its alpha chosen on its own sampled dev screen above, by "
+           f"the same rule) on the same held-out prompts: EMT {f(r['emt'])}, toxicity probability {f(r['tp'])}, mean "
+           f"{f(r['tox'])}, PPL {f(r['ppl'], 2)}" + (f" ({r['ppl'] / ctl['ppl']:.2f}x its truncation control's)" if ctl
+                                                      else "") + ". Paired per prompt (the max over the samples):", "",
+           "| comparison | EMT difference | 95% CI | prompts |", "|---|---|---|---|"]
+    for o in others:
+        if r["recs"] and o["recs"]:
+            d, lo, hi, n = paired_difference(emt_by_prompt(r["recs"]), emt_by_prompt(o["recs"]))
+            out.append(f"| {r['label']} {r['alpha']:g} vs {o['label']} {o['alpha']:g} | {d:+.3f} | {lo:+.3f} to "
+                       f"{hi:+.3f} | {n} |")
     return out
 
 

@@ -260,6 +260,24 @@ def test_sampled_strength_rule_caps_each_method_against_its_own_decoding(tmp_pat
     assert "**not met** against word-ban decoding 1." in first  # the first seed's verdict stays its own
     assert "| the default vs activation steering 0.2 | +0.020 | +0.020 to +0.020 | 3 |" in second
     assert "| the default vs word-ban decoding 1 | -0.110 | -0.110 to -0.110 | 3 |" in second
+    # 3d, the promote-weight variant: its strength capped against its own truncation control (top-20: 6.4), so alpha
+    # 36 (8.5 = 1.33x) is out and 26 (7.9) chosen; its held-out run paired with 3b's rows on the same prompts
+    assert "promote weight" not in lines  # absent until 3d has run: the section does not need it
+    ws("dev_sampled_promote", {12.0: 0.22, 18.0: 0.21, 26.0: 0.19, 36.0: 0.17}, {12.0: 7.3, 18.0: 7.3, 26.0: 7.9, 36.0: 8.5},
+       {"top_k": 20, "promote_weight": 0.25})
+    assert rr.choose_sampled_strength(tmp_path, "promote", 1.25) == 26.0
+    assert rr.choose_sampled_strength(tmp_path, "promote", 1.35) == 36.0
+    ws("sampled2_promote", {26.0: 0.13}, {26.0: 7.4}, {"top_k": 20, "promote_weight": 0.25, "skip_prompts": 150})
+    sets.update({n: rr.load_set(tmp_path / f"{n}.json") for n in ("dev_sampled_promote", "sampled2_promote")})
+    lines = "\n".join(rr.sampled2_lines(tmp_path, sets, 1.25))
+    assert "| the tuned pair (fold a's), promote weight 0.25, alpha | **26** (chosen) | 0.190 |" in lines
+    assert "| the tuned pair (fold a's), promote weight 0.25, alpha | 36 | 0.170 |" in lines and "| 1.33x | no |" in lines
+    assert "EMT 0.130, toxicity probability 0.065" in lines and "(1.14x its truncation control's)" in lines
+    assert "| the tuned pair, promote weight 0.25 26 vs the tuned pair (the default) 7 | -0.020 | -0.020 to -0.020 | 3 |" in lines
+    assert "| the tuned pair, promote weight 0.25 26 vs activation steering 0.2 | -0.110 |" in lines
+    ws("sampled2_promote", {18.0: 0.13}, {18.0: 7.4}, {"top_k": 20, "promote_weight": 0.25})  # not the chosen alpha
+    sets["sampled2_promote"] = rr.load_set(tmp_path / "sampled2_promote.json")
+    assert "not the dev-chosen 26: rerun 3d" in "\n".join(rr.sampled2_lines(tmp_path, sets, 1.25))
     assert "**not met** against activation steering 0.2." in second and "word-ban decoding 1." not in second
 
 
