@@ -250,8 +250,9 @@ echo "gen dev_sampled_promote rtp:dev_b 0 --alphas $PROMOTE_SAMPLED_ALPHAS $(dif
 pool < "$RES_DIR/.queue_promote_sampled_dev"
 SP=$("$PYTHON" bench/results_report.py --res_dir "$RES_DIR" --choose_sampled_strength promote --cap "$PPL_CAP")
 echo "  sampling, the promote-weight variant's alpha chosen on sampled dev text: $SP"
-echo "gen sampled2_promote rtp:eval 0 ${H2[*]} $SP $(diff_at "$A" "$WIDE_K") ${PROMOTE_FLAGS[*]} ${S[*]}" \
-  > "$RES_DIR/.queue_promote_sampled"
+{ echo "gen sampled2_promote rtp:eval 0 ${H2[*]} $SP $(diff_at "$A" "$WIDE_K") ${PROMOTE_FLAGS[*]} ${S[*]}"
+  echo "gen sampled2s2_promote rtp:eval 0 ${H2[*]} $SP $(diff_at "$A" "$WIDE_K") ${PROMOTE_FLAGS[*]} ${S[*]} --seed $SEED2"
+} > "$RES_DIR/.queue_promote_sampled"  # and with 3c's second sampling seed
 pool < "$RES_DIR/.queue_promote_sampled"
 rm -f "$RES_DIR"/.queue_*
 

@@ -44,7 +44,7 @@ DEV_SAMPLED = (tuple(f"dev_sampled_k{k}" for k in SAMPLED_KS) + tuple(f"dev_samp
 # the sampled protocol with each method's strength chosen on sampled dev text, held out on rtp:eval's second part
 STRENGTH_SETS = {"default": "dev_sampled_alpha", "steer": "dev_sampled_s",
                  "promote": "dev_sampled_promote"}  # the last: bench/results.sh 3d (the 2c variant), optional
-SAMPLED2_PROMOTE = "sampled2_promote"  # 3d's held-out run, on 3b's prompts
+SAMPLED2_PROMOTE = "sampled2_promote"  # 3d's held-out run, on 3b's prompts (sampled2s2_promote: 3c's second seed)
 SAMPLED2 = ("sampled2", "sampled2_topk", "sampled2_steer", "sampled2_wordban")
 SAMPLED2_SEED2 = tuple(n.replace("sampled2", "sampled2s2") for n in SAMPLED2)  # the same runs, a second sampling seed
 # the default's dev sweep past the cap, with the offset on the target's top-k (bench/results.sh 2b)
@@ -54,7 +54,7 @@ DEV_HIGH = tuple(f"dev_high_k{k}" for k in HIGH_KS)
 PROMOTE_SETS = ("dev_promote", "promote")
 SETS = DEV_HIGH + PROMOTE_SETS + ("dev_default", "dev_lm", "dev_paper", "dev_steer", "default", "lm", "paper", "wordban", "steer", "sampled",
         "sampled_topk", "sampled_steer", "sampled_wordban") + DEV_SAMPLED + ("sampled_wide", "sampled_topk_wide") \
-    + tuple(STRENGTH_SETS.values()) + SAMPLED2 + SAMPLED2_SEED2 + (SAMPLED2_PROMOTE,)
+    + tuple(STRENGTH_SETS.values()) + SAMPLED2 + SAMPLED2_SEED2 + (SAMPLED2_PROMOTE, "sampled2s2_promote")
 
 
 def load_set(gen: Path) -> dict:
@@ -260,7 +260,8 @@ def sampled2_lines(res: Path, sets: dict, cap: float) -> list[str]:
     if s2:
         seed = (sets["sampled2s2"]["meta"].get("arguments") or {}).get("seed")
         out += ["", f"The same held-out runs with a second sampling seed (`--seed {seed}`; the strengths and the eligible "
-                "set as above, nothing chosen again):"] + s2
+                "set as above, nothing chosen again):"] + s2 + sampled2_promote_lines(sets, chosen.get("promote"),
+                                                                                     "sampled2s2")
     return out
 
 
@@ -268,21 +269,22 @@ def _promote_weight_of(s: dict) -> float:
     return float((s["meta"].get("arguments") or {}).get("promote_weight", 1.0))
 
 
-def sampled2_promote_lines(sets: dict, chosen: float | None) -> list[str]:
+def sampled2_promote_lines(sets: dict, chosen: float | None, p: str = "sampled2") -> list[str]:
     """bench/results.sh 3d: the promote-weight variant on 3b's held-out prompts at its strength chosen on sampled dev
-    text, paired per prompt with 3b's held-out rows (the default at its own strength, steering, word-ban)."""
-    names = (SAMPLED2_PROMOTE, "sampled2", "sampled2_steer", "sampled2_wordban")
+    text, paired per prompt with the held-out rows named ``p`` there (the default at its own strength, steering,
+    word-ban): 3b's (``sampled2``) or 3c's second sampling seed (``sampled2s2``)."""
+    names = (f"{p}_promote", p, f"{p}_steer", f"{p}_wordban")
     if not all(n in sets for n in names):
         return []
-    pw = sets[SAMPLED2_PROMOTE]
+    pw = sets[f"{p}_promote"]
     a = sorted(x for x in pw["tox"] if x)
     if chosen is not None and a != [chosen]:
-        return ["", f"{SAMPLED2_PROMOTE}.json holds alpha {a}, not the dev-chosen {chosen:g}: rerun 3d."]
+        return ["", f"{p}_promote.json holds alpha {a}, not the dev-chosen {chosen:g}: rerun 3d."]
     r = row_for(f"the tuned pair, promote weight {_promote_weight_of(pw):g}", pw, a[0])
-    ctl = row_for("", sets["sampled2_topk"], 1.0) if "sampled2_topk" in sets else None
-    dflt = [row_for("the tuned pair (the default)", sets["sampled2"], x) for x in sorted(sets["sampled2"]["tox"]) if x]
-    others = dflt + [row_for("activation steering", sets["sampled2_steer"], x) for x in sorted(sets["sampled2_steer"]["tox"])]
-    others.append(row_for("word-ban decoding", sets["sampled2_wordban"], 1.0))
+    ctl = row_for("", sets[f"{p}_topk"], 1.0) if f"{p}_topk" in sets else None
+    dflt = [row_for("the tuned pair (the default)", sets[p], x) for x in sorted(sets[p]["tox"]) if x]
+    others = dflt + [row_for("activation steering", sets[f"{p}_steer"], x) for x in sorted(sets[f"{p}_steer"]["tox"])]
+    others.append(row_for("word-ban decoding", sets[f"{p}_wordban"], 1.0))
     out = ["", f"The promote-weight variant (bench/results.sh 3d; its alpha chosen on its own sampled dev screen above, by "
            f"the same rule) on the same held-out prompts: EMT {f(r['emt'])}, toxicity probability {f(r['tp'])}, mean "
            f"{f(r['tox'])}, PPL {f(r['ppl'], 2)}" + (f" ({r['ppl'] / ctl['ppl']:.2f}x its truncation control's)" if ctl

@@ -275,6 +275,12 @@ def test_sampled_strength_rule_caps_each_method_against_its_own_decoding(tmp_pat
     assert "EMT 0.130, toxicity probability 0.065" in lines and "(1.14x its truncation control's)" in lines
     assert "| the tuned pair, promote weight 0.25 26 vs the tuned pair (the default) 7 | -0.020 | -0.020 to -0.020 | 3 |" in lines
     assert "| the tuned pair, promote weight 0.25 26 vs activation steering 0.2 | -0.110 |" in lines
+    # with 3c's second sampling seed, paired with that seed's rows (its default 0.20, its steering 0.18)
+    ws("sampled2s2_promote", {26.0: 0.15}, {26.0: 7.4}, {"top_k": 20, "promote_weight": 0.25, "seed": 2026})
+    sets["sampled2s2_promote"] = rr.load_set(tmp_path / "sampled2s2_promote.json")
+    second = "\n".join(rr.sampled2_lines(tmp_path, sets, 1.25)).split("a second sampling seed (`--seed 2026`")[1]
+    assert "| the tuned pair, promote weight 0.25 26 vs the tuned pair (the default) 7 | -0.050 |" in second
+    assert "| the tuned pair, promote weight 0.25 26 vs activation steering 0.2 | -0.030 |" in second
     ws("sampled2_promote", {18.0: 0.13}, {18.0: 7.4}, {"top_k": 20, "promote_weight": 0.25})  # not the chosen alpha
     sets["sampled2_promote"] = rr.load_set(tmp_path / "sampled2_promote.json")
     assert "not the dev-chosen 26: rerun 3d" in "\n".join(rr.sampled2_lines(tmp_path, sets, 1.25))
