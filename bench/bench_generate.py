@@ -280,6 +280,9 @@ def main() -> None:
     # the same method reading its offset against the center's threshold (generate.py --promote_weight 0.25)
     method_pw = diff_method(a, target, tok, teachers, teacher_tok, A)
     method_pw.args.promote_weight = PROMOTE_WEIGHT
+    from detox_pa.fusion import center_threshold
+
+    method_pw.tau = center_threshold(method_pw.center, A, target.get_output_embeddings().weight, method_pw.args.demote_z)
 
     def ours(alphas, k, b, share=None, nll=post, m=method):
         per, ids = [], []

@@ -608,7 +608,8 @@ class DiffFuser(_InputTracker):
     """State of :func:`difference_fusion`'s hooks, plus how often it acted (``acted`` of ``rows_seen``)."""
 
     def __init__(self, target, expert: TeacherStepper, anti: TeacherStepper, cfg: DiffConfig, A=None,
-                 teacher_index: torch.Tensor | None = None, center: torch.Tensor | None = None):
+                 teacher_index: torch.Tensor | None = None, center: torch.Tensor | None = None,
+                 tau: float | None = None):
         super().__init__([expert, anti])
         self.cfg = cfg
         out_layer = target.get_output_embeddings()
@@ -620,7 +621,9 @@ class DiffFuser(_InputTracker):
         if cfg.shrinks or cfg.splits:
             _check_center(center, self.A, "context_weight != 1" if cfg.shrinks else "promote_weight != 1")
         self.center = None if center is None else center.to(device=dev, dtype=torch.float32)
-        self.tau = center_threshold(self.center, self.A, out_layer.weight, cfg.demote_z) if cfg.splits else None
+        # promote_weight's threshold: the run's (``tau``, computed once by the caller) or computed here
+        self.tau = None if not cfg.splits else tau if tau is not None else \
+            center_threshold(self.center, self.A, out_layer.weight, cfg.demote_z)
         self.heads = None
         self.index = None  # target id -> teacher id (-1: not shared)
         if cfg.space == "logits":
@@ -759,7 +762,7 @@ def center_threshold(center: torch.Tensor, A: torch.Tensor, W: torch.Tensor, dem
     """``tau``: the mean plus ``demote_z`` standard deviations of the center's logit bias ``W (c A)`` over every
     row of the target's output layer ``W`` (float32)."""
     with torch.no_grad():
-        b = (center.float() @ A.float()) @ W.float().T
+        b = (center.to(W.device, torch.float32) @ A.to(W.device, torch.float32)) @ W.float().T
         return float(b.mean() + demote_z * b.std())
 
 
@@ -801,7 +804,8 @@ def _diff_parts(target, expert, anti, cfg: DiffConfig, A, target_tokenizer, teac
 @contextlib.contextmanager
 def difference_fusion(target, expert, anti, cfg: DiffConfig, A: torch.Tensor | None = None, target_tokenizer=None,
                       teacher_tokenizer=None, bridge: str = "auto", index: torch.Tensor | None = None,
-                      memo: PromptMemo | None = None, center: torch.Tensor | None = None) -> Iterator[DiffFuser | None]:
+                      memo: PromptMemo | None = None, center: torch.Tensor | None = None,
+                      tau: float | None = None) -> Iterator[DiffFuser | None]:
     """Install the expert-minus-anti-expert hooks on ``target`` for the block (see :class:`DiffConfig`).
 
     Both teachers step in lock-step with the target, each with its own KV cache; when they share a
@@ -816,7 +820,7 @@ def difference_fusion(target, expert, anti, cfg: DiffConfig, A: torch.Tensor | N
         return
     steppers, index = _diff_parts(target, expert, anti, cfg, A, target_tokenizer, teacher_tokenizer, bridge, index,
                                   memo)
-    fuser = DiffFuser(target, steppers[0], steppers[1], cfg, A, index, center)
+    fuser = DiffFuser(target, steppers[0], steppers[1], cfg, A, index, center, tau)
     out_hook = (lambda: fuser.out_layer.register_forward_pre_hook(fuser._on_output_input)) if cfg.edits_hidden else \
         (lambda: fuser.out_layer.register_forward_hook(fuser._on_output_layer))
     with hooks(lambda: [target.register_forward_pre_hook(fuser._on_target_forward, with_kwargs=True), out_hook()]):
@@ -1122,7 +1126,7 @@ def alpha_sweep(target, steppers: list[TeacherStepper], editors: list, rows: int
 def difference_sweep(target, expert, anti, cfgs: list[DiffConfig], rows: int, A: torch.Tensor | None = None,
                      target_tokenizer=None, teacher_tokenizer=None, bridge: str = "auto",
                      index: torch.Tensor | None = None, eos_ids=(), share: RowShare | None = None,
-                     center: torch.Tensor | None = None) -> Iterator[list[DiffFuser | None]]:
+                     center: torch.Tensor | None = None, tau: float | None = None) -> Iterator[list[DiffFuser | None]]:
     """:func:`difference_fusion` for several alphas at once, on one batch holding ``rows`` rows per alpha (alpha
     ``j``'s are rows ``[j * rows, (j + 1) * rows)``): yields each alpha's :class:`DiffFuser` (None at alpha 0)."""
     for cfg in cfgs:
@@ -1134,7 +1138,7 @@ def difference_sweep(target, expert, anti, cfgs: list[DiffConfig], rows: int, A:
         yield [None] * len(cfgs)
         return
     steppers, index = _diff_parts(target, expert, anti, live[0], A, target_tokenizer, teacher_tokenizer, bridge, index)
-    fusers = [None if c.alpha == 0.0 else DiffFuser(target, steppers[0], steppers[1], c, A, index, center) for c in cfgs]
+    fusers = [None if c.alpha == 0.0 else DiffFuser(target, steppers[0], steppers[1], c, A, index, center, tau) for c in cfgs]
     with alpha_sweep(target, steppers, fusers, rows, live[0].edits_hidden, eos_ids, share):
         yield fusers
 

@@ -339,6 +339,7 @@ class Diff(Method):
     uses = ("diff_space", "top_k", "gate", "bridge", "pool", "context_weight", "promote_weight", "demote_z")
     keeps_prompt_state = True
     shares_prefixes = True
+    tau: float | None = None  # --promote_weight's threshold, computed once per run by load() (None: each fuser's own)
 
     def check(self) -> None:
         from .fusion import POOLS, SPACES
@@ -433,6 +434,10 @@ class Diff(Method):
             raise InputError(f"--anti_teacher_model {self.args.anti_teacher_model} has another tokenizer than the "
                              f"expert {self.args.teacher_model}: both teachers must come from one base model")
         self.index = None
+        if self.args.promote_weight != 1:  # its threshold: one product over the target's vocabulary, once per run
+            from .fusion import center_threshold
+
+            self.tau = center_threshold(self.center, self.A, target.get_output_embeddings().weight, self.args.demote_z)
         if self.args.diff_space == "logits":
             V = target.get_output_embeddings().weight.shape[0]
             self.index = teacher_index(tokenizer, self.teacher_tok, V)
@@ -447,7 +452,8 @@ class Diff(Method):
         a = self.args
         cfg = self.config(alpha)
         with difference_fusion(self.target, self.expert, self.anti, cfg, self.A, self.tokenizer, self.teacher_tok,
-                               bridge=a.bridge, index=self.index, memo=self.memo, center=self.center) as f:
+                               bridge=a.bridge, index=self.index, memo=self.memo, center=self.center,
+                               tau=self.tau) as f:
             yield f
             self._count(alpha, f)
 
@@ -462,7 +468,7 @@ class Diff(Method):
         cfgs = [self.config(x) for x in alphas]
         with difference_sweep(self.target, self.expert, self.anti, cfgs, rows, self.A, self.tokenizer, self.teacher_tok,
                               bridge=a.bridge, index=self.index, eos_ids=eos_ids, share=share,
-                              center=self.center) as fusers:
+                              center=self.center, tau=self.tau) as fusers:
             yield fusers
             for x, f in zip(alphas, fusers):
                 self._count(x, f)
