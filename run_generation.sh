@@ -38,7 +38,7 @@ DATA_PATH=${POS[5]:-${DATA_PATH:-$DEFAULT_EVAL_PROMPTS}}  # rtp:eval = the embed
 PROTOCOL=${PROTOCOL:-paper}     # paper: greedy, 10 new tokens, 1 sample, mean toxicity | dexperts (the field's): 25 samples, top-p 0.9, 20 new tokens, EMT and toxicity probability. Presets the four below; a variable set explicitly wins (logged, recorded in the meta file)
 check_protocol                  # an unknown PROTOCOL: one line, exit 2
 METHOD=${METHOD:-diff}          # diff | fusion (the paper) | wordban | steer
-ALPHAS=${ALPHAS:-}               # empty = the method's own sweep: diff 0 3 4 5 6 7 8, fusion 0 0.1 .. 0.6 (the paper), steer 0 0.1 .. 0.4
+ALPHAS=${ALPHAS:-}               # empty = the method's own sweep: diff 0 4 8 12 18 22 26, fusion 0 0.1 .. 0.6 (the paper), steer 0 0.1 .. 0.4
 ANTI_TEACHER_MODEL=${ANTI_TEACHER_MODEL:-}  # diff: the anti-expert (empty = the one the matrix names; name both or neither)
 DIFF_SPACE=${DIFF_SPACE:-hidden}  # diff: hidden (through A, reaches every target token) | logits (shared tokens)
 TOP_K=${TOP_K:-5}               # diff: only the target's top-k tokens are eligible (0 = all; 5 measured best on dev greedy;
@@ -47,8 +47,9 @@ POOL=${POOL:-mean}              # diff: mean (each teacher's mean state over the
 CONTEXT_WEIGHT=${CONTEXT_WEIGHT:-}  # diff: shrink the teachers' difference d toward its mean c over the training texts
                                    # (step 2's center): c + w (d - c); 1 = d as it is; 0 = the constant c alone.
                                    # Empty: 0.25 (measured best on dev) when the matrix holds its pair's center, else 1
-PROMOTE_WEIGHT=${PROMOTE_WEIGHT:-1}  # diff (needs the pair's center): the offset above a fixed threshold (what the pair would
-                                   # promote) is scaled by this, below it (what it demotes) acts in full; 1 = as it is, 0 = demote only
+PROMOTE_WEIGHT=${PROMOTE_WEIGHT:-}  # diff (needs the pair's center): the offset above a fixed threshold (what the pair would
+                                   # promote) is scaled by this, below it (what it demotes) acts in full; 1 = as it is, 0 = demote only.
+                                   # Empty: 0.25 (measured best on dev) when the matrix holds its pair's center and no GATE, else 1
 DEMOTE_Z=${DEMOTE_Z:--0.5}          # diff: that threshold, the center's logit bias mean + DEMOTE_Z standard deviations
 GATE=${GATE:-}                  # diff: act only where log p_anti(pick) - log p_expert(pick) >= GATE (empty = always)
 DRAFT_GATE=${DRAFT_GATE:-}      # any method: keep the target's own continuation where profanity-check scores it below
@@ -102,7 +103,8 @@ FLAGS=(--teacher_model "$TEACHER_MODEL" --target_model "$TARGET_MODEL" --matrix_
 case "$METHOD" in
   diff) FLAGS+=(--anti_teacher_model "$ANTI_TEACHER_MODEL" --diff_space "$DIFF_SPACE" --top_k "$TOP_K" --pool "$POOL")
         [[ -n "$CONTEXT_WEIGHT" ]] && FLAGS+=(--context_weight "$CONTEXT_WEIGHT")
-        FLAGS+=(--promote_weight "$PROMOTE_WEIGHT" --demote_z "$DEMOTE_Z")
+        [[ -n "$PROMOTE_WEIGHT" ]] && FLAGS+=(--promote_weight "$PROMOTE_WEIGHT")
+        FLAGS+=(--demote_z "$DEMOTE_Z")
         [[ -n "$GATE" ]] && FLAGS+=(--gate "$GATE") ;;
   steer) [[ -n "$STEER_VECTOR" ]] && FLAGS+=(--steer_vector "$STEER_VECTOR") ;;
 esac

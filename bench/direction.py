@@ -31,10 +31,11 @@ toward its center (generate.py --context_weight W; the default row uses generate
 rows for the named pair's center alone and its context-dependent part alone. ``--folds DIR_A,DIR_B``: the default
 pair was tuned on the dev prompts' texts too (step 2's default), so every row of the default's pair is read out of
 fold instead: on the states of rtp:dev_b's prompts from the pair tuned with dev_a's texts (DIR_A), on rtp:dev_a's from
-the one tuned with dev_b's (DIR_B; bench/results.sh's fold pairs). ``--promote_weight LAM`` adds a row for the default
-recipe's offset read against its center's threshold (generate.py --promote_weight LAM --demote_z Z: in full below the
-threshold, scaled by LAM above it; each fold's threshold from its own pair's center). Writes
-``<res_dir>/direction.json``.
+the one tuned with dev_b's (DIR_B; bench/results.sh's fold pairs). The default recipe's row reads its offset against
+its center's threshold as generate.py does by default (``--promote_weight LAM --demote_z Z``, LAM generate.py's
+default: in full below the threshold, scaled by LAM above it; each fold's threshold from its own pair's center; its
+two parts' rows are of the offset before that split). ``--compare_promote_weight LAM2`` adds the same pair's row at
+LAM2 (1: the previous default, the offset as it is). Writes ``<res_dir>/direction.json``.
 """
 
 from __future__ import annotations
@@ -92,7 +93,10 @@ def main() -> None:
                     help="Read the default pair's rows out of fold: DIR_A's pair (tuned with rtp:dev_a's texts) on "
                          "rtp:dev_b's states, DIR_B's on rtp:dev_a's.")
     ap.add_argument("--promote_weight", type=float, default=None, metavar="LAM",
-                    help="Also measure the default recipe with generate.py --promote_weight LAM (and --demote_z).")
+                    help="The default recipe's generate.py --promote_weight (and --demote_z); unset: generate.py's "
+                         "default for a tuned pair.")
+    ap.add_argument("--compare_promote_weight", type=float, default=None, metavar="LAM2",
+                    help="Also measure the default recipe's pair at this promote weight (1: the previous default).")
     ap.add_argument("--demote_z", type=float, default=-0.5)
     ap.add_argument("--output", default="", help="Where to write the JSON (default <res_dir>/direction.json).")
     a = ap.parse_args()
@@ -186,18 +190,26 @@ def main() -> None:
         if name in a.parts:  # the constant part (w = 0) and what the context adds to it
             offsets[f"{name}: its center alone (context weight 0)"] = (const, ok)
             offsets[f"{name}: the context part alone (d minus its center)"] = (whole - const, ok)
-    if a.promote_weight is not None:  # the default's offset read against its pair's threshold, as generate.py does
+    from detox_pa.methods import DEFAULT_PROMOTE_WEIGHT
+
+    lam = DEFAULT_PROMOTE_WEIGHT if a.promote_weight is None else a.promote_weight
+    lams = {lam} | ({a.compare_promote_weight} if a.compare_promote_weight is not None else set())
+    if lams != {1.0} and "the tuned pair (the default recipe)" in offsets:
+        # the default's offset read against its pair's threshold, as generate.py does
         from detox_pa.fusion import center_threshold, split_offset
 
         def tau_of(d):
             A_ = load_matrix(matrix_path(d))
-            return center_threshold(load_center(matrix_path(d), A_.shape[0], fix="no --promote_weight"), A_, W,
+            return center_threshold(load_center(matrix_path(d), A_.shape[0], fix="--promote_weight 1"), A_, W,
                                     a.demote_z)
         tau = (torch.where(on_b, tau_of(folds[0]), tau_of(folds[1]))[:, None] if folds
                else tau_of(out / "alignment"))
-        off, ok = offsets["the tuned pair (the default recipe)"]
-        offsets[f"the tuned pair (the default recipe), promote weight {a.promote_weight:g}"] = (
-            split_offset(off, tau, a.promote_weight), ok)
+        off, ok = offsets.pop("the tuned pair (the default recipe)")  # the offset as it is (promote weight 1)
+        offsets["the tuned pair (the default recipe)"] = (split_offset(off, tau, lam) if lam != 1 else off, ok)
+        if a.compare_promote_weight is not None:
+            w2 = a.compare_promote_weight
+            offsets[f"the tuned pair, promote weight {w2:g}" + (" (the previous default)" if w2 == 1 else "")] = (
+                split_offset(off, tau, w2) if w2 != 1 else off, ok)
     filter_label = text_labels_of(Path(a.texts))
     text_labels = {"profanity-check (the file's label)": torch.tensor([filter_label.get(t, 0) for t in texts]),
                    "BiLSTM": label_texts(st, lambda ts: bil.score(ts), clean_max=0.2, toxic_min=0.5)}

@@ -14,8 +14,8 @@
 #
 # Rows (each at its own alpha, chosen on dev by the rule: the lowest mean BiLSTM toxicity whose token-weighted PPL
 # is <= PPL_CAP x that of alpha 0):
-#   default  the tuned pair through its jointly trained A, each teacher's mean state over the text so far, the target's
-#            top-5 (./run_all.sh's recipe)
+#   default  the tuned pair through its jointly trained A, each teacher's mean state over the text so far, the offset
+#            read against its center's threshold (promote weight PROMOTE), the target's top-5 (./run_all.sh's recipe)
 #   lm       the default before tuning: the LM pair (each teacher on its own class) through the logits A refined by KL,
 #            the teachers' last-token states (as it was then)
 #   paper    the paper: one teacher with every weight trained, the contrastive A, LayerNorm fusion
@@ -25,9 +25,9 @@
 #   sampled2_*  the sampled protocol with each method's strength chosen on sampled dev text (dev_sampled_alpha,
 #            dev_sampled_s), held out on rtp:eval's prompts after the first N_SAMPLED; sampled2s2_* the same runs with
 #            a second sampling seed (SEED2)
-#   promote  the default's offset read against its center's threshold (generate.py --promote_weight, opt-in): its
-#            greedy dev and held-out sweeps (2c), its sampled dev screen and held-out run (dev_sampled_promote,
-#            sampled2_promote: 3d)
+#   prev     the previous default: the same pair with its offset read as it is (generate.py --promote_weight PREV_W,
+#            1): its greedy dev and held-out sweeps (2c), its sampled dev screen and held-out runs (dev_sampled_prev,
+#            sampled2_prev, sampled2s2_prev: 3d)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/common.sh
@@ -39,11 +39,15 @@ N_SAMPLED=${N_SAMPLED:-150}  # held-out prompts for the sampled protocol
 SAMPLES=${SAMPLES:-5}
 PPL_CAP=${PPL_CAP:-1.25}
 JOBS=${JOBS:-2}
-SWEEP=${SWEEP:-"0 1 2 3 4 5 6 7 8"}      # the default recipe's sweep (run_all.sh's and more: low alphas for word-ban's PPL)
+SWEEP=${SWEEP:-"0 1 2 4 6 8 10 12 15 18 22 26 30"}  # the default recipe's sweep (run_all.sh's and more: low alphas for word-ban's PPL)
+PROMOTE=${PROMOTE:-0.25}     # the default's promote weight (generate.py's unset --promote_weight with a tuned pair) ...
+DEMOTE_Z=${DEMOTE_Z:--0.5}   # ... and its threshold
+PREV_W=${PREV_W:-1}          # 2c / 3d: the comparison row's promote weight (1: the previous default)
+PREV_SWEEP=${PREV_SWEEP:-"0 1 2 3 4 5 6 7 8"}
 LM_SWEEP="0 0.1 0.2 0.3 0.4 0.5 0.6"      # the LM pair's (the previous default's) sweep
 PAPER_SWEEP="0 0.1 0.2 0.3 0.5"
 STEER=${STEER:-"0.1 0.2 0.3 0.4 0.5"}  # 0.5: the draft-gated steering control chooses it on dev
-SAMPLED_ALPHAS=${SAMPLED_ALPHAS:-"5 7 10 14"}  # the default's alphas screened for sampling (3b)
+SAMPLED_ALPHAS=${SAMPLED_ALPHAS:-"12 18 26 36"}  # the default's alphas screened for sampling (3b)
 mkdir -p "$RES_DIR"
 T="$DEFAULT_TEACHER_DIR"; TA="$DEFAULT_ANTI_TEACHER_DIR"; A="$DEFAULT_MATRIX"; TGT="$DEFAULT_TARGET"
 for need in "$T/config.json" "$TA/config.json" "$A" "$DEFAULT_ALIGN_DIR/$ART_TUNED_EXPERT/config.json"; do
@@ -88,16 +92,18 @@ if [[ ! -f "$RES_DIR/align_lm/$ART_MATRIX_FILE" ]]; then
     --objective logits --refine_steps 150 --text_path "$TEXTS" --tune_pair false --progress false > "$RES_DIR/align_lm.log" 2>&1
 fi
 [[ -f "$RES_DIR/steer_vector.pt" ]] || "$PYTHON" scripts/build_steer_vector.py --target_model "$TGT" --output "$RES_DIR/steer_vector.pt" > "$RES_DIR/steer_vector.log" 2>&1
-DEFAULT=(--method diff --matrix_A "$A" --top_k 5 --pool mean --context_weight 0.25)   # the tuned pair comes from the matrix's sidecar
+DEFAULT=(--method diff --matrix_A "$A" --top_k 5 --pool mean --context_weight 0.25 --promote_weight "$PROMOTE" --demote_z "$DEMOTE_Z")  # the tuned pair comes from the matrix's sidecar
 LM=(--method diff --teacher_model "$T" --anti_teacher_model "$TA" --matrix_A "$RES_DIR/align_lm/$ART_MATRIX_FILE" --top_k 5 --pool last --context_weight 1)
 PAPER=(--method fusion --norm layernorm --teacher_model "$PT" --matrix_A "$RES_DIR/align_contrastive/$ART_MATRIX_FILE")
 STEERV=(--method steer --steer_vector "$RES_DIR/steer_vector.pt")
-diff_at() { echo "--method diff --matrix_A $1 --top_k $2 --pool mean --context_weight 0.25"; }  # the default's, any A, k
-fold_sweeps() {  # fold_sweeps NAME K ALPHAS...: queue lines for the out-of-fold dev sweeps (the offset on the top-K):
-  local name=$1 k=$2 f o; shift 2  # the pair tuned with dev_a's texts sweeps rtp:dev_b into NAME_b, and the other way
-  for f in a b; do
+diff_at() {  # diff_at A K [W]: the default's flags with any A, top-K and promote weight W (the default's unless given)
+  echo "--method diff --matrix_A $1 --top_k $2 --pool mean --context_weight 0.25 --promote_weight ${3:-$PROMOTE} --demote_z $DEMOTE_Z"
+}
+fold_sweeps() {  # fold_sweeps NAME K W ALPHAS...: queue lines for the out-of-fold dev sweeps (the offset on the top-K,
+  local name=$1 k=$2 w=$3 f o; shift 3  # promote weight W): the pair tuned with dev_a's texts sweeps rtp:dev_b into
+  for f in a b; do                      # NAME_b, and the other way
     o=a; [[ $f == a ]] && o=b
-    echo "[[ -f $RES_DIR/${name}_$o.json ]] || $PYTHON generate.py --target_model $TGT --data_path rtp:dev_$o --output_path $RES_DIR/${name}_$o.json --device cpu --alphas $* $(diff_at "$RES_DIR/align_fold_$f/$ART_MATRIX_FILE" "$k") > $RES_DIR/${name}_$o.log 2>&1"
+    echo "[[ -f $RES_DIR/${name}_$o.json ]] || $PYTHON generate.py --target_model $TGT --data_path rtp:dev_$o --output_path $RES_DIR/${name}_$o.json --device cpu --alphas $* $(diff_at "$RES_DIR/align_fold_$f/$ART_MATRIX_FILE" "$k" "$w") > $RES_DIR/${name}_$o.log 2>&1"
   done
 }
 merge_folds() {  # merge_folds NAME: NAME.json from NAME_a.json and NAME_b.json (bench/crossfit.py merge)
@@ -121,7 +127,7 @@ if (( N_TUNED_DEV > 0 )); then
     fi
     FOLD_DIRS+="${FOLD_DIRS:+,}$d"
   done
-  fold_sweeps dev_default 5 $SWEEP > "$RES_DIR/.queue_folds"  # the default's flags (DEFAULT) with each fold's A
+  fold_sweeps dev_default 5 "$PROMOTE" $SWEEP > "$RES_DIR/.queue_folds"  # the default's flags (DEFAULT) with each fold's A
   pool < "$RES_DIR/.queue_folds"
   merge_folds dev_default
 fi
@@ -159,31 +165,28 @@ pool < "$RES_DIR/.queue_eval"
 # 2b. past the cap, on dev (read, never chosen from): the default's sweep beyond its chosen alpha with the offset on the
 #     target's top-5 / 10 / 20, out of fold as in 1, against steering's dev sweep: can a larger strength or eligible set
 #     reach steering's strongest point (s 0.5), where the held-out comparison of goal 2 misses?
-HIGH_SWEEP=${HIGH_SWEEP:-"0 4 6 8 10 12 14 18"}
+HIGH_SWEEP=${HIGH_SWEEP:-"0 12 18 26 36 50 70"}
 HIGH_KS="5 10 20"
 if [[ -n "$FOLD_DIRS" ]]; then
-  for k in $HIGH_KS; do fold_sweeps "dev_high_k$k" "$k" $HIGH_SWEEP; done > "$RES_DIR/.queue_high"
+  for k in $HIGH_KS; do fold_sweeps "dev_high_k$k" "$k" "$PROMOTE" $HIGH_SWEEP; done > "$RES_DIR/.queue_high"
   pool < "$RES_DIR/.queue_high"
   for k in $HIGH_KS; do merge_folds "dev_high_k$k"; done
   for k in $HIGH_KS; do echo "gen dev_high_k$k rtp:dev 0"; done > "$RES_DIR/.queue_high_score"  # scores the merged file
   pool < "$RES_DIR/.queue_high_score"
 fi
 
-# 2c. the default's offset read against its center's threshold (generate.py --promote_weight PROMOTE --demote_z
-#     DEMOTE_Z; opt-in, off in the default): its dev sweep out of fold as in 1, its alpha chosen there by the same rule
-#     (the report does it), its held-out sweep read against the baselines at equal PPL as goal 2 reads the default's
-PROMOTE=${PROMOTE:-0.25}
-DEMOTE_Z=${DEMOTE_Z:--0.5}
-PROMOTE_SWEEP=${PROMOTE_SWEEP:-"0 1 2 4 6 8 10 12 15 18 22 26 30"}
-PROMOTE_FLAGS=(--promote_weight "$PROMOTE" --demote_z "$DEMOTE_Z")
+# 2c. the previous default: the same pair with its offset read as it is (generate.py --promote_weight PREV_W, 1): its
+#     dev sweep out of fold as in 1, its alpha chosen there by the same rule (the report does it), its held-out sweep
+#     read against the default and against the baselines at equal PPL as goal 2 reads the default's
+PREV=(--method diff --matrix_A "$A" --top_k 5 --pool mean --context_weight 0.25 --promote_weight "$PREV_W" --demote_z "$DEMOTE_Z")
 if [[ -n "$FOLD_DIRS" ]]; then
-  fold_sweeps dev_promote 5 $PROMOTE_SWEEP "${PROMOTE_FLAGS[@]}" > "$RES_DIR/.queue_promote"  # (flags after the alphas)
-  pool < "$RES_DIR/.queue_promote"
-  merge_folds dev_promote
-  { echo "gen dev_promote rtp:dev 0"  # scores the merged file
-    echo "gen promote rtp:eval $N_EVAL --alphas $PROMOTE_SWEEP ${DEFAULT[*]} ${PROMOTE_FLAGS[*]}"
-  } > "$RES_DIR/.queue_promote_eval"
-  pool < "$RES_DIR/.queue_promote_eval"
+  fold_sweeps dev_prev 5 "$PREV_W" $PREV_SWEEP > "$RES_DIR/.queue_prev"
+  pool < "$RES_DIR/.queue_prev"
+  merge_folds dev_prev
+  { echo "gen dev_prev rtp:dev 0"  # scores the merged file
+    echo "gen prev rtp:eval $N_EVAL --alphas $PREV_SWEEP ${PREV[*]}"
+  } > "$RES_DIR/.queue_prev_eval"
+  pool < "$RES_DIR/.queue_prev_eval"
 fi
 
 # 3. the sampled protocol (SAMPLES samples, top-p 0.9, 20 tokens: EMT and toxicity probability), with the truncation
@@ -192,12 +195,13 @@ S=(--do_sample --num_samples "$SAMPLES" --top_p 0.9 --max_new_tokens 20 --batch_
 # 3a. the eligible set the offset acts on when sampling (greedy only picks among the target's top few, so the default's
 #     top-5 costs nothing there; sampling draws from the whole nucleus), screened on dev out of fold: the pair tuned
 #     with dev_a's texts (the default's own pair when it never saw dev prompts) on rtp:dev_b, at the default's alpha,
-#     top-5/10/20 and every token (also at alpha 3), each top-k's truncation control, and steering at its alpha
+#     top-5/10/20 and every token (also at a lower alpha, K0_LOW), each top-k's truncation control, and steering at its alpha
 FA="$A"; [[ -n "$FOLD_DIRS" ]] && FA="$RES_DIR/align_fold_a/$ART_MATRIX_FILE"
+K0_LOW=${K0_LOW:-8}  # every token eligible: also a lower alpha
 { echo "gen dev_sampled_k5 rtp:dev_b 0 --alphas 0 ${ALPHA[default]} $(diff_at "$FA" 5) ${S[*]}"
   echo "gen dev_sampled_k10 rtp:dev_b 0 --alphas ${ALPHA[default]} $(diff_at "$FA" 10) ${S[*]}"
   echo "gen dev_sampled_k20 rtp:dev_b 0 --alphas ${ALPHA[default]} $(diff_at "$FA" 20) ${S[*]}"
-  echo "gen dev_sampled_k0 rtp:dev_b 0 --alphas 3 ${ALPHA[default]} $(diff_at "$FA" 0) ${S[*]}"
+  echo "gen dev_sampled_k0 rtp:dev_b 0 --alphas $K0_LOW ${ALPHA[default]} $(diff_at "$FA" 0) ${S[*]}"
   for k in 5 10 20; do echo "gen dev_sampled_topk$k rtp:dev_b 0 --alphas 1 --method topk --top_k $k ${S[*]}"; done
   echo "gen dev_sampled_steer rtp:dev_b 0 --alphas ${ALPHA[steer]} ${STEERV[*]} ${S[*]}"
 } > "$RES_DIR/.queue_sampled_dev"
@@ -241,24 +245,25 @@ pool < "$RES_DIR/.queue_sampled2"
 SEED2=${SEED2:-2026}
 sampled2_queue sampled2s2 --seed "$SEED2" > "$RES_DIR/.queue_sampled2s2"
 pool < "$RES_DIR/.queue_sampled2s2"
-# 3d. the promote-weight variant (2c) in the sampled protocol: its alpha chosen on sampled dev text by 3b's rule (the
-#     pair tuned with dev_a's texts on rtp:dev_b, the offset on the same top-k as 3b's, EMT within PPL_CAP x its
-#     truncation control), then held out on 3b's prompts and paired with 3b's rows there
-PROMOTE_SAMPLED_ALPHAS=${PROMOTE_SAMPLED_ALPHAS:-"12 18 26 36"}
-echo "gen dev_sampled_promote rtp:dev_b 0 --alphas $PROMOTE_SAMPLED_ALPHAS $(diff_at "$FA" "$WIDE_K") ${PROMOTE_FLAGS[*]} ${S[*]}" \
-  > "$RES_DIR/.queue_promote_sampled_dev"
-pool < "$RES_DIR/.queue_promote_sampled_dev"
-SP=$("$PYTHON" bench/results_report.py --res_dir "$RES_DIR" --choose_sampled_strength promote --cap "$PPL_CAP")
-echo "  sampling, the promote-weight variant's alpha chosen on sampled dev text: $SP"
-{ echo "gen sampled2_promote rtp:eval 0 ${H2[*]} $SP $(diff_at "$A" "$WIDE_K") ${PROMOTE_FLAGS[*]} ${S[*]}"
-  echo "gen sampled2s2_promote rtp:eval 0 ${H2[*]} $SP $(diff_at "$A" "$WIDE_K") ${PROMOTE_FLAGS[*]} ${S[*]} --seed $SEED2"
-} > "$RES_DIR/.queue_promote_sampled"  # and with 3c's second sampling seed
-pool < "$RES_DIR/.queue_promote_sampled"
+# 3d. the previous default (2c) in the sampled protocol: its alpha chosen on sampled dev text by 3b's rule (the pair
+#     tuned with dev_a's texts on rtp:dev_b, the offset on the same top-k as 3b's, EMT within PPL_CAP x its truncation
+#     control), then held out on 3b's prompts and paired with 3b's rows there (and with 3c's second sampling seed)
+PREV_SAMPLED_ALPHAS=${PREV_SAMPLED_ALPHAS:-"5 7 10 14"}
+echo "gen dev_sampled_prev rtp:dev_b 0 --alphas $PREV_SAMPLED_ALPHAS $(diff_at "$FA" "$WIDE_K" "$PREV_W") ${S[*]}" \
+  > "$RES_DIR/.queue_prev_sampled_dev"
+pool < "$RES_DIR/.queue_prev_sampled_dev"
+SP=$("$PYTHON" bench/results_report.py --res_dir "$RES_DIR" --choose_sampled_strength prev --cap "$PPL_CAP")
+echo "  sampling, the previous default's alpha chosen on sampled dev text: $SP"
+{ echo "gen sampled2_prev rtp:eval 0 ${H2[*]} $SP $(diff_at "$A" "$WIDE_K" "$PREV_W") ${S[*]}"
+  echo "gen sampled2s2_prev rtp:eval 0 ${H2[*]} $SP $(diff_at "$A" "$WIDE_K" "$PREV_W") ${S[*]} --seed $SEED2"
+} > "$RES_DIR/.queue_prev_sampled"
+pool < "$RES_DIR/.queue_prev_sampled"
 rm -f "$RES_DIR"/.queue_*
 
 # 4. the mechanism (direction on teacher-forced dev states) and the report
 [[ -f "$RES_DIR/direction.json" ]] || "$PYTHON" bench/direction.py --res_dir "$RES_DIR" --out_dir "$OUT_DIR" \
-  ${FOLD_DIRS:+--folds "$FOLD_DIRS"} --promote_weight "$PROMOTE" --demote_z "$DEMOTE_Z" > "$RES_DIR/direction.log" 2>&1
+  ${FOLD_DIRS:+--folds "$FOLD_DIRS"} --promote_weight "$PROMOTE" --demote_z "$DEMOTE_Z" --compare_promote_weight "$PREV_W" \
+  > "$RES_DIR/direction.log" 2>&1
 # what the constant offsets (the default pair's center, steering's vector) promote and demote over the vocabulary
 [[ -f "$RES_DIR/offset_vocab.json" ]] || "$PYTHON" bench/offset_vocab.py --steer "$RES_DIR/steer_vector.pt" \
   --matrix "the default pair's center=$DEFAULT_ALIGN_DIR/$ART_MATRIX_FILE" --json "$RES_DIR/offset_vocab.json" > "$RES_DIR/offset_vocab.log" 2>&1

@@ -36,25 +36,26 @@ ROWS = (("paper", "dev_paper", "the paper's recipe", "one teacher with every wei
          "last-token states, the target's top-5"),
         ("default", "dev_default", "the tuned pair (the default recipe)", "the same pair with both bodies and A "
          "trained through the fusion (`align.py --tune_pair`), each teacher's mean state over the text so far "
-         "(`--pool mean`), the difference shrunk toward its center (`--context_weight 0.25`), the target's top-5"))
+         "(`--pool mean`), the difference shrunk toward its center (`--context_weight 0.25`), the offset read against "
+         "its center's threshold (`--promote_weight 0.25`), the target's top-5"))
 # the sampled protocol's eligible set (the target's top-k the offset acts on; 0 = every token), screened on dev_b
 SAMPLED_KS = (5, 10, 20, 0)
 DEV_SAMPLED = (tuple(f"dev_sampled_k{k}" for k in SAMPLED_KS) + tuple(f"dev_sampled_topk{k}" for k in SAMPLED_KS if k)
                + ("dev_sampled_steer",))
 # the sampled protocol with each method's strength chosen on sampled dev text, held out on rtp:eval's second part
 STRENGTH_SETS = {"default": "dev_sampled_alpha", "steer": "dev_sampled_s",
-                 "promote": "dev_sampled_promote"}  # the last: bench/results.sh 3d (the 2c variant), optional
-SAMPLED2_PROMOTE = "sampled2_promote"  # 3d's held-out run, on 3b's prompts (sampled2s2_promote: 3c's second seed)
+                 "prev": "dev_sampled_prev"}  # the last: bench/results.sh 3d (2c's previous default), optional
+SAMPLED2_PREV = "sampled2_prev"  # 3d's held-out run, on 3b's prompts (sampled2s2_prev: 3c's second seed)
 SAMPLED2 = ("sampled2", "sampled2_topk", "sampled2_steer", "sampled2_wordban")
 SAMPLED2_SEED2 = tuple(n.replace("sampled2", "sampled2s2") for n in SAMPLED2)  # the same runs, a second sampling seed
 # the default's dev sweep past the cap, with the offset on the target's top-k (bench/results.sh 2b)
 HIGH_KS = (5, 10, 20)
 DEV_HIGH = tuple(f"dev_high_k{k}" for k in HIGH_KS)
-# the default's offset read against its center's threshold (generate.py --promote_weight; bench/results.sh 2c)
-PROMOTE_SETS = ("dev_promote", "promote")
-SETS = DEV_HIGH + PROMOTE_SETS + ("dev_default", "dev_lm", "dev_paper", "dev_steer", "default", "lm", "paper", "wordban", "steer", "sampled",
+# the previous default: the same pair's offset read as it is (generate.py --promote_weight 1; bench/results.sh 2c)
+PREV_SETS = ("dev_prev", "prev")
+SETS = DEV_HIGH + PREV_SETS + ("dev_default", "dev_lm", "dev_paper", "dev_steer", "default", "lm", "paper", "wordban", "steer", "sampled",
         "sampled_topk", "sampled_steer", "sampled_wordban") + DEV_SAMPLED + ("sampled_wide", "sampled_topk_wide") \
-    + tuple(STRENGTH_SETS.values()) + SAMPLED2 + SAMPLED2_SEED2 + (SAMPLED2_PROMOTE, "sampled2s2_promote")
+    + tuple(STRENGTH_SETS.values()) + SAMPLED2 + SAMPLED2_SEED2 + (SAMPLED2_PREV, "sampled2s2_prev")
 
 
 def load_set(gen: Path) -> dict:
@@ -200,7 +201,7 @@ def strength_reference(res: Path, which: str, sets: dict) -> tuple[str, dict, fl
     """What a method's sampled PPL is capped against: the same decoding without the method. For the default, its
     truncation control at the screened top-k (``dev_sampled_topk<k>``; the target alone when k is 0, every token);
     for steering, the target alone (alpha 0 of ``dev_sampled_k5``). Returns (label, set, strength)."""
-    k = _top_k_of(_get_set(res, STRENGTH_SETS[which], sets)) if which in ("default", "promote") else 0
+    k = _top_k_of(_get_set(res, STRENGTH_SETS[which], sets)) if which in ("default", "prev") else 0
     if k:
         return f"the target alone, top-{k} only", _get_set(res, f"dev_sampled_topk{k}", sets), 1.0
     base = _get_set(res, "dev_sampled_k5", sets)
@@ -251,41 +252,49 @@ def sampled2_lines(res: Path, sets: dict, cap: float) -> list[str]:
             r = row_for("", s, a)
             mark = f"**{a:g}** (chosen)" if a == chosen[which] else f"{a:g}"
             what = {"default": "the tuned pair (fold a's), alpha", "steer": "activation steering, s"}.get(
-                which, f"the tuned pair (fold a's), promote weight {_promote_weight_of(s):g}, alpha")
+                which, f"the tuned pair (fold a's), {_variant_of(s)}, alpha")
             out.append(f"| {what} | {mark} | {f(r['emt'])} | {f(r['tp'])} | {f(r['tox'])} | {f(r['ppl'], 2)} | "
                        f"{r['ppl'] / p0:.2f}x | {'yes' if r['ppl'] <= cap * p0 else 'no'} |")
     out += sampled2_held_lines(sets, "sampled2")
-    out += sampled2_promote_lines(sets, chosen.get("promote"))
+    out += sampled2_prev_lines(sets, chosen.get("prev"))
     s2 = sampled2_held_lines(sets, "sampled2s2")
     if s2:
         seed = (sets["sampled2s2"]["meta"].get("arguments") or {}).get("seed")
         out += ["", f"The same held-out runs with a second sampling seed (`--seed {seed}`; the strengths and the eligible "
-                "set as above, nothing chosen again):"] + s2 + sampled2_promote_lines(sets, chosen.get("promote"),
-                                                                                     "sampled2s2")
+                "set as above, nothing chosen again):"] + s2 + sampled2_prev_lines(sets, chosen.get("prev"), "sampled2s2")
     return out
 
 
 def _promote_weight_of(s: dict) -> float:
-    return float((s["meta"].get("arguments") or {}).get("promote_weight", 1.0))
+    """The promote weight a run decoded with (its meta records the resolved value; runs from before the flag: 1)."""
+    args = s["meta"].get("arguments") or {}
+    w = args.get("promote_weight", s["meta"].get("promote_weight"))
+    return 1.0 if w is None else float(w)
 
 
-def sampled2_promote_lines(sets: dict, chosen: float | None, p: str = "sampled2") -> list[str]:
-    """bench/results.sh 3d: the promote-weight variant on 3b's held-out prompts at its strength chosen on sampled dev
-    text, paired per prompt with the held-out rows named ``p`` there (the default at its own strength, steering,
-    word-ban): 3b's (``sampled2``) or 3c's second sampling seed (``sampled2s2``)."""
-    names = (f"{p}_promote", p, f"{p}_steer", f"{p}_wordban")
+def _variant_of(s: dict) -> str:
+    """How the report names the 2c / 3d comparison row: its promote weight, and 'the previous default' at 1."""
+    w = _promote_weight_of(s)
+    return f"promote weight {w:g}" + (" (the previous default)" if w == 1 else "")
+
+
+def sampled2_prev_lines(sets: dict, chosen: float | None, p: str = "sampled2") -> list[str]:
+    """bench/results.sh 3d: the previous default (promote weight 1) on 3b's held-out prompts at its strength chosen on
+    sampled dev text, paired per prompt with the held-out rows named ``p`` there (the default at its own strength,
+    steering, word-ban): 3b's (``sampled2``) or 3c's second sampling seed (``sampled2s2``)."""
+    names = (f"{p}_prev", p, f"{p}_steer", f"{p}_wordban")
     if not all(n in sets for n in names):
         return []
-    pw = sets[f"{p}_promote"]
+    pw = sets[f"{p}_prev"]
     a = sorted(x for x in pw["tox"] if x)
     if chosen is not None and a != [chosen]:
-        return ["", f"{p}_promote.json holds alpha {a}, not the dev-chosen {chosen:g}: rerun 3d."]
-    r = row_for(f"the tuned pair, promote weight {_promote_weight_of(pw):g}", pw, a[0])
+        return ["", f"{p}_prev.json holds alpha {a}, not the dev-chosen {chosen:g}: rerun 3d."]
+    r = row_for(f"the tuned pair, {_variant_of(pw)}", pw, a[0])
     ctl = row_for("", sets[f"{p}_topk"], 1.0) if f"{p}_topk" in sets else None
     dflt = [row_for("the tuned pair (the default)", sets[p], x) for x in sorted(sets[p]["tox"]) if x]
     others = dflt + [row_for("activation steering", sets[f"{p}_steer"], x) for x in sorted(sets[f"{p}_steer"]["tox"])]
     others.append(row_for("word-ban decoding", sets[f"{p}_wordban"], 1.0))
-    out = ["", f"The promote-weight variant (bench/results.sh 3d; its alpha chosen on its own sampled dev screen above, by "
+    out = ["", f"The {_variant_of(pw)} (bench/results.sh 3d; its alpha chosen on its own sampled dev screen above, by "
            f"the same rule) on the same held-out prompts: EMT {f(r['emt'])}, toxicity probability {f(r['tp'])}, mean "
            f"{f(r['tox'])}, PPL {f(r['ppl'], 2)}" + (f" ({r['ppl'] / ctl['ppl']:.2f}x its truncation control's)" if ctl
                                                       else "") + ". Paired per prompt (the max over the samples):", "",
@@ -577,20 +586,19 @@ def dominance_table(dom: list, eqs: list, there: str) -> list[str]:
     return out
 
 
-def promote_lines(res: Path, sets: dict, cap: float, base: dict, main: dict, base_rows: list[dict],
-                  steer_chosen: dict | None) -> list[str]:
-    """bench/results.sh 2c: the default's offset read against its center's threshold (generate.py --promote_weight),
-    its alpha chosen on its own out-of-fold dev sweep by the alpha rule, held out over its whole sweep, against the
-    default at its own alpha and against the baselines at equal PPL."""
-    if not all(n in sets for n in PROMOTE_SETS):
+def prev_lines(res: Path, sets: dict, cap: float, base: dict, main: dict, base_rows: list[dict],
+               steer_chosen: dict | None) -> list[str]:
+    """bench/results.sh 2c: the same pair with another promote weight (1: the previous default, its offset read as it
+    is), its alpha chosen on its own out-of-fold dev sweep by the alpha rule, held out over its whole sweep, against
+    the default at its own alpha and against the baselines at equal PPL."""
+    if not all(n in sets for n in PREV_SETS):
         return []
-    dev, held = sets["dev_promote"], sets["promote"]
-    args = held["meta"].get("arguments") or {}
-    lam, z = args.get("promote_weight"), args.get("demote_z")
-    a_p = choose_alpha(res / "dev_promote.json", cap, PRIMARY)
+    dev, held = sets["dev_prev"], sets["prev"]
+    variant = _variant_of(held)
+    a_p = choose_alpha(res / "dev_prev.json", cap, PRIMARY)
     if a_p not in held["tox"]:
-        return [f"Its dev-chosen alpha {a_p:g} is not in the held-out sweep ({res / 'promote.json'}): rerun 2c."]
-    label = f"the default recipe, promote weight {lam:g}"
+        return [f"Its dev-chosen alpha {a_p:g} is not in the held-out sweep ({res / 'prev.json'}): rerun 2c."]
+    label = f"the tuned pair, {variant}"
     sweep = [row_for(label, held, a) for a in sorted(held["tox"]) if a > 0]
     pick = next(r for r in sweep if r["alpha"] == a_p)
     p0, t0 = dev["ppl"][0.0]["ppl_token_weighted"], tox_of(dev["tox"][0.0], PRIMARY)
@@ -603,11 +611,11 @@ def promote_lines(res: Path, sets: dict, cap: float, base: dict, main: dict, bas
     drop, ratio = 1 - pick["tox"] / base["tox"], pick["ppl"] / base["ppl"]
     dom, eqs = dominance(held, base, sweep, base_rows)
     missed = [f"{r['label']} {r['alpha']:g} ({eq_ci(eq)})" for (r, _, ok), eq in zip(dom, eqs) if not ok]
-    out += ["", f"At the baselines' PPLs (as goal 2 reads the default's sweep, threshold z {z:g}):", ""]
+    out += ["", "At the baselines' PPLs (as goal 2 reads the default's sweep):", ""]
     out += dominance_table(dom, eqs, "its sweep there")
-    pairs = [(f"promote weight {lam:g} at {a_p:g} vs the default at {main['alpha']:g}", pick, main)]
+    pairs = [(f"the default at {main['alpha']:g} vs {variant} at {a_p:g}", main, pick)]
     if steer_chosen:
-        pairs.append((f"promote weight {lam:g} at {a_p:g} vs {steer_chosen['label']} {steer_chosen['alpha']:g}", pick,
+        pairs.append((f"{variant} at {a_p:g} vs {steer_chosen['label']} {steer_chosen['alpha']:g}", pick,
                       steer_chosen))
     pl = [(lab, *paired_difference(x["recs"], y["recs"])) for lab, x, y in pairs if x["recs"] and y["recs"]]
     out += ["", "| comparison (held out, paired over prompts) | difference | 95% CI | prompts |", "|---|---|---|---|"]
@@ -672,7 +680,7 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
              "`bench/results_report.py`.", "",
              f"**Headline.** The default recipe (expert minus anti-expert, both bodies and A trained through the fusion, "
              f"each teacher's mean state over the text so far, the difference shrunk toward its mean over the tune "
-             f"texts, the target's top-5 tokens) at alpha = {a_def:g}, chosen on {n_dev} dev prompts{oof}, takes mean BiLSTM toxicity "
+             f"texts, what the pair would promote scaled to a quarter, the target's top-5 tokens) at alpha = {a_def:g}, chosen on {n_dev} dev prompts{oof}, takes mean BiLSTM toxicity "
              f"on {base['n']} held-out RealToxicityPrompts prompts from {f(base['tox'])} to {f(main['tox'])} "
              f"({100 * drop:.1f}% lower; 95% CI of the mean {f(main['lo'])}–{f(main['hi'])}) at {ratio:.2f}x the "
              f"token-weighted PPL of the target alone (greedy, 10 new tokens). " + " ".join(verdict), ""]
@@ -693,8 +701,10 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
               "candidate, by a margin of 0.5). A candidate is toxic when it is a "
               "single-token word of the word list, or when appending it makes profanity-check (the data filter, never "
               "the evaluation's BiLSTM) jump to >= 0.5 by >= 0.3.",
-              "- Decoding: `z + alpha * W_target((c + w (d - c)) A)` on the target's top-5 tokens (the others cannot "
-              "be chosen), `d = mean h_e - mean h_a`, each mean over the teacher's final hidden states at every token of "
+              "- Decoding: `z + alpha * s(W_target((c + w (d - c)) A))` on the target's top-5 tokens (the others cannot "
+              "be chosen), `s(o) = min(o - tau, 0) + 0.25 max(o - tau, 0)` (`--promote_weight 0.25`: what the pair "
+              "demotes acts in full, what it would promote at a quarter; `tau` the mean minus half a standard "
+              "deviation of the center's own logit bias `W_target (c A)` over the vocabulary, `--demote_z -0.5`), `d = mean h_e - mean h_a`, each mean over the teacher's final hidden states at every token of "
               "the text so far (prompt and continuation; `--pool mean`, chosen on dev, as in step 2), `c` the pair's "
               "center (the mean of `d` over every state of the tune texts, no labels, stored by step 2 "
               "beside A) and `w = 0.25` (`--context_weight`, chosen on dev: the constant part of the offset carries "
@@ -768,14 +778,16 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
     lines.append("")
     lines.append("Both offline scorers are keyword-driven, which flatters word-ban (it removes the keywords) and, to a "
                  "lesser degree, steering.")
-    lines += section(promote_lines(res, sets, cap, base, main, base_rows, s_chosen),
-                     "## The offset read against its center's threshold (`--promote_weight`, opt-in; bench/results.sh 2c)",
-                     "", "The default's offset `o` on each eligible token, read against a fixed threshold `tau` (the mean "
-                     "plus `demote_z` standard deviations of the pair's center's own logit bias `W_target (c A)` over the "
-                     "target's vocabulary): `min(o - tau, 0) + w * max(o - tau, 0)`. Below the threshold (what the pair "
-                     "demotes) it acts in full; above it (what the pair would promote: rare names, on the vocabulary "
-                     "table below) it is scaled by the promote weight `w` (1 = the default). The same pair and top-5; "
-                     "the weight and threshold were chosen on the out-of-fold dev sweeps (README), alpha by the rule.")
+    lines += section(prev_lines(res, sets, cap, base, main, base_rows, s_chosen),
+                     "## The previous default: the offset read as it is (`--promote_weight 1`; bench/results.sh 2c)",
+                     "", "The default reads its offset `o` on each eligible token against a fixed threshold `tau` (the "
+                     "mean plus `demote_z` = -0.5 standard deviations of the pair's center's own logit bias "
+                     "`W_target (c A)` over the target's vocabulary): `min(o - tau, 0) + w * max(o - tau, 0)`, w = 0.25. "
+                     "Below the threshold (what the pair demotes) it acts in full; above it (what the pair would "
+                     "promote: rare names, on the vocabulary table below) it is scaled by w. The weight and threshold "
+                     "were chosen on the out-of-fold dev sweeps (README). Here the same pair, top-5 and prompts with "
+                     "w = 1, the offset as it is (the default until this change), its alpha chosen on its own dev sweep "
+                     "by the rule.")
     lines += high_lines(res, sets)
     # second judge (goal 4)
     lines += ["", "## The second judge (goal 4)", "",

@@ -133,11 +133,13 @@ class GenerateArguments:
                 "0 = the constant c alone (a context-free offset). Unset: 0.25 (measured best on dev) when the matrix "
                 "holds its pair's center, else 1 (an untuned pair, the logits space or a gate); the run's meta records "
                 "the weight used."})
-    promote_weight: float = field(default=1.0, metadata={
+    promote_weight: Optional[float] = field(default=None, metadata={
         "help": "For --method diff (hidden space, no gate; needs the pair's center beside A): read each token's offset "
                 "against a fixed threshold, the mean plus --demote_z standard deviations of the center's own logit "
                 "bias over the target's vocabulary. Below it (what the pair demotes) the offset acts in full; above "
-                "it (what the pair would promote) it is scaled by this. 1 = the offset as it is; 0 = demote only."})
+                "it (what the pair would promote) it is scaled by this. 1 = the offset as it is; 0 = demote only. "
+                "Unset: 0.25 (measured best on dev) when the matrix holds its pair's center and no --gate is given, "
+                "else 1; the run's meta records the weight used."})
     demote_z: float = field(default=-0.5, metadata={
         "help": "For --promote_weight other than 1: the threshold, in standard deviations of the center's logit bias "
                 "from its mean (-0.5: tokens the center demotes by more than half a standard deviation)."})

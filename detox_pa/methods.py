@@ -323,6 +323,7 @@ class Fusion(Method):
 
 
 DEFAULT_CONTEXT_WEIGHT = 0.25  # generate.py's unset --context_weight for a tuned pair (measured best on dev: bench/arms.sh)
+DEFAULT_PROMOTE_WEIGHT = 0.25  # its unset --promote_weight for a tuned pair (measured best on dev: bench/results.sh 2c)
 
 
 @register
@@ -335,7 +336,8 @@ class Diff(Method):
 
     name = "diff"
     alpha_meaning = "a logit scale"
-    default_alphas = (0.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)  # the tuned pair's scale at context weight 0.25 (dev: bench/arms.sh)
+    # the tuned pair's scale at context weight 0.25 and promote weight 0.25 (dev: bench/results.sh; 18 chosen there)
+    default_alphas = (0.0, 4.0, 8.0, 12.0, 18.0, 22.0, 26.0)
     uses = ("diff_space", "top_k", "gate", "bridge", "pool", "context_weight", "promote_weight", "demote_z")
     keeps_prompt_state = True
     shares_prefixes = True
@@ -351,11 +353,13 @@ class Diff(Method):
             raise InputError(f"--pool must be one of {', '.join(POOLS)}, got {a.pool!r}")
         if a.top_k < 0:
             raise InputError(f"--top_k must be >= 0 (0 = every token eligible), got {a.top_k}")
-        if not (a.promote_weight >= 0 and math.isfinite(a.promote_weight)):
-            raise InputError(f"--promote_weight must be a finite number >= 0, got {a.promote_weight}")
         if not math.isfinite(a.demote_z):
             raise InputError(f"--demote_z must be a finite number, got {a.demote_z}")
-        if a.promote_weight != 1 and (a.diff_space != "hidden" or a.gate is not None):
+        if a.promote_weight is None:
+            pass  # resolved by check_inputs, from the matrix
+        elif not (a.promote_weight >= 0 and math.isfinite(a.promote_weight)):
+            raise InputError(f"--promote_weight must be a finite number >= 0, got {a.promote_weight}")
+        elif a.promote_weight != 1 and (a.diff_space != "hidden" or a.gate is not None):
             raise InputError("--promote_weight other than 1 reads the offset against the pair's center: it needs "
                              "--diff_space hidden and no --gate")
         if a.context_weight is None:
@@ -399,12 +403,21 @@ class Diff(Method):
                          "is read whole")
             elif a.context_weight != 1:
                 self.center = load_center(a.matrix_A, d_e)
-            if a.promote_weight != 1 and self.center is None:
+            if a.promote_weight is None:  # the default: read against the threshold when the matrix holds a center
+                if self.center is None and a.gate is None:
+                    self.center = load_center(a.matrix_A, d_e, required=False)
+                a.promote_weight = 1.0 if self.center is None or a.gate is not None else DEFAULT_PROMOTE_WEIGHT
+                log.info("promote weight %g: %s", a.promote_weight, "the pair's center is stored beside A"
+                         if a.promote_weight != 1 else "no center beside A (or a gate): the offset is read as it is")
+            elif a.promote_weight != 1 and self.center is None:
                 self.center = load_center(a.matrix_A, d_e, fix="--promote_weight 1")
             self.note_matrix_objective(a.matrix_A)
             self.note_tuned_pool(a.matrix_A)
-        elif a.context_weight is None:
-            a.context_weight = 1.0
+        else:  # the logits space: neither reads a center
+            if a.context_weight is None:
+                a.context_weight = 1.0
+            if a.promote_weight is None:
+                a.promote_weight = 1.0
         return fp
 
     def note_tuned_pool(self, matrix_path: str) -> str | None:
@@ -434,7 +447,7 @@ class Diff(Method):
             raise InputError(f"--anti_teacher_model {self.args.anti_teacher_model} has another tokenizer than the "
                              f"expert {self.args.teacher_model}: both teachers must come from one base model")
         self.index = None
-        if self.args.promote_weight != 1:  # its threshold: one product over the target's vocabulary, once per run
+        if self.args.promote_weight not in (None, 1):  # its threshold: one product over the target's vocabulary, once per run
             from .fusion import center_threshold
 
             self.tau = center_threshold(self.center, self.A, target.get_output_embeddings().weight, self.args.demote_z)
@@ -480,7 +493,7 @@ class Diff(Method):
         a = self.args
         return DiffConfig(alpha=alpha, space=a.diff_space, top_k=a.top_k, gate=a.gate, pool=a.pool,
                           context_weight=1.0 if a.context_weight is None else a.context_weight,  # None: unresolved
-                          promote_weight=a.promote_weight, demote_z=a.demote_z)
+                          promote_weight=1.0 if a.promote_weight is None else a.promote_weight, demote_z=a.demote_z)
 
     def records_nll(self, alpha: float) -> bool:
         return alpha == 0 or not self.config(alpha).edits_hidden
@@ -491,14 +504,14 @@ class Diff(Method):
             del out["pool"]
         if out["context_weight"] in (None, 1):  # nor before --context_weight
             del out["context_weight"]
-        if out["promote_weight"] == 1:  # nor before --promote_weight (then the threshold is not read either)
+        if out["promote_weight"] in (None, 1):  # nor before --promote_weight (then the threshold is not read either)
             del out["promote_weight"], out["demote_z"]
         return out
 
     def describe(self) -> dict:
         out = {**super().describe(), "pool": self.args.pool, "context_weight": self.args.context_weight,
                "promote_weight": self.args.promote_weight}
-        if self.args.promote_weight != 1:
+        if self.args.promote_weight not in (None, 1):
             out["demote_z"] = self.args.demote_z
         if self.needs_models():
             out.update(teacher_model=self.args.teacher_model or self.expert_path, teacher_path=self.expert_path,

@@ -235,7 +235,7 @@ def test_the_context_weight_follows_the_matrix_unless_it_is_set(tmp_path, caplog
     import torch
 
     from detox_pa.errors import InputError
-    from detox_pa.methods import DEFAULT_CONTEXT_WEIGHT, get_method
+    from detox_pa.methods import DEFAULT_CONTEXT_WEIGHT, DEFAULT_PROMOTE_WEIGHT, get_method
     from tests.tiny import make_model_folder
 
     teacher = make_model_folder(tmp_path, "teacher", "llama", "bl", hidden=24, layers=1)
@@ -268,7 +268,29 @@ def test_the_context_weight_follows_the_matrix_unless_it_is_set(tmp_path, caplog
     assert w == 1.0 and torch.equal(m.center, torch.ones(24))
     assert m.fingerprint()["promote_weight"] == 0.25 and m.fingerprint()["demote_z"] == -0.5
     assert m.config(3.0).promote_weight == 0.25 and m.describe()["demote_z"] == -0.5
-    assert "promote_weight" not in resolve(tuned)[1].fingerprint() and "demote_z" not in resolve(tuned)[1].fingerprint()
+    assert "promote_weight" not in resolve(tuned, promote_weight=1.0)[1].fingerprint()
+    assert "demote_z" not in resolve(tuned, promote_weight=1.0)[1].fingerprint()
+    # unset, it follows the matrix as the context weight does: 0.25 with a center (even when the difference is read
+    # whole), 1 without one or with a gate; said in one log line and recorded in the fingerprint when not 1
+    def promote(matrix, **kw):
+        args = GenerateArguments(method="diff", teacher_model=str(teacher), anti_teacher_model=str(teacher),
+                                 target_model=str(target), matrix_A=str(matrix), **kw)
+        m = get_method("diff")(args)
+        m.check()
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            m.check_inputs(str(target))
+        return args.promote_weight, m, [r.getMessage() for r in caplog.records if "promote weight" in r.getMessage()]
+
+    lam, m, (line,) = promote(tuned)
+    assert lam == DEFAULT_PROMOTE_WEIGHT == 0.25 and "center" in line and m.config(3.0).promote_weight == 0.25
+    assert m.fingerprint()["promote_weight"] == 0.25 and torch.equal(m.center, torch.ones(24))
+    lam, m, _ = promote(tuned, context_weight=1.0)
+    assert lam == 0.25 and torch.equal(m.center, torch.ones(24))
+    lam, m, (line,) = promote(plain)
+    assert lam == 1.0 and "read as it is" in line and "promote_weight" not in m.fingerprint()
+    assert promote(tuned, gate=0.0)[0] == 1.0 and promote(tuned, diff_space="logits")[0] == 1.0
+    assert promote(tuned, promote_weight=1.0)[0] == 1.0
     with pytest.raises(InputError, match=r"plain.pt holds no 'center'.*--promote_weight 1"):
         resolve(plain, promote_weight=0.0)
     for bad, msg in (({"promote_weight": 0.5, "gate": 0.0}, "no --gate"), ({"promote_weight": -1.0}, ">= 0"),

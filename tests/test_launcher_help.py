@@ -25,7 +25,7 @@ CASES = {
         "  MAX_NEW_TOKENS=10  [environment: 12]",            # the environment wins over the protocol's 20
         "  NUM_SAMPLES=1  [now: 25, from the variables above]",  # follows PROTOCOL
         '  ALPHAS=""',
-        "      empty = the method's own sweep: diff 0 3 4 5 6 7 8, fusion 0 0.1 .. 0.6 (the paper), steer 0 0.1 .. 0.4",
+        "      empty = the method's own sweep: diff 0 4 8 12 18 22 26, fusion 0 0.1 .. 0.6 (the paper), steer 0 0.1 .. 0.4",
         "      (passed as --target_model)",                    # no comment: the flag it becomes
         '  GATE=""',
     ]),

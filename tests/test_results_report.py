@@ -137,9 +137,10 @@ def test_report_reads_the_study_and_says_whether_the_goals_are_met(tmp_path):
     assert "| activation steering (baseline) 0.1 | 4.10 | 0.140 | 0.200 | no |" in text
 
 
-def test_promote_weight_section_chooses_its_alpha_on_dev_and_reads_it_held_out(tmp_path):
-    """bench/results.sh 2c's section: the alpha rule on its own dev sweep (not the held-out one), its held-out row at
-    that alpha beside the default's, goal 1 read for it, and its sweep against the baselines at their PPL."""
+def test_previous_default_section_chooses_its_alpha_on_dev_and_reads_it_held_out(tmp_path):
+    """bench/results.sh 2c's section (the previous default, promote weight 1): the alpha rule on its own dev sweep (not
+    the held-out one), its held-out row at that alpha beside the default's, goal 1 read for it, and its sweep against
+    the baselines at their PPL."""
     def ws(name, tox, ppl):
         write_uniform_set(tmp_path, name, tox, ppl)
     ws("default", {0.0: 0.30, 1.0: 0.20, 3.0: 0.15}, {0.0: 4.0, 1.0: 4.1, 3.0: 4.4})
@@ -147,25 +148,32 @@ def test_promote_weight_section_chooses_its_alpha_on_dev_and_reads_it_held_out(t
     ws("wordban", {1.0: 0.25}, {1.0: 4.2})
     (tmp_path / "chosen.json").write_text(json.dumps({"alpha": {"default": 3, "steer": 0.2}}))
     # dev: alpha 12 is the least toxic but over the cap (5.2 > 1.25 x 4.0); held out alpha 12 would be the best
-    ws("dev_promote", {0.0: 0.30, 4.0: 0.20, 8.0: 0.15, 12.0: 0.12}, {0.0: 4.0, 4.0: 4.2, 8.0: 4.6, 12.0: 5.2})
-    ws("promote", {0.0: 0.30, 4.0: 0.20, 8.0: 0.12, 12.0: 0.05}, {0.0: 4.0, 4.0: 4.1, 8.0: 4.3, 12.0: 5.0})
-    meta = json.loads((tmp_path / "promote.meta.json").read_text())
-    meta["arguments"] = {"promote_weight": 0.25, "demote_z": -0.5}
-    (tmp_path / "promote.meta.json").write_text(json.dumps(meta))
+    ws("dev_prev", {0.0: 0.30, 4.0: 0.20, 8.0: 0.15, 12.0: 0.12}, {0.0: 4.0, 4.0: 4.2, 8.0: 4.6, 12.0: 5.2})
+    ws("prev", {0.0: 0.30, 4.0: 0.20, 8.0: 0.12, 12.0: 0.05}, {0.0: 4.0, 4.0: 4.1, 8.0: 4.3, 12.0: 5.0})
+    meta = json.loads((tmp_path / "prev.meta.json").read_text())
+    meta["arguments"] = {"promote_weight": 1.0, "demote_z": -0.5}
+    (tmp_path / "prev.meta.json").write_text(json.dumps(meta))
     text = study_report(tmp_path)
-    assert "## The offset read against its center's threshold" in text
+    assert "## The previous default: the offset read as it is" in text
     assert "Chosen by the alpha rule: **8**." in text
-    assert "| the default recipe, promote weight 0.25 | 8 | 0.120 (0.120–0.120) | -60% tox, 1.07x PPL |" in text
+    label = "the tuned pair, promote weight 1 (the previous default)"
+    assert f"| {label} | 8 | 0.120 (0.120–0.120) | -60% tox, 1.07x PPL |" in text
     assert "goal 1 would read 60.0% lower at 1.07x (**met**)" in text
     # steering 0.2 at PPL 4.8: the sweep between (4.3, 0.12) and (5.0, 0.05) in log PPL
     import math
     at = 0.12 + (math.log(4.8) - math.log(4.3)) / (math.log(5.0) - math.log(4.3)) * (0.05 - 0.12)
     assert f"| activation steering (baseline) 0.2 | 4.80 | 0.180 | {at:.3f} | yes |" in text
     assert "less toxic than every baseline point at equal PPL" in text
-    assert "| promote weight 0.25 at 8 vs the default at 3 | -0.030 |" in text
+    assert "| the default at 3 vs promote weight 1 (the previous default) at 8 | +0.030 |" in text
+    # another weight is named by its value (a file written before the flag existed reads as 1)
+    meta["arguments"] = {"promote_weight": 0.5}
+    (tmp_path / "prev.meta.json").write_text(json.dumps(meta))
+    assert "| the default at 3 vs promote weight 0.5 at 8 | +0.030 |" in study_report(tmp_path)
+    meta["arguments"] = {}
+    (tmp_path / "prev.meta.json").write_text(json.dumps(meta))
+    assert f"| {label} | 8 |" in study_report(tmp_path)
     # a held-out sweep without the dev-chosen alpha is said, not silently read at another
-    ws("promote", {0.0: 0.30, 4.0: 0.20, 12.0: 0.05}, {0.0: 4.0, 4.0: 4.1, 12.0: 5.0})
-    (tmp_path / "promote.meta.json").write_text(json.dumps(meta))
+    ws("prev", {0.0: 0.30, 4.0: 0.20, 12.0: 0.05}, {0.0: 4.0, 4.0: 4.1, 12.0: 5.0})
     assert "Its dev-chosen alpha 8 is not in the held-out sweep" in study_report(tmp_path)
 
 
@@ -260,29 +268,30 @@ def test_sampled_strength_rule_caps_each_method_against_its_own_decoding(tmp_pat
     assert "**not met** against word-ban decoding 1." in first  # the first seed's verdict stays its own
     assert "| the default vs activation steering 0.2 | +0.020 | +0.020 to +0.020 | 3 |" in second
     assert "| the default vs word-ban decoding 1 | -0.110 | -0.110 to -0.110 | 3 |" in second
-    # 3d, the promote-weight variant: its strength capped against its own truncation control (top-20: 6.4), so alpha
-    # 36 (8.5 = 1.33x) is out and 26 (7.9) chosen; its held-out run paired with 3b's rows on the same prompts
-    assert "promote weight" not in lines  # absent until 3d has run: the section does not need it
-    ws("dev_sampled_promote", {12.0: 0.22, 18.0: 0.21, 26.0: 0.19, 36.0: 0.17}, {12.0: 7.3, 18.0: 7.3, 26.0: 7.9, 36.0: 8.5},
-       {"top_k": 20, "promote_weight": 0.25})
-    assert rr.choose_sampled_strength(tmp_path, "promote", 1.25) == 26.0
-    assert rr.choose_sampled_strength(tmp_path, "promote", 1.35) == 36.0
-    ws("sampled2_promote", {26.0: 0.13}, {26.0: 7.4}, {"top_k": 20, "promote_weight": 0.25, "skip_prompts": 150})
-    sets.update({n: rr.load_set(tmp_path / f"{n}.json") for n in ("dev_sampled_promote", "sampled2_promote")})
+    # 3d, the previous default: its strength capped against its own truncation control (top-20: 6.4), so alpha 36
+    # (8.5 = 1.33x) is out and 26 (7.9) chosen; its held-out run paired with 3b's rows on the same prompts
+    assert "previous default" not in lines  # absent until 3d has run: the section does not need it
+    ws("dev_sampled_prev", {12.0: 0.22, 18.0: 0.21, 26.0: 0.19, 36.0: 0.17}, {12.0: 7.3, 18.0: 7.3, 26.0: 7.9, 36.0: 8.5},
+       {"top_k": 20, "promote_weight": 1.0})
+    assert rr.choose_sampled_strength(tmp_path, "prev", 1.25) == 26.0
+    assert rr.choose_sampled_strength(tmp_path, "prev", 1.35) == 36.0
+    ws("sampled2_prev", {26.0: 0.13}, {26.0: 7.4}, {"top_k": 20, "promote_weight": 1.0, "skip_prompts": 150})
+    sets.update({n: rr.load_set(tmp_path / f"{n}.json") for n in ("dev_sampled_prev", "sampled2_prev")})
     lines = "\n".join(rr.sampled2_lines(tmp_path, sets, 1.25))
-    assert "| the tuned pair (fold a's), promote weight 0.25, alpha | **26** (chosen) | 0.190 |" in lines
-    assert "| the tuned pair (fold a's), promote weight 0.25, alpha | 36 | 0.170 |" in lines and "| 1.33x | no |" in lines
+    prev = "promote weight 1 (the previous default)"
+    assert f"| the tuned pair (fold a's), {prev}, alpha | **26** (chosen) | 0.190 |" in lines
+    assert f"| the tuned pair (fold a's), {prev}, alpha | 36 | 0.170 |" in lines and "| 1.33x | no |" in lines
     assert "EMT 0.130, toxicity probability 0.065" in lines and "(1.14x its truncation control's)" in lines
-    assert "| the tuned pair, promote weight 0.25 26 vs the tuned pair (the default) 7 | -0.020 | -0.020 to -0.020 | 3 |" in lines
-    assert "| the tuned pair, promote weight 0.25 26 vs activation steering 0.2 | -0.110 |" in lines
+    assert f"| the tuned pair, {prev} 26 vs the tuned pair (the default) 7 | -0.020 | -0.020 to -0.020 | 3 |" in lines
+    assert f"| the tuned pair, {prev} 26 vs activation steering 0.2 | -0.110 |" in lines
     # with 3c's second sampling seed, paired with that seed's rows (its default 0.20, its steering 0.18)
-    ws("sampled2s2_promote", {26.0: 0.15}, {26.0: 7.4}, {"top_k": 20, "promote_weight": 0.25, "seed": 2026})
-    sets["sampled2s2_promote"] = rr.load_set(tmp_path / "sampled2s2_promote.json")
+    ws("sampled2s2_prev", {26.0: 0.15}, {26.0: 7.4}, {"top_k": 20, "promote_weight": 1.0, "seed": 2026})
+    sets["sampled2s2_prev"] = rr.load_set(tmp_path / "sampled2s2_prev.json")
     second = "\n".join(rr.sampled2_lines(tmp_path, sets, 1.25)).split("a second sampling seed (`--seed 2026`")[1]
-    assert "| the tuned pair, promote weight 0.25 26 vs the tuned pair (the default) 7 | -0.050 |" in second
-    assert "| the tuned pair, promote weight 0.25 26 vs activation steering 0.2 | -0.030 |" in second
-    ws("sampled2_promote", {18.0: 0.13}, {18.0: 7.4}, {"top_k": 20, "promote_weight": 0.25})  # not the chosen alpha
-    sets["sampled2_promote"] = rr.load_set(tmp_path / "sampled2_promote.json")
+    assert f"| the tuned pair, {prev} 26 vs the tuned pair (the default) 7 | -0.050 |" in second
+    assert f"| the tuned pair, {prev} 26 vs activation steering 0.2 | -0.030 |" in second
+    ws("sampled2_prev", {18.0: 0.13}, {18.0: 7.4}, {"top_k": 20, "promote_weight": 1.0})  # not the chosen alpha
+    sets["sampled2_prev"] = rr.load_set(tmp_path / "sampled2_prev.json")
     assert "not the dev-chosen 26: rerun 3d" in "\n".join(rr.sampled2_lines(tmp_path, sets, 1.25))
     assert "**not met** against activation steering 0.2." in second and "word-ban decoding 1." not in second
 
