@@ -10,8 +10,9 @@
 #
 # The default recipe (RECIPE=diff): an expert teacher on the clean completions and an anti-expert on the
 # toxic ones (3 layers of SmolLM2, frozen output layer), A fitted so the target's output layer reads the
-# teachers' states as the teachers do (OBJECTIVE=logits), and the target's logits moved by
-# alpha * W_target((h_expert - h_anti) A) over its top-5 tokens. Alpha 0 is the target alone.
+# teachers' states as the teachers do (OBJECTIVE=logits), both teachers and A then tuned through the fusion, and
+# the target's logits moved by alpha * W_target((h_expert - h_anti) A) over its top-5 tokens (the difference shrunk
+# toward its center, and what the pair would promote scaled to a quarter: README). Alpha 0 is the target alone.
 # On a CPU with 2+ cores and no GPU, generation runs as 2 single-thread ranks (NPROC=2, the same output
 # as one process, about 25% faster); NPROC=1 turns that off.
 #
@@ -59,7 +60,7 @@ if [[ "$SMOKE" == 1 ]]; then
   # tiny budget: a few training steps, one alignment epoch, 8 prompts, two alphas
   export MAX_STEPS=${MAX_STEPS:-6} EPOCHS=${EPOCHS:-1} MAX_PROMPTS=${MAX_PROMPTS:-8} TEXT_ROWS=${TEXT_ROWS:-40}
   export TUNE_TEXT_ROWS=${TUNE_TEXT_ROWS:-48} TUNE_EPOCHS=${TUNE_EPOCHS:-1}
-  if [[ "$RECIPE" == paper ]]; then export ALPHAS=${ALPHAS:-"0 0.4"}; else export ALPHAS=${ALPHAS:-"0 3"}; fi
+  if [[ "$RECIPE" == paper ]]; then export ALPHAS=${ALPHAS:-"0 0.4"}; else export ALPHAS=${ALPHAS:-"0 18"}; fi
 fi
 
 if [[ "$FORCE" == 1 ]]; then

@@ -52,8 +52,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-DEFAULT_SWEEP = [0.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]  # diff's default sweep (Diff.default_alphas)
-PROMOTE_WEIGHT = 0.25  # generate.py --promote_weight as measured in docs/RESULTS.md (bench/results.sh 2c)
+DEFAULT_SWEEP = [0.0, 4.0, 8.0, 12.0, 18.0, 22.0, 26.0]  # diff's default sweep (Diff.default_alphas)
 clock = time.process_time  # set in main(): time.process_time (CPU) or time.perf_counter (wall)
 
 
@@ -95,14 +94,17 @@ def diff_method(a, target, tok, teachers, teacher_tok, A):
     args = GenerateArguments(method="diff", top_k=5, anti_teacher_model="x", teacher_model="x", alphas=DEFAULT_SWEEP)
     m = get_method("diff")(args)
     m.target, m.tokenizer, m.expert, m.anti, m.teacher_tok, m.A, m.index = target, tok, *teachers, teacher_tok, A, None
-    # the default context weight reads the pair's center (a zero center where there is none: the same cost)
+    # the default context and promote weights read the pair's center (a zero center where there is none: the same
+    # cost); the promote weight's threshold is computed once, as Diff.load does
     from detox_pa.artifacts import load_center
-    from detox_pa.methods import DEFAULT_CONTEXT_WEIGHT
+    from detox_pa.fusion import center_threshold
+    from detox_pa.methods import DEFAULT_CONTEXT_WEIGHT, DEFAULT_PROMOTE_WEIGHT
 
-    args.context_weight = DEFAULT_CONTEXT_WEIGHT
+    args.context_weight, args.promote_weight = DEFAULT_CONTEXT_WEIGHT, DEFAULT_PROMOTE_WEIGHT
     m.center = load_center(a.matrix, A.shape[0], required=False) if Path(a.matrix).exists() else None
     if m.center is None:
         m.center = torch.zeros(A.shape[0])
+    m.tau = center_threshold(m.center, A, target.get_output_embeddings().weight, args.demote_z)
     return m
 
 
@@ -277,12 +279,9 @@ def main() -> None:
 
     # the same method with its teachers in bfloat16 (generate.py --teacher_dtype bfloat16)
     method16 = diff_method(a, target, tok, [copy.deepcopy(t).to(torch.bfloat16) for t in teachers], teacher_tok, A)
-    # the same method reading its offset against the center's threshold (generate.py --promote_weight 0.25)
-    method_pw = diff_method(a, target, tok, teachers, teacher_tok, A)
-    method_pw.args.promote_weight = PROMOTE_WEIGHT
-    from detox_pa.fusion import center_threshold
-
-    method_pw.tau = center_threshold(method_pw.center, A, target.get_output_embeddings().weight, method_pw.args.demote_z)
+    # the same method reading its offset as it is (generate.py --promote_weight 1, the previous default)
+    method_w1 = diff_method(a, target, tok, teachers, teacher_tok, A)
+    method_w1.args.promote_weight, method_w1.tau = 1.0, None
 
     def ours(alphas, k, b, share=None, nll=post, m=method):
         per, ids = [], []
@@ -348,7 +347,7 @@ def main() -> None:
                              ("ours, per alpha, bf16 teachers", per_alpha16),
                              ("ours, prefix sharing, bf16 teachers", lambda: ours(alphas, k, b, RowShare(), m=method16)[0]),
                              ("floor, bf16 teachers", lambda: floor(alphas, k, b, m=method16)),
-                             ("ours, per alpha, promote weight", lambda: ours(alphas, k, b, m=method_pw)[0])]
+                             ("ours, per alpha, promote weight 1", lambda: ours(alphas, k, b, m=method_w1)[0])]
                 for label, job in (jobs if (k + r) % 2 == 0 else jobs[::-1]):
                     tot[(name, label)] += job()
                 same[name] &= got["old"] == got["new"]  # the same continuations both ways
@@ -385,9 +384,9 @@ def main() -> None:
     print(f"  {one:15s}: with the teachers in bfloat16 (--teacher_dtype bfloat16): ours per alpha {o16:.2f} s = "
           f"{o16 / p:.3f}x plain, with prefix sharing {s16:.2f} s = {s16 / p:.3f}x, the floor {f16:.2f} s = "
           f"{f16 / p:.3f}x; continuations equal to the float32 teachers' {rows16[0]} of {rows16[1]}")
-    pw = best[(one, "ours, per alpha, promote weight")]
-    print(f"  {one:15s}: with --promote_weight {PROMOTE_WEIGHT:g} (the offset read against the center's threshold): ours "
-          f"per alpha {pw:.2f} s = {pw / p:.3f}x plain, {pw / o:.3f}x ours without it")
+    pw = best[(one, "ours, per alpha, promote weight 1")]
+    print(f"  {one:15s}: with --promote_weight 1 (the previous default: the offset read as it is, no threshold): ours "
+          f"per alpha {pw:.2f} s = {pw / p:.3f}x plain; the default's split costs {o / pw:.3f}x that")
     g_o = best[(seven, "ours, per alpha")] - best[(one, "ours, per alpha")]
     g_s = best[(seven, "ours, prefix sharing")] - best[(one, "ours, prefix sharing")]
     g_p = best[(seven, "plain")] - best[(one, "plain")]

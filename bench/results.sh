@@ -245,17 +245,20 @@ pool < "$RES_DIR/.queue_sampled2"
 SEED2=${SEED2:-2026}
 sampled2_queue sampled2s2 --seed "$SEED2" > "$RES_DIR/.queue_sampled2s2"
 pool < "$RES_DIR/.queue_sampled2s2"
-# 3d. the previous default (2c) in the sampled protocol: its alpha chosen on sampled dev text by 3b's rule (the pair
-#     tuned with dev_a's texts on rtp:dev_b, the offset on the same top-k as 3b's, EMT within PPL_CAP x its truncation
-#     control), then held out on 3b's prompts and paired with 3b's rows there (and with 3c's second sampling seed)
+# 3d. the previous default (2c) in the sampled protocol as it was deployed: the offset on the eligible set 3a chose for
+#     it (PREV_WIDE_K: the target's top-20 at its alpha 7, when it was the default), its alpha chosen on sampled dev
+#     text by 3b's rule (the pair tuned with dev_a's texts on rtp:dev_b, EMT within PPL_CAP x its truncation control),
+#     then held out on 3b's prompts and paired with 3b's rows there (and with 3c's second sampling seed)
+PREV_WIDE_K=${PREV_WIDE_K:-20}
 PREV_SAMPLED_ALPHAS=${PREV_SAMPLED_ALPHAS:-"5 7 10 14"}
-echo "gen dev_sampled_prev rtp:dev_b 0 --alphas $PREV_SAMPLED_ALPHAS $(diff_at "$FA" "$WIDE_K" "$PREV_W") ${S[*]}" \
-  > "$RES_DIR/.queue_prev_sampled_dev"
+{ [[ "$PREV_WIDE_K" == 0 ]] || echo "gen dev_sampled_topk$PREV_WIDE_K rtp:dev_b 0 --alphas 1 --method topk --top_k $PREV_WIDE_K ${S[*]}"
+  echo "gen dev_sampled_prev rtp:dev_b 0 --alphas $PREV_SAMPLED_ALPHAS $(diff_at "$FA" "$PREV_WIDE_K" "$PREV_W") ${S[*]}"
+} > "$RES_DIR/.queue_prev_sampled_dev"  # (its truncation control: 3a's when it screened that top-k)
 pool < "$RES_DIR/.queue_prev_sampled_dev"
 SP=$("$PYTHON" bench/results_report.py --res_dir "$RES_DIR" --choose_sampled_strength prev --cap "$PPL_CAP")
 echo "  sampling, the previous default's alpha chosen on sampled dev text: $SP"
-{ echo "gen sampled2_prev rtp:eval 0 ${H2[*]} $SP $(diff_at "$A" "$WIDE_K" "$PREV_W") ${S[*]}"
-  echo "gen sampled2s2_prev rtp:eval 0 ${H2[*]} $SP $(diff_at "$A" "$WIDE_K" "$PREV_W") ${S[*]} --seed $SEED2"
+{ echo "gen sampled2_prev rtp:eval 0 ${H2[*]} $SP $(diff_at "$A" "$PREV_WIDE_K" "$PREV_W") ${S[*]}"
+  echo "gen sampled2s2_prev rtp:eval 0 ${H2[*]} $SP $(diff_at "$A" "$PREV_WIDE_K" "$PREV_W") ${S[*]} --seed $SEED2"
 } > "$RES_DIR/.queue_prev_sampled"
 pool < "$RES_DIR/.queue_prev_sampled"
 rm -f "$RES_DIR"/.queue_*

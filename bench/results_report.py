@@ -309,21 +309,26 @@ def sampled2_prev_lines(sets: dict, chosen: float | None, p: str = "sampled2") -
 
 def sampled2_held_lines(sets: dict, p: str) -> list[str]:
     """The held-out rows of the strength-chosen sampled protocol (the runs named ``p``, ``p``_topk, _steer,
-    _wordban), the paired EMT differences, the truncation share and the goal-3 verdict."""
-    names = (p, f"{p}_topk", f"{p}_steer", f"{p}_wordban")
+    _wordban; no ``p``_topk when every token is eligible: then the truncation control is the target alone), the
+    paired EMT differences, the truncation share and the goal-3 verdict."""
+    if p not in sets:
+        return []
+    k = _top_k_of(sets[p])
+    names = (p, f"{p}_steer", f"{p}_wordban") + ((f"{p}_topk",) if k else ())
     if not all(n in sets for n in names):
         return []
     out = []
     held = [row_for("target alone", sets[p], 0.0)] if 0.0 in sets[p]["tox"] else []
     held += [row_for("the tuned pair (the default)", sets[p], a) for a in sorted(sets[p]["tox"]) if a]
-    k = _top_k_of(sets[p])
-    held.append(row_for(f"target alone, top-{k} only (the truncation control)", sets[f"{p}_topk"], 1.0))
+    if k:
+        held.append(row_for(f"target alone, top-{k} only (the truncation control)", sets[f"{p}_topk"], 1.0))
     held += [row_for("activation steering", sets[f"{p}_steer"], a) for a in sorted(sets[f"{p}_steer"]["tox"])]
     held.append(row_for("word-ban decoding", sets[f"{p}_wordban"], 1.0))
     skip = (sets[p]["meta"].get("arguments") or {}).get("skip_prompts")
     n = len(held[0]["recs"]) or held[0]["n"]
     out += ["", f"Held out: rtp:eval's prompts after the first {skip} ({n} prompts; no sampled run above "
-            f"decodes them), the offset on the target's top-{k}:", "",
+            f"decodes them), the offset on " + (f"the target's top-{k}:" if k else "every token (no truncation: the "
+                                                "target alone is its control):"), "",
             "| setting | strength | EMT | tox. probability | mean tox (95% CI) | PPL Gemma (tw) | PPL SmolLM2 (tw) | "
             "dist-1/2/3 |", "|---|---|---|---|---|---|---|---|"]
     out += [f"| {r['label']} | {r['alpha']:g} | {f(r['emt'])} | {f(r['tp'])} | {f(r['tox'])} ({f(r['lo'])}–{f(r['hi'])}) | "
@@ -342,6 +347,9 @@ def sampled2_held_lines(sets: dict, p: str) -> list[str]:
         share = (alone["emt"] - ctl["emt"]) / (alone["emt"] - dflt["emt"])
         out += ["", f"The restriction alone moves EMT from {f(alone['emt'])} to {f(ctl['emt'])}: {share:.0%} of the "
                 f"default's change ({f(alone['emt'])} -> {f(dflt['emt'])})."]
+    elif alone and dflt and not k:
+        out += ["", "Every token is eligible, so the decoding is restricted by nothing but top-p, as the target "
+                f"alone's: none of the change ({f(alone['emt'])} -> {f(dflt['emt'])}) is a restriction's."]
     baselines = [r for r in held if r["label"] in ("activation steering", "word-ban decoding")]
     if dflt and baselines and pl:
         hi = {lab: h for lab, _, _, h, _ in pl}
@@ -620,7 +628,7 @@ def prev_lines(res: Path, sets: dict, cap: float, base: dict, main: dict, base_r
     pl = [(lab, *paired_difference(x["recs"], y["recs"])) for lab, x, y in pairs if x["recs"] and y["recs"]]
     out += ["", "| comparison (held out, paired over prompts) | difference | 95% CI | prompts |", "|---|---|---|---|"]
     out += [f"| {lab} | {d:+.3f} | {lo:+.3f} to {hi:+.3f} | {n} |" for lab, d, lo, hi, n in pl]
-    out += ["", f"With it, goal 1 would read {100 * drop:.1f}% lower at {ratio:.2f}x "
+    out += ["", f"At its dev-chosen alpha, goal 1 reads {100 * drop:.1f}% lower at {ratio:.2f}x "
             f"(**{'met' if drop >= GOAL_DROP and ratio <= cap else 'not met'}**), and its sweep is "
             + ("less toxic than every baseline point at equal PPL." if not missed else
                f"not less toxic at the PPL of: {', '.join(missed)}.")]
@@ -827,7 +835,8 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
         samp.append(row_for("word-ban decoding", sets["sampled_wordban"], 1.0))
     wide_k = _top_k_of(sets["sampled_wide"]) if "sampled_wide" in sets else None
     if "sampled_wide" in sets:
-        samp += [row_for(f"the tuned pair, top-{wide_k} (the eligible set chosen on dev for sampling)",
+        eligible = f"top-{wide_k}" if wide_k else "every token"
+        samp += [row_for(f"the tuned pair, {eligible} (the eligible set chosen on dev for sampling)",
                          sets["sampled_wide"], a) for a in sorted(sets["sampled_wide"]["tox"])]
     if "sampled_topk_wide" in sets:
         samp.append(row_for(f"target alone, top-{_top_k_of(sets['sampled_topk_wide'])} only (its truncation control)",

@@ -158,7 +158,7 @@ def test_previous_default_section_chooses_its_alpha_on_dev_and_reads_it_held_out
     assert "Chosen by the alpha rule: **8**." in text
     label = "the tuned pair, promote weight 1 (the previous default)"
     assert f"| {label} | 8 | 0.120 (0.120–0.120) | -60% tox, 1.07x PPL |" in text
-    assert "goal 1 would read 60.0% lower at 1.07x (**met**)" in text
+    assert "goal 1 reads 60.0% lower at 1.07x (**met**)" in text
     # steering 0.2 at PPL 4.8: the sweep between (4.3, 0.12) and (5.0, 0.05) in log PPL
     import math
     at = 0.12 + (math.log(4.8) - math.log(4.3)) / (math.log(5.0) - math.log(4.3)) * (0.05 - 0.12)
@@ -294,6 +294,30 @@ def test_sampled_strength_rule_caps_each_method_against_its_own_decoding(tmp_pat
     sets["sampled2_prev"] = rr.load_set(tmp_path / "sampled2_prev.json")
     assert "not the dev-chosen 26: rerun 3d" in "\n".join(rr.sampled2_lines(tmp_path, sets, 1.25))
     assert "**not met** against activation steering 0.2." in second and "word-ban decoding 1." not in second
+
+
+def test_sampled_held_out_section_with_every_token_eligible_needs_no_truncation_run(tmp_path):
+    """When the dev screen makes every token eligible (top-k 0) there is no restriction to control for: the held-out
+    table reads without a _topk run, says the target alone is the control, and the verdict still reads the baselines;
+    with a top-k the truncation run stays required."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import results_report as rr
+
+    held = {"sampled2": ({0.0: 0.44, 18.0: 0.17}, {0.0: 13.3, 18.0: 16.2}, {"top_k": 0, "skip_prompts": 150}),
+            "sampled2_steer": ({0.2: 0.26}, {0.2: 15.6}, {}), "sampled2_wordban": ({1.0: 0.28}, {1.0: 14.1}, {})}
+    for name, (emt, ppl, args) in held.items():
+        write_sampled_set(tmp_path, name, emt, ppl, args)
+    sets = {n: rr.load_set(tmp_path / f"{n}.json") for n in held}
+    lines = "\n".join(rr.sampled2_held_lines(sets, "sampled2"))
+    assert "the offset on every token (no truncation: the target alone is its control):" in lines
+    assert "truncation control)" not in lines and "top-0" not in lines
+    assert "none of the change (0.440 -> 0.170) is a restriction's" in lines
+    assert "| the default vs activation steering 0.2 | -0.090 | -0.090 to -0.090 | 3 |" in lines
+    assert "paired EMT interval below 0): **met**." in lines
+    write_sampled_set(tmp_path, "sampled2", {0.0: 0.44, 18.0: 0.17}, {0.0: 13.3, 18.0: 16.2},
+                      {"top_k": 20, "skip_prompts": 150})
+    sets["sampled2"] = rr.load_set(tmp_path / "sampled2.json")
+    assert rr.sampled2_held_lines(sets, "sampled2") == []  # a top-k without its truncation run: not read
 
 
 def test_equal_ppl_difference_redraws_the_ppls_with_the_toxicities():
