@@ -36,12 +36,14 @@ def test_run_all_smoke_on_the_embedded_default(tmp_path):
     assert side["tuned_pair"] and (out / "alignment" / "expert").is_dir() and (out / "alignment" / "anti_expert").is_dir()
     assert meta["method"] == "diff" and meta["teachers_from"] == "the matrix's sidecar"
     assert meta["anti_teacher_path"].endswith("anti_expert") and meta["teacher_path"].endswith("expert")
+    # the tuned pair's center is stored beside A, so the default context and promote weights resolve to 0.25
+    assert meta["context_weight"] == 0.25 and meta["promote_weight"] == 0.25 and meta["demote_z"] == -0.5
     gens = json.loads((out / "generations.json").read_text())
-    assert [b["alpha"] for b in gens] == [0.0, 3.0]
+    assert [b["alpha"] for b in gens] == [0.0, 18.0]
     assert all(len(b["prompt-response pairs"]) == 8 for b in gens)
     assert gens[0]["prompt-response pairs"] != gens[1]["prompt-response pairs"]
     tox = json.loads((out / "generations_toxicity.json").read_text())
-    assert [t["alpha"] for t in tox] == [0.0, 3.0]
+    assert [t["alpha"] for t in tox] == [0.0, 18.0]
     assert all(0.0 <= t["toxicity_score"] <= 1.0 for t in tox)
     assert tox[0]["scorer"].startswith(("bilstm", "detoxify"))
     ppl = json.loads((out / "generations_ppl.json").read_text())
