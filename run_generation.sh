@@ -42,7 +42,7 @@ ALPHAS=${ALPHAS:-}               # empty = the method's own sweep: diff 0 4 8 12
 ANTI_TEACHER_MODEL=${ANTI_TEACHER_MODEL:-}  # diff: the anti-expert (empty = the one the matrix names; name both or neither)
 DIFF_SPACE=${DIFF_SPACE:-hidden}  # diff: hidden (through A, reaches every target token) | logits (shared tokens)
 TOP_K=${TOP_K:-5}               # diff: only the target's top-k tokens are eligible (0 = all; 5 measured best on dev greedy;
-                                # when sampling (PROTOCOL=dexperts) 20 measured best on dev: docs/RESULTS.md)
+                                # when sampling (PROTOCOL=dexperts) 0, every token, measured best on dev: docs/RESULTS.md)
 POOL=${POOL:-mean}              # diff: mean (each teacher's mean state over the text so far; measured better on dev) | last (at the last token)
 CONTEXT_WEIGHT=${CONTEXT_WEIGHT:-}  # diff: shrink the teachers' difference d toward its mean c over the training texts
                                    # (step 2's center): c + w (d - c); 1 = d as it is; 0 = the constant c alone.

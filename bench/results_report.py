@@ -294,7 +294,7 @@ def sampled2_prev_lines(sets: dict, chosen: float | None, p: str = "sampled2") -
     dflt = [row_for("the tuned pair (the default)", sets[p], x) for x in sorted(sets[p]["tox"]) if x]
     others = dflt + [row_for("activation steering", sets[f"{p}_steer"], x) for x in sorted(sets[f"{p}_steer"]["tox"])]
     others.append(row_for("word-ban decoding", sets[f"{p}_wordban"], 1.0))
-    out = ["", f"The {_variant_of(pw)} (bench/results.sh 3d; its alpha chosen on its own sampled dev screen above, by "
+    out = ["", f"The same pair at {_variant_of(pw)} (bench/results.sh 3d; its alpha chosen on its own sampled dev screen above, by "
            f"the same rule) on the same held-out prompts: EMT {f(r['emt'])}, toxicity probability {f(r['tp'])}, mean "
            f"{f(r['tox'])}, PPL {f(r['ppl'], 2)}" + (f" ({r['ppl'] / ctl['ppl']:.2f}x its truncation control's)" if ctl
                                                       else "") + ". Paired per prompt (the max over the samples):", "",
@@ -786,7 +786,7 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
     lines.append("")
     lines.append("Both offline scorers are keyword-driven, which flatters word-ban (it removes the keywords) and, to a "
                  "lesser degree, steering.")
-    lines += section(prev_lines(res, sets, cap, base, main, base_rows, s_chosen),
+    lines += section(prev_lines(res, sets, cap, base, main, base_rows, s_chosen), "",
                      "## The previous default: the offset read as it is (`--promote_weight 1`; bench/results.sh 2c)",
                      "", "The default reads its offset `o` on each eligible token against a fixed threshold `tau` (the "
                      "mean plus `demote_z` = -0.5 standard deviations of the pair's center's own logit bias "
@@ -895,7 +895,10 @@ def report(res: Path, out: Path, cap: float = PPL_CAP, align_dir: Path | None = 
                   "the method (for the default, its truncation control; for steering, the target alone). A scratch run "
                   "on the first held-out prompts pointed to this rule (README), so it is tested here on the prompts of "
                   "rtp:eval that no sampled run had decoded, with the rule fixed before that run.", ""] + s2
-    missing = [n for n in SETS if n not in sets]
+    # a truncation control is not expected when its run had every token eligible (top-k 0)
+    no_ctl = {f"{p}_topk" for p in ("sampled2", "sampled2s2") if p in sets and _top_k_of(sets[p]) == 0}
+    no_ctl |= {"sampled_topk_wide"} if "sampled_wide" in sets and _top_k_of(sets["sampled_wide"]) == 0 else set()
+    missing = [n for n in SETS if n not in sets and n not in no_ctl]
     if missing:
         lines += ["", f"Not run in this results directory: {', '.join(missing)}."]
     lines += ["", "## Reproducibility", ""]
