@@ -92,13 +92,13 @@ if [[ ! -f "$RES_DIR/align_lm/$ART_MATRIX_FILE" ]]; then
     --objective logits --refine_steps 150 --text_path "$TEXTS" --tune_pair false --progress false > "$RES_DIR/align_lm.log" 2>&1
 fi
 [[ -f "$RES_DIR/steer_vector.pt" ]] || "$PYTHON" scripts/build_steer_vector.py --target_model "$TGT" --output "$RES_DIR/steer_vector.pt" > "$RES_DIR/steer_vector.log" 2>&1
-DEFAULT=(--method diff --matrix_A "$A" --top_k 5 --pool mean --context_weight 0.25 --promote_weight "$PROMOTE" --demote_z "$DEMOTE_Z")  # the tuned pair comes from the matrix's sidecar
-LM=(--method diff --teacher_model "$T" --anti_teacher_model "$TA" --matrix_A "$RES_DIR/align_lm/$ART_MATRIX_FILE" --top_k 5 --pool last --context_weight 1)
-PAPER=(--method fusion --norm layernorm --teacher_model "$PT" --matrix_A "$RES_DIR/align_contrastive/$ART_MATRIX_FILE")
-STEERV=(--method steer --steer_vector "$RES_DIR/steer_vector.pt")
 diff_at() {  # diff_at A K [W]: the default's flags with any A, top-K and promote weight W (the default's unless given)
   echo "--method diff --matrix_A $1 --top_k $2 --pool mean --context_weight 0.25 --promote_weight ${3:-$PROMOTE} --demote_z $DEMOTE_Z"
 }
+read -ra DEFAULT <<< "$(diff_at "$A" 5)"  # the tuned pair comes from the matrix's sidecar
+LM=(--method diff --teacher_model "$T" --anti_teacher_model "$TA" --matrix_A "$RES_DIR/align_lm/$ART_MATRIX_FILE" --top_k 5 --pool last --context_weight 1)
+PAPER=(--method fusion --norm layernorm --teacher_model "$PT" --matrix_A "$RES_DIR/align_contrastive/$ART_MATRIX_FILE")
+STEERV=(--method steer --steer_vector "$RES_DIR/steer_vector.pt")
 fold_sweeps() {  # fold_sweeps NAME K W ALPHAS...: queue lines for the out-of-fold dev sweeps (the offset on the top-K,
   local name=$1 k=$2 w=$3 f o; shift 3  # promote weight W): the pair tuned with dev_a's texts sweeps rtp:dev_b into
   for f in a b; do                      # NAME_b, and the other way
@@ -178,7 +178,7 @@ fi
 # 2c. the previous default: the same pair with its offset read as it is (generate.py --promote_weight PREV_W, 1): its
 #     dev sweep out of fold as in 1, its alpha chosen there by the same rule (the report does it), its held-out sweep
 #     read against the default and against the baselines at equal PPL as goal 2 reads the default's
-PREV=(--method diff --matrix_A "$A" --top_k 5 --pool mean --context_weight 0.25 --promote_weight "$PREV_W" --demote_z "$DEMOTE_Z")
+read -ra PREV <<< "$(diff_at "$A" 5 "$PREV_W")"
 if [[ -n "$FOLD_DIRS" ]]; then
   fold_sweeps dev_prev 5 "$PREV_W" $PREV_SWEEP > "$RES_DIR/.queue_prev"
   pool < "$RES_DIR/.queue_prev"

@@ -395,22 +395,22 @@ class Diff(Method):
         if a.diff_space == "hidden":
             self.A = load_matrix(a.matrix_A, d_e, model_hidden_size(target_path))
             fp["matrix_A"] = sha256_file(a.matrix_A)
-            if a.context_weight is None:  # the default: shrunk when the matrix holds its tuned pair's center
-                self.center = load_center(a.matrix_A, d_e, required=False) if a.gate is None else None
+            # an unset weight follows the matrix: its default when the tuned pair's center is stored beside A (and
+            # no gate reads the teachers one by one), else 1; the matrix file is read for the center once
+            unset = a.context_weight is None or a.promote_weight is None
+            self.center = load_center(a.matrix_A, d_e, required=False) if unset and a.gate is None else None
+            why = "the pair's center is stored beside A" if self.center is not None else "no center beside A (or a gate)"
+            if a.context_weight is None:
                 a.context_weight = 1.0 if self.center is None else DEFAULT_CONTEXT_WEIGHT
-                log.info("context weight %g: %s", a.context_weight, "the pair's center is stored beside A"
-                         if self.center is not None else "no center beside A (or a gate): the teachers' difference "
-                         "is read whole")
-            elif a.context_weight != 1:
-                self.center = load_center(a.matrix_A, d_e)
-            if a.promote_weight is None:  # the default: read against the threshold when the matrix holds a center
-                if self.center is None and a.gate is None:
-                    self.center = load_center(a.matrix_A, d_e, required=False)
-                a.promote_weight = 1.0 if self.center is None or a.gate is not None else DEFAULT_PROMOTE_WEIGHT
-                log.info("promote weight %g: %s", a.promote_weight, "the pair's center is stored beside A"
-                         if a.promote_weight != 1 else "no center beside A (or a gate): the offset is read as it is")
-            elif a.promote_weight != 1 and self.center is None:
-                self.center = load_center(a.matrix_A, d_e, fix="--promote_weight 1")
+                log.info("context weight %g: %s", a.context_weight, why if self.center is not None
+                         else f"{why}: the teachers' difference is read whole")
+            if a.promote_weight is None:
+                a.promote_weight = 1.0 if self.center is None else DEFAULT_PROMOTE_WEIGHT
+                log.info("promote weight %g: %s", a.promote_weight, why if self.center is not None
+                         else f"{why}: the offset is read as it is")
+            if self.center is None and (a.context_weight != 1 or a.promote_weight != 1):  # set explicitly: required
+                self.center = load_center(a.matrix_A, d_e, fix="--context_weight 1" if a.context_weight != 1
+                                          else "--promote_weight 1")
             self.note_matrix_objective(a.matrix_A)
             self.note_tuned_pool(a.matrix_A)
         else:  # the logits space: neither reads a center
